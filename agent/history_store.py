@@ -1,0 +1,377 @@
+"""Conversation history in Firestore: layout, size bounds and consistency.
+
+Storage layout
+--------------
+One conversation is one session document plus zero or more chunk documents::
+
+    agent_sessions/{doc_id}                          the session document
+        tail         bytes      newest part of the encoded history, < CHUNK_BYTES
+        chunks       int        number of sealed chunk documents
+        items        int        items in the whole history
+        bytes        int        size of the encoded history
+        turns        int        completed turns (0: claimed, nothing committed yet)
+        claim_token  str|null   who is running a turn on it, and until when
+        claim_until  Timestamp|null
+        created_at, updated_at  Timestamp
+        expire_at    Timestamp  TTL field
+    agent_sessions/{doc_id}/agent_history_chunks/{000000..}
+        data         bytes      exactly CHUNK_BYTES of the encoded history
+        expire_at    Timestamp  TTL field, kept equal to the session's
+
+The encoded history is one byte stream: each item as compact JSON and a newline.
+Chunks cut that stream every CHUNK_BYTES regardless of item boundaries, so an item
+of any size fits and no document holds more than CHUNK_BYTES (512 KiB) of history
+plus a few hundred bytes of fields: half of Firestore's 1 MiB limit, whatever the
+history length. ``doc_id`` is the session id, except that ids Firestore reserves
+(``__x__``) get a ``~`` prefix, a character session ids cannot contain.
+
+Cost
+----
+Loading a history reads the session document and then ``chunks`` chunk documents:
+one read per 512 KiB. A turn on a history under 512 KiB costs one read and two
+commits: the claim, and the final commit.
+
+Consistency
+-----------
+* A turn claims the session first: a write conditioned on the ``update_time`` it
+  read, so of two concurrent claims exactly one wins and the other gets
+  ``SessionBusy`` at once, without waiting on a lock. A claim lapses at its
+  ``claim_until`` (the turn's deadline), so a crashed instance never locks a
+  session for good.
+* All items of a turn are written in one atomic commit, conditioned on the claim
+  write's ``update_time``: if the claim was lost, nothing is written. A run that
+  fails leaves the history exactly as it was.
+* Sealed chunks are never rewritten (only their ``expire_at`` slides), so a reader
+  that sees ``chunks = n`` and a tail can read chunks ``0..n-1`` without a
+  transaction and get a consistent history.
+
+Expiry
+------
+Every document carries ``expire_at``; each turn slides it on all of them to
+now + ``SESSION_TTL_SECONDS``. Firestore's TTL deletion is lazy (up to about 24 h)
+and the emulator never deletes, so reads treat an expired session as absent, and a
+turn on an expired id starts a new, empty history under it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.api_core import retry as gretry
+from google.cloud import firestore
+
+SESSIONS = "agent_sessions"
+CHUNKS = "agent_history_chunks"
+COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS)
+"""Every collection group this module writes; each needs a TTL policy on expire_at."""
+
+TTL_FIELD = "expire_at"
+CHUNK_BYTES = 512 * 1024
+MAX_TURN_BYTES = 8 * 1024 * 1024
+"""Largest history growth one commit may carry (Firestore caps a request at 10 MiB)."""
+
+Item = dict[str, Any]
+
+
+class StoreError(Exception):
+    """Base of the errors this module raises on purpose."""
+
+
+class SessionBusy(StoreError):
+    """Another turn holds the session."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("session is busy")
+        self.retry_after = retry_after
+
+
+class ClaimLost(StoreError):
+    """The claim lapsed before the commit; nothing was written."""
+
+
+class StoreUnavailable(StoreError):
+    """Firestore did not answer within the configured timeout."""
+
+
+class TurnTooLarge(StoreError):
+    """One turn's items exceed MAX_TURN_BYTES."""
+
+
+@dataclass(frozen=True)
+class History:
+    session_id: str
+    items: list[Item]
+    turns: int
+    expire_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A running turn's hold on a session, with the history it loaded."""
+
+    session_id: str
+    token: str
+    update_time: Any  # protobuf Timestamp of the claim write: the commit's precondition
+    new_session: bool
+    history: list[Item]
+    turns: int
+    tail: bytes
+    chunks: int
+    stale_chunks: int  # chunk documents of an expired history, deleted at commit
+    total_bytes: int
+    created_at: dt.datetime
+
+
+def doc_id(session_id: str) -> str:
+    if session_id.startswith("__") and session_id.endswith("__"):
+        return "~" + session_id
+    return session_id
+
+
+def encode(items: Sequence[Item]) -> bytes:
+    return b"".join(
+        json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        for item in items
+    )
+
+
+def decode(data: bytes) -> list[Item]:
+    return [json.loads(line) for line in data.split(b"\n") if line]
+
+
+class HistoryStore:
+    """Reads and writes conversation histories. Thread-safe; calls are synchronous."""
+
+    def __init__(
+        self, client: firestore.Client, *, ttl_seconds: int, timeout_seconds: float
+    ) -> None:
+        self._client = client
+        self._ttl = dt.timedelta(seconds=ttl_seconds)
+        self._timeout = timeout_seconds
+        # Transient errors are retried with backoff, but never past the timeout:
+        # with Firestore down the caller must hear 503 in seconds, not minutes.
+        self._retry = gretry.Retry(
+            predicate=gretry.if_transient_error,
+            initial=0.1,
+            maximum=1.0,
+            multiplier=2.0,
+            timeout=timeout_seconds,
+        )
+
+    # -- reading -------------------------------------------------------------------
+
+    def load(self, session_id: str, now: dt.datetime) -> History | None:
+        """The live history of a session, or None when absent or expired."""
+        with _unavailable_as_store_error():
+            snap = self._session_ref(session_id).get(retry=self._retry, timeout=self._timeout)
+            data = snap.to_dict() if snap.exists else None
+            if data is None or not _is_live(data, now):
+                return None
+            try:
+                stream = self._read_chunks(session_id, data["chunks"]) + bytes(data["tail"])
+            except ClaimLost:  # deleted while we read it
+                return None
+        return History(session_id, decode(stream), data["turns"], data[TTL_FIELD])
+
+    # -- a turn: claim, then commit or release ---------------------------------------
+
+    def claim(self, session_id: str, now: dt.datetime, until: dt.datetime) -> Claim:
+        """Take the session for one turn until ``until``; raises SessionBusy."""
+        ref = self._session_ref(session_id)
+        token = secrets.token_urlsafe(16)
+        hold = {"claim_token": token, "claim_until": until}
+        with _unavailable_as_store_error():
+            snap = ref.get(retry=self._retry, timeout=self._timeout)
+            data = snap.to_dict() if snap.exists else None
+            batch = self._client.batch()
+            if data is None:
+                batch.create(ref, _empty_session(now, until) | hold)
+            else:
+                held_until = data.get("claim_until")
+                if data.get("claim_token") and held_until and held_until > now:
+                    raise SessionBusy(_retry_after(held_until, now))
+                batch.update(ref, hold, option=self._client.write_option(last_update_time=snap.update_time))
+            try:
+                results = batch.commit(retry=self._retry, timeout=self._timeout)
+            except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.Conflict):
+                raise SessionBusy(1) from None  # another claim won the race
+            live = data is not None and _is_live(data, now)
+            stream = b""
+            if live:
+                assert data is not None
+                stream = self._read_chunks(session_id, data["chunks"]) + bytes(data["tail"])
+        return Claim(
+            session_id=session_id,
+            token=token,
+            update_time=results[0].update_time,
+            new_session=not live,
+            history=decode(stream),
+            turns=data["turns"] if live and data else 0,
+            tail=bytes(data["tail"]) if live and data else b"",
+            chunks=data["chunks"] if live and data else 0,
+            stale_chunks=0 if live or data is None else data.get("chunks", 0),
+            total_bytes=len(stream),
+            created_at=data["created_at"] if live and data else now,
+        )
+
+    def commit(
+        self, claim: Claim, new_items: Sequence[Item], now: dt.datetime, *, replace: bool = False
+    ) -> History:
+        """Append ``new_items`` (or, with ``replace``, make them the whole history)
+        and release the claim, in one atomic commit. Raises ClaimLost."""
+        added = encode(new_items)
+        if len(added) > MAX_TURN_BYTES:
+            raise TurnTooLarge(f"{len(added)} bytes in one turn")
+        if replace:
+            first_chunk, tail, old_chunks = 0, added, claim.chunks
+        else:
+            first_chunk, tail, old_chunks = claim.chunks, claim.tail + added, claim.chunks
+        expire_at = now + self._ttl
+        ref = self._session_ref(claim.session_id)
+        batch = self._client.batch()
+        sealed = 0
+        while len(tail) >= CHUNK_BYTES:
+            chunk = {"data": tail[:CHUNK_BYTES], TTL_FIELD: expire_at}
+            batch.set(self._chunk_ref(claim.session_id, first_chunk + sealed), chunk)
+            tail, sealed = tail[CHUNK_BYTES:], sealed + 1
+        chunks = first_chunk + sealed
+        for index in range(first_chunk):  # sealed earlier: only their expiry slides
+            batch.update(self._chunk_ref(claim.session_id, index), {TTL_FIELD: expire_at})
+        for index in range(chunks, max(old_chunks, claim.stale_chunks)):
+            batch.delete(self._chunk_ref(claim.session_id, index))
+        items = len(new_items) if replace else len(claim.history) + len(new_items)
+        total = len(added) if replace else claim.total_bytes + len(added)
+        turns = claim.turns + (0 if replace else 1)
+        fields = {
+            "tail": tail,
+            "chunks": chunks,
+            "items": items,
+            "bytes": total,
+            "turns": turns,
+            "claim_token": None,
+            "claim_until": None,
+            "created_at": claim.created_at,
+            "updated_at": now,
+            TTL_FIELD: expire_at,
+        }
+        option = self._client.write_option(last_update_time=claim.update_time)
+        batch.update(ref, fields, option=option)
+        with _unavailable_as_store_error():
+            try:
+                batch.commit(retry=self._retry, timeout=self._timeout)
+            except (gexc.FailedPrecondition, gexc.NotFound):
+                raise ClaimLost(claim.session_id) from None
+        history = claim.history if not replace else []
+        return History(claim.session_id, [*history, *new_items], turns, expire_at)
+
+    def release(self, claim: Claim) -> None:
+        """Give the session back after a failed turn; history stays untouched.
+
+        Best effort: if this fails too, the claim lapses at its deadline."""
+        ref = self._session_ref(claim.session_id)
+        option = self._client.write_option(last_update_time=claim.update_time)
+        try:
+            if claim.turns == 0 and claim.stale_chunks == 0 and not claim.history:
+                ref.delete(option=option, retry=self._retry, timeout=self._timeout)
+            else:
+                ref.update({"claim_token": None, "claim_until": None}, option=option,
+                           retry=self._retry, timeout=self._timeout)
+        except gexc.GoogleAPIError:
+            pass
+
+    # -- deleting ----------------------------------------------------------------
+
+    def delete(self, session_id: str, now: dt.datetime) -> bool:
+        """Delete every document of a session. False when it was absent or expired
+        (its leftovers are deleted all the same). Raises SessionBusy."""
+        ref = self._session_ref(session_id)
+        with _unavailable_as_store_error():
+            snap = ref.get(retry=self._retry, timeout=self._timeout)
+            if not snap.exists:
+                return False
+            data = snap.to_dict() or {}
+            held_until = data.get("claim_until")
+            if data.get("claim_token") and held_until and held_until > now:
+                raise SessionBusy(_retry_after(held_until, now))
+            batch = self._client.batch()
+            for index in range(data.get("chunks", 0)):
+                batch.delete(self._chunk_ref(session_id, index))
+            batch.delete(ref, option=self._client.write_option(last_update_time=snap.update_time))
+            try:
+                batch.commit(retry=self._retry, timeout=self._timeout)
+            except gexc.FailedPrecondition:
+                raise SessionBusy(1) from None
+        return _is_live(data, now)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _session_ref(self, session_id: str) -> firestore.DocumentReference:
+        return self._client.collection(SESSIONS).document(doc_id(session_id))
+
+    def _chunk_ref(self, session_id: str, index: int) -> firestore.DocumentReference:
+        return self._session_ref(session_id).collection(CHUNKS).document(f"{index:06d}")
+
+    def _read_chunks(self, session_id: str, count: int) -> bytes:
+        if count == 0:
+            return b""
+        refs = [self._chunk_ref(session_id, i) for i in range(count)]
+        by_id = {
+            snap.id: snap
+            for snap in self._client.get_all(refs, retry=self._retry, timeout=self._timeout)
+        }
+        parts = []
+        for ref in refs:
+            snap = by_id.get(ref.id)
+            if snap is None or not snap.exists:
+                # Only a concurrent delete removes sealed chunks.
+                raise ClaimLost(session_id)
+            parts.append(bytes((snap.to_dict() or {})["data"]))
+        return b"".join(parts)
+
+
+def _empty_session(now: dt.datetime, until: dt.datetime) -> dict[str, Any]:
+    # A claimed but never committed session expires with its claim, so TTL removes
+    # the placeholder of a crashed first turn.
+    return {
+        "tail": b"", "chunks": 0, "items": 0, "bytes": 0, "turns": 0,
+        "created_at": now, "updated_at": now, TTL_FIELD: until,
+    }
+
+
+def _is_live(data: dict[str, Any], now: dt.datetime) -> bool:
+    return data.get("turns", 0) > 0 and data[TTL_FIELD] > now
+
+
+def _retry_after(held_until: dt.datetime, now: dt.datetime) -> int:
+    # Most turns take seconds; suggest a short wait, never the whole claim lifetime.
+    return max(1, min(5, math.ceil((held_until - now).total_seconds())))
+
+
+class _unavailable_as_store_error:
+    """Turns Firestore being unreachable or too slow into StoreUnavailable."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is not None and isinstance(
+            exc, gexc.RetryError | gexc.ServiceUnavailable | gexc.DeadlineExceeded
+            | gexc.InternalServerError | gexc.Unknown | gexc.TooManyRequests
+        ):
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return False
+
+
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def valid_session_id(session_id: str) -> bool:
+    return bool(_SESSION_ID.fullmatch(session_id))

@@ -1,0 +1,148 @@
+"""Every setting of the service, read from the environment in one place.
+
+Each field is mirrored by an environment variable of the same name in upper case
+(``session_ttl_seconds`` <- ``SESSION_TTL_SECONDS``). ``Settings.from_env()`` is the
+only code that reads ``os.environ`` for configuration; everything else receives a
+``Settings``. Invalid values fail at startup with a message naming the variable, so a
+bad deploy never serves a single request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+ModelApi = Literal["responses", "chat_completions"]
+
+
+class SettingsError(ValueError):
+    """A setting is missing or out of range; raised at startup."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    # --- Google Cloud -------------------------------------------------------------
+    google_cloud_project: str | None = None
+    """Project holding the Firestore database. Unset: taken from the runtime's
+    credentials (on Cloud Functions) or the emulator's default."""
+
+    firestore_database: str = "(default)"
+    """Firestore database id."""
+
+    firestore_timeout_seconds: float = 5.0
+    """Upper bound for each Firestore call, retries included (0.5-60). With Firestore
+    down a request gets 503 within about this time instead of hanging."""
+
+    # --- Conversations ------------------------------------------------------------
+    session_ttl_seconds: int = 3600
+    """Idle time after which a conversation expires (60 s - 30 days). Each turn slides
+    it; Firestore's TTL policy on ``expire_at`` deletes expired documents."""
+
+    function_timeout_seconds: int = 300
+    """The platform's request timeout; must equal the deploy's ``--timeout`` (10-3600)."""
+
+    deadline_margin_seconds: float = 5.0
+    """Time kept back from the platform timeout to cancel a run and answer 504 cleanly
+    (0.1 s up to a third of ``function_timeout_seconds``)."""
+
+    # --- HTTP limits --------------------------------------------------------------
+    max_request_bytes: int = 262_144
+    """Largest accepted request body (1 KiB - 32 MiB, the platform's request cap)."""
+
+    max_message_chars: int = 32_000
+    """Longest accepted ``message`` in characters."""
+
+    # --- The agent and its model --------------------------------------------------
+    agent_name: str = "assistant"
+    agent_instructions: str = (
+        "You are a concise, helpful assistant. Use the calculate tool for arithmetic."
+    )
+    agent_model: str = "gpt-4o-mini"
+    agent_max_turns: int = 10
+    """Model calls one request may make (tool round trips count); 1-100."""
+
+    openai_api_key: str | None = field(default=None, repr=False)
+    """Key for OpenAI or the compatible server. Never logged (``repr=False``)."""
+
+    openai_base_url: str | None = None
+    """Any OpenAI-compatible server (Ollama, vLLM, LiteLLM, Vertex AI's endpoint)."""
+
+    model_api: ModelApi = "responses"
+    """``responses`` or ``chat_completions``. Unset: chat_completions whenever
+    ``OPENAI_BASE_URL`` is set (most compatible servers speak only that), else
+    responses."""
+
+    model_timeout_seconds: float = 60.0
+    """Timeout of one model HTTP call (1-3600)."""
+
+    model_max_retries: int = 2
+    """Retries of a failed model call by the OpenAI client (0-10), with backoff."""
+
+    tracing_enabled: bool = False
+    """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
+    otherwise upload every conversation as soon as any key is configured."""
+
+    # --- Process ------------------------------------------------------------------
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(f.name, str(f.type), raw.strip())
+        if "model_api" not in values and values.get("openai_base_url"):
+            values["model_api"] = "chat_completions"
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    @property
+    def turn_budget_seconds(self) -> float:
+        """Time one turn may take, from request start to answer."""
+        return self.function_timeout_seconds - self.deadline_margin_seconds
+
+    def validate(self) -> None:
+        _check_range("firestore_timeout_seconds", self.firestore_timeout_seconds, 0.5, 60)
+        _check_range("session_ttl_seconds", self.session_ttl_seconds, 60, 30 * 86400)
+        _check_range("function_timeout_seconds", self.function_timeout_seconds, 1, 3600)
+        _check_range(
+            "deadline_margin_seconds",
+            self.deadline_margin_seconds,
+            0.1,
+            self.function_timeout_seconds / 3,
+        )
+        _check_range("max_request_bytes", self.max_request_bytes, 1024, 32 * 1024 * 1024)
+        _check_range("max_message_chars", self.max_message_chars, 1, self.max_request_bytes)
+        _check_range("agent_max_turns", self.agent_max_turns, 1, 100)
+        _check_range("model_timeout_seconds", self.model_timeout_seconds, 1, 3600)
+        _check_range("model_max_retries", self.model_max_retries, 0, 10)
+        if self.model_api not in ("responses", "chat_completions"):
+            raise SettingsError("MODEL_API must be 'responses' or 'chat_completions'")
+
+
+def _parse(name: str, type_name: str, raw: str) -> object:
+    try:
+        if type_name.startswith("bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name.upper()}={raw!r} is not a valid {type_name}") from None
+    return raw
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise SettingsError(f"{name.upper()}={value} is outside {low}..{high}")
