@@ -58,7 +58,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -223,7 +222,13 @@ class HistoryStore:
         )
 
     def commit(
-        self, claim: Claim, new_items: Sequence[Item], now: dt.datetime, *, replace: bool = False
+        self,
+        claim: Claim,
+        new_items: Sequence[Item],
+        now: dt.datetime,
+        *,
+        replace: bool = False,
+        count_turn: bool = True,
     ) -> History:
         """Append ``new_items`` (or, with ``replace``, make them the whole history)
         and release the claim, in one atomic commit. Raises ClaimLost."""
@@ -249,7 +254,7 @@ class HistoryStore:
             batch.delete(self._chunk_ref(claim.session_id, index))
         items = len(new_items) if replace else len(claim.history) + len(new_items)
         total = len(added) if replace else claim.total_bytes + len(added)
-        turns = claim.turns + (0 if replace else 1)
+        turns = claim.turns + (1 if count_turn else 0)
         fields = {
             "tail": tail,
             "chunks": chunks,
@@ -368,10 +373,3 @@ class _unavailable_as_store_error:
         ):
             raise StoreUnavailable(type(exc).__name__) from exc
         return False
-
-
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-def valid_session_id(session_id: str) -> bool:
-    return bool(_SESSION_ID.fullmatch(session_id))

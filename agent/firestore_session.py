@@ -1,0 +1,141 @@
+"""``FirestoreSession``: the Agents SDK's Session protocol over ``HistoryStore``.
+
+Two ways to use it:
+
+* On its own, like the SDK's SQLiteSession::
+
+      session = FirestoreSession("user-42", store)
+      await Runner.run(agent, "hi", session=session)
+
+  Each ``add_items`` call is then its own atomic commit (claim, append, release).
+
+* As the service does, one turn at a time: ``begin_turn()`` claims the session and
+  loads its history once; during the run ``get_items`` and ``add_items`` touch only
+  memory; ``commit_turn()`` writes everything the run added in one commit, or
+  ``abort_turn()`` releases the claim and leaves the history as it was. The runner
+  calls ``add_items`` several times per run, so this is what makes a turn atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+
+from agents.memory import SessionSettings
+
+from .history_store import Claim, History, HistoryStore, Item
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class FirestoreSession:
+    session_settings: SessionSettings | None = None
+
+    def __init__(
+        self,
+        session_id: str,
+        store: HistoryStore,
+        *,
+        claim_seconds: float = 60.0,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self.session_id = session_id
+        self._store = store
+        self._claim_seconds = claim_seconds
+        self._clock = clock
+        self._claim: Claim | None = None
+        self._pending: list[Item] = []
+        self._popped = False
+
+    # -- turn mode (synchronous: called from the request thread) -------------------
+
+    def begin_turn(self, until: dt.datetime) -> Claim:
+        """Claim the session until ``until``; raises SessionBusy."""
+        if self._claim is not None:
+            raise RuntimeError("a turn is already open on this session object")
+        self._claim = self._store.claim(self.session_id, self._clock(), until)
+        self._pending, self._popped = [], False
+        return self._claim
+
+    @property
+    def has_open_turn(self) -> bool:
+        return self._claim is not None
+
+    def commit_turn(self) -> History:
+        """Write the turn's items in one commit. On failure the turn stays open, so
+        that ``abort_turn`` can still release the claim."""
+        if self._claim is None:
+            raise RuntimeError("no turn is open on this session object")
+        # Rare: the run removed stored items, so the history is rewritten whole.
+        history = self._store.commit(
+            self._claim, self._pending, self._clock(), replace=self._popped
+        )
+        self._claim = None
+        return history
+
+    def abort_turn(self) -> None:
+        self._store.release(self._take_claim())
+
+    def _take_claim(self) -> Claim:
+        if self._claim is None:
+            raise RuntimeError("no turn is open on this session object")
+        claim, self._claim = self._claim, None
+        return claim
+
+    # -- the Session protocol --------------------------------------------------------
+
+    async def get_items(self, limit: int | None = None) -> list[Item]:
+        if self._claim is not None:
+            items = self._current()
+        else:
+            history = await asyncio.to_thread(self._store.load, self.session_id, self._clock())
+            items = history.items if history else []
+        return items if limit is None else items[-limit:] if limit > 0 else []
+
+    async def add_items(self, items: list[Item]) -> None:
+        if not items:
+            return
+        if self._claim is not None:
+            self._pending.extend(items)
+            return
+        await asyncio.to_thread(self._write_now, list(items), replace=False)
+
+    async def pop_item(self) -> Item | None:
+        if self._claim is not None:
+            if self._pending:
+                return self._pending.pop()
+            current = self._current()
+            if not current:
+                return None
+            self._pending, self._popped = current[:-1], True
+            return current[-1]
+        history = await asyncio.to_thread(self._store.load, self.session_id, self._clock())
+        if history is None or not history.items:
+            return None
+        await asyncio.to_thread(self._write_now, history.items[:-1], replace=True)
+        return history.items[-1]
+
+    async def clear_session(self) -> None:
+        await asyncio.to_thread(self._store.delete, self.session_id, self._clock())
+
+    def _current(self) -> list[Item]:
+        assert self._claim is not None
+        if self._popped:
+            return list(self._pending)
+        return [*self._claim.history, *self._pending]
+
+    def _write_now(self, items: list[Item], *, replace: bool) -> None:
+        now = self._clock()
+        claim = self._store.claim(
+            self.session_id, now, now + dt.timedelta(seconds=self._claim_seconds)
+        )
+        try:
+            self._store.commit(
+                claim, items, self._clock(), replace=replace, count_turn=not replace
+            )
+        except BaseException:
+            self._store.release(claim)
+            raise

@@ -1,0 +1,38 @@
+"""Which model the agent talks to, and through which client.
+
+One ``AsyncOpenAI`` client per process: it holds the connection pool, and it must be
+used from the one event loop that ``event_loop.py`` runs (httpx binds its pool to
+the loop that first uses it).
+"""
+
+from __future__ import annotations
+
+from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel, set_tracing_disabled
+from openai import AsyncOpenAI
+
+from .settings import Settings
+
+# Compatible servers reject an empty key though most ignore it.
+_PLACEHOLDER_KEY = "not-needed"
+
+
+class ModelConfigError(ValueError):
+    """Neither OPENAI_API_KEY nor OPENAI_BASE_URL is set."""
+
+
+def build_model(settings: Settings) -> Model:
+    if not settings.openai_api_key and not settings.openai_base_url:
+        raise ModelConfigError(
+            "set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (a compatible server)"
+        )
+    # The SDK uploads traces as soon as a key exists; never unless asked for.
+    set_tracing_disabled(not settings.tracing_enabled)
+    client = AsyncOpenAI(
+        api_key=settings.openai_api_key or _PLACEHOLDER_KEY,
+        base_url=settings.openai_base_url,
+        timeout=settings.model_timeout_seconds,
+        max_retries=settings.model_max_retries,
+    )
+    if settings.model_api == "chat_completions":
+        return OpenAIChatCompletionsModel(model=settings.agent_model, openai_client=client)
+    return OpenAIResponsesModel(model=settings.agent_model, openai_client=client)

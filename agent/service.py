@@ -1,0 +1,60 @@
+"""Wiring: builds the process-wide objects once, from ``Settings``.
+
+Nothing here touches the network: clients connect on first use, so building the
+service at import time costs only the imports, and ``/healthz`` answers without
+Firestore or the model.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from google.cloud import firestore
+
+from .definition import build_agent
+from .event_loop import BackgroundLoop
+from .firestore_session import utc_now
+from .history_store import History, HistoryStore, SessionBusy, StoreUnavailable
+from .model import build_model
+from .settings import Settings
+from .turn import TurnRunner
+from . import errors
+
+
+@dataclass(frozen=True)
+class Service:
+    settings: Settings
+    store: HistoryStore
+    turns: TurnRunner
+
+    @staticmethod
+    def new_session_id() -> str:
+        return secrets.token_urlsafe(24)  # 192 random bits
+
+    def load(self, session_id: str) -> History | None:
+        try:
+            return self.store.load(session_id, utc_now())
+        except StoreUnavailable:
+            raise errors.storage_unavailable() from None
+
+    def delete(self, session_id: str) -> bool:
+        try:
+            return self.store.delete(session_id, utc_now())
+        except SessionBusy as busy:
+            raise errors.session_busy(busy.retry_after) from None
+        except StoreUnavailable:
+            raise errors.storage_unavailable() from None
+
+
+def build_service(settings: Settings) -> Service:
+    client = firestore.Client(
+        project=settings.google_cloud_project, database=settings.firestore_database
+    )
+    store = HistoryStore(
+        client,
+        ttl_seconds=settings.session_ttl_seconds,
+        timeout_seconds=settings.firestore_timeout_seconds,
+    )
+    agent = build_agent(settings, build_model(settings))
+    return Service(settings, store, TurnRunner(agent, store, BackgroundLoop(), settings))

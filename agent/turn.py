@@ -1,0 +1,104 @@
+"""Running one turn: claim the session, run the agent, commit, all within a deadline.
+
+The deadline is the request's start plus ``FUNCTION_TIMEOUT_SECONDS`` minus
+``DEADLINE_MARGIN_SECONDS``. The agent run gets what is left of it after keeping back
+time for the final commit; when it runs out the run is cancelled, the claim is
+released and the caller gets 504 with the history untouched. The platform's own
+timeout, which kills the instance's request mid-write, is never what stops a turn.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+
+import openai
+from agents import Agent, MaxTurnsExceeded, ModelBehaviorError, Runner
+from agents.exceptions import ModelTimeoutError
+
+from . import errors
+from .event_loop import BackgroundLoop
+from .firestore_session import FirestoreSession, utc_now
+from .history_store import ClaimLost, HistoryStore, SessionBusy, StoreUnavailable
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    session_id: str
+    reply: str
+    new_session: bool
+    usage: dict[str, int]
+    expire_at: dt.datetime
+
+
+class TurnRunner:
+    def __init__(
+        self, agent: Agent[None], store: HistoryStore, loop: BackgroundLoop, settings: Settings
+    ) -> None:
+        self._agent = agent
+        self._store = store
+        self._loop = loop
+        self._settings = settings
+        # Time kept back for the final commit: it must land before the claim lapses.
+        self._commit_reserve = min(
+            settings.firestore_timeout_seconds, settings.turn_budget_seconds / 5
+        )
+
+    def run(self, session_id: str, message: str, started: float) -> TurnOutcome:
+        """``started`` is the request's ``time.monotonic()`` at arrival."""
+        deadline = started + self._settings.turn_budget_seconds
+        session = FirestoreSession(session_id, self._store)
+        claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
+        try:
+            claim = session.begin_turn(claim_until)
+        except SessionBusy as busy:
+            raise errors.session_busy(busy.retry_after) from None
+        except StoreUnavailable:
+            raise errors.storage_unavailable() from None
+        try:
+            result = self._loop.run(
+                Runner.run(
+                    self._agent, message, session=session,
+                    max_turns=self._settings.agent_max_turns,
+                ),
+                timeout=deadline - self._commit_reserve - time.monotonic(),
+            )
+            history = session.commit_turn()
+        except BaseException as exc:
+            if session.has_open_turn:
+                session.abort_turn()
+            raise _as_api_error(exc) from exc
+        usage = result.context_wrapper.usage
+        return TurnOutcome(
+            session_id=session_id,
+            reply=str(result.final_output),
+            new_session=claim.new_session,
+            usage={
+                "requests": usage.requests,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+            expire_at=history.expire_at,
+        )
+
+
+def _as_api_error(exc: BaseException) -> BaseException:
+    """Failures with a documented status become ApiError; anything else is a bug."""
+    if isinstance(exc, errors.ApiError):
+        return exc
+    if isinstance(exc, TimeoutError | ClaimLost | ModelTimeoutError | openai.APITimeoutError):
+        return errors.deadline_exceeded()
+    if isinstance(exc, MaxTurnsExceeded):
+        return errors.max_turns_exceeded()
+    if isinstance(exc, openai.APIError | ModelBehaviorError):
+        log.warning("model call failed: %s", type(exc).__name__)
+        return errors.model_error()
+    if isinstance(exc, StoreUnavailable):
+        return errors.storage_unavailable()
+    return exc
