@@ -7,6 +7,7 @@ Firestore or the model.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -14,12 +15,14 @@ from google.cloud import firestore
 
 from .definition import build_agent
 from .event_loop import BackgroundLoop
+from . import errors
 from .firestore_session import utc_now
 from .history_store import History, HistoryStore, SessionBusy, StoreUnavailable
 from .model import build_model
 from .settings import Settings
 from .turn import TurnRunner
-from . import errors
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class Service:
     settings: Settings
     store: HistoryStore
     turns: TurnRunner
+    loop: BackgroundLoop
 
     @staticmethod
     def new_session_id() -> str:
@@ -46,6 +50,9 @@ class Service:
         except StoreUnavailable:
             raise errors.storage_unavailable() from None
 
+    def close(self) -> None:
+        self.loop.close()
+
 
 def build_service(settings: Settings) -> Service:
     client = firestore.Client(
@@ -57,4 +64,13 @@ def build_service(settings: Settings) -> Service:
         timeout_seconds=settings.firestore_timeout_seconds,
     )
     agent = build_agent(settings, build_model(settings))
-    return Service(settings, store, TurnRunner(agent, store, BackgroundLoop(), settings))
+    loop = BackgroundLoop()
+    log.info(
+        "agent %r ready: model %s via %s (%s API); tracing upload %s",
+        settings.agent_name,
+        settings.agent_model,
+        settings.openai_base_url or "OpenAI",
+        settings.model_api,
+        "on" if settings.tracing_enabled else "off",
+    )
+    return Service(settings, store, TurnRunner(agent, store, loop, settings), loop)

@@ -37,7 +37,7 @@ class Settings:
 
     # --- Conversations ------------------------------------------------------------
     session_ttl_seconds: int = 3600
-    """Idle time after which a conversation expires (60 s - 30 days). Each turn slides
+    """Idle time after which a conversation expires (1 s - 30 days). Each turn slides
     it; Firestore's TTL policy on ``expire_at`` deletes expired documents."""
 
     function_timeout_seconds: int = 300
@@ -109,7 +109,7 @@ class Settings:
 
     def validate(self) -> None:
         _check_range("firestore_timeout_seconds", self.firestore_timeout_seconds, 0.5, 60)
-        _check_range("session_ttl_seconds", self.session_ttl_seconds, 60, 30 * 86400)
+        _check_range("session_ttl_seconds", self.session_ttl_seconds, 1, 30 * 86400)
         _check_range("function_timeout_seconds", self.function_timeout_seconds, 1, 3600)
         _check_range(
             "deadline_margin_seconds",
