@@ -74,8 +74,9 @@ COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS)
 
 TTL_FIELD = "expire_at"
 CHUNK_BYTES = 512 * 1024
-MAX_TURN_BYTES = 8 * 1024 * 1024
-"""Largest history growth one commit may carry (Firestore caps a request at 10 MiB)."""
+MAX_TURN_BYTES = 3 * 1024 * 1024
+"""Largest history growth one turn may add: its commit is one gRPC message, which
+the client and the emulator cap at 4 MiB."""
 
 Item = dict[str, Any]
 

@@ -21,7 +21,7 @@ from agents.exceptions import ModelTimeoutError
 from . import errors
 from .event_loop import BackgroundLoop
 from .firestore_session import FirestoreSession, utc_now
-from .history_store import ClaimLost, HistoryStore, SessionBusy, StoreUnavailable
+from .history_store import ClaimLost, HistoryStore, SessionBusy, StoreUnavailable, TurnTooLarge
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _as_api_error(exc: BaseException) -> BaseException:
         return errors.deadline_exceeded()
     if isinstance(exc, MaxTurnsExceeded):
         return errors.max_turns_exceeded()
-    if isinstance(exc, openai.APIError | ModelBehaviorError):
+    if isinstance(exc, openai.APIError | ModelBehaviorError | TurnTooLarge):
         log.warning("model call failed: %s", type(exc).__name__)
         return errors.model_error()
     if isinstance(exc, StoreUnavailable):

@@ -69,7 +69,7 @@ def test_tool_round_trip(client: FlaskClient) -> None:
     assert "84" in reply["reply"]
     assert reply["usage"]["requests"] == 2  # tool call, then the answer
     items = client.get("/sessions/calc").get_json()["items"]
-    types = [item.get("type", item.get("role")) for item in items]
+    types = [item.get("role") or item.get("type") for item in items]
     assert types == ["user", "function_call", "function_call_output", "assistant"]
     assert items[1]["name"] == "calculate"
     assert items[2]["output"] == "84"

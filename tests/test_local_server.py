@@ -1,0 +1,111 @@
+"""Over real HTTP: the functions-framework server running main.agent_http."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from local.demo_model import DemoModelServer
+from local.emulators import FirestoreEmulator, free_port, wait_for_port
+from tests.openapi_contract import assert_conforms
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Server:
+    """``functions-framework --target=agent_http`` as a child process."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target=agent_http",
+             "--host=127.0.0.1", f"--port={self.port}"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_port("127.0.0.1", self.port, timeout=30)
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict, dict]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json"} if body is not None else {},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else {}, dict(response.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read()), dict(error.headers)
+
+    def stop(self) -> str:
+        self.process.terminate()
+        output, _ = self.process.communicate(timeout=15)
+        return output.decode()
+
+
+@pytest.fixture
+def server_env(firestore: FirestoreEmulator, model: DemoModelServer) -> dict[str, str]:
+    return os.environ | {
+        "FIRESTORE_EMULATOR_HOST": firestore.host,
+        "GOOGLE_CLOUD_PROJECT": "agent-test",
+        "OPENAI_BASE_URL": model.base_url,
+        "AGENT_MODEL": "demo-model",
+        "OPENAI_API_KEY": "sk-test-must-never-be-logged",
+    }
+
+
+@pytest.fixture
+def server(server_env: dict[str, str]) -> Iterator[Server]:
+    running = Server(server_env)
+    yield running
+    running.stop()
+
+
+def test_conversation_survives_a_server_restart(server_env: dict[str, str]) -> None:
+    first = Server(server_env)
+    status, body, headers = first.call("POST", "/chat", {"message": "I am Grace"})
+    assert status == 200, body
+    assert_conforms("POST", "/chat", 200, body, headers)
+    session_id = body["session_id"]
+    status, body, _ = first.call("POST", "/chat", {"message": "hi", "session_id": session_id})
+    assert status == 200 and body["new_session"] is False
+    log = first.stop()
+
+    second = Server(server_env)  # a new instance: nothing carried over in memory
+    try:
+        status, body, _ = second.call(
+            "POST", "/chat", {"message": "who am I?", "session_id": session_id}
+        )
+        assert status == 200, body
+        assert body["new_session"] is False
+        assert 'your first message was: "I am Grace"' in body["reply"]
+        assert "message 3" in body["reply"]
+        status, history, _ = second.call("GET", f"/sessions/{session_id}")
+        assert status == 200 and history["turns"] == 3
+    finally:
+        log += second.stop()
+    # Logs are JSON lines without message text, replies or the key.
+    assert "sk-test-must-never-be-logged" not in log
+    assert "I am Grace" not in log and "[demo model]" not in log
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    turns = [e for e in entries if e.get("session_id") == session_id and e.get("status") == 200]
+    assert len(turns) >= 3 and all(e["severity"] == "INFO" for e in turns)
+
+
+def test_errors_over_http_keep_their_shape(server: Server) -> None:
+    status, body, headers = server.call("GET", "/no-such-route")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body, headers = server.call("POST", "/chat", {"message": ""})
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    assert_conforms("POST", "/chat", 400, body, headers)
+    status, body, _ = server.call("GET", "/healthz")
+    assert (status, body) == (200, {"status": "ok"})
