@@ -1,0 +1,375 @@
+"""A deterministic, offline, OpenAI-compatible Chat Completions server.
+
+Why it exists: a newcomer without an API key can still run the agent locally and
+watch the whole flow (model -> tool call -> tool result -> answer), and the test
+suite gets a model that exercises the real ``openai`` HTTP transport instead of a
+mock. Replies are rule-based and labelled ``[demo model]`` so nobody mistakes
+them for a real model. Test controls (delay, failures, hangs, large replies) are
+set in-process with ``control()`` or over HTTP with ``POST /_control``.
+
+Run it in the foreground with ``python -m local.demo_model --port 8088``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MODEL_NAME = "demo-model"
+PREFIX = "[demo model] "
+QUOTE_LIMIT = 200
+# Starts with a digit or "(" and ends with a digit or ")", so "?" and words stay out.
+_EXPRESSION = re.compile(r"[\d(][\d\s.+\-*/()]*[\d)]")
+_FILLER = " Demo padding."
+_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Controls:
+    delay_seconds: float = 0.0
+    fail_status: int | None = None
+    fail_count: int = 0  # -1 fails until reset
+    hang_seconds: float = 0.0
+    reply_bytes: int | None = None
+    stream_chunk_delay_seconds: float = 0.0
+
+
+def _text_of(content: Any) -> str:
+    """Message content is a string, a list of content parts, or None."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _quote(text: str) -> str:
+    return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 1] + "…"
+
+
+def find_expression(text: str) -> str | None:
+    """The first arithmetic expression in ``text`` that has an operator."""
+    for match in _EXPRESSION.finditer(text):
+        found = match.group().strip()
+        # "(see 3+4)" would otherwise keep a dangling ")".
+        while found.endswith(")") and found.count(")") > found.count("("):
+            found = found[:-1].rstrip()
+        if re.search(r"[\d)]\s*[+\-*/]\s*[\d(]", found):
+            return found
+    return None
+
+
+def fit_to_bytes(text: str, size: int) -> str:
+    """Cut or pad ``text`` to exactly ``size`` UTF-8 bytes; the filler is ASCII."""
+    text = text.encode()[:size].decode(errors="ignore")  # a cut may split a character
+    filler = _FILLER * (size // len(_FILLER) + 1)
+    return text + filler[: size - len(text.encode())]
+
+
+def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
+    """(text, None) for a text reply, or ("", tool_call) for a call to ``calculate``."""
+    last = messages[-1]
+    users = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+    offered = {(t.get("function") or {}).get("name") for t in tools or [] if isinstance(t, dict)}
+    expression = find_expression(_text_of(last.get("content"))) if "calculate" in offered else None
+    if last.get("role") == "user" and expression is not None:
+        call_id = f"call_{zlib.crc32(json.dumps(messages, sort_keys=True).encode())}"
+        arguments = json.dumps({"expression": expression})
+        return "", {"id": call_id, "name": "calculate", "arguments": arguments}
+    if last.get("role") == "tool":
+        return f"{PREFIX}The calculator says: {_text_of(last.get('content'))}.", None
+    said = _quote(users[-1]) if users else ""
+    text = f'{PREFIX}You said: "{said}". This is message {len(users)} of our conversation'
+    if len(users) > 1:
+        text += f'; your first message was: "{_quote(users[0])}"'
+    return text + ".", None
+
+
+def usage_for(messages: list[Json], reply: str) -> dict[str, int]:
+    prompt = math.ceil(sum(len(_text_of(m.get("content"))) for m in messages) / 4)
+    completion = math.ceil(len(reply) / 4)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _wire_call(call: Json, arguments: str) -> Json:
+    return {
+        "id": call["id"],
+        "type": "function",
+        "function": {"name": call["name"], "arguments": arguments},
+    }
+
+
+def completion_body(meta: Json, text: str, call: Json | None, usage: dict[str, int]) -> Json:
+    message: Json = {"role": "assistant", "content": None if call else text, "refusal": None}
+    if call:
+        message["tool_calls"] = [_wire_call(call, call["arguments"])]
+    choice = {
+        "index": 0,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": "tool_calls" if call else "stop",
+    }
+    return {**meta, "object": "chat.completion", "choices": [choice], "usage": usage}
+
+
+def stream_chunks(
+    meta: Json, text: str, call: Json | None, usage: dict[str, int] | None
+) -> Iterator[Json]:
+    """Chunks in OpenAI's order: role, content or tool-call pieces, finish, then usage."""
+    base = {**meta, "object": "chat.completion.chunk"} | ({"usage": None} if usage else {})
+
+    def chunk(delta: Json, finish: str | None = None) -> Json:
+        return {
+            **base,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+
+    if call:  # id and name come first with empty arguments, then argument fragments
+        first_call = {"index": 0, **_wire_call(call, "")}
+        yield chunk({"role": "assistant", "content": None, "tool_calls": [first_call]})
+        args = call["arguments"]
+        for piece in (args[start : start + 8] for start in range(0, len(args), 8)):
+            yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+    else:
+        yield chunk({"role": "assistant", "content": "", "refusal": None})
+        for word in re.findall(r"\S+\s*|\s+", text):
+            yield chunk({"content": word})
+    yield chunk({}, "tool_calls" if call else "stop")
+    if usage:
+        yield {**base, "choices": [], "usage": usage}
+
+
+def error_body(status: int, message: str) -> Json:
+    kind = _ERROR_TYPES.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default backlog of 5 stalls bursts of concurrent clients
+    demo: DemoModelServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # Keep-alive like the real API, so every reply needs a Content-Length or chunking.
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output and the demo console readable
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0].rstrip("/") != "/v1/models":
+            return self._json(404, error_body(404, f"No route for GET {self.path}"))
+        model = {"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "demo"}
+        self._json(200, {"object": "list", "data": [model]})
+
+    def do_POST(self) -> None:
+        try:
+            self._route(self.path.split("?")[0].rstrip("/"))
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (e.g. its timeout); nobody to answer
+
+    def _route(self, path: str) -> None:
+        demo = self.server.demo
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if path == "/_control/reset":
+            demo.reset()
+            return self._json(200, demo.controls)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._json(400, error_body(400, "Request body is not valid JSON."))
+        if path == "/_control":
+            try:
+                if not isinstance(body, dict):
+                    raise ValueError("Controls must be a JSON object.")
+                demo.control(**body)
+            except ValueError as exc:
+                return self._json(400, error_body(400, str(exc)))
+            return self._json(200, demo.controls)
+        if path != "/v1/chat/completions":
+            return self._json(404, error_body(404, f"No route for POST {self.path}"))
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages:
+            return self._json(400, error_body(400, "'messages' must be a non-empty list."))
+        if not all(isinstance(m, dict) for m in messages):
+            return self._json(400, error_body(400, "Every message must be an object."))
+        self._complete(demo, body, messages)
+
+    def _complete(self, demo: DemoModelServer, body: Json, messages: list[Json]) -> None:
+        controls, fail_status = demo._begin(body)
+        demo._sleep(controls.delay_seconds)
+        if controls.hang_seconds:
+            demo._sleep(controls.hang_seconds)
+            self.close_connection = True  # drop the socket unanswered, like a dead provider
+            return
+        if fail_status is not None:
+            message = f"Simulated failure (HTTP {fail_status})."
+            return self._json(fail_status, error_body(fail_status, message))
+        text, call = decide_reply(messages, body.get("tools"))
+        if call is None and controls.reply_bytes is not None:
+            text = fit_to_bytes(text, controls.reply_bytes)
+        usage = usage_for(messages, call["arguments"] if call else text)
+        digest = zlib.crc32(json.dumps(messages, sort_keys=True).encode())
+        meta = {
+            "id": f"chatcmpl-demo{digest:08x}",
+            "created": int(time.time()),
+            "model": body.get("model") or MODEL_NAME,
+            "system_fingerprint": None,
+        }
+        if not body.get("stream"):
+            return self._json(200, completion_body(meta, text, call, usage))
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i, chunk in enumerate(stream_chunks(meta, text, call, usage if wants_usage else None)):
+            demo._sleep(controls.stream_chunk_delay_seconds if i else 0)
+            self._send_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+        self._send_chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _send_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+
+    def _json(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class DemoModelServer:
+    """The demo model on a background daemon thread; also a context manager."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._host, self._port = host, port
+        self._lock = threading.Lock()
+        self._controls = Controls()
+        self._requests: list[Json] = []
+        self._stopping = threading.Event()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1] if self._httpd else self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self.port}/v1"
+
+    @property
+    def requests(self) -> list[Json]:
+        """A snapshot of every chat completion request body received, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def request_count(self) -> int:
+        with self._lock:
+            return len(self._requests)
+
+    @property
+    def controls(self) -> Json:
+        with self._lock:
+            return asdict(self._controls)
+
+    def control(self, **changes: Any) -> None:
+        """Change test controls; setting fail_status without fail_count fails one request."""
+        known = {f.name for f in fields(Controls)}
+        for key, value in changes.items():
+            if key not in known:
+                raise ValueError(f"Unknown control {key!r}; known: {sorted(known)}")
+            nullable = value is None and key in ("fail_status", "reply_bytes")
+            if not nullable and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"Control {key!r} must be a number, got {value!r}")
+        if "fail_status" in changes and "fail_count" not in changes:
+            changes["fail_count"] = 1
+        with self._lock:
+            self._controls = replace(self._controls, **changes)
+
+    def reset(self) -> None:
+        """Restore default controls and forget recorded requests."""
+        with self._lock:
+            self._controls = Controls()
+            self._requests.clear()
+
+    def start(self) -> None:
+        if self._httpd is not None:
+            return
+        self._stopping.clear()
+        self._httpd = httpd = _HTTPServer((self._host, self._port), _Handler)
+        httpd.demo = self
+        # A short poll interval keeps stop(), and so every test teardown, fast.
+        poll = {"poll_interval": 0.05}
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs=poll, name="demo-model", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._httpd is None or self._thread is None:
+            return
+        self._stopping.set()  # wakes handlers sleeping on delay or hang controls
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> DemoModelServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _begin(self, body: Json) -> tuple[Controls, int | None]:
+        """Record a request and consume one scheduled failure, atomically."""
+        with self._lock:
+            self._requests.append(body)
+            controls = self._controls
+            if controls.fail_status is None or controls.fail_count == 0:
+                return controls, None
+            if controls.fail_count > 0:
+                self._controls = replace(controls, fail_count=controls.fail_count - 1)
+            return controls, int(controls.fail_status)
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Offline OpenAI-compatible demo model.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8088)
+    args = parser.parse_args(argv)
+    with DemoModelServer(args.host, args.port) as server:
+        print(f"Demo model listening on {server.base_url} (Ctrl-C to stop)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is the normal way to stop; the context manager shuts down
+
+
+if __name__ == "__main__":
+    main()
