@@ -36,5 +36,5 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # The HTTP client logs every request line at INFO; keep the log about turns.
-    for noisy in ("httpx", "openai", "openai.agents"):
+    for noisy in ("httpx", "httpx2", "openai", "openai.agents"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
