@@ -42,9 +42,7 @@ def session_busy(retry_after: int) -> ApiError:
 
 
 def max_turns_exceeded() -> ApiError:
-    return ApiError(
-        422, "max_turns_exceeded", "The agent needed more model turns than allowed."
-    )
+    return ApiError(422, "max_turns_exceeded", "The agent needed more model turns than allowed.")
 
 
 def model_error() -> ApiError:
@@ -61,10 +59,10 @@ def storage_unavailable() -> ApiError:
 
 
 def deadline_exceeded() -> ApiError:
-    return ApiError(
-        504, "deadline_exceeded", "The turn ran out of time; the history is unchanged."
-    )
+    return ApiError(504, "deadline_exceeded", "The turn ran out of time; the history is unchanged.")
 
 
 def internal_error() -> ApiError:
-    return ApiError(500, "internal_error", "Internal error; quote the request_id when reporting it.")
+    return ApiError(
+        500, "internal_error", "Internal error; quote the request_id when reporting it."
+    )

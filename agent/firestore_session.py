@@ -21,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
+from typing import cast
 
+from agents import TResponseInputItem
 from agents.memory import SessionSettings
 
 from .history_store import Claim, History, HistoryStore, Item
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class FirestoreSession:
@@ -87,36 +89,41 @@ class FirestoreSession:
 
     # -- the Session protocol --------------------------------------------------------
 
-    async def get_items(self, limit: int | None = None) -> list[Item]:
+    # The SDK's items are TypedDicts; the store keeps them as plain JSON objects.
+
+    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
         if self._claim is not None:
             items = self._current()
         else:
             history = await asyncio.to_thread(self._store.load, self.session_id, self._clock())
             items = history.items if history else []
-        return items if limit is None else items[-limit:] if limit > 0 else []
+        if limit is not None:
+            items = items[-limit:] if limit > 0 else []
+        return cast(list[TResponseInputItem], items)
 
-    async def add_items(self, items: list[Item]) -> None:
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
         if not items:
             return
+        plain = cast(list[Item], list(items))
         if self._claim is not None:
-            self._pending.extend(items)
+            self._pending.extend(plain)
             return
-        await asyncio.to_thread(self._write_now, list(items), replace=False)
+        await asyncio.to_thread(self._write_now, plain, replace=False)
 
-    async def pop_item(self) -> Item | None:
+    async def pop_item(self) -> TResponseInputItem | None:
+        popped: Item | None = None
         if self._claim is not None:
             if self._pending:
-                return self._pending.pop()
-            current = self._current()
-            if not current:
-                return None
-            self._pending, self._popped = current[:-1], True
-            return current[-1]
-        history = await asyncio.to_thread(self._store.load, self.session_id, self._clock())
-        if history is None or not history.items:
-            return None
-        await asyncio.to_thread(self._write_now, history.items[:-1], replace=True)
-        return history.items[-1]
+                popped = self._pending.pop()
+            elif current := self._current():
+                self._pending, self._popped = current[:-1], True
+                popped = current[-1]
+        else:
+            history = await asyncio.to_thread(self._store.load, self.session_id, self._clock())
+            if history is not None and history.items:
+                await asyncio.to_thread(self._write_now, history.items[:-1], replace=True)
+                popped = history.items[-1]
+        return cast(TResponseInputItem | None, popped)
 
     async def clear_session(self) -> None:
         await asyncio.to_thread(self._store.delete, self.session_id, self._clock())
@@ -133,9 +140,7 @@ class FirestoreSession:
             self.session_id, now, now + dt.timedelta(seconds=self._claim_seconds)
         )
         try:
-            self._store.commit(
-                claim, items, self._clock(), replace=replace, count_turn=not replace
-            )
+            self._store.commit(claim, items, self._clock(), replace=replace, count_turn=not replace)
         except BaseException:
             self._store.release(claim)
             raise

@@ -61,7 +61,7 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
@@ -190,36 +190,47 @@ class HistoryStore:
         hold = {"claim_token": token, "claim_until": until}
         with _unavailable_as_store_error():
             snap = ref.get(retry=self._retry, timeout=self._timeout)
-            data = snap.to_dict() if snap.exists else None
+            data: dict[str, Any] | None = snap.to_dict() if snap.exists else None
             batch = self._client.batch()
             if data is None:
                 batch.create(ref, _empty_session(now, until) | hold)
             else:
-                held_until = data.get("claim_until")
-                if data.get("claim_token") and held_until and held_until > now:
-                    raise SessionBusy(_retry_after(held_until, now))
-                batch.update(ref, hold, option=self._client.write_option(last_update_time=snap.update_time))
+                _raise_if_held(data, now)
+                batch.update(ref, hold, option=self._precondition(snap.update_time))
             try:
                 results = batch.commit(retry=self._retry, timeout=self._timeout)
             except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.Conflict):
                 raise SessionBusy(1) from None  # another claim won the race
-            live = data is not None and _is_live(data, now)
-            stream = b""
-            if live:
-                assert data is not None
-                stream = self._read_chunks(session_id, data["chunks"]) + bytes(data["tail"])
+            claimed_at = results[0].update_time
+            if data is None or not _is_live(data, now):
+                stale = 0 if data is None else int(data.get("chunks", 0))
+                return Claim(
+                    session_id,
+                    token,
+                    claimed_at,
+                    new_session=True,
+                    history=[],
+                    turns=0,
+                    tail=b"",
+                    chunks=0,
+                    stale_chunks=stale,
+                    total_bytes=0,
+                    created_at=now,
+                )
+            tail = bytes(data["tail"])
+            stream = self._read_chunks(session_id, data["chunks"]) + tail
         return Claim(
-            session_id=session_id,
-            token=token,
-            update_time=results[0].update_time,
-            new_session=not live,
+            session_id,
+            token,
+            claimed_at,
+            new_session=False,
             history=decode(stream),
-            turns=data["turns"] if live and data else 0,
-            tail=bytes(data["tail"]) if live and data else b"",
-            chunks=data["chunks"] if live and data else 0,
-            stale_chunks=0 if live or data is None else data.get("chunks", 0),
+            turns=data["turns"],
+            tail=tail,
+            chunks=data["chunks"],
+            stale_chunks=0,
             total_bytes=len(stream),
-            created_at=data["created_at"] if live and data else now,
+            created_at=data["created_at"],
         )
 
     def commit(
@@ -268,8 +279,7 @@ class HistoryStore:
             "updated_at": now,
             TTL_FIELD: expire_at,
         }
-        option = self._client.write_option(last_update_time=claim.update_time)
-        batch.update(ref, fields, option=option)
+        batch.update(ref, fields, option=self._precondition(claim.update_time))
         with _unavailable_as_store_error():
             try:
                 batch.commit(retry=self._retry, timeout=self._timeout)
@@ -283,13 +293,17 @@ class HistoryStore:
 
         Best effort: if this fails too, the claim lapses at its deadline."""
         ref = self._session_ref(claim.session_id)
-        option = self._client.write_option(last_update_time=claim.update_time)
+        option = self._precondition(claim.update_time)
         try:
             if claim.turns == 0 and claim.stale_chunks == 0 and not claim.history:
                 ref.delete(option=option, retry=self._retry, timeout=self._timeout)
             else:
-                ref.update({"claim_token": None, "claim_until": None}, option=option,
-                           retry=self._retry, timeout=self._timeout)
+                ref.update(
+                    {"claim_token": None, "claim_until": None},
+                    option=option,
+                    retry=self._retry,
+                    timeout=self._timeout,
+                )
         except gexc.GoogleAPIError:
             pass
 
@@ -304,13 +318,11 @@ class HistoryStore:
             if not snap.exists:
                 return False
             data = snap.to_dict() or {}
-            held_until = data.get("claim_until")
-            if data.get("claim_token") and held_until and held_until > now:
-                raise SessionBusy(_retry_after(held_until, now))
+            _raise_if_held(data, now)
             batch = self._client.batch()
             for index in range(data.get("chunks", 0)):
                 batch.delete(self._chunk_ref(session_id, index))
-            batch.delete(ref, option=self._client.write_option(last_update_time=snap.update_time))
+            batch.delete(ref, option=self._precondition(snap.update_time))
             try:
                 batch.commit(retry=self._retry, timeout=self._timeout)
             except gexc.FailedPrecondition:
@@ -319,11 +331,20 @@ class HistoryStore:
 
     # -- internals -----------------------------------------------------------------
 
+    def _precondition(self, update_time: Any) -> Any:
+        """Write only if the document is still as we last saw or wrote it."""
+        return self._client.write_option(last_update_time=update_time)
+
     def _session_ref(self, session_id: str) -> firestore.DocumentReference:
-        return self._client.collection(SESSIONS).document(doc_id(session_id))
+        ref: firestore.DocumentReference = self._client.collection(SESSIONS).document(
+            doc_id(session_id)
+        )
+        return ref
 
     def _chunk_ref(self, session_id: str, index: int) -> firestore.DocumentReference:
-        return self._session_ref(session_id).collection(CHUNKS).document(f"{index:06d}")
+        chunks = self._session_ref(session_id).collection(CHUNKS)
+        ref: firestore.DocumentReference = chunks.document(f"{index:06d}")
+        return ref
 
     def _read_chunks(self, session_id: str, count: int) -> bytes:
         if count == 0:
@@ -347,13 +368,25 @@ def _empty_session(now: dt.datetime, until: dt.datetime) -> dict[str, Any]:
     # A claimed but never committed session expires with its claim, so TTL removes
     # the placeholder of a crashed first turn.
     return {
-        "tail": b"", "chunks": 0, "items": 0, "bytes": 0, "turns": 0,
-        "created_at": now, "updated_at": now, TTL_FIELD: until,
+        "tail": b"",
+        "chunks": 0,
+        "items": 0,
+        "bytes": 0,
+        "turns": 0,
+        "created_at": now,
+        "updated_at": now,
+        TTL_FIELD: until,
     }
 
 
 def _is_live(data: dict[str, Any], now: dt.datetime) -> bool:
-    return data.get("turns", 0) > 0 and data[TTL_FIELD] > now
+    return bool(data.get("turns", 0) > 0 and data[TTL_FIELD] > now)
+
+
+def _raise_if_held(data: dict[str, Any], now: dt.datetime) -> None:
+    held_until = data.get("claim_until")
+    if data.get("claim_token") and held_until and held_until > now:
+        raise SessionBusy(_retry_after(held_until, now))
 
 
 def _retry_after(held_until: dt.datetime, now: dt.datetime) -> int:
@@ -367,10 +400,17 @@ class _unavailable_as_store_error:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> Literal[False]:
         if exc is not None and isinstance(
-            exc, gexc.RetryError | gexc.ServiceUnavailable | gexc.DeadlineExceeded
-            | gexc.InternalServerError | gexc.Unknown | gexc.TooManyRequests
+            exc,
+            gexc.RetryError
+            | gexc.ServiceUnavailable
+            | gexc.DeadlineExceeded
+            | gexc.InternalServerError
+            | gexc.Unknown
+            | gexc.TooManyRequests,
         ):
             raise StoreUnavailable(type(exc).__name__) from exc
         return False

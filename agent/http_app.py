@@ -7,16 +7,15 @@ and the same app runs under the functions-framework local server.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import uuid
-from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import errors
-from .firestore_session import utc_now
 from .service import Service
 from .validation import check_session_id, parse_chat
 
@@ -47,13 +46,17 @@ def create_app(service: Service) -> Flask:
             request.method,
             request.path,
             response.status_code,
-            extra={"fields": {
-                "request_id": g.get("request_id"),
-                "session_id": g.get("session_id"),
-                "status": response.status_code,
-                "latency_ms": round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1),
-                "usage": g.get("usage"),
-            }},
+            extra={
+                "fields": {
+                    "request_id": g.get("request_id"),
+                    "session_id": g.get("session_id"),
+                    "status": response.status_code,
+                    "latency_ms": round(
+                        (time.monotonic() - g.get("started", time.monotonic())) * 1000, 1
+                    ),
+                    "usage": g.get("usage"),
+                }
+            },
         )
         return response
 
@@ -136,5 +139,5 @@ def _error_response(error: errors.ApiError, request_id: str | None = None) -> Re
     return response
 
 
-def _rfc3339(moment: Any) -> str:
-    return moment.astimezone(utc_now().tzinfo).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from google.cloud import firestore
 
+from . import errors
 from .definition import build_agent
 from .event_loop import BackgroundLoop
-from . import errors
 from .firestore_session import utc_now
 from .history_store import History, HistoryStore, SessionBusy, StoreUnavailable
 from .model import build_model

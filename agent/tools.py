@@ -34,7 +34,8 @@ def evaluate(expression: str) -> float | int:
 
 def _eval(node: ast.expr) -> float | int:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value  # type: ignore[no-any-return]
+        value: float | int = node.value  # type: ignore[assignment]
+        return value
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval(node.left), _eval(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:

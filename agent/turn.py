@@ -63,7 +63,9 @@ class TurnRunner:
         try:
             result = self._loop.run(
                 Runner.run(
-                    self._agent, message, session=session,
+                    self._agent,
+                    message,
+                    session=session,
                     max_turns=self._settings.agent_max_turns,
                 ),
                 timeout=deadline - self._commit_reserve - time.monotonic(),

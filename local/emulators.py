@@ -28,7 +28,10 @@ def firestore_emulator_missing() -> str | None:
     """Why the Firestore emulator cannot run here, or None when it can."""
     jar = Path(os.environ.get("FIRESTORE_EMULATOR_JAR", FIRESTORE_JAR))
     if not jar.exists():
-        return f"Firestore emulator not installed ({jar} missing; Debian package google-cloud-cli-firestore-emulator)"
+        return (
+            f"Firestore emulator not installed ({jar} missing;"
+            " Debian package google-cloud-cli-firestore-emulator)"
+        )
     if shutil.which("java") is None:
         return "java is not installed (the Firestore emulator needs Java 17+)"
     return None
@@ -67,9 +70,16 @@ class FirestoreEmulator:
         self.port = self.port or free_port()
         jar = os.environ.get("FIRESTORE_EMULATOR_JAR", str(FIRESTORE_JAR))
         self.process = subprocess.Popen(
-            ["java", *_JAVA_FLAGS, "-cp", jar,
-             "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
-             "--host=127.0.0.1", f"--port={self.port}", f"--websocket_port={free_port()}"],
+            [
+                "java",
+                *_JAVA_FLAGS,
+                "-cp",
+                jar,
+                "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
+                "--host=127.0.0.1",
+                f"--port={self.port}",
+                f"--websocket_port={free_port()}",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -78,8 +88,7 @@ class FirestoreEmulator:
         return self
 
     def wipe(self, project: str) -> None:
-        url = (f"http://{self.host}/emulator/v1/projects/{project}"
-               "/databases/(default)/documents")
+        url = f"http://{self.host}/emulator/v1/projects/{project}/databases/(default)/documents"
         urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10).close()
 
     def stop(self) -> None:

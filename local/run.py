@@ -36,13 +36,22 @@ def main() -> int:
             model.start()
             env["OPENAI_BASE_URL"] = model.base_url
             env["AGENT_MODEL"] = "demo-model"
-            _say(f"offline DEMO model on {model.base_url} (no OPENAI_API_KEY or OPENAI_BASE_URL"
-                 " set): deterministic replies, not a real model")
+            _say(
+                f"offline DEMO model on {model.base_url} (no OPENAI_API_KEY or OPENAI_BASE_URL"
+                " set): deterministic replies, not a real model"
+            )
         _say(f"agent service on http://127.0.0.1:{port}  (Ctrl-C stops everything)")
         server = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target=agent_http",
-             "--host=127.0.0.1", f"--port={port}"],
-            cwd=ROOT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "functions_framework",
+                "--target=agent_http",
+                "--host=127.0.0.1",
+                f"--port={port}",
+            ],
+            cwd=ROOT,
+            env=env,
         )
         try:
             return server.wait()

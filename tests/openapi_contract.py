@@ -54,7 +54,9 @@ def validator_at(pointer: str) -> Draft202012Validator:
     spec = Resource.from_contents(load_spec(), default_specification=DRAFT202012)
     registry: Registry[Any] = Registry().with_resource(_SPEC_URI, spec)
     checker = Draft202012Validator.FORMAT_CHECKER  # off by default; date-time matters here
-    return Draft202012Validator({"$ref": f"{_SPEC_URI}#{pointer}"}, registry=registry, format_checker=checker)
+    return Draft202012Validator(
+        {"$ref": f"{_SPEC_URI}#{pointer}"}, registry=registry, format_checker=checker
+    )
 
 
 def _template_for(path: str) -> str | None:
@@ -65,7 +67,8 @@ def _template_for(path: str) -> str | None:
     for template in paths:
         t_parts = template.split("/")
         if len(t_parts) == len(parts) and all(
-            t == p or (t.startswith("{") and t.endswith("}") and p) for t, p in zip(t_parts, parts, strict=True)
+            t == p or (t.startswith("{") and t.endswith("}") and p)
+            for t, p in zip(t_parts, parts, strict=True)
         ):
             return template
     return None
@@ -98,7 +101,9 @@ def _check(pointer: str, instance: object, what: str) -> None:
     errors = sorted(validator_at(pointer).iter_errors(instance), key=lambda e: e.json_path)
     if errors:
         details = "\n".join(f"  {e.json_path}: {e.message}" for e in errors)
-        raise AssertionError(f"{what} does not match the spec ({pointer}):\n{details}\n  got: {instance!r}")
+        raise AssertionError(
+            f"{what} does not match the spec ({pointer}):\n{details}\n  got: {instance!r}"
+        )
 
 
 def assert_conforms(
@@ -134,5 +139,7 @@ def assert_conforms(
         return
     content_type = present.get("content-type", "application/json")
     if "application/json" not in content or not content_type.startswith("application/json"):
-        raise AssertionError(f"{where}: body must be application/json, got Content-Type {content_type!r}")
+        raise AssertionError(
+            f"{where}: body must be application/json, got Content-Type {content_type!r}"
+        )
     _check(f"{pointer}/content/application~1json/schema", body, f"{where}: body")

@@ -60,7 +60,7 @@ def test_expires_at_slides_with_each_turn(client: FlaskClient) -> None:
     t2 = dt.datetime.fromisoformat(second["expires_at"].replace("Z", "+00:00"))
     assert first["expires_at"].endswith("Z")
     assert t2 > t1
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     assert dt.timedelta(seconds=3590) < t2 - now <= dt.timedelta(seconds=3600)
 
 

@@ -22,8 +22,11 @@ def test_two_turns_on_one_session_give_one_200_and_one_409(
     def turn(text: str) -> tuple[int, float, dict, dict]:
         started = time.monotonic()
         response = app.test_client().post("/chat", json={"message": text, "session_id": "one"})
-        return response.status_code, time.monotonic() - started, response.get_json(), dict(
-            response.headers
+        return (
+            response.status_code,
+            time.monotonic() - started,
+            response.get_json(),
+            dict(response.headers),
         )
 
     with ThreadPoolExecutor(2) as pool:
@@ -33,7 +36,7 @@ def test_two_turns_on_one_session_give_one_200_and_one_409(
         results = [first.result(), second.result()]
     statuses = sorted(status for status, *_ in results)
     assert statuses == [200, 409]
-    status, elapsed, body, headers = next(r for r in results if r[0] == 409)
+    _, elapsed, body, headers = next(r for r in results if r[0] == 409)
     assert elapsed < 0.5  # refused at once, not after waiting for the lock
     assert body["error"]["code"] == "session_busy"
     assert int(headers["Retry-After"]) >= 1

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from local.demo_model import DemoModelServer
 from tests.openapi_contract import assert_conforms
 
-INTERNALS = ("Traceback", "File \"", ".py", "google.", "grpc", "Exception")
+INTERNALS = ("Traceback", 'File "', ".py", "google.", "grpc", "Exception")
 
 
 def check_error(response, method: str, path: str, status: int, code: str) -> dict:

@@ -18,14 +18,21 @@ from agent.definition import build_agent
 from agent.event_loop import BackgroundLoop
 from agent.firestore_session import FirestoreSession
 from agent.history_store import (
-    CHUNK_BYTES, CHUNKS, COLLECTION_GROUPS, SESSIONS, TTL_FIELD, HistoryStore, SessionBusy, encode,
+    CHUNK_BYTES,
+    CHUNKS,
+    COLLECTION_GROUPS,
+    SESSIONS,
+    TTL_FIELD,
+    HistoryStore,
+    SessionBusy,
+    encode,
 )
 from agent.model import build_model
 from agent.settings import Settings
 from agent.turn import TurnRunner
 from local.demo_model import DemoModelServer
 
-NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 MIB = 1024 * 1024
 
 
@@ -49,6 +56,7 @@ class CountingClient:
                 return self._count_found(result)
             self.calls[name] += 1
             return result
+
         return counted
 
     def _count_found(self, responses: Iterator[Any]) -> Iterator[Any]:
@@ -167,7 +175,7 @@ def runner(counting, model: DemoModelServer, settings_env) -> Iterator[TurnRunne
 @pytest.mark.parametrize("history_kib", [0, 100, 500])
 def test_a_turn_costs_at_most_two_reads_and_two_commits(runner, counting, history_kib) -> None:
     store = HistoryStore(fs.Client(), ttl_seconds=600, timeout_seconds=3)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if history_kib:
         claim = store.claim("cost", now, now + dt.timedelta(seconds=30))
         store.commit(claim, [item("h" * (history_kib * 1024 - 40))], now)
@@ -181,7 +189,7 @@ def test_a_turn_costs_at_most_two_reads_and_two_commits(runner, counting, histor
 
 def test_reads_grow_with_bytes_not_items(runner, counting) -> None:
     store = HistoryStore(fs.Client(), ttl_seconds=600, timeout_seconds=3)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     claim = store.claim("many", now, now + dt.timedelta(seconds=30))
     store.commit(claim, [item(f"short item {n}") for n in range(2000)], now)
     claim = store.claim("large", now, now + dt.timedelta(seconds=30))
@@ -191,7 +199,7 @@ def test_reads_grow_with_bytes_not_items(runner, counting) -> None:
     assert counting.calls["reads"] == 1  # 2000 items, one document
     counting.calls.clear()
     runner.run("large", "hi", time.monotonic())
-    history = store.load("large", dt.datetime.now(dt.timezone.utc))
+    history = store.load("large", dt.datetime.now(dt.UTC))
     assert history is not None
     assert counting.calls["reads"] == 1 + len(encode(history.items[:20])) // CHUNK_BYTES
 
@@ -202,7 +210,8 @@ def test_firestore_session_works_on_its_own_with_the_runner(firestore, model) ->
         session = FirestoreSession("standalone", store)
         client = AsyncOpenAI(base_url=model.base_url, api_key="test", max_retries=0)
         agent = Agent(
-            name="a", instructions="be brief",
+            name="a",
+            instructions="be brief",
             model=OpenAIChatCompletionsModel(model="demo-model", openai_client=client),
         )
         first = await Runner.run(agent, "I like tea", session=session)

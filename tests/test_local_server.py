@@ -26,16 +26,26 @@ class Server:
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target=agent_http",
-             "--host=127.0.0.1", f"--port={self.port}"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "functions_framework",
+                "--target=agent_http",
+                "--host=127.0.0.1",
+                f"--port={self.port}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         wait_for_port("127.0.0.1", self.port, timeout=30)
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict, dict]:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", method=method,
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Content-Type": "application/json"} if body is not None else {},
         )

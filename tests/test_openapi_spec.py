@@ -49,7 +49,10 @@ EXPECTED_CODES = {
     "504": {"deadline_exceeded"},
 }
 # Router-level errors are not attached to an operation (see info.description).
-ROUTER_ERRORS = {"404": "/components/responses/RouteNotFound", "405": "/components/responses/MethodNotAllowed"}
+ROUTER_ERRORS = {
+    "404": "/components/responses/RouteNotFound",
+    "405": "/components/responses/MethodNotAllowed",
+}
 
 
 def error(code: str, **extra: str) -> dict[str, Any]:
@@ -84,7 +87,9 @@ def media_types(node: Any, pointer: str) -> Iterator[tuple[str, dict[str, Any]]]
         if "schema" in node and ("example" in node or "examples" in node):
             yield pointer, node
         for key, value in node.items():
-            yield from media_types(value, f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}")
+            yield from media_types(
+                value, f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}"
+            )
 
 
 def test_spec_is_valid_openapi_3_1() -> None:
@@ -102,10 +107,14 @@ def test_every_error_response_is_shared_and_uses_error_schema() -> None:
     codes: dict[str, set[str]] = {}
     for status, pointer in error_responses():
         if pointer.startswith("/paths/"):
-            assert "$ref" in spec_node(pointer), f"{pointer} should reuse a response from components"
+            assert "$ref" in spec_node(pointer), (
+                f"{pointer} should reuse a response from components"
+            )
         _, response = resolve(pointer)
         schema = response["content"]["application/json"]["schema"]
-        assert schema == ERROR_REF or ERROR_REF in schema.get("allOf", []), f"{pointer} must use Error"
+        assert schema == ERROR_REF or ERROR_REF in schema.get("allOf", []), (
+            f"{pointer} must use Error"
+        )
         codes.setdefault(status, set()).update(documented_codes(schema))
     assert codes == EXPECTED_CODES
 
@@ -113,8 +122,14 @@ def test_every_error_response_is_shared_and_uses_error_schema() -> None:
 def test_retry_after_and_allow_are_required_where_promised() -> None:
     for status, pointer in error_responses():
         pointer, response = resolve(pointer)
-        names = {n for n in response.get("headers", {}) if resolve(f"{pointer}/headers/{n}")[1].get("required")}
-        expected = {"409": {"Retry-After"}, "503": {"Retry-After"}, "405": {"Allow"}}.get(status, set())
+        names = {
+            n
+            for n in response.get("headers", {})
+            if resolve(f"{pointer}/headers/{n}")[1].get("required")
+        }
+        expected = {"409": {"Retry-After"}, "503": {"Retry-After"}, "405": {"Allow"}}.get(
+            status, set()
+        )
         assert names == expected, pointer
 
 
@@ -125,7 +140,10 @@ def test_examples_match_their_schemas() -> None:
         examples = [media["example"]] if "example" in media else []
         examples += [e["value"] for e in media.get("examples", {}).values()]
         for example in examples:
-            assert not list(validator_at(f"{pointer}/schema").iter_errors(example)), (pointer, example)
+            assert not list(validator_at(f"{pointer}/schema").iter_errors(example)), (
+                pointer,
+                example,
+            )
             checked += 1
     assert checked >= 15
 
@@ -173,15 +191,43 @@ def without(key: str) -> dict[str, Any]:
     [
         ("POST", "/chat", 200, without("usage"), None, "'usage' is a required property"),
         ("POST", "/chat", 200, {**CHAT_OK, "extra": 1}, None, "Additional properties"),
-        ("POST", "/chat", 200, {**CHAT_OK, "expires_at": "2025-13-45T00:00:00Z"}, None, "date-time"),
-        ("POST", "/chat", 200, {**CHAT_OK, "expires_at": "2025-01-01T13:00:00+02:00"}, None, "expires_at"),
+        (
+            "POST",
+            "/chat",
+            200,
+            {**CHAT_OK, "expires_at": "2025-13-45T00:00:00Z"},
+            None,
+            "date-time",
+        ),
+        (
+            "POST",
+            "/chat",
+            200,
+            {**CHAT_OK, "expires_at": "2025-01-01T13:00:00+02:00"},
+            None,
+            "expires_at",
+        ),
         ("POST", "/chat", 200, CHAT_OK, {"Content-Type": "text/html"}, "Content-Type"),
         ("POST", "/chat", 409, error("SessionBusy"), {"Retry-After": "2"}, r"\$\.error\.code"),
         ("POST", "/chat", 400, error("session_busy"), None, r"\$\.error\.code"),
         ("POST", "/chat", 418, error("teapot"), None, "does not document status 418"),
         ("POST", "/chat", 409, error("session_busy"), None, "required header Retry-After"),
-        ("POST", "/chat", 409, error("session_busy"), {"Retry-After": "soon"}, "header Retry-After"),
-        ("POST", "/chat", 500, error("internal_error"), None, "'request_id' is a required property"),
+        (
+            "POST",
+            "/chat",
+            409,
+            error("session_busy"),
+            {"Retry-After": "soon"},
+            "header Retry-After",
+        ),
+        (
+            "POST",
+            "/chat",
+            500,
+            error("internal_error"),
+            None,
+            "'request_id' is a required property",
+        ),
         ("GET", "/nope", 200, {"status": "ok"}, None, "matches no path"),
         ("PATCH", "/chat", 200, CHAT_OK, None, "not an operation"),
         ("PUT", "/chat", 405, error("method_not_allowed"), None, "required header Allow"),

@@ -20,9 +20,13 @@ def test_defaults() -> None:
 
 def test_every_field_is_read_from_its_upper_case_variable() -> None:
     env = {
-        "SESSION_TTL_SECONDS": "120", "FUNCTION_TIMEOUT_SECONDS": "90",
-        "AGENT_MODEL": "m", "TRACING_ENABLED": "true", "MODEL_MAX_RETRIES": "0",
-        "FIRESTORE_TIMEOUT_SECONDS": "2.5", "GOOGLE_CLOUD_PROJECT": "p",
+        "SESSION_TTL_SECONDS": "120",
+        "FUNCTION_TIMEOUT_SECONDS": "90",
+        "AGENT_MODEL": "m",
+        "TRACING_ENABLED": "true",
+        "MODEL_MAX_RETRIES": "0",
+        "FIRESTORE_TIMEOUT_SECONDS": "2.5",
+        "GOOGLE_CLOUD_PROJECT": "p",
     }
     settings = Settings.from_env(env)
     assert (settings.session_ttl_seconds, settings.function_timeout_seconds) == (120, 90)
