@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents import Agent, Model
+from agents import Agent, Model, ModelSettings
 
 from .settings import Settings
 from .tools import TOOLS
@@ -14,4 +14,7 @@ def build_agent(settings: Settings, model: Model) -> Agent[None]:
         instructions=settings.agent_instructions,
         model=model,
         tools=list(TOOLS),
+        # Compatible servers send token usage in a stream only when asked; without it
+        # a streamed turn would report zero tokens where the same turn unstreamed does not.
+        model_settings=ModelSettings(include_usage=True),
     )

@@ -18,7 +18,7 @@ import concurrent.futures
 import os
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -31,16 +31,24 @@ class BackgroundLoop:
         self._pid = 0
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run ``coro`` on the loop; cancel it and raise TimeoutError after ``timeout``."""
+        """Run ``coro`` on the loop; cancel it and raise TimeoutError after ``timeout``.
+
+        On timeout this returns only once the coroutine has really stopped (or after
+        ``CANCEL_GRACE_SECONDS``): the caller releases the session's claim next, and a
+        run still going on the loop could otherwise write after that."""
         if timeout <= 0:
             coro.close()
             raise TimeoutError
-        future = asyncio.run_coroutine_threadsafe(coro, self._running_loop())
+        task = self.submit(coro)
         try:
-            return future.result(timeout=timeout)
+            return task.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
-            future.cancel()
+            task.cancel()
             raise TimeoutError from None
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> LoopTask[T]:
+        """Start ``coro`` on the loop and return at once."""
+        return LoopTask(coro, self._running_loop())
 
     def close(self) -> None:
         with self._lock:
@@ -60,3 +68,50 @@ class BackgroundLoop:
                 self._thread.start()
                 self._pid = os.getpid()
             return self._loop
+
+
+CANCEL_GRACE_SECONDS = 5.0
+"""How long ``LoopTask.cancel`` waits for the coroutine to unwind."""
+
+
+class LoopTask(Generic[T]):
+    """A coroutine running on the background loop, seen from another thread.
+
+    Unlike ``asyncio.run_coroutine_threadsafe``, whose future reports "cancelled" as
+    soon as cancellation is requested, ``finished`` is set only once the coroutine
+    has really returned or raised, so the caller can wait for that."""
+
+    def __init__(self, coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> None:
+        self.finished = threading.Event()
+        self._loop = loop
+        self._future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._task: asyncio.Task[T] | None = None
+        # Both callbacks run on the loop in the order scheduled: start before cancel.
+        loop.call_soon_threadsafe(self._start, coro)
+
+    def result(self, timeout: float | None = None) -> T:
+        """The coroutine's value; raises what it raised, or concurrent.futures errors."""
+        return self._future.result(timeout=timeout)
+
+    def cancel(self, grace: float = CANCEL_GRACE_SECONDS) -> None:
+        """Cancel the coroutine and wait up to ``grace`` seconds for it to stop."""
+        if not self.finished.is_set():
+            self._loop.call_soon_threadsafe(self._cancel)
+            self.finished.wait(grace)
+
+    def _start(self, coro: Coroutine[Any, Any, T]) -> None:
+        self._task = self._loop.create_task(coro)
+        self._task.add_done_callback(self._done)
+
+    def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def _done(self, task: asyncio.Task[T]) -> None:
+        if task.cancelled():
+            self._future.cancel()
+        elif (error := task.exception()) is not None:
+            self._future.set_exception(error)
+        else:
+            self._future.set_result(task.result())
+        self.finished.set()

@@ -51,6 +51,7 @@ class FirestoreSession:
         self._claim: Claim | None = None
         self._pending: list[Item] = []
         self._popped = False
+        self._aborted = False
 
     # -- turn mode (synchronous: called from the request thread) -------------------
 
@@ -59,7 +60,7 @@ class FirestoreSession:
         if self._claim is not None:
             raise RuntimeError("a turn is already open on this session object")
         self._claim = self._store.claim(self.session_id, self._clock(), until)
-        self._pending, self._popped = [], False
+        self._pending, self._popped, self._aborted = [], False, False
         return self._claim
 
     @property
@@ -79,6 +80,9 @@ class FirestoreSession:
         return history
 
     def abort_turn(self) -> None:
+        # A cancelled run can take a moment to stop; without a claim its add_items
+        # would write straight to the store, so an aborted turn refuses them.
+        self._aborted = True
         self._store.release(self._take_claim())
 
     def _take_claim(self) -> Claim:
@@ -104,6 +108,7 @@ class FirestoreSession:
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         if not items:
             return
+        self._refuse_if_aborted()
         plain = cast(list[Item], list(items))
         if self._claim is not None:
             self._pending.extend(plain)
@@ -111,6 +116,7 @@ class FirestoreSession:
         await asyncio.to_thread(self._write_now, plain, replace=False)
 
     async def pop_item(self) -> TResponseInputItem | None:
+        self._refuse_if_aborted()
         popped: Item | None = None
         if self._claim is not None:
             if self._pending:
@@ -126,7 +132,12 @@ class FirestoreSession:
         return cast(TResponseInputItem | None, popped)
 
     async def clear_session(self) -> None:
+        self._refuse_if_aborted()
         await asyncio.to_thread(self._store.delete, self.session_id, self._clock())
+
+    def _refuse_if_aborted(self) -> None:
+        if self._aborted:
+            raise RuntimeError("this session's turn was aborted; nothing more is written")
 
     def _current(self) -> list[Item]:
         assert self._claim is not None

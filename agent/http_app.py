@@ -7,7 +7,6 @@ and the same app runs under the functions-framework local server.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 import uuid
@@ -15,7 +14,8 @@ import uuid
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from . import errors
+from . import errors, sse
+from .chat_response import chat_response, rfc3339
 from .service import Service
 from .validation import check_session_id, parse_chat
 
@@ -74,14 +74,27 @@ def create_app(service: Service) -> Flask:
         chat_request = parse_chat(body, settings.max_message_chars)
         session_id = chat_request.session_id or service.new_session_id()
         g.session_id = session_id
+        if sse.wants_stream(chat_request.stream, request.accept_mimetypes):
+            return _stream(session_id, chat_request.message)
         outcome = service.turns.run(session_id, chat_request.message, g.started)
         g.usage = outcome.usage
-        return jsonify(
-            session_id=outcome.session_id,
-            reply=outcome.reply,
-            new_session=outcome.new_session,
-            usage=outcome.usage,
-            expires_at=_rfc3339(outcome.expire_at),
+        return jsonify(chat_response(outcome))
+
+    def _stream(session_id: str, message: str) -> Response:
+        started, request_id = g.started, g.request_id
+        events = service.turns.stream(session_id, message, started, sse.KEEPALIVE_SECONDS)
+
+        def on_end(ending: str, usage: dict[str, int] | None) -> None:
+            # The request line was logged when the headers went out; this is the outcome.
+            fields = {"request_id": request_id, "session_id": session_id, "ending": ending}
+            fields |= {"usage": usage, "latency_ms": round((time.monotonic() - started) * 1000, 1)}
+            log.info("stream ended: %s", ending, extra={"fields": fields})
+
+        return sse.sse_response(
+            events,
+            max_event_bytes=settings.stream_max_delta_bytes,
+            request_id=request_id,
+            on_end=on_end,
         )
 
     @app.get("/sessions/<session_id>")
@@ -95,7 +108,7 @@ def create_app(service: Service) -> Flask:
             session_id=session_id,
             items=history.items,
             turns=history.turns,
-            expires_at=_rfc3339(history.expire_at),
+            expires_at=rfc3339(history.expire_at),
         )
 
     @app.delete("/sessions/<session_id>")
@@ -138,6 +151,3 @@ def _error_response(error: errors.ApiError, request_id: str | None = None) -> Re
     response.headers.update(error.headers)
     return response
 
-
-def _rfc3339(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -7,9 +7,17 @@ the loop that first uses it).
 
 from __future__ import annotations
 
-from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel, set_tracing_disabled
+from agents import (
+    Model,
+    OpenAIChatCompletionsModel,
+    OpenAIResponsesModel,
+    set_trace_provider,
+    set_tracing_disabled,
+)
+from agents.tracing.provider import DefaultTraceProvider
 from openai import AsyncOpenAI
 
+from .deadline import DeadlineBoundModel
 from .settings import Settings
 
 # Compatible servers reject an empty key though most ignore it.
@@ -26,6 +34,10 @@ def build_model(settings: Settings) -> Model:
             "set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (a compatible server)"
         )
     # The SDK uploads traces as soon as a key exists; never unless asked for.
+    if not settings.tracing_enabled:
+        # A provider without processors: the SDK's default one would build an HTTP
+        # exporter (about 0.1 s of imports and TLS setup at startup) just to disable it.
+        set_trace_provider(DefaultTraceProvider())
     set_tracing_disabled(not settings.tracing_enabled)
     client = AsyncOpenAI(
         api_key=settings.openai_api_key or _PLACEHOLDER_KEY,
@@ -33,6 +45,13 @@ def build_model(settings: Settings) -> Model:
         timeout=settings.model_timeout_seconds,
         max_retries=settings.model_max_retries,
     )
+    model: Model
     if settings.model_api == "chat_completions":
-        return OpenAIChatCompletionsModel(model=settings.agent_model, openai_client=client)
-    return OpenAIResponsesModel(model=settings.agent_model, openai_client=client)
+        model = OpenAIChatCompletionsModel(model=settings.agent_model, openai_client=client)
+    else:
+        model = OpenAIResponsesModel(model=settings.agent_model, openai_client=client)
+    return DeadlineBoundModel(
+        model,
+        call_timeout=settings.model_timeout_seconds,
+        min_call_seconds=settings.model_call_min_seconds,
+    )

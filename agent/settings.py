@@ -80,9 +80,19 @@ class Settings:
     model_max_retries: int = 2
     """Retries of a failed model call by the OpenAI client (0-10), with backoff."""
 
+    model_call_min_seconds: float = 1.0
+    """A model call is not started with less than this left of the turn; the turn
+    ends with 504 at once instead (0 up to half the turn's budget)."""
+
     tracing_enabled: bool = False
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
     otherwise upload every conversation as soon as any key is configured."""
+
+    # --- Streaming ----------------------------------------------------------------
+    stream_max_delta_bytes: int = 4 * 1024 * 1024
+    """Text and tool events a streamed reply sends before it stops sending them (the
+    ``done`` event still carries the whole reply). Keeps a streamed body under Cloud
+    Run's 10 MB limit together with the ``done`` event (64 KiB - 6 MiB)."""
 
     # --- Process ------------------------------------------------------------------
     log_level: str = "INFO"
@@ -122,6 +132,10 @@ class Settings:
         _check_range("agent_max_turns", self.agent_max_turns, 1, 100)
         _check_range("model_timeout_seconds", self.model_timeout_seconds, 1, 3600)
         _check_range("model_max_retries", self.model_max_retries, 0, 10)
+        _check_range(
+            "model_call_min_seconds", self.model_call_min_seconds, 0, self.turn_budget_seconds / 2
+        )
+        _check_range("stream_max_delta_bytes", self.stream_max_delta_bytes, 65536, 6 * 1024 * 1024)
         if self.model_api not in ("responses", "chat_completions"):
             raise SettingsError("MODEL_API must be 'responses' or 'chat_completions'")
 

@@ -12,17 +12,28 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import openai
 from agents import Agent, MaxTurnsExceeded, ModelBehaviorError, Runner
 from agents.exceptions import ModelTimeoutError
+from agents.result import RunResultBase
 
 from . import errors
+from .deadline import within
 from .event_loop import BackgroundLoop
 from .firestore_session import FirestoreSession, utc_now
-from .history_store import ClaimLost, HistoryStore, SessionBusy, StoreUnavailable, TurnTooLarge
+from .history_store import (
+    Claim,
+    ClaimLost,
+    HistoryStore,
+    SessionBusy,
+    StoreUnavailable,
+    TurnTooLarge,
+)
 from .settings import Settings
+from .streaming import StreamedRun, StreamEvent
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,67 @@ class TurnRunner:
 
     def run(self, session_id: str, message: str, started: float) -> TurnOutcome:
         """``started`` is the request's ``time.monotonic()`` at arrival."""
+        turn = self._open(session_id, started)
+        try:
+            result = self._loop.run(
+                within(
+                    turn.run_deadline,
+                    Runner.run(
+                        self._agent,
+                        message,
+                        session=turn.session,
+                        max_turns=self._settings.agent_max_turns,
+                    ),
+                ),
+                timeout=turn.run_deadline - time.monotonic(),
+            )
+        except BaseException as exc:
+            raise self._fail(turn, exc) from exc
+        return self._finish(turn, result)
+
+    def stream(
+        self, session_id: str, message: str, started: float, idle_seconds: float
+    ) -> Generator[StreamEvent | TurnOutcome | None, None, None]:
+        """Like ``run``, streamed: claims the session now (raising ApiError as ``run``
+        does), then returns an iterator of the run's events, ``None`` after each
+        ``idle_seconds`` of silence, and last the ``TurnOutcome``. Failures after the
+        claim are raised from the iterator as ApiError. Closing the iterator early
+        cancels the run and commits nothing."""
+        turn = self._open(session_id, started)
+        try:
+            run = StreamedRun(
+                self._loop,
+                self._agent,
+                message,
+                turn.session,
+                max_turns=self._settings.agent_max_turns,
+                deadline=turn.run_deadline,
+            )
+        except BaseException as exc:
+            raise self._fail(turn, exc) from exc
+        events = self._streamed(turn, run, idle_seconds)
+        # Started now, so that closing it, or its garbage collection if it is never
+        # read, runs the cleanup below and releases the claim.
+        next(events)
+        return events
+
+    def _streamed(
+        self, turn: _OpenTurn, run: StreamedRun, idle_seconds: float
+    ) -> Generator[StreamEvent | TurnOutcome | None, None, None]:
+        try:
+            yield None
+            yield from run.events(idle_seconds)
+            result = run.result()
+        except GeneratorExit:  # the client went away: stop, and write nothing
+            run.cancel()
+            self._release(turn)
+            raise
+        except BaseException as exc:
+            run.cancel()
+            raise self._fail(turn, exc) from exc
+        yield self._finish(turn, result)
+
+    def _open(self, session_id: str, started: float) -> _OpenTurn:
         deadline = started + self._settings.turn_budget_seconds
         session = FirestoreSession(session_id, self._store)
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
@@ -60,26 +132,28 @@ class TurnRunner:
             raise errors.session_busy(busy.retry_after) from None
         except StoreUnavailable:
             raise errors.storage_unavailable() from None
+        return _OpenTurn(session, claim, deadline - self._commit_reserve)
+
+    def _fail(self, turn: _OpenTurn, exc: BaseException) -> BaseException:
+        """Release the claim (the history stays as it was); the error for the caller."""
+        self._release(turn)
+        return _as_api_error(exc)
+
+    @staticmethod
+    def _release(turn: _OpenTurn) -> None:
+        if turn.session.has_open_turn:
+            turn.session.abort_turn()
+
+    def _finish(self, turn: _OpenTurn, result: RunResultBase) -> TurnOutcome:
         try:
-            result = self._loop.run(
-                Runner.run(
-                    self._agent,
-                    message,
-                    session=session,
-                    max_turns=self._settings.agent_max_turns,
-                ),
-                timeout=deadline - self._commit_reserve - time.monotonic(),
-            )
-            history = session.commit_turn()
+            history = turn.session.commit_turn()
         except BaseException as exc:
-            if session.has_open_turn:
-                session.abort_turn()
-            raise _as_api_error(exc) from exc
+            raise self._fail(turn, exc) from exc
         usage = result.context_wrapper.usage
         return TurnOutcome(
-            session_id=session_id,
+            session_id=turn.session.session_id,
             reply=str(result.final_output),
-            new_session=claim.new_session,
+            new_session=turn.claim.new_session,
             usage={
                 "requests": usage.requests,
                 "input_tokens": usage.input_tokens,
@@ -88,6 +162,14 @@ class TurnRunner:
             },
             expire_at=history.expire_at,
         )
+
+
+@dataclass(frozen=True)
+class _OpenTurn:
+    session: FirestoreSession
+    claim: Claim
+    run_deadline: float
+    """``time.monotonic()`` by which the agent run must end, leaving time to commit."""
 
 
 def _as_api_error(exc: BaseException) -> BaseException:

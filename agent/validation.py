@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from . import errors
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_FIELDS = {"message", "session_id"}
+_FIELDS = {"message", "session_id", "stream"}
 
 
 @dataclass(frozen=True)
 class ChatRequest:
     message: str
     session_id: str | None
+    stream: bool | None = None
+    """Answer with Server-Sent Events; None: decided by the Accept header."""
 
 
 def is_valid_session_id(value: str) -> bool:
@@ -42,7 +44,7 @@ def parse_chat(body: bytes, max_message_chars: int) -> ChatRequest:
         names = ", ".join(repr(name) for name in unknown)
         raise errors.bad_request(
             "invalid_request",
-            f"Unknown field {names}; allowed fields are 'message' and 'session_id'.",
+            f"Unknown field {names}; allowed fields are 'message', 'session_id' and 'stream'.",
         )
     message = data.get("message")
     if not isinstance(message, str) or not message.strip():
@@ -60,4 +62,7 @@ def parse_chat(body: bytes, max_message_chars: int) -> ChatRequest:
         if not isinstance(session_id, str):
             raise errors.bad_request("invalid_request", "'session_id' must be a string.")
         check_session_id(session_id)
-    return ChatRequest(message=message, session_id=session_id)
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise errors.bad_request("invalid_request", "'stream' must be true or false.")
+    return ChatRequest(message=message, session_id=session_id, stream=stream)

@@ -1,0 +1,25 @@
+"""The body of a successful ``POST /chat``, built in one place.
+
+The JSON reply and the ``done`` event of a streamed reply are both this body, so a
+field added here reaches both kinds of client.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from .turn import TurnOutcome
+
+
+def chat_response(outcome: TurnOutcome) -> dict[str, object]:
+    return {
+        "session_id": outcome.session_id,
+        "reply": outcome.reply,
+        "new_session": outcome.new_session,
+        "usage": outcome.usage,
+        "expires_at": rfc3339(outcome.expire_at),
+    }
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
