@@ -150,4 +150,3 @@ def _error_response(error: errors.ApiError, request_id: str | None = None) -> Re
     response.status_code = error.status
     response.headers.update(error.headers)
     return response
-

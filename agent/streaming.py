@@ -93,7 +93,14 @@ class StreamedRun:
     ) -> None:
         self._events: queue.SimpleQueue[StreamEvent | _Finished] = queue.SimpleQueue()
         self._deadline = deadline
-        self._task = loop.submit(within(deadline, self._pump(agent, message, session, max_turns)))
+        self._task = loop.submit(self._run(agent, message, session, max_turns))
+
+    async def _run(
+        self, agent: Agent[None], message: str, session: FirestoreSession, max_turns: int
+    ) -> RunResultStreaming:
+        # The inner coroutine is created here, on the loop: a run cancelled before it
+        # started then leaves no coroutine behind that was never awaited.
+        return await within(self._deadline, self._pump(agent, message, session, max_turns))
 
     async def _pump(
         self, agent: Agent[None], message: str, session: FirestoreSession, max_turns: int

@@ -143,3 +143,30 @@ def assert_conforms(
             f"{where}: body must be application/json, got Content-Type {content_type!r}"
         )
     _check(f"{pointer}/content/application~1json/schema", body, f"{where}: body")
+
+
+def assert_stream_conforms(
+    path: str,
+    events: list[tuple[str, object]],
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Fail unless this Server-Sent Events reply to ``POST path`` is one the spec
+    allows: the 200's ``text/event-stream`` content type, only event names listed in
+    its ``x-sse-events``, each event's data matching that schema, and exactly one
+    ``done`` or ``error`` as the last event."""
+    _, response = resolve(_response_pointer("POST", path, 200))
+    media = response.get("content", {}).get("text/event-stream")
+    if media is None:
+        raise AssertionError(f"POST {path} -> 200 declares no text/event-stream content")
+    content_type = {k.lower(): v for k, v in (headers or {}).items()}.get("content-type", "")
+    if not content_type.startswith("text/event-stream"):
+        raise AssertionError(f"POST {path}: Content-Type {content_type!r} is not an event stream")
+    named = media.get("x-sse-events", {})
+    for name, data in events:
+        if name not in named:
+            raise AssertionError(f"POST {path}: event {name!r} is not in x-sse-events")
+        schema_pointer = named[name]["$ref"].removeprefix("#")
+        _check(schema_pointer, data, f"POST {path}: event {name!r}")
+    endings = [i for i, (name, _) in enumerate(events) if name in ("done", "error")]
+    if endings != [len(events) - 1]:
+        raise AssertionError(f"POST {path}: the stream must end with one done or error event")
