@@ -166,6 +166,9 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     # Keep-alive like the real API, so every reply needs a Content-Length or chunking.
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm the body
+    # waits for the client's delayed ACK, adding 40 ms to every reply.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -1,0 +1,87 @@
+"""The benchmark: ``make bench`` (or ``.venv/bin/python -m bench.run``).
+
+Measures, side by side in one run, on the Firestore emulator and the demo model:
+cold start against a floor and a naive handler, warm overhead per turn, Firestore
+documents per turn by history length and layout, throughput and errors of one
+instance at several concurrencies, its peak memory, and streaming overhead. Prints
+markdown tables and writes JSON (``--out``). Not part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import measures, report
+from bench.servers import ModelProcess
+from local.emulators import FirestoreEmulator, firestore_emulator_missing
+
+PROJECT = "bench"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=7, help="cold starts per variant")
+    parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=measures.SECTIONS,
+        help="run only these sections (default: all)",
+    )
+    args = parser.parse_args(argv)
+    reason = firestore_emulator_missing()
+    if reason:
+        print(f"cannot run the benchmark: {reason}", file=sys.stderr)
+        return 2
+    emulator = FirestoreEmulator().start()
+    model = ModelProcess()
+    env = dict(os.environ) | {
+        "FIRESTORE_EMULATOR_HOST": emulator.host,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "OPENAI_BASE_URL": model.base_url,
+        "AGENT_MODEL": "demo-model",
+        "MODEL_MAX_RETRIES": "0",
+    }
+    results: dict[str, Any] = {"machine": machine(), "command": "make bench"}
+    try:
+        results |= measures.run_all(env, model, args.runs, args.only or measures.SECTIONS)
+    finally:
+        model.stop()
+        emulator.stop()
+    results["machine"]["load_average_after"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(report.markdown(results))
+    print(f"\nJSON written to {args.out}")
+    return 0
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "load_average_before": os.getloadavg(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
