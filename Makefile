@@ -2,11 +2,12 @@
 #   make run   - the service on http://127.0.0.1:8080 with the Firestore emulator
 #                (and the offline demo model when no OPENAI_API_KEY/OPENAI_BASE_URL)
 #   make test  - installs what the tests need and runs them all
+#   make bench - the performance benchmark (README, Performance); not part of make test
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ run: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

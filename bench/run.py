@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict[str, Any] = {"machine": machine(), "command": "make bench"}
     try:
-        results |= measures.run_all(env, model, args.runs, args.only or measures.SECTIONS)
+        assert emulator.process is not None
+        helpers = {"firestore emulator": emulator.process.pid, "model": model.process.pid}
+        results |= measures.run_all(env, model, args.runs, args.only or measures.SECTIONS, helpers)
     finally:
         model.stop()
         emulator.stop()
