@@ -18,6 +18,7 @@ from agents.tracing.provider import DefaultTraceProvider
 from openai import AsyncOpenAI
 
 from .deadline import DeadlineBoundModel
+from .openai_client import ChatCompletionsClient
 from .settings import Settings
 
 # Compatible servers reject an empty key though most ignore it.
@@ -39,14 +40,15 @@ def build_model(settings: Settings) -> Model:
         # exporter (about 0.1 s of imports and TLS setup at startup) just to disable it.
         set_trace_provider(DefaultTraceProvider())
     set_tracing_disabled(not settings.tracing_enabled)
-    client = AsyncOpenAI(
+    chat = settings.model_api == "chat_completions"
+    client = (ChatCompletionsClient if chat else AsyncOpenAI)(
         api_key=settings.openai_api_key or _PLACEHOLDER_KEY,
         base_url=settings.openai_base_url,
         timeout=settings.model_timeout_seconds,
         max_retries=settings.model_max_retries,
     )
     model: Model
-    if settings.model_api == "chat_completions":
+    if chat:
         model = OpenAIChatCompletionsModel(model=settings.agent_model, openai_client=client)
     else:
         model = OpenAIResponsesModel(model=settings.agent_model, openai_client=client)
