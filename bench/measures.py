@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import os
@@ -12,6 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from google.cloud import firestore
+
+from agent.history_store import Claim, HistoryStore
 from agent.settings import Settings
 from bench.load import Client, closed_loop, median, percentile
 from bench.servers import FLOOR, NAIVE, ROOT, SERVICE, FunctionServer, ModelProcess
@@ -199,7 +203,30 @@ def throughput(
     finally:
         model.reset()
         server.stop()
+    results["two_workers"] = _two_workers(env, model)
     return results
+
+
+def _two_workers(env: dict[str, str], model: ModelProcess, concurrency: int = 80) -> dict[str, Any]:
+    """The same load on WORKERS=2 x THREADS=40: two processes, so two cores of Python."""
+    server = FunctionServer(SERVICE, env | {"THREADS": "40", "WORKERS": "2"})
+    try:
+        server.wait_listening()
+        closed_loop(server.port, 8, 3, lambda c, n: {"message": "warm up"})
+        model.control(delay_seconds=0.5)
+        load = closed_loop(server.port, concurrency, 12, _turn_body("w2"))
+        return {
+            "concurrency": concurrency,
+            "throughput_rps": round(load.throughput, 1),
+            "of_ideal": round(load.throughput / (concurrency / 0.5), 3),
+            "errors": load.errors,
+            "p50_ms": round(percentile(load.latencies, 50) * 1000, 1),
+            "p99_ms": round(percentile(load.latencies, 99) * 1000, 1),
+            "peak_rss_mib": server.peak_rss_mib(all_workers=True),
+        }
+    finally:
+        model.reset()
+        server.stop()
 
 
 def _turn_body(prefix: str) -> Callable[[int, int], dict[str, Any]]:
@@ -228,7 +255,8 @@ def streaming(
     model.reset()
     model.control(stream_chunk_delay_seconds=chunk_delay)
     server = FunctionServer(SERVICE, env)
-    overheads, model_ttft, service_ttfd = [], [], []
+    claim = _ClaimProbe(env)
+    overheads, model_ttft, service_ttfd, claims = [], [], [], []
     try:
         server.wait_listening()
         _first_delta(server.port, "warm-up")
@@ -238,6 +266,7 @@ def streaming(
             model_ttft.append(direct)
             service_ttfd.append(through)
             overheads.append(through - direct)
+            claims.append(claim.seconds())
     finally:
         model.reset()
         server.stop()
@@ -247,7 +276,33 @@ def streaming(
         "service_ttfd_ms": round(median(service_ttfd) * 1000, 1),
         "overhead_p50_ms": round(median(overheads) * 1000, 1),
         "overhead_p90_ms": round(percentile(overheads, 90) * 1000, 1),
+        "claim_p50_ms": round(median(claims) * 1000, 1),
     }
+
+
+class _ClaimProbe:
+    """Times what a turn must do before it can call the model: claim the session
+    (read it, then write the claim), on the same emulator."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        os.environ["FIRESTORE_EMULATOR_HOST"] = env["FIRESTORE_EMULATOR_HOST"]
+        os.environ["GOOGLE_CLOUD_PROJECT"] = env["GOOGLE_CLOUD_PROJECT"]
+        self._store = HistoryStore(firestore.Client(), ttl_seconds=3600, timeout_seconds=10)
+        self._store.commit(self._claim(), [{"role": "user", "content": "hello there"}], _now())
+
+    def _claim(self) -> Claim:
+        return self._store.claim("claim-probe", _now(), _now() + dt.timedelta(seconds=30))
+
+    def seconds(self) -> float:
+        started = time.monotonic()
+        claim = self._claim()
+        elapsed = time.monotonic() - started
+        self._store.release(claim)
+        return elapsed
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _first_delta(port: int, session_id: str) -> float:

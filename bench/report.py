@@ -157,9 +157,22 @@ def _throughput(data: dict[str, Any]) -> str:
             ],
             rows,
         )
+        + _two_workers_line(data.get("two_workers"))
         + f"\n\n**5. Peak memory at concurrency {top['concurrency']}**: worker "
         f"{rss['worker']:.0f} MiB, master {rss['master']:.0f} MiB (VmHWM; target < 300 MiB "
         f"for the worker: {_met(rss['worker'] < 300)})"
+    )
+
+
+def _two_workers_line(data: dict[str, Any] | None) -> str:
+    if not data:
+        return ""
+    rss = ", ".join(f"{name} {mib:.0f}" for name, mib in data["peak_rss_mib"].items())
+    return (
+        f"\n\nThe same load at concurrency {data['concurrency']} on WORKERS=2 x THREADS=40 "
+        f"(two Python processes): {data['throughput_rps']} turns/s, "
+        f"{data['of_ideal'] * 100:.0f} % of ideal, {data['errors']} errors, p50 "
+        f"{data['p50_ms']} ms, p99 {data['p99_ms']} ms; peak RSS MiB: {rss}."
     )
 
 
@@ -168,5 +181,7 @@ def _streaming(data: dict[str, Any]) -> str:
         f"**6. Streaming** ({data['samples']} samples): model's time to first token "
         f"{data['model_ttft_ms']} ms, service's time to first delta {data['service_ttfd_ms']} ms; "
         f"overhead p50 {data['overhead_p50_ms']} ms, p90 {data['overhead_p90_ms']} ms "
-        f"(target < 20 ms: {_met(data['overhead_p50_ms'] < 20)})"
+        f"(target < 20 ms: {_met(data['overhead_p50_ms'] < 20)}). Of it, the Firestore claim "
+        f"that must precede the model call (a read and a conditional write): p50 "
+        f"{data['claim_p50_ms']} ms, measured alone on the same emulator."
     )

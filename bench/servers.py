@@ -62,16 +62,23 @@ class FunctionServer:
                 time.sleep(0.005)
         raise TimeoutError(f"port {self.port} not listening after {timeout} s")
 
-    def worker_pid(self) -> int:
-        """gunicorn's worker: the child of the process we started."""
+    def worker_pids(self) -> list[int]:
+        """gunicorn's workers: the children of the process we started."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        pids = children.read_text().split()
-        return int(pids[0]) if pids else self.process.pid
+        return [int(pid) for pid in children.read_text().split()] or [self.process.pid]
 
-    def peak_rss_mib(self) -> dict[str, float]:
-        """Peak resident memory (VmHWM) of gunicorn's master and worker."""
+    def worker_pid(self) -> int:
+        return self.worker_pids()[0]
+
+    def peak_rss_mib(self, all_workers: bool = False) -> dict[str, float]:
+        """Peak resident memory (VmHWM) of gunicorn's master and worker(s)."""
+        workers = self.worker_pids() if all_workers else [self.worker_pid()]
+        named = [("master", self.process.pid)]
+        named += [
+            (f"worker {n + 1}" if all_workers else "worker", pid) for n, pid in enumerate(workers)
+        ]
         peaks = {}
-        for name, pid in (("master", self.process.pid), ("worker", self.worker_pid())):
+        for name, pid in named:
             status = Path(f"/proc/{pid}/status").read_text()
             kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
             peaks[name] = int(kib) / 1024
