@@ -5,6 +5,10 @@ The deadline is the request's start plus ``FUNCTION_TIMEOUT_SECONDS`` minus
 time for the final commit; when it runs out the run is cancelled, the claim is
 released and the caller gets 504 with the history untouched. The platform's own
 timeout, which kills the instance's request mid-write, is never what stops a turn.
+Each model call inside the run is bounded by the same deadline (``deadline.py``).
+
+A turn runs whole (``run``) or streamed (``stream``); both claim, commit and fail
+the same way, and a streamed turn whose reader goes away commits nothing.
 """
 
 from __future__ import annotations
