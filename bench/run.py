@@ -4,7 +4,8 @@ Measures, side by side in one run, on the Firestore emulator and the demo model:
 cold start against a floor and a naive handler, warm overhead per turn, Firestore
 documents per turn by history length and layout, throughput and errors of one
 instance at several concurrencies, its peak memory, and streaming overhead. Prints
-markdown tables and writes JSON (``--out``). Not part of the test run.
+markdown tables and writes them and the JSON (``--out``, default
+``bench/results.json`` and ``bench/results.md``). Not part of the test run.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(report.markdown(results))
-    print(f"\nJSON written to {args.out}")
+    tables = report.markdown(results)
+    args.out.with_suffix(".md").write_text(tables + "\n")
+    print(tables)
+    print(f"\nWritten to {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
 
