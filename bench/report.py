@@ -59,6 +59,7 @@ def _cold_start(data: dict[str, Any]) -> str:
                 f"{d['listening']:.2f}",
                 f"{d['first_reply'] * 1000:.0f}",
                 f"{d['total']:.2f}",
+                f"{min(d['samples']):.2f}-{max(d['samples']):.2f}",
                 f"{ratio:.2f}x",
                 "" if name != "service" else f"<= 1.15x: {_met(ratio <= 1.15)}",
             ]
@@ -67,7 +68,15 @@ def _cold_start(data: dict[str, Any]) -> str:
         f"**1. Cold start**: process start to first `POST /chat` 200, median of "
         f"{len(data['floor']['samples'])} interleaved runs\n\n"
         + _table(
-            ["variant", "listening (s)", "first reply (ms)", "total (s)", "vs floor", "target"],
+            [
+                "variant",
+                "listening (s)",
+                "first reply (ms)",
+                "total (s)",
+                "range (s)",
+                "vs floor",
+                "target",
+            ],
             rows,
         )
     )

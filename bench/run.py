@@ -28,7 +28,7 @@ PROJECT = "bench"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=7, help="cold starts per variant")
+    parser.add_argument("--runs", type=int, default=15, help="cold starts per variant")
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
     parser.add_argument(
         "--only",
