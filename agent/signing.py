@@ -163,11 +163,13 @@ class _IamSigner(gcreds.Signing, crypt.Signer):
 
     @property
     def signer_email(self) -> str:
-        self._fresh_token()  # the metadata server names the account only after a refresh
-        email = self._account or getattr(self._credentials, "service_account_email", None)
-        if not email or email == "default":
-            raise SigningError("no service account to sign as; set SIGNING_SERVICE_ACCOUNT")
-        return str(email)
+        if self._account is None:
+            self._fresh_token()  # the metadata server names the account only after a refresh
+            email = getattr(self._credentials, "service_account_email", None)
+            if not email or email == "default":
+                raise SigningError("no service account to sign as; set SIGNING_SERVICE_ACCOUNT")
+            self._account = str(email)
+        return self._account
 
     @property
     def signer(self) -> crypt.Signer:
