@@ -61,7 +61,8 @@ class ResultStore:
             raise ValueError("ResultStore needs RESULTS_BUCKET")
         self._settings = settings
         self._bucket_name = settings.results_bucket
-        self._lock = threading.Lock()
+        self._bucket_lock = threading.Lock()
+        self._signer_lock = threading.Lock()  # its first use may ask the metadata server
         self._bucket_handle: Bucket | None = None
         self._signer_instance: UrlSigner | None = None
 
@@ -124,7 +125,7 @@ class ResultStore:
     # -- lazily built clients ----------------------------------------------------------
 
     def _bucket(self) -> Bucket:
-        with self._lock:
+        with self._bucket_lock:
             if self._bucket_handle is None:
                 from google.cloud import storage  # 0.3 s of imports, paid on first use
 
@@ -133,7 +134,7 @@ class ResultStore:
             return self._bucket_handle
 
     def _signer(self) -> UrlSigner:
-        with self._lock:
+        with self._signer_lock:
             if self._signer_instance is None:
                 self._signer_instance = load_signer(self._settings)
             return self._signer_instance

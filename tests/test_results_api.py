@@ -341,3 +341,42 @@ def test_the_storage_client_is_made_on_the_first_offload_only(
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-2:] == ["at start False", "after offload True True"]
+
+
+RESULT = {
+    "turn_id": "0f3kQ9x2bLmA7cZe",
+    "url": "https://storage.googleapis.com/b/results/s/0f3kQ9x2bLmA7cZe.md?X-Goog-Signature=ab",
+    "bytes": 300000,
+    "content_type": "text/markdown; charset=utf-8",
+    "expires_at": "2025-01-01T13:15:00Z",
+    "sha256": "f" * 64,
+}
+CHAT = {
+    "session_id": "s",
+    "reply": "preview",
+    "new_session": False,
+    "usage": {"requests": 1, "input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
+    "expires_at": "2025-01-01T13:00:00Z",
+}
+WARNING = {"code": "result_not_offloaded", "message": "Returned inline."}
+
+
+def test_the_contract_describes_result_and_warnings() -> None:
+    assert_conforms("POST", "/chat", 200, CHAT | {"result": RESULT})
+    assert_conforms("POST", "/chat", 200, CHAT | {"warnings": [WARNING]})
+    assert_conforms("GET", "/sessions/s/results/0f3kQ9x2bLmA7cZe", 200, RESULT)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (CHAT | {"result": RESULT | {"sha256": "xyz"}}, "sha256"),
+        (CHAT | {"result": RESULT | {"content_type": "text/html"}}, "content_type"),
+        (CHAT | {"result": {k: v for k, v in RESULT.items() if k != "url"}}, "'url'"),
+        (CHAT | {"warnings": [WARNING | {"code": "something_else"}]}, "code"),
+        (CHAT | {"warnings": []}, "warnings"),
+    ],
+)
+def test_the_contract_rejects_drift_in_result_and_warnings(body: object, match: str) -> None:
+    with pytest.raises(AssertionError, match=match):
+        assert_conforms("POST", "/chat", 200, body)
