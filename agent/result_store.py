@@ -67,15 +67,15 @@ class ResultStore:
         self._signer_instance: UrlSigner | None = None
 
     def put(self, stored: StoredResult, data: bytes, *, timeout: float) -> None:
-        blob = self._bucket().blob(stored.object_name)
-        blob.content_type = stored.content_type
-        blob.content_disposition = f'attachment; filename="{stored.filename}"'
-        blob.metadata = {
-            "session_id": stored.session_id,
-            "turn_id": stored.turn_id,
-            "sha256": stored.sha256,
-        }
-        with _unavailable():
+        with _unavailable():  # making the client can fail too (no credentials)
+            blob = self._bucket().blob(stored.object_name)
+            blob.content_type = stored.content_type
+            blob.content_disposition = f'attachment; filename="{stored.filename}"'
+            blob.metadata = {
+                "session_id": stored.session_id,
+                "turn_id": stored.turn_id,
+                "sha256": stored.sha256,
+            }
             # Create-only makes the upload idempotent, so the client may retry it.
             blob.upload_from_string(
                 data,
@@ -104,7 +104,8 @@ class ResultStore:
 
     def sign(self, stored: StoredResult) -> tuple[str, dt.datetime]:
         """A fresh V4 GET URL and its expiry; raises signing.SigningError."""
-        blob = self._bucket().blob(stored.object_name)
+        with _unavailable():
+            blob = self._bucket().blob(stored.object_name)
         return self._signer().sign_get(blob, filename=stored.filename)
 
     def delete(self, object_name: str) -> None:

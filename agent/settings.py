@@ -190,7 +190,9 @@ class Settings:
             "result_inline_max_bytes", self.result_inline_max_bytes, 8192, RESULT_INLINE_LIMIT_BYTES
         )
         _check_range("storage_timeout_seconds", self.storage_timeout_seconds, 1, 60)
-        if self._key_file_signs():
+        if self.results_bucket is None:  # no URLs to sign: only V4's own limit applies
+            limit, how = KEY_SIGNED_URL_MAX_SECONDS, "any method"
+        elif self._key_file_signs():
             limit, how = KEY_SIGNED_URL_MAX_SECONDS, "a private key"
         else:
             limit, how = IAM_SIGNED_URL_MAX_SECONDS, "IAM signBlob (no key file configured)"

@@ -257,11 +257,15 @@ def key_file(tmp_path: Path, key: ThrowawayKey) -> str:
         ({"RESULT_INLINE_MAX_BYTES": "33554432"}, "RESULT_INLINE_MAX_BYTES"),  # 32 MB
         ({"RESULT_INLINE_MAX_BYTES": "100"}, "RESULT_INLINE_MAX_BYTES"),
         ({"SIGNED_URL_TTL_SECONDS": "0"}, "SIGNED_URL_TTL_SECONDS"),
-        ({"SIGNED_URL_TTL_SECONDS": "43201"}, "IAM signBlob"),  # no key file: keyless
+        ({"SIGNED_URL_TTL_SECONDS": "604801"}, "SIGNED_URL_TTL_SECONDS"),
+        ({"RESULTS_BUCKET": "bucket", "SIGNED_URL_TTL_SECONDS": "43201"}, "IAM signBlob"),
         ({"STORAGE_TIMEOUT_SECONDS": "0.1"}, "STORAGE_TIMEOUT_SECONDS"),
         ({"IAM_CREDENTIALS_ENDPOINT": "http://iam.example.com"}, "IAM_CREDENTIALS_ENDPOINT"),
         ({"RESULTS_BUCKET": "Not A Bucket"}, "RESULTS_BUCKET"),
-        ({"GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent.json"}, "GOOGLE_APPLICATION"),
+        (
+            {"RESULTS_BUCKET": "bucket", "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent.json"},
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ),
     ],
 )
 def test_bad_result_settings_fail_at_startup(env: dict[str, str], name: str) -> None:
@@ -272,11 +276,14 @@ def test_bad_result_settings_fail_at_startup(env: dict[str, str], name: str) -> 
 def test_the_url_lifetime_limit_follows_the_signing_method(
     tmp_path: Path, key: ThrowawayKey
 ) -> None:
-    with_key = {"GOOGLE_APPLICATION_CREDENTIALS": key_file(tmp_path, key)}
+    with_key = {
+        "RESULTS_BUCKET": "agent-results",
+        "GOOGLE_APPLICATION_CREDENTIALS": key_file(tmp_path, key),
+    }
     assert Settings.from_env(with_key | {"SIGNED_URL_TTL_SECONDS": "604800"})
     with pytest.raises(SettingsError, match="private key"):
         Settings.from_env(with_key | {"SIGNED_URL_TTL_SECONDS": "604801"})
-    assert Settings.from_env({"SIGNED_URL_TTL_SECONDS": "43200"})
+    assert Settings.from_env({"RESULTS_BUCKET": "bucket", "SIGNED_URL_TTL_SECONDS": "43200"})
     # A key that is not the signing account's: IAM signs, so hours, not days.
     other = with_key | {"SIGNING_SERVICE_ACCOUNT": "other@agent-test.iam.gserviceaccount.com"}
     with pytest.raises(SettingsError, match="IAM signBlob"):
