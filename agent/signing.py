@@ -5,36 +5,28 @@ The method follows from the credentials:
 * ``private_key``: credentials holding an RSA private key (a service-account key file,
   the local run's throw-away key) sign on this machine, without a network call.
 * ``iam_sign_blob``: keyless credentials (Cloud Functions' runtime service account,
-  ``gcloud auth application-default login``) cannot sign, so ``generate_signed_url``
-  would fail in production while passing every local test. The IAM Credentials API's
-  ``signBlob`` signs for the service account instead. The token is refreshed first
-  (metadata-server credentials report the email "default" and no token until then)
-  and reused while valid. Each URL costs one signBlob call, bounded by
-  ``STORAGE_TIMEOUT_SECONDS``; a 4xx (403: the account lacks
-  ``roles/iam.serviceAccountTokenCreator`` on itself) is final and not retried.
+  ``gcloud auth application-default login``) cannot sign: with them the library's
+  usual ``generate_signed_url`` fails in production while passing every local test.
+  The IAM Credentials API's ``signBlob`` signs for the service account instead
+  (``sign_blob.py``). The library's own signBlob path is not used: its endpoint is
+  fixed, it has no timeout (a hang lasts minutes), and it reuses no token.
 
-The library's own signBlob path cannot be used: its endpoint is fixed, it has no
-timeout (a hang lasts minutes) and its error text is all a caller would get.
+URLs live at most 7 days with a key and 12 hours through IAM.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import logging
-import threading
-import time
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Literal
 
 import google.auth
 from google.auth import credentials as gcreds
 from google.auth import crypt
 from google.auth import exceptions as gauth_exceptions
-from google.auth.transport.requests import Request
 
 from .settings import IAM_SIGNED_URL_MAX_SECONDS, KEY_SIGNED_URL_MAX_SECONDS, Settings
+from .sign_blob import SignBlobError, SignBlobSigner
 
 if TYPE_CHECKING:
     from google.cloud.storage import Blob
@@ -43,7 +35,6 @@ log = logging.getLogger(__name__)
 
 Method = Literal["private_key", "iam_sign_blob"]
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-_RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class SigningError(Exception):
@@ -69,7 +60,7 @@ class UrlSigner:
             self._signing: gcreds.Signing = credentials  # type: ignore[assignment]
         else:
             self.method = "iam_sign_blob"
-            self._signing = _IamSigner(
+            self._signing = SignBlobSigner(
                 credentials, service_account, iam_endpoint.rstrip("/"), timeout_seconds
             )
         private = self.method == "private_key"
@@ -89,8 +80,8 @@ class UrlSigner:
                 credentials=self._signing,
                 response_disposition=f'attachment; filename="{filename}"',
             )
-        except SigningError:
-            raise
+        except SignBlobError as exc:
+            raise SigningError(str(exc)) from exc
         except (gauth_exceptions.GoogleAuthError, ValueError, AttributeError) as exc:
             raise SigningError(f"{self.method}: {type(exc).__name__}") from exc
         return url, now + dt.timedelta(seconds=self._ttl)
@@ -123,106 +114,3 @@ def _holds_private_key(credentials: gcreds.Credentials) -> bool:
     return isinstance(credentials, gcreds.Signing) and isinstance(
         getattr(credentials, "signer", None), crypt.RSASigner
     )
-
-
-class _BoundedRequest(Request):
-    """google-auth's transport with every call capped, token refreshes included (their
-    default timeout is 120 s)."""
-
-    def __init__(self, cap_seconds: float) -> None:
-        super().__init__()
-        self._cap = cap_seconds
-
-    def __call__(
-        self,
-        url: str,
-        method: str = "GET",
-        body: Any = None,
-        headers: Any = None,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        bounded = min(timeout or self._cap, self._cap)
-        return super().__call__(url, method, body, headers, timeout=bounded, **kwargs)  # type: ignore[no-untyped-call]
-
-
-class _IamSigner(gcreds.Signing, crypt.Signer):
-    """Signs through IAM signBlob with keyless credentials."""
-
-    def __init__(
-        self, credentials: gcreds.Credentials, account: str | None, endpoint: str, timeout: float
-    ) -> None:
-        self._credentials = credentials
-        self._account = account
-        self._endpoint = endpoint
-        self._timeout = timeout
-        self._request = _BoundedRequest(timeout)
-        self._lock = threading.Lock()
-
-    # -- google.auth.credentials.Signing, what generate_signed_url uses -------------
-
-    @property
-    def signer_email(self) -> str:
-        if self._account is None:
-            self._fresh_token()  # the metadata server names the account only after a refresh
-            email = getattr(self._credentials, "service_account_email", None)
-            if not email or email == "default":
-                raise SigningError("no service account to sign as; set SIGNING_SERVICE_ACCOUNT")
-            self._account = str(email)
-        return self._account
-
-    @property
-    def signer(self) -> crypt.Signer:
-        return self
-
-    def sign_bytes(self, message: bytes) -> bytes:
-        return self.sign(message)
-
-    # -- google.auth.crypt.Signer --------------------------------------------------
-
-    @property
-    def key_id(self) -> str | None:
-        return None  # IAM picks the key
-
-    def sign(self, message: str | bytes) -> bytes:
-        payload = message.encode() if isinstance(message, str) else message
-        email = self.signer_email
-        url = f"{self._endpoint}/v1/projects/-/serviceAccounts/{quote(email)}:signBlob"
-        body = json.dumps({"payload": base64.b64encode(payload).decode()}).encode()
-        give_up = time.monotonic() + self._timeout
-        delay = 0.2
-        while True:
-            headers = {
-                "Authorization": f"Bearer {self._fresh_token()}",
-                "Content-Type": "application/json",
-            }
-            status = 0
-            left = max(0.1, give_up - time.monotonic())
-            try:
-                response = self._request(url, "POST", body, headers, timeout=left)
-                status = response.status
-                if status == 200:
-                    return base64.b64decode(json.loads(response.data)["signedBlob"])
-            except gauth_exceptions.TransportError:
-                pass  # connection refused, reset or timed out: retried like a 503
-            if status and status not in _RETRIED_STATUSES:
-                if status == 403:
-                    log.error(
-                        "signBlob refused (403): grant %s roles/iam.serviceAccountTokenCreator"
-                        " on itself and enable the IAM Service Account Credentials API",
-                        email,
-                    )
-                raise SigningError(f"signBlob answered HTTP {status}")
-            if time.monotonic() + delay >= give_up:
-                raise SigningError(f"signBlob unavailable (last status {status or 'none'})")
-            time.sleep(delay)
-            delay *= 2
-
-    def _fresh_token(self) -> str:
-        with self._lock:
-            if not self._credentials.valid:
-                try:
-                    self._credentials.refresh(self._request)  # type: ignore[no-untyped-call]
-                except gauth_exceptions.GoogleAuthError as exc:
-                    raise SigningError(f"token refresh failed: {type(exc).__name__}") from exc
-            return str(self._credentials.token)
