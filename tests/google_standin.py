@@ -17,6 +17,7 @@ times or always), ``hang_seconds``
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 import time
@@ -85,8 +86,7 @@ class Standin:
             return self._tokens.get(token, 0) > time.time()
 
     def sign(self, payload: bytes) -> bytes:
-        key = serialization.load_pem_private_key(self.account.private_pem.encode(), None)
-        assert isinstance(key, rsa.RSAPrivateKey)
+        key = _private_key(self.account.private_pem)
         return key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
 
 
@@ -152,6 +152,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Metadata-Flavor", "Google")
         self.end_headers()
         self.wfile.write(data)
+
+
+@functools.cache
+def _private_key(pem: str) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem.encode(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
 
 
 def _error(code: int, status: str, message: str) -> dict[str, Any]:
