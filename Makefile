@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run   - the service on http://127.0.0.1:8080 with the Firestore emulator
+#   make run   - the service on http://127.0.0.1:8080 with the Firestore and storage emulators
 #                (and the offline demo model when no OPENAI_API_KEY/OPENAI_BASE_URL)
 #   make test  - installs what the tests need and runs them all
 PYTHON ?= python3
@@ -16,11 +16,16 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/pip install -q -r requirements-dev.txt
+# The local run also needs the storage emulator, which is never deployed.
+$(VENV)/.local: requirements.txt requirements-local.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-local.txt
 	touch $@ $(VENV)/.runtime
 
-run: $(VENV)/.runtime
+$(VENV)/.dev: requirements.txt requirements-local.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime $(VENV)/.local
+
+run: $(VENV)/.local
 	$(BIN)/python -m local.run
 
 test: $(VENV)/.dev

@@ -78,6 +78,13 @@ class FirestoreSession:
         self._claim = None
         return history
 
+    def rewrite_turn(self, rewrite: Callable[[list[Item]], list[Item]]) -> None:
+        """Replace the items the open turn will commit, e.g. to keep a preview of an
+        answer too large for the history instead of the answer."""
+        if self._claim is None:
+            raise RuntimeError("no turn is open on this session object")
+        self._pending = rewrite(self._pending)
+
     def abort_turn(self) -> None:
         self._store.release(self._take_claim())
 

@@ -181,6 +181,13 @@ class HistoryStore:
                 return None
         return History(session_id, decode(stream), data["turns"], data[TTL_FIELD])
 
+    def is_live(self, session_id: str, now: dt.datetime) -> bool:
+        """Whether the session exists and has not expired: one document read."""
+        with _unavailable_as_store_error():
+            snap = self._session_ref(session_id).get(retry=self._retry, timeout=self._timeout)
+        data = snap.to_dict() if snap.exists else None
+        return data is not None and _is_live(data, now)
+
     # -- a turn: claim, then commit or release ---------------------------------------
 
     def claim(self, session_id: str, now: dt.datetime, until: dt.datetime) -> Claim:

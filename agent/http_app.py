@@ -76,13 +76,18 @@ def create_app(service: Service) -> Flask:
         g.session_id = session_id
         outcome = service.turns.run(session_id, chat_request.message, g.started)
         g.usage = outcome.usage
-        return jsonify(
-            session_id=outcome.session_id,
-            reply=outcome.reply,
-            new_session=outcome.new_session,
-            usage=outcome.usage,
-            expires_at=_rfc3339(outcome.expire_at),
-        )
+        answer: dict[str, object] = {
+            "session_id": outcome.session_id,
+            "reply": outcome.reply,
+            "new_session": outcome.new_session,
+            "usage": outcome.usage,
+            "expires_at": _rfc3339(outcome.expire_at),
+        }
+        if outcome.result is not None:
+            answer["result"] = outcome.result.as_json()
+        if outcome.warnings:
+            answer["warnings"] = list(outcome.warnings)
+        return jsonify(answer)
 
     @app.get("/sessions/<session_id>")
     def get_session(session_id: str) -> Response:
@@ -105,6 +110,12 @@ def create_app(service: Service) -> Flask:
         if not service.delete(session_id):
             raise errors.session_not_found()
         return Response(status=204)
+
+    @app.get("/sessions/<session_id>/results/<turn_id>")
+    def get_result(session_id: str, turn_id: str) -> Response:
+        check_session_id(session_id)
+        g.session_id = session_id
+        return jsonify(service.resign_result(session_id, turn_id).as_json())
 
     @app.errorhandler(errors.ApiError)
     def _api_error(error: errors.ApiError) -> Response:

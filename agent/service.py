@@ -19,6 +19,8 @@ from .event_loop import BackgroundLoop
 from .firestore_session import utc_now
 from .history_store import History, HistoryStore, SessionBusy, StoreUnavailable
 from .model import build_model
+from .result_store import ResultStore
+from .results import ResultLink, Results
 from .settings import Settings
 from .turn import TurnRunner
 
@@ -31,6 +33,7 @@ class Service:
     store: HistoryStore
     turns: TurnRunner
     loop: BackgroundLoop
+    results: Results | None = None
 
     @staticmethod
     def new_session_id() -> str:
@@ -44,11 +47,27 @@ class Service:
 
     def delete(self, session_id: str) -> bool:
         try:
-            return self.store.delete(session_id, utc_now())
+            found = self.store.delete(session_id, utc_now())
         except SessionBusy as busy:
             raise errors.session_busy(busy.retry_after) from None
         except StoreUnavailable:
             raise errors.storage_unavailable() from None
+        # After the documents: should this fail, a retried DELETE (404) still cleans up.
+        if self.results is not None:
+            self.results.delete_session(session_id)
+        return found
+
+    def resign_result(self, session_id: str, turn_id: str) -> ResultLink:
+        """A fresh signed URL for a stored result; 404 when the session is gone."""
+        try:
+            live = self.store.is_live(session_id, utc_now())
+        except StoreUnavailable:
+            raise errors.storage_unavailable() from None
+        if not live:
+            raise errors.session_not_found()
+        if self.results is None:
+            raise errors.result_not_found()
+        return self.results.resign(session_id, turn_id)
 
     def close(self) -> None:
         self.loop.close()
@@ -65,6 +84,8 @@ def build_service(settings: Settings) -> Service:
     )
     agent = build_agent(settings, build_model(settings))
     loop = BackgroundLoop()
+    # No network, no storage import: the bucket's client is made on the first offload.
+    results = Results(settings, ResultStore(settings) if settings.results_bucket else None)
     log.info(
         "agent %r ready: model %s via %s (%s API); tracing upload %s",
         settings.agent_name,
@@ -73,4 +94,5 @@ def build_service(settings: Settings) -> Service:
         settings.model_api,
         "on" if settings.tracing_enabled else "off",
     )
-    return Service(settings, store, TurnRunner(agent, store, loop, settings), loop)
+    turns = TurnRunner(agent, store, loop, settings, results)
+    return Service(settings, store, turns, loop, results)

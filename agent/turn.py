@@ -22,6 +22,7 @@ from . import errors
 from .event_loop import BackgroundLoop
 from .firestore_session import FirestoreSession, utc_now
 from .history_store import ClaimLost, HistoryStore, SessionBusy, StoreUnavailable, TurnTooLarge
+from .results import Delivery, ResultLink, Results
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,20 +35,29 @@ class TurnOutcome:
     new_session: bool
     usage: dict[str, int]
     expire_at: dt.datetime
+    result: ResultLink | None = None
+    warnings: tuple[dict[str, str], ...] = ()
 
 
 class TurnRunner:
     def __init__(
-        self, agent: Agent[None], store: HistoryStore, loop: BackgroundLoop, settings: Settings
+        self,
+        agent: Agent[None],
+        store: HistoryStore,
+        loop: BackgroundLoop,
+        settings: Settings,
+        results: Results | None = None,
     ) -> None:
         self._agent = agent
         self._store = store
         self._loop = loop
         self._settings = settings
+        self._results = results or Results(settings, None)
         # Time kept back for the final commit: it must land before the claim lapses.
         self._commit_reserve = min(
             settings.firestore_timeout_seconds, settings.turn_budget_seconds / 5
         )
+        self._offload_reserve = self._results.reserve_seconds
 
     def run(self, session_id: str, message: str, started: float) -> TurnOutcome:
         """``started`` is the request's ``time.monotonic()`` at arrival."""
@@ -60,6 +70,7 @@ class TurnRunner:
             raise errors.session_busy(busy.retry_after) from None
         except StoreUnavailable:
             raise errors.storage_unavailable() from None
+        delivery: Delivery | None = None
         try:
             result = self._loop.run(
                 Runner.run(
@@ -68,17 +79,22 @@ class TurnRunner:
                     session=session,
                     max_turns=self._settings.agent_max_turns,
                 ),
-                timeout=deadline - self._commit_reserve - time.monotonic(),
+                timeout=deadline - self._commit_reserve - self._offload_reserve - time.monotonic(),
+            )
+            delivery = self._results.deliver(
+                session, result.final_output, deadline - self._commit_reserve - time.monotonic()
             )
             history = session.commit_turn()
         except BaseException as exc:
             if session.has_open_turn:
                 session.abort_turn()
+            if delivery is not None and delivery.object_name:
+                self._results.discard(delivery.object_name)
             raise _as_api_error(exc) from exc
         usage = result.context_wrapper.usage
         return TurnOutcome(
             session_id=session_id,
-            reply=str(result.final_output),
+            reply=delivery.reply,
             new_session=claim.new_session,
             usage={
                 "requests": usage.requests,
@@ -87,6 +103,8 @@ class TurnRunner:
                 "total_tokens": usage.total_tokens,
             },
             expire_at=history.expire_at,
+            result=delivery.result,
+            warnings=delivery.warnings,
         )
 
 

@@ -16,6 +16,13 @@ from flask.testing import FlaskClient
 
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator, firestore_emulator_missing
+from tests.storage_fixtures import (  # noqa: F401  (fixtures for the results tests)
+    results_env,
+    signing_key,
+    signing_key_file,
+    storage,
+    storage_emulator,
+)
 
 PROJECT = "agent-test"
 _skipped_for_emulator: list[str] = []

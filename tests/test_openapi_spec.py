@@ -33,11 +33,12 @@ EXPECTED_STATUSES = {
     ("post", "/chat"): {"200", "400", "409", "413", "415", "422", "500", "502", "503", "504"},
     ("get", "/sessions/{session_id}"): {"200", "400", "404", "500", "503"},
     ("delete", "/sessions/{session_id}"): {"204", "400", "404", "409", "500", "503"},
+    ("get", "/sessions/{session_id}/results/{turn_id}"): {"200", "400", "404", "500", "503"},
     ("get", "/healthz"): {"200", "500"},
 }
 EXPECTED_CODES = {
     "400": {"invalid_json", "invalid_request", "message_too_long", "invalid_session_id"},
-    "404": {"not_found", "session_not_found"},
+    "404": {"not_found", "session_not_found", "result_not_found"},
     "405": {"method_not_allowed"},
     "409": {"session_busy"},
     "413": {"request_too_large"},
@@ -45,7 +46,7 @@ EXPECTED_CODES = {
     "422": {"max_turns_exceeded"},
     "500": {"internal_error"},
     "502": {"model_error"},
-    "503": {"storage_unavailable"},
+    "503": {"storage_unavailable", "result_storage_unavailable", "url_signing_failed"},
     "504": {"deadline_exceeded"},
 }
 # Router-level errors are not attached to an operation (see info.description).
