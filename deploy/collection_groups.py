@@ -1,0 +1,98 @@
+"""Print the Firestore collection groups the service writes, one per line.
+
+They come from ``COLLECTION_GROUPS`` in ``agent/history_store.py``, read statically (with
+``ast``) so that the setup script needs only a Python 3 interpreter, not the service's
+dependencies. Names are followed to module-level string constants, also across
+``from agent.x import NAME``; anything else is an error rather than a guess, because a
+collection group without a TTL policy keeps its documents forever.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE_MODULE = "agent.history_store"
+NAME = "COLLECTION_GROUPS"
+
+
+class Unresolvable(Exception):
+    pass
+
+
+def _module_path(module: str) -> Path:
+    path = REPO.joinpath(*module.split(".")).with_suffix(".py")
+    if not path.is_file():
+        raise Unresolvable(f"module {module} not found at {path}")
+    return path
+
+
+def _bindings(module: str) -> tuple[dict[str, ast.expr], dict[str, tuple[str, str]]]:
+    tree = ast.parse(_module_path(module).read_text(encoding="utf-8"))
+    assigned: dict[str, ast.expr] = {}
+    imported: dict[str, tuple[str, str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    assigned[target.id] = node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
+            assigned[node.target.id] = node.value
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                imported[alias.asname or alias.name] = (node.module, alias.name)
+    return assigned, imported
+
+
+def resolve(module: str, name: str, depth: int = 0) -> str | tuple[str, ...]:
+    if depth > 10:
+        raise Unresolvable(f"{module}.{name}: too many indirections")
+    assigned, imported = _bindings(module)
+    if name in assigned:
+        return _evaluate(module, assigned[name], depth)
+    if name in imported:
+        other, other_name = imported[name]
+        return resolve(other, other_name, depth + 1)
+    raise Unresolvable(f"{name} is not defined at module level in {module}")
+
+
+def _evaluate(module: str, node: ast.expr, depth: int) -> str | tuple[str, ...]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return resolve(module, node.id, depth + 1)
+    if isinstance(node, (ast.Tuple, ast.List)):
+        items: list[str] = []
+        for element in node.elts:
+            value = _evaluate(module, element, depth)
+            items.extend(value if isinstance(value, tuple) else (value,))
+        return tuple(items)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _evaluate(module, node.left, depth), _evaluate(module, node.right, depth)
+        if isinstance(left, tuple) and isinstance(right, tuple):
+            return left + right
+    raise Unresolvable(f"cannot evaluate {ast.unparse(node)!r} in {module} statically")
+
+
+def collection_groups() -> tuple[str, ...]:
+    value = resolve(SOURCE_MODULE, NAME)
+    groups = value if isinstance(value, tuple) else (value,)
+    if not groups:
+        raise Unresolvable(f"{SOURCE_MODULE}.{NAME} is empty")
+    return groups
+
+
+def main() -> int:
+    try:
+        groups = collection_groups()
+    except Unresolvable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(dict.fromkeys(groups)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
