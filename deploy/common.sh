@@ -2,6 +2,7 @@
 # shellcheck shell=bash
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck disable=SC2034  # used by the scripts that source this file
 REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd)"
 DRY_RUN="${DRY_RUN:-0}"
 RETRY_ATTEMPTS="${RETRY_ATTEMPTS:-6}"
@@ -29,8 +30,11 @@ load_config() {
   [[ "$PROJECT_ID" =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "PROJECT_ID '$PROJECT_ID' is not a plain project id"
   # shellcheck source=deploy/config.env
   source "$DEPLOY_DIR/config.env"
+  # shellcheck disable=SC2034  # used by the scripts that source this file
   RUNTIME_SA_EMAIL="$RUNTIME_SA_NAME@$PROJECT_ID.iam.gserviceaccount.com"
+  # shellcheck disable=SC2034
   DEPLOYER_SA_EMAIL="$DEPLOYER_SA_NAME@$PROJECT_ID.iam.gserviceaccount.com"
+  # shellcheck disable=SC2034
   BUILDER_SA_EMAIL="$BUILDER_SA_NAME@$PROJECT_ID.iam.gserviceaccount.com"
 }
 

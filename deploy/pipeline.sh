@@ -28,6 +28,8 @@ substitutions=(
   "_SECRET_NAME=$SECRET_NAME"
 )
 
+substitution_list="$(join_commas "${substitutions[@]}")"
+
 cd "$REPO_ROOT"
 # The build needs the tests, which .gcloudignore keeps out of the function's upload, so the
 # pipeline's upload uses its own ignore file.
@@ -38,4 +40,4 @@ run gcloud builds submit . \
   --project="$PROJECT_ID" \
   --service-account="projects/$PROJECT_ID/serviceAccounts/$DEPLOYER_SA_EMAIL" \
   --gcs-source-staging-dir="gs://$BUILD_SOURCE_BUCKET/source" \
-  --substitutions="$(join_commas "${substitutions[@]}")"
+  --substitutions="$substitution_list"
