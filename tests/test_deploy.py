@@ -10,6 +10,7 @@ before any network call; a misspelt flag or a bad value fails earlier with exit 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import json
@@ -53,7 +54,15 @@ EXPECTED_APIS = {
 }
 
 # Verbs after which a call has changed the project.
-MUTATING = ("create", "enable", "add-iam-policy-binding", "add", "update", "deploy", "submit")
+MUTATING = (
+    "create",
+    "enable",
+    "add-iam-policy-binding",
+    "add",
+    "update",
+    "deploy",
+    "submit",
+)
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -206,7 +215,14 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     deploy = run_script("deploy.sh", fake_dir)
     pipeline = run_script("pipeline.sh", fake_dir)
     return Scenario(
-        fake_dir, secret, setup, state_after_setup, second, state_after_second, deploy, pipeline
+        fake_dir,
+        secret,
+        setup,
+        state_after_setup,
+        second,
+        state_after_second,
+        deploy,
+        pipeline,
     )
 
 
@@ -224,7 +240,10 @@ def partial_project(tmp_path_factory: pytest.TempPathFactory) -> Run:
             }
         )
     )
-    env = {"RESULTS_RETENTION_DAYS": "3", "FAKE_GCLOUD_FAIL_ONCE": "add-iam-policy-binding"}
+    env = {
+        "RESULTS_RETENTION_DAYS": "3",
+        "FAKE_GCLOUD_FAIL_ONCE": "add-iam-policy-binding",
+    }
     return run_script("setup.sh", fake_dir, stdin="key", env=env)
 
 
@@ -248,7 +267,9 @@ def test_enables_exactly_the_needed_apis(scenario: Scenario) -> None:
     assert set(apis) == EXPECTED_APIS
 
 
-def test_creates_a_native_firestore_database_in_the_configured_location(scenario: Scenario) -> None:
+def test_creates_a_native_firestore_database_in_the_configured_location(
+    scenario: Scenario,
+) -> None:
     (create,) = calls_of(scenario.setup, "firestore", "databases", "create")
     flags = flags_of(create)
     assert flags["type"] == "firestore-native"
@@ -263,7 +284,9 @@ def recorded_ttl_groups(run: Run) -> list[str]:
     return [flags_of(argv)["collection-group"] for argv in updates]
 
 
-def test_one_ttl_policy_per_collection_group_the_code_exports(scenario: Scenario) -> None:
+def test_one_ttl_policy_per_collection_group_the_code_exports(
+    scenario: Scenario,
+) -> None:
     from agent import history_store
 
     assert history_store.TTL_FIELD == "expire_at"
@@ -328,7 +351,9 @@ def written_collection_groups() -> dict[str, str]:
     return found
 
 
-def test_every_collection_group_the_code_writes_has_a_ttl_policy(scenario: Scenario) -> None:
+def test_every_collection_group_the_code_writes_has_a_ttl_policy(
+    scenario: Scenario,
+) -> None:
     written = written_collection_groups()
     assert written, "the scan found no .collection() call; it is not looking at the code"
     recorded = set(recorded_ttl_groups(scenario.setup))
@@ -374,7 +399,13 @@ def expected_bindings() -> set[tuple[str, str, str, str, str | None]]:
         # runtime: Firestore project-wide, one bucket, one secret, token creator on itself
         ("projects", PROJECT, runtime, "roles/datastore.user", None),
         ("buckets", results, runtime, "roles/storage.objectUser", None),
-        ("secrets", expanded("SECRET_NAME"), runtime, "roles/secretmanager.secretAccessor", None),
+        (
+            "secrets",
+            expanded("SECRET_NAME"),
+            runtime,
+            "roles/secretmanager.secretAccessor",
+            None,
+        ),
         (
             "service-accounts",
             sa_email("RUNTIME_SA_NAME"),
@@ -436,13 +467,17 @@ def recorded_bindings(run: Run) -> list[tuple[str, str, str, str, str | None]]:
     return out
 
 
-def test_iam_roles_are_exactly_these_and_granted_where_expected(scenario: Scenario) -> None:
+def test_iam_roles_are_exactly_these_and_granted_where_expected(
+    scenario: Scenario,
+) -> None:
     recorded = recorded_bindings(scenario.setup)
     assert len(recorded) == len(set(recorded)), "a binding was added twice"
     assert set(recorded) == expected_bindings()
 
 
-def test_runtime_account_has_nothing_project_wide_beyond_firestore(scenario: Scenario) -> None:
+def test_runtime_account_has_nothing_project_wide_beyond_firestore(
+    scenario: Scenario,
+) -> None:
     runtime = "serviceAccount:" + sa_email("RUNTIME_SA_NAME")
     project_roles = {
         b[3] for b in recorded_bindings(scenario.setup) if b[0] == "projects" and b[2] == runtime
@@ -533,7 +568,9 @@ def test_retention_override_reaches_the_lifecycle_rule(partial_project: Run) -> 
     }
 
 
-def test_iam_bindings_retry_while_a_new_account_propagates(partial_project: Run) -> None:
+def test_iam_bindings_retry_while_a_new_account_propagates(
+    partial_project: Run,
+) -> None:
     binding_calls = [c for c in partial_project.calls if "add-iam-policy-binding" in c["argv"]]
     assert binding_calls[0]["exit"] == 1 and binding_calls[1]["exit"] == 0
     assert binding_calls[0]["argv"] == binding_calls[1]["argv"]
@@ -558,7 +595,9 @@ def test_dry_run_calls_nothing_and_prints_what_a_first_run_does(
     assert printed == performed
 
 
-def test_every_config_value_can_be_overridden_from_the_environment(tmp_path: Path) -> None:
+def test_every_config_value_can_be_overridden_from_the_environment(
+    tmp_path: Path,
+) -> None:
     overrides = {
         "REGION": "europe-west9",
         "FUNCTION_NAME": "fn-override",
@@ -748,7 +787,10 @@ def test_timeout_override_moves_flag_and_setting_together(tmp_path: Path) -> Non
         ({"CPU": "1.5"}, "whole number"),
         ({"CPU": "4", "MEMORY": "1Gi"}, "outside 2048-16384 MiB"),
         ({"CPU": "1", "MEMORY": "8Gi"}, "outside 512-4096 MiB"),
-        ({"MIN_INSTANCES": "5", "MAX_INSTANCES": "2"}, "MIN_INSTANCES <= MAX_INSTANCES"),
+        (
+            {"MIN_INSTANCES": "5", "MAX_INSTANCES": "2"},
+            "MIN_INSTANCES <= MAX_INSTANCES",
+        ),
         ({"FUNCTION_TIMEOUT_SECONDS": "3601"}, "1-3600"),
         ({"RUNTIME": "python39"}, "python311"),
         ({"AGENT_MODEL": "a,b"}, "must not contain a comma"),
@@ -772,8 +814,14 @@ def test_deploy_refuses_inconsistent_settings(
             "--no-allow-unauthenticated missing",
         ),
         (lambda a: [*a, "--allow-unauthenticated"], "makes the function public"),
-        (lambda a: [x for x in a if not x.startswith("--memory=")], "only accepted with --memory"),
-        (lambda a: [re.sub(r"^--cpu=.*", "--cpu=0.5", x) for x in a], "needs at least 1 vCPU"),
+        (
+            lambda a: [x for x in a if not x.startswith("--memory=")],
+            "only accepted with --memory",
+        ),
+        (
+            lambda a: [re.sub(r"^--cpu=.*", "--cpu=0.5", x) for x in a],
+            "needs at least 1 vCPU",
+        ),
         (
             lambda a: [re.sub(r"^--timeout=.*", "--timeout=60s", x) for x in a],
             "differs from FUNCTION_TIMEOUT",
@@ -804,7 +852,9 @@ def cloudbuild() -> dict[str, Any]:
     return config
 
 
-def test_pipeline_submits_as_the_deployer_with_every_substitution(scenario: Scenario) -> None:
+def test_pipeline_submits_as_the_deployer_with_every_substitution(
+    scenario: Scenario,
+) -> None:
     (argv,) = calls_of(scenario.pipeline, "builds", "submit")
     flags = flags_of(argv)
     assert flags["config"] == "cloudbuild.yaml"
@@ -826,7 +876,12 @@ def test_cloudbuild_validates_against_the_cloud_build_schema() -> None:
     if not tool.exists():
         pytest.skip("check-jsonschema is not installed (requirements-deploy-dev.txt)")
     result = subprocess.run(
-        [str(tool), "--builtin-schema", "vendor.cloudbuild", str(REPO / "cloudbuild.yaml")],
+        [
+            str(tool),
+            "--builtin-schema",
+            "vendor.cloudbuild",
+            str(REPO / "cloudbuild.yaml"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -951,10 +1006,17 @@ def upload_list(ignore_file: Path, tmp_path: Path) -> set[str]:
 
 def test_function_upload_holds_the_service_and_nothing_else(tmp_path: Path) -> None:
     files = upload_list(REPO / ".gcloudignore", tmp_path)
-    assert files == {"main.py", "requirements.txt", "agent/__init__.py", "agent/settings.py"}
+    assert files == {
+        "main.py",
+        "requirements.txt",
+        "agent/__init__.py",
+        "agent/settings.py",
+    }
 
 
-def test_pipeline_upload_keeps_tests_and_tooling_but_not_local_state(tmp_path: Path) -> None:
+def test_pipeline_upload_keeps_tests_and_tooling_but_not_local_state(
+    tmp_path: Path,
+) -> None:
     files = upload_list(DEPLOY / "build.gcloudignore", tmp_path)
     for needed in [
         "tests/test_deploy.py",
@@ -965,71 +1027,182 @@ def test_pipeline_upload_keeps_tests_and_tooling_but_not_local_state(tmp_path: P
         "main.py",
     ]:
         assert needed in files
-    for local in [".venv/bin/python", "bench/results/r.json", ".local/data.json", ".git/HEAD"]:
+    for local in [
+        ".venv/bin/python",
+        "bench/results/r.json",
+        ".local/data.json",
+        ".git/HEAD",
+    ]:
         assert local not in files
 
 
 # --- real gcloud argument parsing -------------------------------------------------------
 
 
-def replay(argv: list[str], lifecycle: object | None) -> tuple[list[str], int, str]:
+@functools.cache
+def gcloud_sdk() -> tuple[str, str] | None:
+    """(SDK root, gcloud's Python) of the installed gcloud CLI, or None."""
+    if REAL_GCLOUD is None:
+        return None
     with tempfile.TemporaryDirectory() as cfg:
-        args = list(argv)
-        if lifecycle is not None:
-            rules = Path(cfg) / "lifecycle.json"
-            rules.write_text(json.dumps(lifecycle))
-            args = [
-                f"--lifecycle-file={rules}" if a.startswith("--lifecycle-file=") else a
-                for a in args
-            ]
         result = subprocess.run(
-            [str(REAL_GCLOUD), *args],
+            [REAL_GCLOUD, "info", "--format=json(installation.sdk_root,basic.python_location)"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "CLOUDSDK_CONFIG": cfg},
+            timeout=120,
+        )
+    if result.returncode != 0:
+        return None
+    info = json.loads(result.stdout)
+    return info["installation"]["sdk_root"], info["basic"]["python_location"]
+
+
+Replayed = tuple[list[str], int, str]
+
+
+def replay_one(argv: list[str]) -> Replayed:
+    """One command through the gcloud executable: the slow, plain way."""
+    with tempfile.TemporaryDirectory() as cfg:
+        result = subprocess.run(
+            [str(REAL_GCLOUD), *argv],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
+            check=False,
             cwd=REPO,
             env={**os.environ, "CLOUDSDK_CONFIG": cfg, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"},
             timeout=120,
         )
-    return argv, result.returncode, result.stderr
+    return argv, result.returncode, result.stdout + result.stderr
 
 
-def test_every_recorded_command_passes_the_real_gcloud_parser(scenario: Scenario) -> None:
+def replay_batch(commands: list[list[str]], workdir: Path) -> list[Replayed]:
+    """Commands through gcloud's own CLI object, one process per batch (tests/gcloud_parse.py)."""
+    sdk = gcloud_sdk()
+    if sdk is None:
+        return [replay_one(argv) for argv in commands]
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "commands.jsonl").write_text("".join(json.dumps(a) + "\n" for a in commands))
+    results = workdir / "results.jsonl"
+    env = {
+        **os.environ,
+        "CLOUDSDK_CONFIG": str(workdir / "cfg"),
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+    }
+    driver = Path(__file__).with_name("gcloud_parse.py")
+    subprocess.run(
+        [sdk[1], "-S", str(driver), sdk[0], str(workdir / "commands.jsonl"), str(results)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    done = (
+        [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    )
+    replayed: list[Replayed] = [(r["argv"], r["exit"], r["output"]) for r in done]
+    # Whatever the driver did not get to (a changed SDK layout, a crash) goes the slow way.
+    return replayed + [replay_one(argv) for argv in commands[len(done) :]]
+
+
+def replay_all(
+    items: list[tuple[list[str], Any]], workdir: Path, workers: int = 2
+) -> list[Replayed]:
+    """Replay (argv, lifecycle rule or None) pairs in a bounded pool of batch processes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    commands = []
+    for index, (argv, lifecycle) in enumerate(items):
+        if lifecycle is not None:
+            rules = workdir / f"lifecycle-{index}.json"
+            rules.write_text(json.dumps(lifecycle))
+            argv = [
+                f"--lifecycle-file={rules}" if a.startswith("--lifecycle-file=") else a
+                for a in argv
+            ]
+        commands.append(argv)
+    chunks = [commands[i::workers] for i in range(workers)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = pool.map(lambda i: replay_batch(chunks[i], workdir / f"batch-{i}"), range(workers))
+        return [result for part in parts for result in part]
+
+
+def readme_commands() -> list[list[str]]:
+    """The gcloud commands deploy/README.md tells the operator to run, as argv lists."""
+    text = (DEPLOY / "README.md").read_text()
+    found: list[str] = []
+    in_block = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_block = not in_block
+            continue
+        if in_block:
+            assigned = re.fullmatch(r"\w+=\$\((gcloud .*)\)", line)
+            if line.startswith("gcloud "):
+                found.append(line)
+            elif assigned:
+                found.append(assigned.group(1))
+            else:
+                found += re.findall(r"\$\((gcloud [^()]*)\)", line)
+        else:  # inline code: only complete commands, not mentions like `gcloud builds submit`
+            found += [c for c in re.findall(r"`(gcloud [^`]*)`", line) if "--project=" in c]
+    commands = []
+    for text_command in found:
+        argv = shlex.split(text_command.split(" < ")[0].replace("$PROJECT_ID", PROJECT))[1:]
+        # Logging in and reading local configuration are not commands of this deploy.
+        if argv[:2] != ["auth", "login"] and argv[:1] != ["config"]:
+            commands.append(argv)
+    return commands
+
+
+def test_every_recorded_command_passes_the_real_gcloud_parser(
+    scenario: Scenario, tmp_path: Path
+) -> None:
     if REAL_GCLOUD is None:
-        pytest.skip(
-            "gcloud CLI not installed: recorded commands cannot be replayed through its parser"
-        )
-    unique: dict[str, tuple[list[str], object | None]] = {}
+        pytest.skip("gcloud CLI not installed: recorded commands cannot be replayed")
+    unique: dict[str, tuple[list[str], Any]] = {}
     for run in (scenario.setup, scenario.second, scenario.deploy, scenario.pipeline):
         for call in run.calls:
             argv = list(call["argv"])
             unique.setdefault(json.dumps(normalized(argv)), (argv, call.get("lifecycle")))
+    recorded = len(unique)
+    documented = readme_commands()
+    assert len(documented) >= 8, "deploy/README.md lost its gcloud commands?"
+    for argv in documented:
+        unique.setdefault(json.dumps(argv), (argv, None))
     started = time.monotonic()
-    workers = max(2, os.cpu_count() or 2)  # gcloud start-up is CPU-bound: more workers only queue
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda item: replay(*item), unique.values()))
+    results = replay_all(list(unique.values()), tmp_path)
     elapsed = time.monotonic() - started
-    print(f"\nreplayed {len(results)} gcloud commands in {elapsed:.1f} s with {workers} workers")
+    print(f"\nreplayed {len(results)} gcloud commands in {elapsed:.1f} s")
+    assert len(results) == len(unique)
     failures = [
-        f"exit {code}: gcloud {shlex.join(argv)}\n{stderr.strip()[:600]}"
-        for argv, code, stderr in results
-        if code != 1 or NO_ACCOUNT not in stderr
+        f"exit {code}: gcloud {shlex.join(argv)}\n{output.strip()[:600]}"
+        for argv, code, output in results
+        if code != 1 or NO_ACCOUNT not in output
     ]
     assert not failures, "\n\n".join(failures)
-    assert len(results) >= 30, "fewer commands than setup, deploy and pipeline make"
+    assert recorded >= 30, "fewer commands than setup, deploy and pipeline make"
 
 
-def test_the_replay_catches_a_bad_flag(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [True, False], ids=["one-process", "per-command"])
+def test_the_replay_catches_a_bad_flag(tmp_path: Path, batch: bool) -> None:
     if REAL_GCLOUD is None:
         pytest.skip("gcloud CLI not installed")
-    _, code, stderr = replay(
-        ["functions", "deploy", "x", "--gen2", "--region=us-central1", "--cpu=1"], None
-    )
-    assert code == 2 and "--memory must be specified" in stderr
-    _, code, _ = replay(
-        ["storage", "buckets", "create", "gs://x", "--public-access-prevention=enforced"], None
-    )
-    assert code == 2
+    bad = [
+        ["functions", "deploy", "x", "--gen2", "--region=us-central1", "--cpu=1"],
+        ["storage", "buckets", "create", "gs://x", "--public-access-prevention=enforced"],
+        ["functions", "deploy", "x", "--gen2", "--region=us-central1", "--timeout=5min2"],
+        ["secrets", "create", "s", "--replication=automatic", "--project=p"],
+    ]
+    good = ["functions", "deploy", "x", "--gen2", "--region=us-central1", "--memory=1Gi", "--cpu=1"]
+    commands = [*bad, good]
+    results = replay_batch(commands, tmp_path) if batch else [replay_one(a) for a in commands]
+    assert [code for _, code, _ in results] == [2, 2, 2, 2, 1]
+    assert "--memory must be specified" in results[0][2]
+    assert NO_ACCOUNT in results[-1][2]
 
 
 # --- the scripts themselves ------------------------------------------------------------
