@@ -3,8 +3,8 @@
 They come from ``COLLECTION_GROUPS`` in ``agent/history_store.py``, read statically (with
 ``ast``) so that the setup script needs only a Python 3 interpreter, not the service's
 dependencies. Names are followed to module-level string constants, also across
-``from agent.x import NAME``; anything else is an error rather than a guess, because a
-collection group without a TTL policy keeps its documents forever.
+``from agent.x import NAME`` and ``from .x import NAME``; anything else is an error rather
+than a guess, because a collection group without a TTL policy keeps its documents forever.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ class Unresolvable(Exception):
 
 
 def _module_path(module: str) -> Path:
-    path = REPO.joinpath(*module.split(".")).with_suffix(".py")
-    if not path.is_file():
-        raise Unresolvable(f"module {module} not found at {path}")
-    return path
+    path = REPO.joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    raise Unresolvable(f"module {module} not found under {REPO}")
 
 
 def _bindings(module: str) -> tuple[dict[str, ast.expr], dict[str, tuple[str, str]]]:
@@ -40,10 +41,28 @@ def _bindings(module: str) -> tuple[dict[str, ast.expr], dict[str, tuple[str, st
                     assigned[target.id] = node.value
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
             assigned[node.target.id] = node.value
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            source = _absolute(module, node.module or "", node.level)
             for alias in node.names:
-                imported[alias.asname or alias.name] = (node.module, alias.name)
+                imported[alias.asname or alias.name] = (source, alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    imported[alias.asname] = (alias.name, "")
     return assigned, imported
+
+
+def _absolute(module: str, name: str, level: int) -> str:
+    """The absolute module name of ``from <level dots><name> import ...`` inside ``module``."""
+    if level == 0:
+        return name
+    package = module.split(".")[:-level]
+    return ".".join([*package, *([name] if name else [])])
+
+
+def _is_module(module: str) -> bool:
+    path = REPO.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def resolve(module: str, name: str, depth: int = 0) -> str | tuple[str, ...]:
@@ -56,6 +75,19 @@ def resolve(module: str, name: str, depth: int = 0) -> str | tuple[str, ...]:
         other, other_name = imported[name]
         return resolve(other, other_name, depth + 1)
     raise Unresolvable(f"{name} is not defined at module level in {module}")
+
+
+def resolve_expression(module: str, node: ast.expr) -> str | tuple[str, ...]:
+    """Evaluate an expression written in ``module``: a string, a constant's name, or
+    ``other_module.NAME`` where other_module was imported."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        _, imported = _bindings(module)
+        if node.value.id in imported:
+            source, name = imported[node.value.id]
+            target = f"{source}.{name}" if name else source
+            if _is_module(target):
+                return resolve(target, node.attr)
+    return _evaluate(module, node, 0)
 
 
 def _evaluate(module: str, node: ast.expr, depth: int) -> str | tuple[str, ...]:

@@ -333,18 +333,11 @@ def written_collection_groups() -> dict[str, str]:
                 continue
             where = f"{path.relative_to(REPO)}:{node.lineno}"
             arg = node.args[0]
-            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                value: object = arg.value
-            elif isinstance(arg, ast.Name):
-                try:
-                    value = reader.resolve(module, arg.id)
-                except reader.Unresolvable as error:
-                    pytest.fail(
-                        f"{where}: collection name {arg.id} is not a module constant ({error})"
-                    )
-            else:
+            try:
+                value = reader.resolve_expression(module, arg)
+            except reader.Unresolvable as error:
                 pytest.fail(
-                    f"{where}: collection name {ast.unparse(arg)} cannot be checked statically"
+                    f"{where}: collection name {ast.unparse(arg)} is not a constant ({error})"
                 )
             assert isinstance(value, str), where
             found[value] = where
