@@ -1,4 +1,5 @@
-"""Print the Firestore collection groups the service writes, one per line.
+"""Print the Firestore collection groups the service writes, one per line
+(or, with ``--ttl-field``, the name of the field their TTL policies use).
 
 They come from ``COLLECTION_GROUPS`` in ``agent/history_store.py``, read statically (with
 ``ast``) so that the setup script needs only a Python 3 interpreter, not the service's
@@ -16,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_MODULE = "agent.history_store"
 NAME = "COLLECTION_GROUPS"
+TTL_NAME = "TTL_FIELD"
 
 
 class Unresolvable(Exception):
@@ -116,15 +118,27 @@ def collection_groups() -> tuple[str, ...]:
     return groups
 
 
-def main() -> int:
+def ttl_field() -> str:
+    value = resolve(SOURCE_MODULE, TTL_NAME)
+    if not isinstance(value, str):
+        raise Unresolvable(f"{SOURCE_MODULE}.{TTL_NAME} is not a string")
+    return value
+
+
+def main(argv: list[str]) -> int:
     try:
-        groups = collection_groups()
+        if argv == ["--ttl-field"]:
+            print(ttl_field())
+        elif not argv:
+            print("\n".join(dict.fromkeys(collection_groups())))
+        else:
+            print("usage: collection_groups.py [--ttl-field]", file=sys.stderr)
+            return 2
     except Unresolvable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print("\n".join(dict.fromkeys(groups)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -55,15 +55,16 @@ create_database() {
 # Firestore deletes a collection group's documents only under its own TTL policy (a
 # parent's deletion leaves subcollections behind), so every group the code writes gets one.
 create_ttl_policies() {
-  log "TTL policies on expire_at"
-  local groups existing="" group
+  local field groups existing="" group
+  field="$(cd "$REPO_ROOT" && "$PYTHON" deploy/collection_groups.py --ttl-field)" || die "cannot read the TTL field"
   groups="$(cd "$REPO_ROOT" && "$PYTHON" deploy/collection_groups.py)" || die "cannot read the collection groups"
+  log "TTL policies on $field"
   [[ "$DRY_RUN" == 1 ]] || existing="$(gcloud firestore fields ttls list --database="$FIRESTORE_DATABASE" \
     --project="$PROJECT_ID" --format='value(name)')"
   while IFS= read -r group; do
-    grep -q "/collectionGroups/$group/fields/expire_at\$" <<<"$existing" && continue
+    grep -q "/collectionGroups/$group/fields/$field\$" <<<"$existing" && continue
     # --async: the policy takes minutes to become active and needs no waiting for.
-    run gcloud firestore fields ttls update expire_at --collection-group="$group" \
+    run gcloud firestore fields ttls update "$field" --collection-group="$group" \
       --enable-ttl --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async --quiet
   done <<<"$groups"
 }

@@ -278,9 +278,11 @@ def test_creates_a_native_firestore_database_in_the_configured_location(
 
 
 def recorded_ttl_groups(run: Run) -> list[str]:
+    from agent.history_store import TTL_FIELD
+
     updates = calls_of(run, "firestore", "fields", "ttls", "update")
     for argv in updates:
-        assert argv[4] == "expire_at" and "--enable-ttl" in argv, argv
+        assert argv[4] == TTL_FIELD and "--enable-ttl" in argv, argv
     return [flags_of(argv)["collection-group"] for argv in updates]
 
 
@@ -306,6 +308,14 @@ def test_static_reader_agrees_with_the_module() -> None:
         cwd=REPO,
     ).stdout.split()
     assert out == list(dict.fromkeys(history_store.COLLECTION_GROUPS))
+    field = subprocess.run(
+        [sys.executable, str(DEPLOY / "collection_groups.py"), "--ttl-field"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout.strip()
+    assert field == history_store.TTL_FIELD
 
 
 def written_collection_groups() -> dict[str, str]:
