@@ -3,6 +3,9 @@
 ``main.agent_http`` dispatches every request of the Cloud Function into this app, so
 ``/chat``, ``/sessions/<id>`` and ``/healthz`` are real routes with method handling,
 and the same app runs under the functions-framework local server.
+
+Every route but ``/healthz`` (and CORS preflights) first authenticates the caller
+(``auth.py``); the principal then scopes every session operation (``ownership.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import uuid
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from . import errors
+from . import cors, errors
+from .idempotency import REPLAYED_HEADER, parse_key, run_once
+from .logs import bind_request, trace_fields, unbind
 from .service import Service
+from .settings import csv
 from .validation import check_session_id, parse_chat
 
 log = logging.getLogger("agent.http")
@@ -38,6 +44,21 @@ def create_app(service: Service) -> Flask:
         g.started = time.monotonic()
         g.request_id = uuid.uuid4().hex
 
+    @app.before_request
+    def _identify() -> None:
+        request_fields = {"request_id": g.request_id}
+        g.log_token = bind_request(request_fields | trace_fields(request.headers, service.project))
+        if request.routing_exception is not None or request.method == "OPTIONS":
+            return  # unknown routes and methods answer 404/405 before any identity
+        if request.endpoint != "healthz":
+            g.principal = service.auth.authenticate(request.headers, request.host)
+
+    @app.teardown_request
+    def _forget(_: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            unbind(token)
+
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
@@ -55,6 +76,9 @@ def create_app(service: Service) -> Flask:
                         (time.monotonic() - g.get("started", time.monotonic())) * 1000, 1
                     ),
                     "usage": g.get("usage"),
+                    "principal": g.get("principal"),
+                    "outcome": g.get("outcome")
+                    or ("ok" if response.status_code < 400 else "error"),
                 }
             },
         )
@@ -72,23 +96,44 @@ def create_app(service: Service) -> Flask:
             )
         body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
         chat_request = parse_chat(body, settings.max_message_chars)
+        key = parse_key(request.headers)
         session_id = chat_request.session_id or service.new_session_id()
         g.session_id = session_id
-        outcome = service.turns.run(session_id, chat_request.message, g.started)
-        g.usage = outcome.usage
-        return jsonify(
+        replayed = False
+        if key is None:
+            outcome = service.turns.run(
+                session_id, chat_request.message, g.started, owner=g.principal
+            )
+        else:
+            outcome, replayed = run_once(
+                service.idempotency,
+                service.turns,
+                principal=g.principal,
+                key=key,
+                chat=chat_request,
+                session_id=session_id,
+                started=g.started,
+                budget_seconds=settings.turn_budget_seconds,
+            )
+        g.session_id = outcome.session_id
+        g.usage = None if replayed else outcome.usage
+        g.outcome = "replayed" if replayed else None
+        response = jsonify(
             session_id=outcome.session_id,
             reply=outcome.reply,
             new_session=outcome.new_session,
             usage=outcome.usage,
             expires_at=_rfc3339(outcome.expire_at),
         )
+        if replayed:
+            response.headers[REPLAYED_HEADER] = "true"
+        return response
 
     @app.get("/sessions/<session_id>")
     def get_session(session_id: str) -> Response:
         check_session_id(session_id)
         g.session_id = session_id
-        history = service.load(session_id)
+        history = service.load(session_id, owner=g.principal)
         if history is None:
             raise errors.session_not_found()
         return jsonify(
@@ -102,8 +147,9 @@ def create_app(service: Service) -> Flask:
     def delete_session(session_id: str) -> Response:
         check_session_id(session_id)
         g.session_id = session_id
-        if not service.delete(session_id):
+        if not service.delete(session_id, owner=g.principal):
             raise errors.session_not_found()
+        service.idempotency.forget_session(session_id, g.principal)
         return Response(status=204)
 
     @app.errorhandler(errors.ApiError)
@@ -129,10 +175,12 @@ def create_app(service: Service) -> Flask:
         )
         return _error_response(errors.internal_error(), request_id=g.get("request_id"))
 
+    cors.install(app, csv(settings.cors_allowed_origins))
     return app
 
 
 def _error_response(error: errors.ApiError, request_id: str | None = None) -> Response:
+    g.outcome = error.code
     response = jsonify(error.body(request_id))
     response.status_code = error.status
     response.headers.update(error.headers)

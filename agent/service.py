@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from google.cloud import firestore
 
 from . import errors
+from .auth import Authenticator, build_authenticator
 from .definition import build_agent
 from .event_loop import BackgroundLoop
 from .firestore_session import utc_now
 from .history_store import History, HistoryStore, SessionBusy, StoreUnavailable
+from .idempotency import IdempotencyStore
 from .model import build_model
 from .settings import Settings
 from .turn import TurnRunner
@@ -31,20 +33,24 @@ class Service:
     store: HistoryStore
     turns: TurnRunner
     loop: BackgroundLoop
+    auth: Authenticator
+    idempotency: IdempotencyStore
+    project: str | None
+    """The Google Cloud project, for the trace field of the logs."""
 
     @staticmethod
     def new_session_id() -> str:
         return secrets.token_urlsafe(24)  # 192 random bits
 
-    def load(self, session_id: str) -> History | None:
+    def load(self, session_id: str, owner: str | None = None) -> History | None:
         try:
-            return self.store.load(session_id, utc_now())
+            return self.store.load(session_id, utc_now(), owner)
         except StoreUnavailable:
             raise errors.storage_unavailable() from None
 
-    def delete(self, session_id: str) -> bool:
+    def delete(self, session_id: str, owner: str | None = None) -> bool:
         try:
-            return self.store.delete(session_id, utc_now())
+            return self.store.delete(session_id, utc_now(), owner)
         except SessionBusy as busy:
             raise errors.session_busy(busy.retry_after) from None
         except StoreUnavailable:
@@ -73,4 +79,17 @@ def build_service(settings: Settings) -> Service:
         settings.model_api,
         "on" if settings.tracing_enabled else "off",
     )
-    return Service(settings, store, TurnRunner(agent, store, loop, settings), loop)
+    idempotency = IdempotencyStore(
+        client,
+        ttl_seconds=settings.session_ttl_seconds,
+        timeout_seconds=settings.firestore_timeout_seconds,
+    )
+    return Service(
+        settings,
+        store,
+        TurnRunner(agent, store, loop, settings),
+        loop,
+        auth=build_authenticator(settings),
+        idempotency=idempotency,
+        project=settings.google_cloud_project or client.project,
+    )
