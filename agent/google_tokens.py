@@ -46,22 +46,24 @@ class CertCache:
         url: str,
         *,
         timeout: float = 5.0,
+        min_refetch_seconds: float = _MIN_REFETCH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._url = url
         self._timeout = timeout
+        self._min_refetch = min_refetch_seconds
         self._clock = clock
         self._lock = threading.Lock()
         self._certs: dict[str, str] = {}
         self._fresh_until = 0.0
-        self._fetched_at = -_MIN_REFETCH_SECONDS
+        self._fetched_at = -min_refetch_seconds
         self.fetches = 0
 
     def certs_for(self, key_id: str) -> Mapping[str, str]:
         with self._lock:
             now = self._clock()
             stale = now >= self._fresh_until
-            unknown = key_id not in self._certs and now - self._fetched_at >= _MIN_REFETCH_SECONDS
+            unknown = key_id not in self._certs and now - self._fetched_at >= self._min_refetch
             if stale or unknown:
                 try:
                     self._fetch(now)
@@ -84,7 +86,7 @@ class CertCache:
         match = _MAX_AGE.search(cache_control)
         max_age = float(match.group(1)) if match else _DEFAULT_MAX_AGE
         self._certs = body
-        self._fresh_until = now + max(_MIN_REFETCH_SECONDS, min(max_age, 86400.0))
+        self._fresh_until = now + max(self._min_refetch, min(max_age, 86400.0))
 
 
 def verify(token: str, certs: CertCache, audiences: Sequence[str]) -> dict[str, Any]:
