@@ -16,7 +16,7 @@ import time
 import uuid
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from . import cors, errors
 from .idempotency import REPLAYED_HEADER, parse_key, run_once
@@ -95,6 +95,10 @@ def create_app(service: Service) -> Flask:
                 415, "unsupported_media_type", "Send the body as application/json."
             )
         body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        if request.content_length is None and len(body) >= settings.max_request_bytes:
+            # A chunked body has no length to check up front, and werkzeug cuts it at
+            # the limit silently; a cut body must not be parsed as if it were whole.
+            raise RequestEntityTooLarge()
         chat_request = parse_chat(body, settings.max_message_chars)
         key = parse_key(request.headers)
         session_id = chat_request.session_id or service.new_session_id()
