@@ -23,7 +23,7 @@ from schemathesis import GenerationMode
 
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
-from tests.live_server import LiveServer as Server
+from local.server import LiveServer as Server
 from tests.openapi_contract import SPEC_PATH, assert_conforms
 
 KEY = "fuzz-key-0123456789abcdef"

@@ -1,6 +1,6 @@
-"""The functions-framework server (gunicorn, ``main.agent_http``) as a child process
-whose log goes to a file: a pipe nobody reads fills up after a few hundred requests
-and then blocks the server mid-request."""
+"""The functions-framework server (gunicorn, ``main.agent_http``) as a child process,
+for tests and benchmarks. Its log goes to a file: a pipe nobody reads fills up
+after a few hundred requests and then blocks the server mid-request."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from local.emulators import free_port, wait_for_port
+from .emulators import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +22,7 @@ class LiveServer:
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this method
             prefix="agent-server-", suffix=".log", delete=False
         )
+        self.process: subprocess.Popen[bytes]
         self.process = subprocess.Popen(
             [
                 sys.executable,
