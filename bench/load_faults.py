@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--fault-sessions", type=int, default=100)
-    parser.add_argument("--model-failures", type=int, default=40)
+    parser.add_argument("--model-failures", type=int, default=150)
     parser.add_argument("--outage-seconds", type=float, default=5.0)
     parser.add_argument("--model-delay", type=float, default=0.05, help="seconds per model call")
     parser.add_argument("--max-attempts", type=int, default=40, help="per turn")
