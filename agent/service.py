@@ -42,13 +42,13 @@ class Service:
     def new_session_id() -> str:
         return secrets.token_urlsafe(24)  # 192 random bits
 
-    def load(self, session_id: str, owner: str | None = None) -> History | None:
+    def load(self, session_id: str, owner: str) -> History | None:
         try:
             return self.store.load(session_id, utc_now(), owner)
         except StoreUnavailable:
             raise errors.storage_unavailable() from None
 
-    def delete(self, session_id: str, owner: str | None = None) -> bool:
+    def delete(self, session_id: str, owner: str) -> bool:
         try:
             return self.store.delete(session_id, utc_now(), owner)
         except SessionBusy as busy:

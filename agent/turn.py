@@ -65,11 +65,12 @@ class TurnRunner:
         message: str,
         started: float,
         *,
-        owner: str | None = None,
+        owner: str | None,
         on_commit: Callable[[Any, TurnOutcome], None] | None = None,
     ) -> TurnOutcome:
         """``started`` is the request's ``time.monotonic()`` at arrival; ``owner`` the
-        caller's principal; ``on_commit(batch, outcome)`` adds writes to the turn's
+        caller's principal, required so that no route can forget it (None, for library
+        use only, skips ownership checks); ``on_commit(batch, outcome)`` adds writes to the turn's
         commit (the idempotency record)."""
         deadline = started + self._settings.turn_budget_seconds
         session = FirestoreSession(session_id, self._store, owner=owner)
