@@ -3,6 +3,9 @@
 ``main.agent_http`` dispatches every request of the Cloud Function into this app, so
 ``/chat``, ``/sessions/<id>`` and ``/healthz`` are real routes with method handling,
 and the same app runs under the functions-framework local server.
+
+Every route but ``/healthz`` (and CORS preflights) first authenticates the caller
+(``auth.py``); the principal then scopes every session operation (``ownership.py``).
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import time
 import uuid
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from . import errors
+from . import cors, errors
+from .idempotency import REPLAYED_HEADER, parse_key, run_once
+from .logs import bind_request, trace_fields, unbind
 from .service import Service
+from .settings import csv
 from .validation import check_session_id, parse_chat
 
 log = logging.getLogger("agent.http")
@@ -38,6 +44,21 @@ def create_app(service: Service) -> Flask:
         g.started = time.monotonic()
         g.request_id = uuid.uuid4().hex
 
+    @app.before_request
+    def _identify() -> None:
+        request_fields = {"request_id": g.request_id}
+        g.log_token = bind_request(request_fields | trace_fields(request.headers, service.project))
+        if request.routing_exception is not None or request.method == "OPTIONS":
+            return  # unknown routes and methods answer 404/405 before any identity
+        if request.endpoint != "healthz":
+            g.principal = service.auth.authenticate(request.headers, request.host)
+
+    @app.teardown_request
+    def _forget(_: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            unbind(token)
+
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
@@ -55,6 +76,9 @@ def create_app(service: Service) -> Flask:
                         (time.monotonic() - g.get("started", time.monotonic())) * 1000, 1
                     ),
                     "usage": g.get("usage"),
+                    "principal": g.get("principal"),
+                    "outcome": g.get("outcome")
+                    or ("ok" if response.status_code < 400 else "error"),
                 }
             },
         )
@@ -71,11 +95,33 @@ def create_app(service: Service) -> Flask:
                 415, "unsupported_media_type", "Send the body as application/json."
             )
         body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        if request.content_length is None and len(body) >= settings.max_request_bytes:
+            # A chunked body has no length to check up front, and werkzeug cuts it at
+            # the limit silently; a cut body must not be parsed as if it were whole.
+            raise RequestEntityTooLarge()
         chat_request = parse_chat(body, settings.max_message_chars)
+        key = parse_key(request.headers)
         session_id = chat_request.session_id or service.new_session_id()
         g.session_id = session_id
-        outcome = service.turns.run(session_id, chat_request.message, g.started)
-        g.usage = outcome.usage
+        replayed = False
+        if key is None:
+            outcome = service.turns.run(
+                session_id, chat_request.message, g.started, owner=g.principal
+            )
+        else:
+            outcome, replayed = run_once(
+                service.idempotency,
+                service.turns,
+                principal=g.principal,
+                key=key,
+                chat=chat_request,
+                session_id=session_id,
+                started=g.started,
+                budget_seconds=settings.turn_budget_seconds,
+            )
+        g.session_id = outcome.session_id
+        g.usage = None if replayed else outcome.usage
+        g.outcome = "replayed" if replayed else None
         answer: dict[str, object] = {
             "session_id": outcome.session_id,
             "reply": outcome.reply,
@@ -87,13 +133,16 @@ def create_app(service: Service) -> Flask:
             answer["result"] = outcome.result.as_json()
         if outcome.warnings:
             answer["warnings"] = list(outcome.warnings)
-        return jsonify(answer)
+        response = jsonify(answer)
+        if replayed:
+            response.headers[REPLAYED_HEADER] = "true"
+        return response
 
     @app.get("/sessions/<session_id>")
     def get_session(session_id: str) -> Response:
         check_session_id(session_id)
         g.session_id = session_id
-        history = service.load(session_id)
+        history = service.load(session_id, owner=g.principal)
         if history is None:
             raise errors.session_not_found()
         return jsonify(
@@ -107,15 +156,16 @@ def create_app(service: Service) -> Flask:
     def delete_session(session_id: str) -> Response:
         check_session_id(session_id)
         g.session_id = session_id
-        if not service.delete(session_id):
+        if not service.delete(session_id, owner=g.principal):
             raise errors.session_not_found()
+        service.idempotency.forget_session(session_id, g.principal)
         return Response(status=204)
 
     @app.get("/sessions/<session_id>/results/<turn_id>")
     def get_result(session_id: str, turn_id: str) -> Response:
         check_session_id(session_id)
         g.session_id = session_id
-        return jsonify(service.resign_result(session_id, turn_id).as_json())
+        return jsonify(service.resign_result(session_id, turn_id, g.principal).as_json())
 
     @app.errorhandler(errors.ApiError)
     def _api_error(error: errors.ApiError) -> Response:
@@ -140,10 +190,12 @@ def create_app(service: Service) -> Flask:
         )
         return _error_response(errors.internal_error(), request_id=g.get("request_id"))
 
+    cors.install(app, csv(settings.cors_allowed_origins))
     return app
 
 
 def _error_response(error: errors.ApiError, request_id: str | None = None) -> Response:
+    g.outcome = error.code
     response = jsonify(error.body(request_id))
     response.status_code = error.status
     response.headers.update(error.headers)

@@ -58,6 +58,12 @@ class ResultLink:
     expires_at: dt.datetime
     sha256: str
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ResultLink:
+        fields = dict(data)
+        fields["expires_at"] = dt.datetime.fromisoformat(fields["expires_at"])
+        return cls(**fields)
+
     def as_json(self) -> dict[str, Any]:
         expires = self.expires_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {

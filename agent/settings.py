@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 ModelApi = Literal["responses", "chat_completions"]
+AuthMode = Literal["iam", "api_key", "none"]
+GOOGLE_ID_TOKEN_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 RESULT_INLINE_LIMIT_BYTES = 2 * 1024 * 1024
 """Highest RESULT_INLINE_MAX_BYTES. An inline answer goes whole into the history, whose one
@@ -128,6 +130,44 @@ class Settings:
     # --- Process ------------------------------------------------------------------
     log_level: str = "INFO"
 
+    k_service: str | None = None
+    """Set by the platform (Cloud Functions gen2, Cloud Run), never by hand: its
+    presence means the process is deployed, not on a developer's machine."""
+
+    # --- Who may call (agent/auth.py) ---------------------------------------------
+    auth_mode: AuthMode = "iam"
+    """``iam``: a Google identity token in ``Authorization: Bearer``, verified here
+    too (signature, audience, expiry); ``api_key``: a key in ``X-API-Key``;
+    ``none``: no authentication, refused on the platform (see
+    ``auth_force_none_on_cloud``)."""
+
+    auth_audience: str | None = None
+    """Accepted ``aud`` values of identity tokens, comma-separated (the function's
+    URLs). Unset: the URL the request was addressed to, ``https://<Host>`` and
+    ``https://<Host>/<K_SERVICE>``, which is what Google's front end checks too."""
+
+    auth_certs_url: str = GOOGLE_ID_TOKEN_CERTS_URL
+    """Where Google publishes the keys that sign identity tokens; https, except on
+    loopback (tests serve a stand-in there)."""
+
+    auth_allowed_principals: str | None = None
+    """Optional allow-list of principals (token emails), comma-separated. Unset:
+    any identity the platform's IAM let through. Set it if the function might ever
+    be deployed public: any Google account can mint a token for any audience."""
+
+    auth_api_keys: str | None = field(default=None, repr=False)
+    """``api_key`` mode's keys, from Secret Manager: ``name:key,name2:key2`` or a
+    JSON object ``{"name": "key"}``; each name is a principal. Keys of at least 16
+    characters. Never logged (``repr=False``); held hashed once parsed."""
+
+    auth_force_none_on_cloud: bool = False
+    """Allow ``AUTH_MODE=none`` although ``K_SERVICE`` is set. Off: such a deploy
+    refuses to start."""
+
+    cors_allowed_origins: str | None = None
+    """Browser origins allowed to call the API, comma-separated
+    (``https://app.example.com``). Unset: no cross-origin access."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -166,6 +206,7 @@ class Settings:
         if self.model_api not in ("responses", "chat_completions"):
             raise SettingsError("MODEL_API must be 'responses' or 'chat_completions'")
         self._validate_results()
+        self._validate_access()
 
     def _key_file_signs(self) -> bool:
         """True when GOOGLE_APPLICATION_CREDENTIALS holds a private key for the signing
@@ -209,8 +250,34 @@ class Settings:
         if self.results_bucket is not None and not _BUCKET.fullmatch(self.results_bucket):
             raise SettingsError(f"RESULTS_BUCKET={self.results_bucket!r} is not a bucket name")
 
+    def _validate_access(self) -> None:
+        if self.auth_mode not in ("iam", "api_key", "none"):
+            raise SettingsError("AUTH_MODE must be 'iam', 'api_key' or 'none'")
+        if self.auth_mode == "none" and self.k_service and not self.auth_force_none_on_cloud:
+            raise SettingsError(
+                f"AUTH_MODE=none refused: K_SERVICE={self.k_service!r} says this runs on"
+                " Cloud Functions/Run, where it would serve every conversation to anyone."
+                " Use AUTH_MODE=iam, or set AUTH_FORCE_NONE_ON_CLOUD=true to force it."
+            )
+        if self.auth_mode == "api_key" and not self.auth_api_keys:
+            raise SettingsError("AUTH_MODE=api_key needs AUTH_API_KEYS")
+        if not _LOCAL_OR_HTTPS.match(self.auth_certs_url):
+            raise SettingsError("AUTH_CERTS_URL must be https (or http on 127.0.0.1/localhost)")
+        for origin in csv(self.cors_allowed_origins):
+            if not _ORIGIN.fullmatch(origin):
+                raise SettingsError(
+                    f"CORS_ALLOWED_ORIGINS: {origin!r} is not an origin like https://host[:port]"
+                )
+
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_LOCAL_OR_HTTPS = re.compile(r"https://|http://(127\.0\.0\.1|localhost|\[::1\])[:/]")
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def csv(value: str | None) -> list[str]:
+    """The non-empty, stripped items of a comma-separated setting."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
 def _parse(name: str, type_name: str, raw: str) -> object:

@@ -12,16 +12,26 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import openai
-from agents import Agent, MaxTurnsExceeded, ModelBehaviorError, Runner
+from agents import Agent, MaxTurnsExceeded, ModelBehaviorError, Runner, RunResult
 from agents.exceptions import ModelTimeoutError
 
 from . import errors
 from .event_loop import BackgroundLoop
 from .firestore_session import FirestoreSession, utc_now
-from .history_store import ClaimLost, HistoryStore, SessionBusy, StoreUnavailable, TurnTooLarge
+from .history_store import (
+    ClaimLost,
+    HistoryStore,
+    SessionBusy,
+    SessionTaken,
+    StoreUnavailable,
+    TurnTooLarge,
+)
+from .ownership import session_id_taken
 from .results import Delivery, ResultLink, Results
 from .settings import Settings
 
@@ -59,15 +69,28 @@ class TurnRunner:
         )
         self._offload_reserve = self._results.reserve_seconds
 
-    def run(self, session_id: str, message: str, started: float) -> TurnOutcome:
-        """``started`` is the request's ``time.monotonic()`` at arrival."""
+    def run(
+        self,
+        session_id: str,
+        message: str,
+        started: float,
+        *,
+        owner: str | None,
+        on_commit: Callable[[Any, TurnOutcome], None] | None = None,
+    ) -> TurnOutcome:
+        """``started`` is the request's ``time.monotonic()`` at arrival; ``owner`` the
+        caller's principal, required so that no route can forget it (None, for library
+        use only, skips ownership checks); ``on_commit(batch, outcome)`` adds writes to the turn's
+        commit (the idempotency record)."""
         deadline = started + self._settings.turn_budget_seconds
-        session = FirestoreSession(session_id, self._store)
+        session = FirestoreSession(session_id, self._store, owner=owner)
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
         try:
             claim = session.begin_turn(claim_until)
         except SessionBusy as busy:
             raise errors.session_busy(busy.retry_after) from None
+        except SessionTaken:
+            raise session_id_taken() from None
         except StoreUnavailable:
             raise errors.storage_unavailable() from None
         delivery: Delivery | None = None
@@ -84,28 +107,47 @@ class TurnRunner:
             delivery = self._results.deliver(
                 session, result.final_output, deadline - self._commit_reserve - time.monotonic()
             )
-            history = session.commit_turn()
+            extra = None
+            if on_commit is not None:
+                done = on_commit
+
+                def extra(batch: Any, expire_at: dt.datetime) -> None:
+                    assert delivery is not None
+                    outcome = _outcome(session_id, result, claim.new_session, expire_at, delivery)
+                    done(batch, outcome)
+
+            history = session.commit_turn(extra_writes=extra)
         except BaseException as exc:
             if session.has_open_turn:
                 session.abort_turn()
             if delivery is not None and delivery.object_name:
                 self._results.discard(delivery.object_name)
             raise _as_api_error(exc) from exc
-        usage = result.context_wrapper.usage
-        return TurnOutcome(
-            session_id=session_id,
-            reply=delivery.reply,
-            new_session=claim.new_session,
-            usage={
-                "requests": usage.requests,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "total_tokens": usage.total_tokens,
-            },
-            expire_at=history.expire_at,
-            result=delivery.result,
-            warnings=delivery.warnings,
-        )
+        return _outcome(session_id, result, claim.new_session, history.expire_at, delivery)
+
+
+def _outcome(
+    session_id: str,
+    result: RunResult,
+    new_session: bool,
+    expire_at: dt.datetime,
+    delivery: Delivery,
+) -> TurnOutcome:
+    usage = result.context_wrapper.usage
+    return TurnOutcome(
+        session_id=session_id,
+        reply=delivery.reply,
+        new_session=new_session,
+        usage={
+            "requests": usage.requests,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+        expire_at=expire_at,
+        result=delivery.result,
+        warnings=delivery.warnings,
+    )
 
 
 def _as_api_error(exc: BaseException) -> BaseException:

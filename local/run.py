@@ -29,6 +29,8 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("GOOGLE_CLOUD_PROJECT", "demo-local")
     env.setdefault("LOG_LEVEL", "INFO")
+    # On a developer's machine; settings refuse "none" where K_SERVICE is set.
+    env.setdefault("AUTH_MODE", "none")
     port = env.get("PORT", "8080")
     emulator: FirestoreEmulator | None = None
     model: DemoModelServer | None = None

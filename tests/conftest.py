@@ -74,6 +74,7 @@ def settings_env(firestore: FirestoreEmulator, model: DemoModelServer) -> dict[s
         "AGENT_MODEL": "demo-model",
         "MODEL_MAX_RETRIES": "0",
         "FIRESTORE_TIMEOUT_SECONDS": "3",
+        "AUTH_MODE": "none",  # tests of other areas; tests/test_auth.py covers the rest
     }
 
 

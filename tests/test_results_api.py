@@ -380,3 +380,28 @@ def test_the_contract_describes_result_and_warnings() -> None:
 def test_the_contract_rejects_drift_in_result_and_warnings(body: object, match: str) -> None:
     with pytest.raises(AssertionError, match=match):
         assert_conforms("POST", "/chat", 200, body)
+
+
+def test_results_belong_to_the_session_owner(
+    make_client: Callable[..., FlaskClient],
+    results_env: dict[str, str],
+    model: DemoModelServer,
+    storage: StorageEmulator,
+) -> None:
+    keys = "alice:alice-key-0123456789abcdef,bob:bob-key-0123456789abcdef"
+    client = make_client(**results_env, auth_mode="api_key", auth_api_keys=keys)
+    alice = {"X-API-Key": "alice-key-0123456789abcdef"}
+    bob = {"X-API-Key": "bob-key-0123456789abcdef"}
+    model.control(reply_bytes=300_000)
+    body = {"message": MESSAGE, "session_id": "alices"}
+    turn_id = client.post("/chat", json=body, headers=alice).get_json()["result"]["turn_id"]
+    path = f"/sessions/alices/results/{turn_id}"
+    # To Bob, Alice's result looks exactly like a session that does not exist.
+    foreign = client.get(path, headers=bob)
+    absent = client.get(f"/sessions/nobody/results/{turn_id}", headers=bob)
+    assert foreign.status_code == absent.status_code == 404
+    assert foreign.get_json() == absent.get_json()
+    # Bob's DELETE of her session is a 404 and leaves her objects alone.
+    assert client.delete("/sessions/alices", headers=bob).status_code == 404
+    assert storage.object_names() == [f"results/alices/{turn_id}.md"]
+    assert client.get(path, headers=alice).status_code == 200

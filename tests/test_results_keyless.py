@@ -89,6 +89,7 @@ def keyless_server(
         "GOOGLE_CLOUD_PROJECT": "agent-test",
         "OPENAI_BASE_URL": model.base_url,
         "AGENT_MODEL": "demo-model",
+        "AUTH_MODE": "none",  # authentication is tests/test_auth.py's area
         "RESULTS_BUCKET": storage.bucket,
         "STORAGE_TIMEOUT_SECONDS": "2",
         # Where google-auth finds "the metadata server", and IAM for signBlob.
