@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run   - the service on http://127.0.0.1:8080 with the Firestore emulator
+#   make run   - the service on http://127.0.0.1:8080 with the Firestore and storage emulators
 #                (and the offline demo model when no OPENAI_API_KEY/OPENAI_BASE_URL)
 #   make test  - installs what the tests need and runs them all
 #   make bench - the performance benchmark (README, Performance); not part of make test
@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean load-faults
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,16 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/pip install -q -r requirements-dev.txt
+# The local run also needs the storage emulator, which is never deployed.
+$(VENV)/.local: requirements.txt requirements-local.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-local.txt
 	touch $@ $(VENV)/.runtime
 
-run: $(VENV)/.runtime
+$(VENV)/.dev: requirements.txt requirements-local.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime $(VENV)/.local
+
+run: $(VENV)/.local
 	$(BIN)/python -m local.run
 
 test: $(VENV)/.dev
@@ -37,3 +42,7 @@ lint: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+# The load-and-fault run (loopback only, about 90 s): README "Load and faults".
+load-faults: $(VENV)/.dev
+	$(BIN)/python -m bench.load_faults

@@ -9,7 +9,8 @@ makes a network call.
 from __future__ import annotations
 
 import functions_framework
-from flask import Request, Response
+from flask import Request, Response, current_app, has_app_context
+from flask import request as flask_request
 
 from agent.http_app import create_app
 from agent.logs import configure_logging
@@ -26,3 +27,11 @@ def agent_http(request: Request) -> Response:
     # The framework routes every path here; the inner app does the real routing.
     with app.request_context(request.environ):
         return app.full_dispatch_request()
+
+
+if has_app_context():
+    # Under functions-framework this module runs inside its outer app, whose catch-all
+    # route misses a few paths ("/robots.txt", "/favicon.ico", a path holding a
+    # newline) and would answer them with an HTML page. The inner app answers those
+    # too, in the API's error shape.
+    current_app.register_error_handler(404, lambda _: agent_http(flask_request))

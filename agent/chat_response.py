@@ -12,13 +12,18 @@ from .turn import TurnOutcome
 
 
 def chat_response(outcome: TurnOutcome) -> dict[str, object]:
-    return {
+    answer: dict[str, object] = {
         "session_id": outcome.session_id,
         "reply": outcome.reply,
         "new_session": outcome.new_session,
         "usage": outcome.usage,
         "expires_at": rfc3339(outcome.expire_at),
     }
+    if outcome.result is not None:
+        answer["result"] = outcome.result.as_json()
+    if outcome.warnings:
+        answer["warnings"] = list(outcome.warnings)
+    return answer
 
 
 def rfc3339(moment: dt.datetime) -> str:

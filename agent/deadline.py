@@ -49,6 +49,11 @@ class DeadlineBoundModel(Model):
         self._call_timeout = call_timeout
         self._min_call_seconds = min_call_seconds
 
+    @property
+    def inner(self) -> Model:
+        """The model whose calls are bounded."""
+        return self._inner
+
     def _bounded(self, model_settings: ModelSettings) -> tuple[ModelSettings, float | None]:
         deadline = _run_deadline.get()
         if deadline is None:  # used outside the service's turns: no deadline to keep

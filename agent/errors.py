@@ -32,6 +32,10 @@ def session_not_found() -> ApiError:
     return ApiError(404, "session_not_found", "No such session, or it has expired.")
 
 
+def result_not_found() -> ApiError:
+    return ApiError(404, "result_not_found", "No stored result for this turn of the session.")
+
+
 def session_busy(retry_after: int) -> ApiError:
     return ApiError(
         409,
@@ -55,6 +59,24 @@ def storage_unavailable() -> ApiError:
         "storage_unavailable",
         "Conversation storage is unavailable; retry shortly.",
         {"Retry-After": "5"},
+    )
+
+
+def result_storage_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "result_storage_unavailable",
+        "Result storage is unavailable; retry shortly.",
+        {"Retry-After": "5"},
+    )
+
+
+def url_signing_failed() -> ApiError:
+    return ApiError(
+        503,
+        "url_signing_failed",
+        "A download URL for the result could not be signed; retry later.",
+        {"Retry-After": "30"},
     )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from agents import TResponseInputItem
 from agents.memory import SessionSettings
@@ -43,8 +43,11 @@ class FirestoreSession:
         *,
         claim_seconds: float = 60.0,
         clock: Callable[[], dt.datetime] = utc_now,
+        owner: str | None = None,
     ) -> None:
+        """``owner``: the principal acting; None skips ownership checks (library use)."""
         self.session_id = session_id
+        self._owner = owner
         self._store = store
         self._claim_seconds = claim_seconds
         self._clock = clock
@@ -59,7 +62,7 @@ class FirestoreSession:
         """Claim the session until ``until``; raises SessionBusy."""
         if self._claim is not None:
             raise RuntimeError("a turn is already open on this session object")
-        self._claim = self._store.claim(self.session_id, self._clock(), until)
+        self._claim = self._store.claim(self.session_id, self._clock(), until, self._owner)
         self._pending, self._popped, self._aborted = [], False, False
         return self._claim
 
@@ -67,17 +70,31 @@ class FirestoreSession:
     def has_open_turn(self) -> bool:
         return self._claim is not None
 
-    def commit_turn(self) -> History:
-        """Write the turn's items in one commit. On failure the turn stays open, so
-        that ``abort_turn`` can still release the claim."""
+    def commit_turn(
+        self, extra_writes: Callable[[Any, dt.datetime], None] | None = None
+    ) -> History:
+        """Write the turn's items in one commit (with ``extra_writes``, see
+        ``HistoryStore.commit``). On failure the turn stays open, so that
+        ``abort_turn`` can still release the claim."""
         if self._claim is None:
             raise RuntimeError("no turn is open on this session object")
         # Rare: the run removed stored items, so the history is rewritten whole.
         history = self._store.commit(
-            self._claim, self._pending, self._clock(), replace=self._popped
+            self._claim,
+            self._pending,
+            self._clock(),
+            replace=self._popped,
+            extra_writes=extra_writes,
         )
         self._claim = None
         return history
+
+    def rewrite_turn(self, rewrite: Callable[[list[Item]], list[Item]]) -> None:
+        """Replace the items the open turn will commit, e.g. to keep a preview of an
+        answer too large for the history instead of the answer."""
+        if self._claim is None:
+            raise RuntimeError("no turn is open on this session object")
+        self._pending = rewrite(self._pending)
 
     def abort_turn(self) -> None:
         # A cancelled run can take a moment to stop; without a claim its add_items
@@ -99,7 +116,9 @@ class FirestoreSession:
         if self._claim is not None:
             items = self._current()
         else:
-            history = await asyncio.to_thread(self._store.load, self.session_id, self._clock())
+            history = await asyncio.to_thread(
+                self._store.load, self.session_id, self._clock(), self._owner
+            )
             items = history.items if history else []
         if limit is not None:
             items = items[-limit:] if limit > 0 else []
@@ -125,7 +144,9 @@ class FirestoreSession:
                 self._pending, self._popped = current[:-1], True
                 popped = current[-1]
         else:
-            history = await asyncio.to_thread(self._store.load, self.session_id, self._clock())
+            history = await asyncio.to_thread(
+                self._store.load, self.session_id, self._clock(), self._owner
+            )
             if history is not None and history.items:
                 await asyncio.to_thread(self._write_now, history.items[:-1], replace=True)
                 popped = history.items[-1]
@@ -133,7 +154,7 @@ class FirestoreSession:
 
     async def clear_session(self) -> None:
         self._refuse_if_aborted()
-        await asyncio.to_thread(self._store.delete, self.session_id, self._clock())
+        await asyncio.to_thread(self._store.delete, self.session_id, self._clock(), self._owner)
 
     def _refuse_if_aborted(self) -> None:
         if self._aborted:
@@ -148,7 +169,7 @@ class FirestoreSession:
     def _write_now(self, items: list[Item], *, replace: bool) -> None:
         now = self._clock()
         claim = self._store.claim(
-            self.session_id, now, now + dt.timedelta(seconds=self._claim_seconds)
+            self.session_id, now, now + dt.timedelta(seconds=self._claim_seconds), self._owner
         )
         try:
             self._store.commit(claim, items, self._clock(), replace=replace, count_turn=not replace)

@@ -12,11 +12,16 @@ One conversation is one session document plus zero or more chunk documents::
         turns        int        completed turns (0: claimed, nothing committed yet)
         claim_token  str|null   who is running a turn on it, and until when
         claim_until  Timestamp|null
+        owner        str        principal that created it: only it may read, continue
+                                or delete it (to anyone else it is absent)
         created_at, updated_at  Timestamp
         expire_at    Timestamp  TTL field
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
         data         bytes      exactly CHUNK_BYTES of the encoded history
         expire_at    Timestamp  TTL field, kept equal to the session's
+    agent_idempotency/{sha256(principal, key)}       one Idempotency-Key's record,
+                                                     written by agent/idempotency.py
+                                                     (its header has the fields)
 
 The encoded history is one byte stream: each item as compact JSON and a newline.
 Chunks cut that stream every CHUNK_BYTES regardless of item boundaries, so an item
@@ -41,6 +46,9 @@ Consistency
 * All items of a turn are written in one atomic commit, conditioned on the claim
   write's ``update_time``: if the claim was lost, nothing is written. A run that
   fails leaves the history exactly as it was.
+* Ownership: ``load``, ``claim`` and ``delete`` take the caller's principal. A live
+  session of another owner reads as absent, cannot be deleted, and cannot be
+  claimed (``SessionTaken``); an expired one is taken over like an absent one.
 * Sealed chunks are never rewritten (only their ``expire_at`` slides), so a reader
   that sees ``chunks = n`` and a tail can read chunks ``0..n-1`` without a
   transaction and get a consistent history.
@@ -56,10 +64,11 @@ turn on an expired id starts a new, empty history under it.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,7 +78,8 @@ from google.cloud import firestore
 
 SESSIONS = "agent_sessions"
 CHUNKS = "agent_history_chunks"
-COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS)
+IDEMPOTENCY = "agent_idempotency"
+COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY)
 """Every collection group this module writes; each needs a TTL policy on expire_at."""
 
 TTL_FIELD = "expire_at"
@@ -93,6 +103,10 @@ class SessionBusy(StoreError):
         self.retry_after = retry_after
 
 
+class SessionTaken(StoreError):
+    """The id names a live session of another principal."""
+
+
 class ClaimLost(StoreError):
     """The claim lapsed before the commit; nothing was written."""
 
@@ -103,6 +117,12 @@ class StoreUnavailable(StoreError):
 
 class TurnTooLarge(StoreError):
     """One turn's items exceed MAX_TURN_BYTES."""
+
+
+class Deletion(enum.Enum):
+    DELETED = "deleted"  # a live session of the caller's
+    ABSENT = "absent"  # nothing live under this id (an expired history's leftovers went)
+    NOT_YOURS = "not_yours"  # someone else's: left alone, reported to them as absent
 
 
 @dataclass(frozen=True)
@@ -168,12 +188,13 @@ class HistoryStore:
 
     # -- reading -------------------------------------------------------------------
 
-    def load(self, session_id: str, now: dt.datetime) -> History | None:
-        """The live history of a session, or None when absent or expired."""
+    def load(self, session_id: str, now: dt.datetime, owner: str | None = None) -> History | None:
+        """The live history of a session, or None when absent or expired (or, with
+        ``owner``, owned by someone else)."""
         with _unavailable_as_store_error():
             snap = self._session_ref(session_id).get(retry=self._retry, timeout=self._timeout)
             data = snap.to_dict() if snap.exists else None
-            if data is None or not _is_live(data, now):
+            if data is None or not _is_live(data, now) or not _owned_by(data, owner):
                 return None
             try:
                 stream = self._read_chunks(session_id, data["chunks"]) + bytes(data["tail"])
@@ -181,13 +202,25 @@ class HistoryStore:
                 return None
         return History(session_id, decode(stream), data["turns"], data[TTL_FIELD])
 
+    def is_live(self, session_id: str, now: dt.datetime) -> bool:
+        """Whether the session exists and has not expired: one document read."""
+        with _unavailable_as_store_error():
+            snap = self._session_ref(session_id).get(retry=self._retry, timeout=self._timeout)
+        data = snap.to_dict() if snap.exists else None
+        return data is not None and _is_live(data, now)
+
     # -- a turn: claim, then commit or release ---------------------------------------
 
-    def claim(self, session_id: str, now: dt.datetime, until: dt.datetime) -> Claim:
-        """Take the session for one turn until ``until``; raises SessionBusy."""
+    def claim(
+        self, session_id: str, now: dt.datetime, until: dt.datetime, owner: str | None = None
+    ) -> Claim:
+        """Take the session for one turn until ``until``; raises SessionBusy, and with
+        ``owner`` SessionTaken when someone else's live session has this id."""
         ref = self._session_ref(session_id)
         token = secrets.token_urlsafe(16)
-        hold = {"claim_token": token, "claim_until": until}
+        hold: dict[str, Any] = {"claim_token": token, "claim_until": until}
+        if owner is not None:
+            hold["owner"] = owner
         with _unavailable_as_store_error():
             snap = ref.get(retry=self._retry, timeout=self._timeout)
             data: dict[str, Any] | None = snap.to_dict() if snap.exists else None
@@ -195,6 +228,7 @@ class HistoryStore:
             if data is None:
                 batch.create(ref, _empty_session(now, until) | hold)
             else:
+                _raise_if_taken(data, now, owner)
                 _raise_if_held(data, now)
                 batch.update(ref, hold, option=self._precondition(snap.update_time))
             try:
@@ -241,9 +275,13 @@ class HistoryStore:
         *,
         replace: bool = False,
         count_turn: bool = True,
+        extra_writes: Callable[[Any, dt.datetime], None] | None = None,
     ) -> History:
         """Append ``new_items`` (or, with ``replace``, make them the whole history)
-        and release the claim, in one atomic commit. Raises ClaimLost."""
+        and release the claim, in one atomic commit. Raises ClaimLost.
+
+        ``extra_writes(batch, expire_at)`` adds writes of its own to that commit, so
+        they land if and only if the turn does (the idempotency record)."""
         added = encode(new_items)
         if len(added) > MAX_TURN_BYTES:
             raise TurnTooLarge(f"{len(added)} bytes in one turn")
@@ -280,6 +318,8 @@ class HistoryStore:
             TTL_FIELD: expire_at,
         }
         batch.update(ref, fields, option=self._precondition(claim.update_time))
+        if extra_writes is not None:
+            extra_writes(batch, expire_at)
         with _unavailable_as_store_error():
             try:
                 batch.commit(retry=self._retry, timeout=self._timeout)
@@ -309,15 +349,17 @@ class HistoryStore:
 
     # -- deleting ----------------------------------------------------------------
 
-    def delete(self, session_id: str, now: dt.datetime) -> bool:
-        """Delete every document of a session. False when it was absent or expired
-        (its leftovers are deleted all the same). Raises SessionBusy."""
+    def delete(self, session_id: str, now: dt.datetime, owner: str | None = None) -> Deletion:
+        """Delete every document of a session (an expired one's leftovers too), unless
+        ``owner`` is given and someone else owns it. Raises SessionBusy."""
         ref = self._session_ref(session_id)
         with _unavailable_as_store_error():
             snap = ref.get(retry=self._retry, timeout=self._timeout)
             if not snap.exists:
-                return False
+                return Deletion.ABSENT
             data = snap.to_dict() or {}
+            if not _owned_by(data, owner):
+                return Deletion.NOT_YOURS
             _raise_if_held(data, now)
             batch = self._client.batch()
             for index in range(data.get("chunks", 0)):
@@ -327,7 +369,20 @@ class HistoryStore:
                 batch.commit(retry=self._retry, timeout=self._timeout)
             except gexc.FailedPrecondition:
                 raise SessionBusy(1) from None
-        return _is_live(data, now)
+        return Deletion.DELETED if _is_live(data, now) else Deletion.ABSENT
+
+    def owner_of(self, session_id: str, now: dt.datetime) -> str | None:
+        """The owner of the live session ``session_id``; None when absent or expired.
+        For routes that act on a session without running a turn."""
+        with _unavailable_as_store_error():
+            snap = self._session_ref(session_id).get(
+                ["owner", "turns", TTL_FIELD], retry=self._retry, timeout=self._timeout
+            )
+            data = snap.to_dict() if snap.exists else None
+        if data is None or not _is_live(data, now):
+            return None
+        owner = data.get("owner")
+        return owner if isinstance(owner, str) else None
 
     # -- internals -----------------------------------------------------------------
 
@@ -381,6 +436,20 @@ def _empty_session(now: dt.datetime, until: dt.datetime) -> dict[str, Any]:
 
 def _is_live(data: dict[str, Any], now: dt.datetime) -> bool:
     return bool(data.get("turns", 0) > 0 and data[TTL_FIELD] > now)
+
+
+def _owned_by(data: dict[str, Any], owner: str | None) -> bool:
+    # A session without an owner (written before owners existed, or by library use)
+    # belongs to no principal of the service.
+    return owner is None or data.get("owner") == owner
+
+
+def _raise_if_taken(data: dict[str, Any], now: dt.datetime, owner: str | None) -> None:
+    if _owned_by(data, owner):
+        return
+    held_until = data.get("claim_until")
+    if _is_live(data, now) or (data.get("claim_token") and held_until and held_until > now):
+        raise SessionTaken("the id names a live session of another principal")
 
 
 def _raise_if_held(data: dict[str, Any], now: dt.datetime) -> None:

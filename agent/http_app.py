@@ -3,6 +3,9 @@
 ``main.agent_http`` dispatches every request of the Cloud Function into this app, so
 ``/chat``, ``/sessions/<id>`` and ``/healthz`` are real routes with method handling,
 and the same app runs under the functions-framework local server.
+
+Every route but ``/healthz`` (and CORS preflights) first authenticates the caller
+(``auth.py``); the principal then scopes every session operation (``ownership.py``).
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import time
 import uuid
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from . import errors, sse
+from . import cors, errors, sse
 from .chat_response import chat_response, rfc3339
+from .idempotency import REPLAYED_HEADER, parse_key, run_once, stream_once
+from .logs import bind_request, trace_fields, unbind
 from .service import Service
-from .validation import check_session_id, parse_chat
+from .settings import csv
+from .validation import ChatRequest, check_session_id, parse_chat
 
 log = logging.getLogger("agent.http")
 
@@ -38,6 +44,21 @@ def create_app(service: Service) -> Flask:
         g.started = time.monotonic()
         g.request_id = uuid.uuid4().hex
 
+    @app.before_request
+    def _identify() -> None:
+        request_fields = {"request_id": g.request_id}
+        g.log_token = bind_request(request_fields | trace_fields(request.headers, service.project))
+        if request.routing_exception is not None or request.method == "OPTIONS":
+            return  # unknown routes and methods answer 404/405 before any identity
+        if request.endpoint != "healthz":
+            g.principal = service.auth.authenticate(request.headers, request.host)
+
+    @app.teardown_request
+    def _forget(_: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            unbind(token)
+
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
@@ -55,6 +76,9 @@ def create_app(service: Service) -> Flask:
                         (time.monotonic() - g.get("started", time.monotonic())) * 1000, 1
                     ),
                     "usage": g.get("usage"),
+                    "principal": g.get("principal"),
+                    "outcome": g.get("outcome")
+                    or ("ok" if response.status_code < 400 else "error"),
                 }
             },
         )
@@ -71,18 +95,60 @@ def create_app(service: Service) -> Flask:
                 415, "unsupported_media_type", "Send the body as application/json."
             )
         body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        if request.content_length is None and len(body) >= settings.max_request_bytes:
+            # A chunked body has no length to check up front, and werkzeug cuts it at
+            # the limit silently; a cut body must not be parsed as if it were whole.
+            raise RequestEntityTooLarge()
         chat_request = parse_chat(body, settings.max_message_chars)
+        key = parse_key(request.headers)
         session_id = chat_request.session_id or service.new_session_id()
         g.session_id = session_id
         if sse.wants_stream(chat_request.stream, request.accept_mimetypes):
-            return _stream(session_id, chat_request.message)
-        outcome = service.turns.run(session_id, chat_request.message, g.started)
-        g.usage = outcome.usage
-        return jsonify(chat_response(outcome))
+            return _stream(session_id, chat_request, key)
+        replayed = False
+        if key is None:
+            outcome = service.turns.run(
+                session_id, chat_request.message, g.started, owner=g.principal
+            )
+        else:
+            outcome, replayed = run_once(
+                service.idempotency,
+                service.turns,
+                principal=g.principal,
+                key=key,
+                chat=chat_request,
+                session_id=session_id,
+                started=g.started,
+                budget_seconds=settings.turn_budget_seconds,
+            )
+        g.session_id = outcome.session_id
+        g.usage = None if replayed else outcome.usage
+        g.outcome = "replayed" if replayed else None
+        response = jsonify(chat_response(outcome))
+        if replayed:
+            response.headers[REPLAYED_HEADER] = "true"
+        return response
 
-    def _stream(session_id: str, message: str) -> Response:
+    def _stream(session_id: str, chat_request: ChatRequest, key: str | None) -> Response:
         started, request_id = g.started, g.request_id
-        events = service.turns.stream(session_id, message, started, sse.KEEPALIVE_SECONDS)
+        replayed = False
+        if key is None:
+            events = service.turns.stream(
+                session_id, chat_request.message, started, sse.KEEPALIVE_SECONDS, owner=g.principal
+            )
+        else:
+            events, replayed = stream_once(
+                service.idempotency,
+                service.turns,
+                principal=g.principal,
+                key=key,
+                chat=chat_request,
+                session_id=session_id,
+                started=started,
+                budget_seconds=settings.turn_budget_seconds,
+                idle_seconds=sse.KEEPALIVE_SECONDS,
+            )
+        g.outcome = "replayed" if replayed else "streamed"
 
         def on_end(ending: str, usage: dict[str, int] | None) -> None:
             # The request line was logged when the headers went out; this is the outcome.
@@ -90,18 +156,21 @@ def create_app(service: Service) -> Flask:
             fields |= {"usage": usage, "latency_ms": round((time.monotonic() - started) * 1000, 1)}
             log.info("stream ended: %s", ending, extra={"fields": fields})
 
-        return sse.sse_response(
+        response = sse.sse_response(
             events,
-            max_event_bytes=settings.stream_max_delta_bytes,
+            max_event_bytes=sse.event_budget(settings),
             request_id=request_id,
             on_end=on_end,
         )
+        if replayed:
+            response.headers[REPLAYED_HEADER] = "true"
+        return response
 
     @app.get("/sessions/<session_id>")
     def get_session(session_id: str) -> Response:
         check_session_id(session_id)
         g.session_id = session_id
-        history = service.load(session_id)
+        history = service.load(session_id, owner=g.principal)
         if history is None:
             raise errors.session_not_found()
         return jsonify(
@@ -115,9 +184,16 @@ def create_app(service: Service) -> Flask:
     def delete_session(session_id: str) -> Response:
         check_session_id(session_id)
         g.session_id = session_id
-        if not service.delete(session_id):
+        if not service.delete(session_id, owner=g.principal):
             raise errors.session_not_found()
+        service.idempotency.forget_session(session_id, g.principal)
         return Response(status=204)
+
+    @app.get("/sessions/<session_id>/results/<turn_id>")
+    def get_result(session_id: str, turn_id: str) -> Response:
+        check_session_id(session_id)
+        g.session_id = session_id
+        return jsonify(service.resign_result(session_id, turn_id, g.principal).as_json())
 
     @app.errorhandler(errors.ApiError)
     def _api_error(error: errors.ApiError) -> Response:
@@ -142,10 +218,12 @@ def create_app(service: Service) -> Flask:
         )
         return _error_response(errors.internal_error(), request_id=g.get("request_id"))
 
+    cors.install(app, csv(settings.cors_allowed_origins))
     return app
 
 
 def _error_response(error: errors.ApiError, request_id: str | None = None) -> Response:
+    g.outcome = error.code
     response = jsonify(error.body(request_id))
     response.status_code = error.status
     response.headers.update(error.headers)

@@ -14,6 +14,7 @@ from agents import (
     set_trace_provider,
     set_tracing_disabled,
 )
+from agents.tracing import setup as trace_setup
 from agents.tracing.provider import DefaultTraceProvider
 from openai import AsyncOpenAI
 
@@ -35,9 +36,10 @@ def build_model(settings: Settings) -> Model:
             "set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (a compatible server)"
         )
     # The SDK uploads traces as soon as a key exists; never unless asked for.
-    if not settings.tracing_enabled:
-        # A provider without processors: the SDK's default one would build an HTTP
-        # exporter (about 0.1 s of imports and TLS setup at startup) just to disable it.
+    if not settings.tracing_enabled and trace_setup.GLOBAL_TRACE_PROVIDER is None:
+        # A provider without processors: the SDK's default one, built on first use,
+        # would make an HTTP exporter (about 40 ms at startup) just to be disabled. A
+        # provider someone already set up (processors of their own) is kept.
         set_trace_provider(DefaultTraceProvider())
     set_tracing_disabled(not settings.tracing_enabled)
     chat = settings.model_api == "chat_completions"

@@ -5,7 +5,8 @@ The wire format (each event's data is one line of JSON)::
     event: delta         {"text": "..."}                  text as the model writes it
     event: tool_call     {"call_id", "name", "arguments"}
     event: tool_result   {"call_id", "output"}
-    event: deltas_stopped {"sent_bytes": n}               the size cap was reached
+    event: deltas_stopped {"sent_bytes": n}               the size cap was reached: the
+                                                          rest is in done (or its result)
     event: done          the body a JSON request would have got (chat_response.py)
     event: error         {"error": {"code", "message"}}   and the stream ends
 
@@ -25,6 +26,7 @@ from werkzeug.datastructures import MIMEAccept
 
 from . import errors
 from .chat_response import chat_response
+from .settings import Settings
 from .streaming import StreamEvent
 from .turn import TurnOutcome
 
@@ -35,6 +37,15 @@ KEEPALIVE_SECONDS = 1.0
 when a write fails, and proxies drop connections that say nothing."""
 
 MIMETYPE = "text/event-stream"
+
+
+def event_budget(settings: Settings) -> int:
+    """Bytes of text and tool events a stream sends before ``deltas_stopped``. With a
+    results bucket, an answer past the inline limit is offloaded and reaches the client
+    as ``done``'s ``result``: streaming it whole would defeat that."""
+    if settings.results_bucket is None:
+        return settings.stream_max_delta_bytes
+    return min(settings.stream_max_delta_bytes, settings.result_inline_max_bytes)
 
 
 def wants_stream(flag: bool | None, accept: MIMEAccept) -> bool:

@@ -7,8 +7,8 @@ released and the caller gets 504 with the history untouched. The platform's own
 timeout, which kills the instance's request mid-write, is never what stops a turn.
 Each model call inside the run is bounded by the same deadline (``deadline.py``).
 
-A turn runs whole (``run``) or streamed (``stream``); both claim, commit and fail
-the same way, and a streamed turn whose reader goes away commits nothing.
+A turn runs whole (``run``) or streamed (``stream``); both claim, deliver, commit and
+fail the same way, and a streamed turn whose reader goes away commits nothing.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 from agents import Agent, MaxTurnsExceeded, ModelBehaviorError, Runner
@@ -33,9 +34,12 @@ from .history_store import (
     ClaimLost,
     HistoryStore,
     SessionBusy,
+    SessionTaken,
     StoreUnavailable,
     TurnTooLarge,
 )
+from .ownership import session_id_taken
+from .results import Delivery, ResultLink, Results
 from .settings import Settings
 from .streaming import StreamedRun, StreamEvent
 
@@ -49,24 +53,44 @@ class TurnOutcome:
     new_session: bool
     usage: dict[str, int]
     expire_at: dt.datetime
+    result: ResultLink | None = None
+    warnings: tuple[dict[str, str], ...] = ()
 
 
 class TurnRunner:
     def __init__(
-        self, agent: Agent[None], store: HistoryStore, loop: BackgroundLoop, settings: Settings
+        self,
+        agent: Agent[None],
+        store: HistoryStore,
+        loop: BackgroundLoop,
+        settings: Settings,
+        results: Results | None = None,
     ) -> None:
         self._agent = agent
         self._store = store
         self._loop = loop
         self._settings = settings
+        self._results = results or Results(settings, None)
         # Time kept back for the final commit: it must land before the claim lapses.
         self._commit_reserve = min(
             settings.firestore_timeout_seconds, settings.turn_budget_seconds / 5
         )
+        self._offload_reserve = self._results.reserve_seconds
 
-    def run(self, session_id: str, message: str, started: float) -> TurnOutcome:
-        """``started`` is the request's ``time.monotonic()`` at arrival."""
-        turn = self._open(session_id, started)
+    def run(
+        self,
+        session_id: str,
+        message: str,
+        started: float,
+        *,
+        owner: str | None,
+        on_commit: OnCommit | None = None,
+    ) -> TurnOutcome:
+        """``started`` is the request's ``time.monotonic()`` at arrival; ``owner`` the
+        caller's principal, required so that no route can forget it (None, for library
+        use only, skips ownership checks); ``on_commit(batch, outcome)`` adds writes to the turn's
+        commit (the idempotency record)."""
+        turn = self._open(session_id, started, owner)
         try:
             result = self._loop.run(
                 within(
@@ -82,17 +106,24 @@ class TurnRunner:
             )
         except BaseException as exc:
             raise self._fail(turn, exc) from exc
-        return self._finish(turn, result)
+        return self._finish(turn, result, on_commit)
 
     def stream(
-        self, session_id: str, message: str, started: float, idle_seconds: float
+        self,
+        session_id: str,
+        message: str,
+        started: float,
+        idle_seconds: float,
+        *,
+        owner: str | None,
+        on_commit: OnCommit | None = None,
     ) -> Generator[StreamEvent | TurnOutcome | None, None, None]:
         """Like ``run``, streamed: claims the session now (raising ApiError as ``run``
         does), then returns an iterator of the run's events, ``None`` after each
         ``idle_seconds`` of silence, and last the ``TurnOutcome``. Failures after the
         claim are raised from the iterator as ApiError. Closing the iterator early
         cancels the run and commits nothing."""
-        turn = self._open(session_id, started)
+        turn = self._open(session_id, started, owner)
         try:
             run = StreamedRun(
                 self._loop,
@@ -104,14 +135,14 @@ class TurnRunner:
             )
         except BaseException as exc:
             raise self._fail(turn, exc) from exc
-        events = self._streamed(turn, run, idle_seconds)
+        events = self._streamed(turn, run, idle_seconds, on_commit)
         # Started now, so that closing it, or its garbage collection if it is never
         # read, runs the cleanup below and releases the claim.
         next(events)
         return events
 
     def _streamed(
-        self, turn: _OpenTurn, run: StreamedRun, idle_seconds: float
+        self, turn: _OpenTurn, run: StreamedRun, idle_seconds: float, on_commit: OnCommit | None
     ) -> Generator[StreamEvent | TurnOutcome | None, None, None]:
         try:
             yield None
@@ -124,19 +155,51 @@ class TurnRunner:
         except BaseException as exc:
             run.cancel()
             raise self._fail(turn, exc) from exc
-        yield self._finish(turn, result)
+        yield self._finish(turn, result, on_commit)
 
-    def _open(self, session_id: str, started: float) -> _OpenTurn:
+    def _open(self, session_id: str, started: float, owner: str | None) -> _OpenTurn:
         deadline = started + self._settings.turn_budget_seconds
-        session = FirestoreSession(session_id, self._store)
+        session = FirestoreSession(session_id, self._store, owner=owner)
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
         try:
             claim = session.begin_turn(claim_until)
         except SessionBusy as busy:
             raise errors.session_busy(busy.retry_after) from None
+        except SessionTaken:
+            raise session_id_taken() from None
         except StoreUnavailable:
             raise errors.storage_unavailable() from None
-        return _OpenTurn(session, claim, deadline - self._commit_reserve)
+        run_deadline = deadline - self._commit_reserve - self._offload_reserve
+        return _OpenTurn(session, claim, deadline, run_deadline)
+
+    def _finish(
+        self, turn: _OpenTurn, result: RunResultBase, on_commit: OnCommit | None
+    ) -> TurnOutcome:
+        """Deliver the answer (inline, or offloaded) and commit the turn."""
+        session, new_session = turn.session, turn.claim.new_session
+        delivery: Delivery | None = None
+        try:
+            delivery = self._results.deliver(
+                session,
+                result.final_output,
+                turn.deadline - self._commit_reserve - time.monotonic(),
+            )
+            extra = None
+            if on_commit is not None:
+                done = on_commit
+
+                def extra(batch: Any, expire_at: dt.datetime) -> None:
+                    assert delivery is not None
+                    outcome = _outcome(session.session_id, result, new_session, expire_at, delivery)
+                    done(batch, outcome)
+
+            history = session.commit_turn(extra_writes=extra)
+        except BaseException as exc:
+            error = self._fail(turn, exc)
+            if delivery is not None and delivery.object_name:
+                self._results.discard(delivery.object_name)
+            raise error from exc
+        return _outcome(session.session_id, result, new_session, history.expire_at, delivery)
 
     def _fail(self, turn: _OpenTurn, exc: BaseException) -> BaseException:
         """Release the claim (the history stays as it was); the error for the caller."""
@@ -148,32 +211,42 @@ class TurnRunner:
         if turn.session.has_open_turn:
             turn.session.abort_turn()
 
-    def _finish(self, turn: _OpenTurn, result: RunResultBase) -> TurnOutcome:
-        try:
-            history = turn.session.commit_turn()
-        except BaseException as exc:
-            raise self._fail(turn, exc) from exc
-        usage = result.context_wrapper.usage
-        return TurnOutcome(
-            session_id=turn.session.session_id,
-            reply=str(result.final_output),
-            new_session=turn.claim.new_session,
-            usage={
-                "requests": usage.requests,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "total_tokens": usage.total_tokens,
-            },
-            expire_at=history.expire_at,
-        )
+
+OnCommit = Callable[[Any, TurnOutcome], None]
 
 
 @dataclass(frozen=True)
 class _OpenTurn:
     session: FirestoreSession
     claim: Claim
+    deadline: float
+    """``time.monotonic()`` by which the turn must have answered."""
     run_deadline: float
-    """``time.monotonic()`` by which the agent run must end, leaving time to commit."""
+    """By which the agent run must end, leaving time to deliver and commit."""
+
+
+def _outcome(
+    session_id: str,
+    result: RunResultBase,
+    new_session: bool,
+    expire_at: dt.datetime,
+    delivery: Delivery,
+) -> TurnOutcome:
+    usage = result.context_wrapper.usage
+    return TurnOutcome(
+        session_id=session_id,
+        reply=delivery.reply,
+        new_session=new_session,
+        usage={
+            "requests": usage.requests,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+        expire_at=expire_at,
+        result=delivery.result,
+        warnings=delivery.warnings,
+    )
 
 
 def _as_api_error(exc: BaseException) -> BaseException:

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "OPENAI_BASE_URL": model.base_url,
         "AGENT_MODEL": "demo-model",
         "MODEL_MAX_RETRIES": "0",
+        "AUTH_MODE": "none",  # the benchmark measures turns, not token checks
     }
     results: dict[str, Any] = {"machine": machine(), "command": "make bench"}
     try:

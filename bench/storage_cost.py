@@ -131,7 +131,7 @@ def measure(lengths: list[int], settings: Settings) -> list[dict[str, Any]]:
             per_history.save(history)
 
             counting.calls.clear()
-            runner.run(session, "one more question", time.monotonic())
+            runner.run(session, "one more question", time.monotonic(), owner=None)
             rows.append(_row("service", turns, history, counting.calls))
 
             counting.calls.clear()

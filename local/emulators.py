@@ -1,17 +1,20 @@
 """Starting and stopping the local emulators, for the dev run and the tests.
 
 The Firestore emulator is Google's own (the Cloud SDK component), started directly
-with java: gcloud's wrapper forks, and killing the wrapper leaves java running. It
-runs in its own process group, stopped by that group's id.
+with java: gcloud's wrapper forks, and killing the wrapper leaves java running. The
+Cloud Storage emulator is ``gcp-storage-emulator`` from PyPI (requirements-local.txt),
+in memory. Each runs in its own process group, stopped by that group's id.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -54,6 +57,17 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
 @dataclass
 class FirestoreEmulator:
     port: int = 0
@@ -94,12 +108,71 @@ class FirestoreEmulator:
     def stop(self) -> None:
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        _stop_group(self.process)
+        self.process = None
+
+
+def storage_emulator_missing() -> str | None:
+    """Why the Cloud Storage emulator cannot run here, or None when it can."""
+    try:
+        import gcp_storage_emulator  # noqa: F401
+    except ImportError:
+        return "gcp-storage-emulator is not installed (pip install -r requirements-local.txt)"
+    return None
+
+
+@dataclass
+class StorageEmulator:
+    """gcp-storage-emulator in memory with one bucket. It checks no signatures and
+    serves one request at a time."""
+
+    bucket: str = "agent-results"
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """What STORAGE_EMULATOR_HOST must hold; also the host of its signed URLs."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> StorageEmulator:
+        reason = storage_emulator_missing()
+        if reason:
+            raise RuntimeError(reason)
+        self.port = self.port or free_port()
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gcp_storage_emulator", "start"),
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+                *("--default-bucket", self.bucket, "--in-memory", "--quiet"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while True:  # GET / answers once the bucket exists
+            try:
+                urllib.request.urlopen(f"{self.url}/", timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise TimeoutError(f"storage emulator not ready on {self.url}") from None
+                time.sleep(0.05)
+
+    def wipe(self) -> None:
+        """Delete every object, keeping the bucket."""
+        urllib.request.urlopen(f"{self.url}/wipe?keep-buckets=true", timeout=10).close()
+
+    def object_names(self) -> list[str]:
+        url = f"{self.url}/storage/v1/b/{self.bucket}/o"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            listing = json.load(response)
+        return sorted(item["name"] for item in listing.get("items", []))
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        _stop_group(self.process)
         self.process = None

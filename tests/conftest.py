@@ -16,6 +16,13 @@ from flask.testing import FlaskClient
 
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator, firestore_emulator_missing
+from tests.storage_fixtures import (  # noqa: F401  (fixtures for the results tests)
+    results_env,
+    signing_key,
+    signing_key_file,
+    storage,
+    storage_emulator,
+)
 
 PROJECT = "agent-test"
 _skipped_for_emulator: list[str] = []
@@ -67,6 +74,7 @@ def settings_env(firestore: FirestoreEmulator, model: DemoModelServer) -> dict[s
         "AGENT_MODEL": "demo-model",
         "MODEL_MAX_RETRIES": "0",
         "FIRESTORE_TIMEOUT_SECONDS": "3",
+        "AUTH_MODE": "none",  # tests of other areas; tests/test_auth.py covers the rest
     }
 
 

@@ -151,9 +151,9 @@ def assert_stream_conforms(
     headers: Mapping[str, str] | None = None,
 ) -> None:
     """Fail unless this Server-Sent Events reply to ``POST path`` is one the spec
-    allows: the 200's ``text/event-stream`` content type, only event names listed in
-    its ``x-sse-events``, each event's data matching that schema, and exactly one
-    ``done`` or ``error`` as the last event."""
+    allows: the 200's ``text/event-stream`` content type, only the event names its
+    event schema lists, each event's data matching that event's ``contentSchema``, and
+    exactly one ``done`` or ``error`` as the last event."""
     _, response = resolve(_response_pointer("POST", path, 200))
     media = response.get("content", {}).get("text/event-stream")
     if media is None:
@@ -161,12 +161,16 @@ def assert_stream_conforms(
     content_type = {k.lower(): v for k, v in (headers or {}).items()}.get("content-type", "")
     if not content_type.startswith("text/event-stream"):
         raise AssertionError(f"POST {path}: Content-Type {content_type!r} is not an event stream")
-    named = media.get("x-sse-events", {})
+    _, event_schema = resolve(media["schema"]["$ref"].removeprefix("#"))
+    named = {}
+    for branch in event_schema["oneOf"]:
+        _, schema = resolve(branch["$ref"].removeprefix("#"))
+        properties = schema["properties"]
+        named[properties["event"]["const"]] = properties["data"]["contentSchema"]["$ref"]
     for name, data in events:
         if name not in named:
-            raise AssertionError(f"POST {path}: event {name!r} is not in x-sse-events")
-        schema_pointer = named[name]["$ref"].removeprefix("#")
-        _check(schema_pointer, data, f"POST {path}: event {name!r}")
+            raise AssertionError(f"POST {path}: event {name!r} is not in the spec")
+        _check(named[name].removeprefix("#"), data, f"POST {path}: event {name!r}")
     endings = [i for i, (name, _) in enumerate(events) if name in ("done", "error")]
     if endings != [len(events) - 1]:
         raise AssertionError(f"POST {path}: the stream must end with one done or error event")

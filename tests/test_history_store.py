@@ -180,7 +180,7 @@ def test_a_turn_costs_at_most_two_reads_and_two_commits(runner, counting, histor
         claim = store.claim("cost", now, now + dt.timedelta(seconds=30))
         store.commit(claim, [item("h" * (history_kib * 1024 - 40))], now)
     counting.calls.clear()
-    outcome = runner.run("cost", "hello", time.monotonic())
+    outcome = runner.run("cost", "hello", time.monotonic(), owner=None)
     assert outcome.reply.startswith("[demo model]")
     assert counting.calls["commits"] == 2
     assert counting.calls["reads"] <= 2
@@ -195,10 +195,10 @@ def test_reads_grow_with_bytes_not_items(runner, counting) -> None:
     claim = store.claim("large", now, now + dt.timedelta(seconds=30))
     store.commit(claim, [item("L" * 100_000) for _ in range(20)], now)  # ~2 MB
     counting.calls.clear()
-    runner.run("many", "hi", time.monotonic())
+    runner.run("many", "hi", time.monotonic(), owner=None)
     assert counting.calls["reads"] == 1  # 2000 items, one document
     counting.calls.clear()
-    runner.run("large", "hi", time.monotonic())
+    runner.run("large", "hi", time.monotonic(), owner=None)
     history = store.load("large", dt.datetime.now(dt.UTC))
     assert history is not None
     assert counting.calls["reads"] == 1 + len(encode(history.items[:20])) // CHUNK_BYTES

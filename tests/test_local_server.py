@@ -70,6 +70,7 @@ def server_env(firestore: FirestoreEmulator, model: DemoModelServer) -> dict[str
         "OPENAI_BASE_URL": model.base_url,
         "AGENT_MODEL": "demo-model",
         "OPENAI_API_KEY": "sk-test-must-never-be-logged",
+        "AUTH_MODE": "none",
     }
 
 

@@ -30,22 +30,40 @@ SESSION_OK: dict[str, Any] = {
 # The route table and error catalogue the rest of the code relies on; a change
 # here is an API change and should be deliberate.
 EXPECTED_STATUSES = {
-    ("post", "/chat"): {"200", "400", "409", "413", "415", "422", "500", "502", "503", "504"},
-    ("get", "/sessions/{session_id}"): {"200", "400", "404", "500", "503"},
-    ("delete", "/sessions/{session_id}"): {"204", "400", "404", "409", "500", "503"},
+    ("post", "/chat"): {
+        *("200", "400", "401", "403", "409", "413", "415", "422", "500", "502", "503", "504")
+    },
+    ("get", "/sessions/{session_id}"): {"200", "400", "401", "403", "404", "500", "503"},
+    ("delete", "/sessions/{session_id}"): {"204", "400", "401", "403", "404", "409", "500", "503"},
+    ("get", "/sessions/{session_id}/results/{turn_id}"): {
+        *("200", "400", "401", "403", "404", "500", "503")
+    },
     ("get", "/healthz"): {"200", "500"},
 }
 EXPECTED_CODES = {
-    "400": {"invalid_json", "invalid_request", "message_too_long", "invalid_session_id"},
-    "404": {"not_found", "session_not_found"},
+    "400": {
+        "invalid_json",
+        "invalid_request",
+        "message_too_long",
+        "invalid_session_id",
+        "invalid_idempotency_key",
+    },
+    "401": {"unauthenticated"},
+    "403": {"forbidden"},
+    "404": {"not_found", "session_not_found", "result_not_found"},
     "405": {"method_not_allowed"},
-    "409": {"session_busy"},
+    "409": {"session_busy", "session_id_taken", "idempotency_key_in_progress"},
     "413": {"request_too_large"},
     "415": {"unsupported_media_type"},
-    "422": {"max_turns_exceeded"},
+    "422": {"max_turns_exceeded", "idempotency_key_reused"},
     "500": {"internal_error"},
     "502": {"model_error"},
-    "503": {"storage_unavailable"},
+    "503": {
+        "storage_unavailable",
+        "auth_unavailable",
+        "result_storage_unavailable",
+        "url_signing_failed",
+    },
     "504": {"deadline_exceeded"},
 }
 # Router-level errors are not attached to an operation (see info.description).
@@ -127,9 +145,15 @@ def test_retry_after_and_allow_are_required_where_promised() -> None:
             for n in response.get("headers", {})
             if resolve(f"{pointer}/headers/{n}")[1].get("required")
         }
-        expected = {"409": {"Retry-After"}, "503": {"Retry-After"}, "405": {"Allow"}}.get(
-            status, set()
-        )
+        expected = {
+            "401": {"WWW-Authenticate"},
+            "409": {"Retry-After"},
+            "503": {"Retry-After"},
+            "405": {"Allow"},
+        }.get(status, set())
+        if pointer == "/components/responses/ChatConflict":
+            # session_id_taken has no Retry-After: waiting would not help.
+            expected = set()
         assert names == expected, pointer
 
 
@@ -211,10 +235,12 @@ def without(key: str) -> dict[str, Any]:
         ("POST", "/chat", 409, error("SessionBusy"), {"Retry-After": "2"}, r"\$\.error\.code"),
         ("POST", "/chat", 400, error("session_busy"), None, r"\$\.error\.code"),
         ("POST", "/chat", 418, error("teapot"), None, "does not document status 418"),
-        ("POST", "/chat", 409, error("session_busy"), None, "required header Retry-After"),
+        ("DELETE", "/sessions/a", 409, error("session_busy"), None, "required header Retry-After"),
+        ("GET", "/sessions/a", 401, error("unauthenticated"), None, "header WWW-Authenticate"),
+        ("POST", "/chat", 422, error("session_busy"), None, r"\$\.error\.code"),
         (
-            "POST",
-            "/chat",
+            "DELETE",
+            "/sessions/a",
             409,
             error("session_busy"),
             {"Retry-After": "soon"},

@@ -50,6 +50,7 @@ def server(firestore: FirestoreEmulator, model: DemoModelServer) -> Iterator[Ser
             "GOOGLE_CLOUD_PROJECT": "agent-test",
             "OPENAI_BASE_URL": model.base_url,
             "AGENT_MODEL": "demo-model",
+            "AUTH_MODE": "none",
         }
     )
     yield running

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The pipeline's test step, run by cloudbuild.yaml in a python:3.12 image (the function's
+# runtime version). It adds what the suite needs beyond Python: make, Java, and Google's
+# Firestore emulator from Google's apt repository, installed at the path the tests look for.
+# REQUIRE_FIRESTORE_EMULATOR=1 turns the suite's "emulator missing: skip" into a failure,
+# so the Firestore tests cannot be skipped silently in the build.
+set -euo pipefail
+
+readonly JAR=/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
+export DEBIAN_FRONTEND=noninteractive
+
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends ca-certificates curl gnupg make >/dev/null
+curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg |
+  gpg --dearmor -o /usr/share/keyrings/cloud.google.gpg
+echo "deb [signed-by=/usr/share/keyrings/cloud.google.gpg] https://packages.cloud.google.com/apt cloud-sdk main" \
+  >/etc/apt/sources.list.d/google-cloud-sdk.list
+# Slim images drop man directories, which the JDK's postinst scripts still write to.
+mkdir -p /usr/share/man/man1
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends google-cloud-cli-firestore-emulator >/dev/null
+[[ -f "$JAR" ]] || { echo "error: Firestore emulator not at $JAR" >&2; exit 1; }
+java -version
+
+REQUIRE_FIRESTORE_EMULATOR=1 make test

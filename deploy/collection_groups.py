@@ -1,0 +1,144 @@
+"""Print the Firestore collection groups the service writes, one per line
+(or, with ``--ttl-field``, the name of the field their TTL policies use).
+
+They come from ``COLLECTION_GROUPS`` in ``agent/history_store.py``, read statically (with
+``ast``) so that the setup script needs only a Python 3 interpreter, not the service's
+dependencies. Names are followed to module-level string constants, also across
+``from agent.x import NAME`` and ``from .x import NAME``; anything else is an error rather
+than a guess, because a collection group without a TTL policy keeps its documents forever.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE_MODULE = "agent.history_store"
+NAME = "COLLECTION_GROUPS"
+TTL_NAME = "TTL_FIELD"
+
+
+class Unresolvable(Exception):
+    pass
+
+
+def _module_path(module: str) -> Path:
+    path = REPO.joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    raise Unresolvable(f"module {module} not found under {REPO}")
+
+
+def _bindings(module: str) -> tuple[dict[str, ast.expr], dict[str, tuple[str, str]]]:
+    tree = ast.parse(_module_path(module).read_text(encoding="utf-8"))
+    assigned: dict[str, ast.expr] = {}
+    imported: dict[str, tuple[str, str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    assigned[target.id] = node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
+            assigned[node.target.id] = node.value
+        elif isinstance(node, ast.ImportFrom):
+            source = _absolute(module, node.module or "", node.level)
+            for alias in node.names:
+                imported[alias.asname or alias.name] = (source, alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    imported[alias.asname] = (alias.name, "")
+    return assigned, imported
+
+
+def _absolute(module: str, name: str, level: int) -> str:
+    """The absolute module name of ``from <level dots><name> import ...`` inside ``module``."""
+    if level == 0:
+        return name
+    package = module.split(".")[:-level]
+    return ".".join([*package, *([name] if name else [])])
+
+
+def _is_module(module: str) -> bool:
+    path = REPO.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def resolve(module: str, name: str, depth: int = 0) -> str | tuple[str, ...]:
+    if depth > 10:
+        raise Unresolvable(f"{module}.{name}: too many indirections")
+    assigned, imported = _bindings(module)
+    if name in assigned:
+        return _evaluate(module, assigned[name], depth)
+    if name in imported:
+        other, other_name = imported[name]
+        return resolve(other, other_name, depth + 1)
+    raise Unresolvable(f"{name} is not defined at module level in {module}")
+
+
+def resolve_expression(module: str, node: ast.expr) -> str | tuple[str, ...]:
+    """Evaluate an expression written in ``module``: a string, a constant's name, or
+    ``other_module.NAME`` where other_module was imported."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        _, imported = _bindings(module)
+        if node.value.id in imported:
+            source, name = imported[node.value.id]
+            target = f"{source}.{name}" if name else source
+            if _is_module(target):
+                return resolve(target, node.attr)
+    return _evaluate(module, node, 0)
+
+
+def _evaluate(module: str, node: ast.expr, depth: int) -> str | tuple[str, ...]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return resolve(module, node.id, depth + 1)
+    if isinstance(node, (ast.Tuple, ast.List)):
+        items: list[str] = []
+        for element in node.elts:
+            value = _evaluate(module, element, depth)
+            items.extend(value if isinstance(value, tuple) else (value,))
+        return tuple(items)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _evaluate(module, node.left, depth), _evaluate(module, node.right, depth)
+        if isinstance(left, tuple) and isinstance(right, tuple):
+            return left + right
+    raise Unresolvable(f"cannot evaluate {ast.unparse(node)!r} in {module} statically")
+
+
+def collection_groups() -> tuple[str, ...]:
+    value = resolve(SOURCE_MODULE, NAME)
+    groups = value if isinstance(value, tuple) else (value,)
+    if not groups:
+        raise Unresolvable(f"{SOURCE_MODULE}.{NAME} is empty")
+    return groups
+
+
+def ttl_field() -> str:
+    value = resolve(SOURCE_MODULE, TTL_NAME)
+    if not isinstance(value, str):
+        raise Unresolvable(f"{SOURCE_MODULE}.{TTL_NAME} is not a string")
+    return value
+
+
+def main(argv: list[str]) -> int:
+    try:
+        if argv == ["--ttl-field"]:
+            print(ttl_field())
+        elif not argv:
+            print("\n".join(dict.fromkeys(collection_groups())))
+        else:
+            print("usage: collection_groups.py [--ttl-field]", file=sys.stderr)
+            return 2
+    except Unresolvable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

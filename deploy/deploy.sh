@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Deploy the agent function (Cloud Functions gen2). The pipeline's last step runs this;
+# it also runs by hand from a checkout, after deploy/setup.sh:
+#
+#   PROJECT_ID=my-project deploy/deploy.sh [--dry-run]
+#
+# Sizing, names and settings come from deploy/config.env, each overridable from the
+# environment. Inconsistent sizing is refused here, before gcloud is called.
+set -euo pipefail
+
+# shellcheck source=deploy/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+parse_args "$@"
+load_config
+
+is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
+at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 >= b + 0) }'; }
+
+[[ "$RUNTIME" =~ ^python3(11|12|13)$ ]] || die "RUNTIME=$RUNTIME: use a current Python runtime, python311 to python313"
+[[ -n "$MEMORY" && -n "$CPU" ]] || die "set both MEMORY and CPU: gcloud accepts --cpu only together with --memory"
+[[ "$MEMORY" =~ ^[0-9]+(Mi|Gi)$ ]] || die "MEMORY=$MEMORY: use a size like 512Mi or 1Gi"
+[[ "$CPU" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "CPU=$CPU: use a number of vCPUs like 1 or 0.5"
+# Whole vCPUs accept a memory range each (Cloud Run's CPU/memory table); fractions stay below 1.
+memory_mib="${MEMORY%??}"
+[[ "$MEMORY" != *Gi ]] || memory_mib=$((memory_mib * 1024))
+case "$CPU" in
+  1) memory_range=(512 4096) ;;
+  2) memory_range=(512 8192) ;;
+  4) memory_range=(2048 16384) ;;
+  6) memory_range=(4096 24576) ;;
+  8) memory_range=(4096 32768) ;;
+  0.* | .*) memory_range=() ;;
+  *) die "CPU=$CPU: use a fraction below 1, or a whole number of 1, 2, 4, 6 or 8 vCPUs" ;;
+esac
+if ((${#memory_range[@]})) && ((memory_mib < memory_range[0] || memory_mib > memory_range[1])); then
+  die "MEMORY=$MEMORY is outside ${memory_range[0]}-${memory_range[1]} MiB, what $CPU vCPU accepts"
+fi
+if ! is_int "$CONCURRENCY" || ((CONCURRENCY < 1)); then die "CONCURRENCY must be a positive integer"; fi
+if ((CONCURRENCY > 1)) && ! at_least "$CPU" 1; then
+  die "CONCURRENCY=$CONCURRENCY needs CPU of at least 1 (the platform refuses concurrency above 1 on a fraction of a vCPU)"
+fi
+if ! is_int "$MIN_INSTANCES" || ! is_int "$MAX_INSTANCES"; then die "MIN_INSTANCES and MAX_INSTANCES must be integers"; fi
+((MAX_INSTANCES >= 1 && MIN_INSTANCES <= MAX_INSTANCES)) || die "need 1 <= MAX_INSTANCES and MIN_INSTANCES <= MAX_INSTANCES"
+if ! is_int "$FUNCTION_TIMEOUT_SECONDS" || ((FUNCTION_TIMEOUT_SECONDS < 1 || FUNCTION_TIMEOUT_SECONDS > 3600)); then
+  die "FUNCTION_TIMEOUT_SECONDS must be 1-3600 (gen2 HTTP functions stop at 3600 s)"
+fi
+
+# The service reads these (agent/settings.py); the model key is not among them: it comes
+# from Secret Manager only. THREADS sizes gunicorn's thread pool to the concurrency, and the
+# service learns the platform timeout from the same variable that sets --timeout.
+env_vars=(
+  "GOOGLE_CLOUD_PROJECT=$PROJECT_ID"
+  "FIRESTORE_DATABASE=$FIRESTORE_DATABASE"
+  "FUNCTION_TIMEOUT_SECONDS=$FUNCTION_TIMEOUT_SECONDS"
+  "SESSION_TTL_SECONDS=$SESSION_TTL_SECONDS"
+  "AGENT_MODEL=$AGENT_MODEL"
+  "LOG_LEVEL=$LOG_LEVEL"
+  "THREADS=$CONCURRENCY"
+  "RESULTS_BUCKET=$RESULTS_BUCKET"
+  "SIGNED_URL_TTL_SECONDS=$SIGNED_URL_TTL_SECONDS"
+  "RESULT_INLINE_MAX_BYTES=$RESULT_INLINE_MAX_BYTES"
+  "SIGNING_SERVICE_ACCOUNT=$RUNTIME_SA_EMAIL"
+)
+# Empty means "use the service's default"; leave those out rather than pass "".
+[[ -z "$OPENAI_BASE_URL" ]] || env_vars+=("OPENAI_BASE_URL=$OPENAI_BASE_URL")
+[[ -z "$MODEL_API" ]] || env_vars+=("MODEL_API=$MODEL_API")
+env_list="$(join_commas "${env_vars[@]}")"
+
+cd "$REPO_ROOT"
+# --serve-all-traffic-latest-revision: after a rollback pinned traffic to an old revision,
+# the next deploy takes it back. .gcloudignore keeps tests, venvs and data out of --source.
+run gcloud functions deploy "$FUNCTION_NAME" \
+  --gen2 \
+  --region="$REGION" \
+  --project="$PROJECT_ID" \
+  --runtime="$RUNTIME" \
+  --source=. \
+  --entry-point="$ENTRY_POINT" \
+  --trigger-http \
+  --no-allow-unauthenticated \
+  --service-account="$RUNTIME_SA_EMAIL" \
+  --build-service-account="projects/$PROJECT_ID/serviceAccounts/$BUILDER_SA_EMAIL" \
+  --memory="$MEMORY" \
+  --cpu="$CPU" \
+  --concurrency="$CONCURRENCY" \
+  --min-instances="$MIN_INSTANCES" \
+  --max-instances="$MAX_INSTANCES" \
+  --timeout="${FUNCTION_TIMEOUT_SECONDS}s" \
+  --set-env-vars="$env_list" \
+  --set-secrets="OPENAI_API_KEY=$SECRET_NAME:latest" \
+  --serve-all-traffic-latest-revision \
+  --quiet

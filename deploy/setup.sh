@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# One-time project setup for the agent function; safe to run again. Each step looks at
+# what exists and creates only what is missing, so a second run changes nothing.
+#
+#   PROJECT_ID=my-project deploy/setup.sh [--dry-run] < model-api-key-file
+#
+# The model API key is read from standard input (or prompted for, without echo, on a
+# terminal) and streamed to Secret Manager; it never appears in a command line or a log.
+# It is only asked for while the secret has no version yet.
+# --dry-run prints the commands a setup of an empty project would run and calls nothing.
+# Every value in deploy/config.env can be overridden from the environment.
+set -euo pipefail
+
+# shellcheck source=deploy/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+parse_args "$@"
+load_config
+PYTHON="${PYTHON:-python3}"
+WORK_DIR="$(mktemp -d)"
+trap 'rm -rf "$WORK_DIR"' EXIT
+
+APIS=(
+  cloudfunctions.googleapis.com     # the function itself
+  run.googleapis.com                # gen2 functions run as Cloud Run services
+  cloudbuild.googleapis.com         # the pipeline, and the build of the function's image
+  artifactregistry.googleapis.com   # where that image is stored
+  firestore.googleapis.com          # conversation history
+  storage.googleapis.com            # large results
+  secretmanager.googleapis.com      # the model API key
+  iamcredentials.googleapis.com     # signBlob, for signed URLs without a private key
+  logging.googleapis.com            # function and build logs
+  iam.googleapis.com                # creating the service accounts below
+)
+
+enable_apis() {
+  log "APIs"
+  local enabled="" missing=() api
+  [[ "$DRY_RUN" == 1 ]] || enabled="$(gcloud services list --enabled --project="$PROJECT_ID" --format='value(config.name)')"
+  for api in "${APIS[@]}"; do
+    grep -Fxq "$api" <<<"$enabled" || missing+=("$api")
+  done
+  ((${#missing[@]} == 0)) || run gcloud services enable "${missing[@]}" --project="$PROJECT_ID" --quiet
+}
+
+create_database() {
+  log "Firestore database $FIRESTORE_DATABASE"
+  if [[ "$DRY_RUN" == 0 ]] && gcloud firestore databases describe --database="$FIRESTORE_DATABASE" \
+    --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1; then
+    return
+  fi
+  run gcloud firestore databases create --database="$FIRESTORE_DATABASE" \
+    --location="$FIRESTORE_LOCATION" --type=firestore-native --project="$PROJECT_ID" --quiet
+}
+
+# Firestore deletes a collection group's documents only under its own TTL policy (a
+# parent's deletion leaves subcollections behind), so every group the code writes gets one.
+create_ttl_policies() {
+  local field groups existing="" group
+  field="$(cd "$REPO_ROOT" && "$PYTHON" deploy/collection_groups.py --ttl-field)" || die "cannot read the TTL field"
+  groups="$(cd "$REPO_ROOT" && "$PYTHON" deploy/collection_groups.py)" || die "cannot read the collection groups"
+  log "TTL policies on $field"
+  [[ "$DRY_RUN" == 1 ]] || existing="$(gcloud firestore fields ttls list --database="$FIRESTORE_DATABASE" \
+    --project="$PROJECT_ID" --format='value(name)')"
+  while IFS= read -r group; do
+    grep -q "/collectionGroups/$group/fields/$field\$" <<<"$existing" && continue
+    # --async: the policy takes minutes to become active and needs no waiting for.
+    run gcloud firestore fields ttls update "$field" --collection-group="$group" \
+      --enable-ttl --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async --quiet
+  done <<<"$groups"
+}
+
+create_service_account() { # name, display name
+  local email="$1@$PROJECT_ID.iam.gserviceaccount.com"
+  if [[ "$DRY_RUN" == 0 ]] && gcloud iam service-accounts describe "$email" \
+    --project="$PROJECT_ID" --format='value(email)' >/dev/null 2>&1; then
+    return
+  fi
+  run gcloud iam service-accounts create "$1" --display-name="$2" --project="$PROJECT_ID" --quiet
+}
+
+create_service_accounts() {
+  log "Service accounts"
+  create_service_account "$RUNTIME_SA_NAME" "Agent function runtime"
+  create_service_account "$DEPLOYER_SA_NAME" "Agent pipeline (Cloud Build)"
+  create_service_account "$BUILDER_SA_NAME" "Agent function image build"
+}
+
+# Uniform access (IAM only, no object ACLs), public access prevention, and a lifecycle rule
+# that deletes objects after the retention. An existing bucket gets the same settings
+# re-applied: setting a value it already has changes nothing.
+ensure_bucket() { # name, retention days
+  local bucket="gs://$1" rules="$WORK_DIR/lifecycle-$1.json"
+  printf '{"rule": [{"action": {"type": "Delete"}, "condition": {"age": %d}}]}\n' "$2" >"$rules"
+  log "$bucket lifecycle: $(cat "$rules")"
+  if [[ "$DRY_RUN" == 0 ]] && gcloud storage buckets describe "$bucket" \
+    --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1; then
+    run gcloud storage buckets update "$bucket" --uniform-bucket-level-access --pap \
+      --lifecycle-file="$rules" --project="$PROJECT_ID" --quiet
+  else
+    run gcloud storage buckets create "$bucket" --location="$REGION" --uniform-bucket-level-access \
+      --pap --lifecycle-file="$rules" --project="$PROJECT_ID" --quiet
+  fi
+}
+
+create_buckets() {
+  log "Buckets"
+  [[ "$RESULTS_RETENTION_DAYS" =~ ^[1-9][0-9]*$ ]] || die "RESULTS_RETENTION_DAYS must be a whole number of days"
+  [[ "$BUILD_SOURCE_RETENTION_DAYS" =~ ^[1-9][0-9]*$ ]] || die "BUILD_SOURCE_RETENTION_DAYS must be a whole number of days"
+  ensure_bucket "$RESULTS_BUCKET" "$RESULTS_RETENTION_DAYS"
+  ensure_bucket "$BUILD_SOURCE_BUCKET" "$BUILD_SOURCE_RETENTION_DAYS"
+}
+
+add_secret_version() {
+  # xtrace would print the key; keep it off while the key is in a variable.
+  { set +x; } 2>/dev/null
+  local key
+  if [[ -t 0 ]]; then
+    read -rsp "Model API key for secret $SECRET_NAME (input hidden): " key
+    printf '\n' >&2
+  else
+    key="$(cat)"
+  fi
+  key="${key%$'\r'}"
+  [[ -n "$key" ]] || die "secret $SECRET_NAME has no version: pipe the model API key into this script (deploy/setup.sh < key-file)"
+  # printf is a shell builtin: the key reaches gcloud's stdin without an argv of its own.
+  printf '%s' "$key" | gcloud secrets versions add "$SECRET_NAME" --data-file=- \
+    --project="$PROJECT_ID" --format=none --quiet
+}
+
+create_secret() {
+  log "Secret $SECRET_NAME"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    run gcloud secrets create "$SECRET_NAME" --replication-policy=automatic --project="$PROJECT_ID" --quiet
+    run gcloud secrets versions add "$SECRET_NAME" --data-file=- --project="$PROJECT_ID" --format=none --quiet
+    return
+  fi
+  if ! gcloud secrets describe "$SECRET_NAME" --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1; then
+    gcloud secrets create "$SECRET_NAME" --replication-policy=automatic --project="$PROJECT_ID" --quiet
+  fi
+  if [[ -z "$(gcloud secrets versions list "$SECRET_NAME" --filter='state=ENABLED' --limit=1 \
+    --project="$PROJECT_ID" --format='value(name)')" ]]; then
+    add_secret_version
+  else
+    log "secret $SECRET_NAME already has a value; to replace it: gcloud secrets versions add $SECRET_NAME --data-file=- --project=$PROJECT_ID"
+  fi
+}
+
+# kind is one of: projects, buckets, secrets, service-accounts.
+policy_command() {
+  case "$1" in
+    projects) echo "projects" ;;
+    buckets) echo "storage buckets" ;;
+    secrets) echo "secrets" ;;
+    service-accounts) echo "iam service-accounts" ;;
+    *) die "unknown resource kind $1" ;;
+  esac
+}
+
+grant() { # kind, resource, member, role[, condition]
+  local kind="$1" resource="$2" member="$3" role="$4" condition="${5:-}" command current
+  read -ra command <<<"$(policy_command "$kind")"
+  if [[ "$DRY_RUN" == 0 ]]; then
+    current="$(gcloud "${command[@]}" get-iam-policy "$resource" --project="$PROJECT_ID" \
+      --flatten='bindings[].members' --format='value(bindings.role,bindings.members)')"
+    grep -Fxq "$role"$'\t'"$member" <<<"$current" && return
+  fi
+  local args=(gcloud "${command[@]}" add-iam-policy-binding "$resource" --member="$member" --role="$role")
+  # Once a project policy holds a conditional binding, gcloud refuses unconditional ones in
+  # non-interactive mode unless told so explicitly.
+  if [[ -n "$condition" ]]; then
+    args+=(--condition="$condition")
+  elif [[ "$kind" == projects ]]; then
+    args+=(--condition=None)
+  fi
+  if [[ "$DRY_RUN" == 1 ]]; then
+    run "${args[@]}" --project="$PROJECT_ID" --format=none --quiet
+  else
+    retry "${args[@]}" --project="$PROJECT_ID" --format=none --quiet
+  fi
+}
+
+grant_roles() {
+  log "IAM bindings"
+  local runtime="serviceAccount:$RUNTIME_SA_EMAIL"
+  local deployer="serviceAccount:$DEPLOYER_SA_EMAIL"
+  local builder="serviceAccount:$BUILDER_SA_EMAIL"
+
+  # Runtime: Firestore on the project (the only project-wide role), objects in the results
+  # bucket alone, the one secret, and Token Creator on itself so it can sign URLs (signBlob).
+  grant projects "$PROJECT_ID" "$runtime" roles/datastore.user
+  grant buckets "gs://$RESULTS_BUCKET" "$runtime" roles/storage.objectUser
+  grant secrets "$SECRET_NAME" "$runtime" roles/secretmanager.secretAccessor
+  grant service-accounts "$RUNTIME_SA_EMAIL" "$runtime" roles/iam.serviceAccountTokenCreator
+
+  # Deployer (runs cloudbuild.yaml): deploy functions, write its build log, act as the
+  # runtime and image-build accounts it hands to the function, read the uploaded source.
+  grant projects "$PROJECT_ID" "$deployer" roles/cloudfunctions.developer
+  grant projects "$PROJECT_ID" "$deployer" roles/logging.logWriter
+  grant service-accounts "$RUNTIME_SA_EMAIL" "$deployer" roles/iam.serviceAccountUser
+  grant service-accounts "$BUILDER_SA_EMAIL" "$deployer" roles/iam.serviceAccountUser
+  grant buckets "gs://$BUILD_SOURCE_BUCKET" "$deployer" roles/storage.objectViewer
+
+  # Builder (builds the function's image): write its log and the image, and read the
+  # function source that Cloud Functions stages in its gcf-v2-sources-* bucket, no other.
+  grant projects "$PROJECT_ID" "$builder" roles/logging.logWriter
+  grant projects "$PROJECT_ID" "$builder" roles/artifactregistry.writer
+  grant projects "$PROJECT_ID" "$builder" roles/storage.objectViewer \
+    'expression=resource.name.startsWith("projects/_/buckets/gcf-v2-sources-"),title=gcf-v2-sources-only'
+}
+
+enable_apis
+create_database
+create_ttl_policies
+create_service_accounts
+create_buckets
+create_secret
+grant_roles
+log "setup of $PROJECT_ID done; next: PROJECT_ID=$PROJECT_ID deploy/pipeline.sh"

@@ -1,0 +1,152 @@
+"""The deployed shape of signing, end to end: keyless runtime credentials.
+
+The service runs as on Cloud Functions: ``functions-framework`` in its own process, no
+key file, credentials discovered by google-auth from the metadata server. Here the
+metadata server and IAM signBlob are a loopback stand-in (tests/google_standin.py)
+that signs with the service account's throw-away key, so the URL the API returns is
+verified against that account's public half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local.demo_model import DemoModelServer
+from local.emulators import FirestoreEmulator, StorageEmulator, free_port, wait_for_port
+from local.throwaway_key import new_key
+from tests.google_standin import Standin
+from tests.openapi_contract import assert_conforms
+from tests.v4_signature import verify
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Server:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "functions_framework", "--target=agent_http"),
+                *("--host=127.0.0.1", f"--port={self.port}"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_port("127.0.0.1", self.port, timeout=30)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json"} if body is not None else {},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read()), response.headers
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read()), error.headers
+
+    def stop(self) -> str:
+        self.process.terminate()
+        output, _ = self.process.communicate(timeout=15)
+        return output.decode()
+
+
+@pytest.fixture
+def standin() -> Iterator[Standin]:
+    running = Standin(new_key("agent-runtime@agent-test.iam.gserviceaccount.com")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def keyless_server(
+    firestore: FirestoreEmulator,
+    storage: StorageEmulator,
+    model: DemoModelServer,
+    standin: Standin,
+    tmp_path: Path,
+) -> Iterator[Server]:
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env |= {
+        "FIRESTORE_EMULATOR_HOST": firestore.host,
+        "STORAGE_EMULATOR_HOST": storage.url,
+        "GOOGLE_CLOUD_PROJECT": "agent-test",
+        "OPENAI_BASE_URL": model.base_url,
+        "AGENT_MODEL": "demo-model",
+        "AUTH_MODE": "none",  # authentication is tests/test_auth.py's area
+        "RESULTS_BUCKET": storage.bucket,
+        "STORAGE_TIMEOUT_SECONDS": "2",
+        # Where google-auth finds "the metadata server", and IAM for signBlob.
+        "GCE_METADATA_HOST": standin.host,
+        "GCE_METADATA_IP": standin.host,
+        "IAM_CREDENTIALS_ENDPOINT": standin.url,
+        "CLOUDSDK_CONFIG": str(tmp_path),  # no gcloud application-default credentials
+    }
+    server = Server(env)
+    yield server
+    server.stop()
+
+
+def test_runtime_credentials_sign_through_iam_and_the_url_verifies(
+    keyless_server: Server, model: DemoModelServer, standin: Standin
+) -> None:
+    model.control(reply_bytes=300_000)
+    results = []
+    for _ in range(2):
+        status, body, headers = keyless_server.call(
+            "POST", "/chat", {"message": "report", "session_id": "keyless"}
+        )
+        assert status == 200, body
+        assert_conforms("POST", "/chat", 200, body, headers)
+        results.append(body["result"])
+    for result in results:
+        # The account's email came from the credentials, after their refresh.
+        assert verify(result["url"], standin.account.public_pem) == standin.account.email
+    assert len(standin.sign_requests) == 2
+    assert standin.token_requests == 1  # refreshed once, then reused while valid
+    with urllib.request.urlopen(results[1]["url"], timeout=10) as response:
+        assert len(response.read()) == 300_000
+
+
+def test_a_403_from_sign_blob_is_a_documented_error_and_no_hang(
+    keyless_server: Server, model: DemoModelServer, standin: Standin, storage: StorageEmulator
+) -> None:
+    model.control(reply_bytes=300_000)
+    status, body, _ = keyless_server.call("POST", "/chat", {"message": "x", "session_id": "s"})
+    assert status == 200
+    turn_id = body["result"]["turn_id"]
+    standin.sign_status = 403
+    started = time.monotonic()
+    path = f"/sessions/s/results/{turn_id}"
+    status, body, headers = keyless_server.call("GET", path)
+    assert time.monotonic() - started < 2
+    assert status == 503 and body["error"]["code"] == "url_signing_failed"
+    assert_conforms("GET", path, 503, body, headers)
+    # A new large answer is not lost: it comes inline, with a warning.
+    status, body, headers = keyless_server.call(
+        "POST", "/chat", {"message": "y", "session_id": "s"}
+    )
+    assert status == 200, body
+    assert_conforms("POST", "/chat", 200, body, headers)
+    assert "result" not in body and len(body["reply"].encode()) == 300_000
+    assert body["warnings"][0]["code"] == "result_not_offloaded"
+    assert storage.object_names() == [f"results/s/{turn_id}.md"]  # the unsigned one deleted
+    log = keyless_server.stop()
+    assert "roles/iam.serviceAccountTokenCreator" in log  # the operator is told the fix
+    assert "ya29." not in log  # tokens never reach the log
