@@ -251,3 +251,59 @@ def test_events_stop_at_the_size_cap_and_done_still_has_everything(make_client, 
     assert len(events[-1].data["reply"].encode()) == 150_000
     assert text_of(events) == events[-1].data["reply"][: len(text_of(events))]
     assert len(response.get_data()) < cap + 150_000 + 4096
+
+
+# -- with the other features of POST /chat ------------------------------------------
+
+
+def test_an_offloaded_answer_stops_the_text_and_arrives_as_done_result(
+    make_client, results_env: dict[str, str], model: DemoModelServer
+) -> None:
+    """With a bucket, text events stop near the inline limit, and ``done`` is exactly
+    what the JSON reply is for an offloaded answer: a preview and the ``result``."""
+    limit = 65_536
+    client = make_client(**results_env, result_inline_max_bytes=limit)
+    model.control(reply_bytes=200_000)
+    plain = client.post("/chat", json={"message": "report", "session_id": "as-json"})
+    assert plain.status_code == 200 and "result" in plain.get_json()
+    _, events = stream(client, {"message": "report", "session_id": "as-sse", "stream": True})
+    assert names(events)[-2:] == ["deltas_stopped", "done"]
+    assert events[-2].data["sent_bytes"] <= limit
+    done, body = events[-1].data, plain.get_json()
+    assert set(done) == set(body)
+    assert done["result"]["bytes"] == body["result"]["bytes"] == 200_000
+    assert done["result"]["sha256"] == body["result"]["sha256"]
+    assert done["reply"] == body["reply"].replace("as-json", "as-sse").replace(
+        body["result"]["turn_id"], done["result"]["turn_id"]
+    )
+    assert len(text_of(events).encode()) < limit < 200_000
+
+
+def test_idempotency_key_replays_a_finished_stream_as_one_done_event(
+    client: FlaskClient, model: DemoModelServer
+) -> None:
+    headers = SSE | {"Idempotency-Key": "stream-once-1"}
+    body = {"message": "only once", "session_id": "idem"}
+    first, events = stream(client, body, headers=headers)
+    assert first.status_code == 200 and names(events)[-1] == "done"
+    calls = model.request_count
+    again, replay = stream(client, body, headers=headers)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert names(replay) == ["done"]
+    assert replay[0].data == events[-1].data
+    assert model.request_count == calls  # the agent did not run again
+    assert client.get("/sessions/idem").get_json()["turns"] == 1
+
+
+def test_a_failed_stream_gives_its_idempotency_key_up(
+    client: FlaskClient, model: DemoModelServer
+) -> None:
+    headers = SSE | {"Idempotency-Key": "stream-once-2"}
+    body = {"message": "try me", "session_id": "idem2"}
+    model.control(fail_status=500, fail_count=-1)
+    _, events = stream(client, body, headers=headers)
+    assert names(events) == ["error"]
+    model.reset()
+    response, events = stream(client, body, headers=headers)
+    assert "Idempotent-Replayed" not in response.headers
+    assert names(events)[-1] == "done" and model.request_count == 1
