@@ -153,7 +153,8 @@ def create_app(service: Service) -> Flask:
         def on_end(ending: str, usage: dict[str, int] | None) -> None:
             # The request line was logged when the headers went out; this is the outcome.
             fields = {"request_id": request_id, "session_id": session_id, "ending": ending}
-            fields |= {"usage": usage, "latency_ms": round((time.monotonic() - started) * 1000, 1)}
+            spent = None if replayed else usage  # a replay spent nothing on the model
+            fields |= {"usage": spent, "latency_ms": round((time.monotonic() - started) * 1000, 1)}
             log.info("stream ended: %s", ending, extra={"fields": fields})
 
         response = sse.sse_response(
