@@ -70,11 +70,12 @@ import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.api_core import retry as gretry
 from google.cloud import firestore
+
+from .firestore_calls import bounded_retry, outage_as_unavailable
 
 SESSIONS = "agent_sessions"
 CHUNKS = "agent_history_chunks"
@@ -109,10 +110,6 @@ class SessionTaken(StoreError):
 
 class ClaimLost(StoreError):
     """The claim lapsed before the commit; nothing was written."""
-
-
-class StoreUnavailable(StoreError):
-    """Firestore did not answer within the configured timeout."""
 
 
 class TurnTooLarge(StoreError):
@@ -176,22 +173,14 @@ class HistoryStore:
         self._client = client
         self._ttl = dt.timedelta(seconds=ttl_seconds)
         self._timeout = timeout_seconds
-        # Transient errors are retried with backoff, but never past the timeout:
-        # with Firestore down the caller must hear 503 in seconds, not minutes.
-        self._retry = gretry.Retry(
-            predicate=gretry.if_transient_error,
-            initial=0.1,
-            maximum=1.0,
-            multiplier=2.0,
-            timeout=timeout_seconds,
-        )
+        self._retry = bounded_retry(timeout_seconds)
 
     # -- reading -------------------------------------------------------------------
 
     def load(self, session_id: str, now: dt.datetime, owner: str | None = None) -> History | None:
         """The live history of a session, or None when absent or expired (or, with
         ``owner``, owned by someone else)."""
-        with _unavailable_as_store_error():
+        with outage_as_unavailable():
             snap = self._session_ref(session_id).get(retry=self._retry, timeout=self._timeout)
             data = snap.to_dict() if snap.exists else None
             if data is None or not _is_live(data, now) or not _owned_by(data, owner):
@@ -204,7 +193,7 @@ class HistoryStore:
 
     def is_live(self, session_id: str, now: dt.datetime) -> bool:
         """Whether the session exists and has not expired: one document read."""
-        with _unavailable_as_store_error():
+        with outage_as_unavailable():
             snap = self._session_ref(session_id).get(retry=self._retry, timeout=self._timeout)
         data = snap.to_dict() if snap.exists else None
         return data is not None and _is_live(data, now)
@@ -221,7 +210,7 @@ class HistoryStore:
         hold: dict[str, Any] = {"claim_token": token, "claim_until": until}
         if owner is not None:
             hold["owner"] = owner
-        with _unavailable_as_store_error():
+        with outage_as_unavailable():
             snap = ref.get(retry=self._retry, timeout=self._timeout)
             data: dict[str, Any] | None = snap.to_dict() if snap.exists else None
             batch = self._client.batch()
@@ -320,7 +309,7 @@ class HistoryStore:
         batch.update(ref, fields, option=self._precondition(claim.update_time))
         if extra_writes is not None:
             extra_writes(batch, expire_at)
-        with _unavailable_as_store_error():
+        with outage_as_unavailable():
             try:
                 batch.commit(retry=self._retry, timeout=self._timeout)
             except (gexc.FailedPrecondition, gexc.NotFound):
@@ -353,7 +342,7 @@ class HistoryStore:
         """Delete every document of a session (an expired one's leftovers too), unless
         ``owner`` is given and someone else owns it. Raises SessionBusy."""
         ref = self._session_ref(session_id)
-        with _unavailable_as_store_error():
+        with outage_as_unavailable():
             snap = ref.get(retry=self._retry, timeout=self._timeout)
             if not snap.exists:
                 return Deletion.ABSENT
@@ -374,7 +363,7 @@ class HistoryStore:
     def owner_of(self, session_id: str, now: dt.datetime) -> str | None:
         """The owner of the live session ``session_id``; None when absent or expired.
         For routes that act on a session without running a turn."""
-        with _unavailable_as_store_error():
+        with outage_as_unavailable():
             snap = self._session_ref(session_id).get(
                 ["owner", "turns", TTL_FIELD], retry=self._retry, timeout=self._timeout
             )
@@ -461,25 +450,3 @@ def _raise_if_held(data: dict[str, Any], now: dt.datetime) -> None:
 def _retry_after(held_until: dt.datetime, now: dt.datetime) -> int:
     # Most turns take seconds; suggest a short wait, never the whole claim lifetime.
     return max(1, min(5, math.ceil((held_until - now).total_seconds())))
-
-
-class _unavailable_as_store_error:
-    """Turns Firestore being unreachable or too slow into StoreUnavailable."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> Literal[False]:
-        if exc is not None and isinstance(
-            exc,
-            gexc.RetryError
-            | gexc.ServiceUnavailable
-            | gexc.DeadlineExceeded
-            | gexc.InternalServerError
-            | gexc.Unknown
-            | gexc.TooManyRequests,
-        ):
-            raise StoreUnavailable(type(exc).__name__) from exc
-        return False

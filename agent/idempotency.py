@@ -41,14 +41,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.api_core import retry as gretry
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from werkzeug.datastructures import Headers
 
 from . import errors
+from .firestore_calls import OUTAGE, StoreUnavailable, bounded_retry
 from .firestore_session import utc_now
-from .history_store import IDEMPOTENCY, TTL_FIELD, StoreUnavailable, TurnTooLarge
+from .history_store import IDEMPOTENCY, TTL_FIELD, TurnTooLarge
 from .results import ResultLink
 from .streaming import StreamEvent
 from .turn import TurnOutcome, TurnRunner
@@ -60,14 +60,6 @@ KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_STORED_RESPONSE_BYTES = 768 * 1024
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, as the IETF draft's examples
-_UNAVAILABLE = (
-    gexc.RetryError,
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.Unknown,
-    gexc.TooManyRequests,
-)
 
 
 def parse_key(headers: Headers) -> str | None:
@@ -120,13 +112,7 @@ class IdempotencyStore:
         self._client = client
         self._ttl = dt.timedelta(seconds=ttl_seconds)
         self._timeout = timeout_seconds
-        self._retry = gretry.Retry(
-            predicate=gretry.if_transient_error,
-            initial=0.1,
-            maximum=1.0,
-            multiplier=2.0,
-            timeout=timeout_seconds,
-        )
+        self._retry = bounded_retry(timeout_seconds)
 
     def begin(
         self, principal: str, key: str, print_: str, session_id: str, until: dt.datetime
@@ -173,7 +159,7 @@ class IdempotencyStore:
                 )
         except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.Conflict):
             raise in_progress(1) from None  # a concurrent retry got there first
-        except _UNAVAILABLE as exc:
+        except OUTAGE as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         return Ticket(ref, result.update_time, session_id)
 

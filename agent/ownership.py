@@ -13,8 +13,9 @@ misleading a client that meant to create a session.
 from __future__ import annotations
 
 from . import errors
+from .firestore_calls import StoreUnavailable
 from .firestore_session import utc_now
-from .history_store import HistoryStore, StoreUnavailable
+from .history_store import HistoryStore
 
 
 def session_id_taken() -> errors.ApiError:

@@ -17,8 +17,9 @@ from . import errors
 from .auth import Authenticator, build_authenticator
 from .definition import build_agent
 from .event_loop import BackgroundLoop
+from .firestore_calls import StoreUnavailable
 from .firestore_session import utc_now
-from .history_store import Deletion, History, HistoryStore, SessionBusy, StoreUnavailable
+from .history_store import Deletion, History, HistoryStore, SessionBusy
 from .idempotency import IdempotencyStore
 from .model import build_model
 from .ownership import require_owner

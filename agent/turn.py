@@ -28,6 +28,7 @@ from agents.result import RunResultBase
 from . import errors
 from .deadline import within
 from .event_loop import BackgroundLoop
+from .firestore_calls import StoreUnavailable
 from .firestore_session import FirestoreSession, utc_now
 from .history_store import (
     Claim,
@@ -35,7 +36,6 @@ from .history_store import (
     HistoryStore,
     SessionBusy,
     SessionTaken,
-    StoreUnavailable,
     TurnTooLarge,
 )
 from .ownership import session_id_taken
