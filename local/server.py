@@ -4,12 +4,16 @@ after a few hundred requests and then blocks the server mid-request."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .emulators import free_port, wait_for_port
 
@@ -44,13 +48,37 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        """One JSON request: (status, decoded body or {}, response headers)."""
+        request = urllib.request.Request(
+            self.url + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers=({"Content-Type": "application/json"} if body is not None else {})
+            | (headers or {}),
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw, status, got = response.read(), response.status, response.headers
+        except urllib.error.HTTPError as error:
+            raw, status, got = error.read(), error.code, error.headers
+        return status, json.loads(raw) if raw else {}, dict(got)
+
     def kill(self) -> None:
         """SIGKILL, as when an instance is taken away mid-request."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
     def stop(self) -> str:
-        """Stop it; its log."""
+        """Stop it; its log. Safe to call again (the log is returned once)."""
+        if self.log.closed:
+            return ""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:

@@ -15,8 +15,8 @@ from flask.testing import FlaskClient
 
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
+from local.server import LiveServer as Server
 from tests.openapi_contract import assert_conforms
-from tests.test_local_server import Server
 
 
 def test_model_429_is_retried_with_backoff_and_succeeds(

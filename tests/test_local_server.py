@@ -4,62 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from local.demo_model import DemoModelServer
-from local.emulators import FirestoreEmulator, free_port, wait_for_port
+from local.emulators import FirestoreEmulator
+from local.server import LiveServer as Server
 from tests.openapi_contract import assert_conforms
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Server:
-    """``functions-framework --target=agent_http`` as a child process."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "functions_framework",
-                "--target=agent_http",
-                "--host=127.0.0.1",
-                f"--port={self.port}",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_for_port("127.0.0.1", self.port, timeout=30)
-
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict, dict]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json"} if body is not None else {},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                raw = response.read()
-                return response.status, json.loads(raw) if raw else {}, dict(response.headers)
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read()), dict(error.headers)
-
-    def stop(self) -> str:
-        self.process.terminate()
-        output, _ = self.process.communicate(timeout=15)
-        return output.decode()
 
 
 @pytest.fixture

@@ -9,62 +9,24 @@ verified against that account's public half.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from local.demo_model import DemoModelServer
-from local.emulators import FirestoreEmulator, StorageEmulator, free_port, wait_for_port
+from local.emulators import FirestoreEmulator, StorageEmulator
+from local.server import LiveServer as Server
 from local.throwaway_key import new_key
 from tests.google_standin import Standin
 from tests.openapi_contract import assert_conforms
 from tests.v4_signature import verify
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Server:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "functions_framework", "--target=agent_http"),
-                *("--host=127.0.0.1", f"--port={self.port}"),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_for_port("127.0.0.1", self.port, timeout=30)
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json"} if body is not None else {},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read()), response.headers
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read()), error.headers
-
-    def stop(self) -> str:
-        self.process.terminate()
-        output, _ = self.process.communicate(timeout=15)
-        return output.decode()
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from flask.testing import FlaskClient
 
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
+from local.server import LiveServer as Server
 from tests.openapi_contract import assert_conforms, assert_stream_conforms
 from tests.sse_client import Event, events_of, open_stream, parse_body
-from tests.test_local_server import Server
 
 SSE = {"Accept": "text/event-stream"}
 
