@@ -232,11 +232,7 @@ def run_once(
     budget_seconds: float,
 ) -> tuple[TurnOutcome, bool]:
     """Run the turn of ``chat`` at most once for ``key``: (outcome, replayed)."""
-    until = utc_now() + dt.timedelta(seconds=started + budget_seconds - time.monotonic())
-    try:
-        ticket = store.begin(principal, key, fingerprint(chat), session_id, until)
-    except StoreUnavailable:
-        raise errors.storage_unavailable() from None
+    ticket = _begin(store, principal, key, chat, session_id, started + budget_seconds)
     if isinstance(ticket, TurnOutcome):
         return ticket, True
     try:
@@ -251,6 +247,23 @@ def run_once(
         store.abandon(ticket)
         raise
     return outcome, False
+
+
+def _begin(
+    store: IdempotencyStore,
+    principal: str,
+    key: str,
+    chat: ChatRequest,
+    session_id: str,
+    deadline: float,
+) -> Ticket | TurnOutcome:
+    """The record for ``key`` held until the turn's ``deadline`` (monotonic), or the
+    stored outcome to replay."""
+    until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
+    try:
+        return store.begin(principal, key, fingerprint(chat), session_id, until)
+    except StoreUnavailable:
+        raise errors.storage_unavailable() from None
 
 
 def stream_once(
@@ -268,11 +281,7 @@ def stream_once(
     """``run_once`` for a streamed turn: (events, replayed). A replay is the stored
     outcome alone; a turn that does not reach its outcome (a failure, or a client
     that went away) gives its key up, so a retry runs again."""
-    until = utc_now() + dt.timedelta(seconds=started + budget_seconds - time.monotonic())
-    try:
-        ticket = store.begin(principal, key, fingerprint(chat), session_id, until)
-    except StoreUnavailable:
-        raise errors.storage_unavailable() from None
+    ticket = _begin(store, principal, key, chat, session_id, started + budget_seconds)
     if isinstance(ticket, TurnOutcome):
         return _replay(ticket), True
     try:
