@@ -2,7 +2,7 @@
 #   make run   - the service on http://127.0.0.1:8080 with the Firestore and storage emulators
 #                (and the offline demo model when no OPENAI_API_KEY/OPENAI_BASE_URL)
 #   make test  - installs what the tests need and runs them all
-#   make bench - the performance benchmark (README, Performance); not part of make test
+#   make bench - the performance benchmark (docs/performance.md); not part of make test
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -43,6 +43,6 @@ lint: $(VENV)/.dev
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
 
-# The load-and-fault run (loopback only, about 90 s): README "Load and faults".
+# The load-and-fault run (loopback only, about 90 s): docs/performance.md.
 load-faults: $(VENV)/.dev
 	$(BIN)/python -m bench.load_faults

@@ -12,10 +12,10 @@ import functions_framework
 from flask import Request, Response, current_app, has_app_context
 from flask import request as flask_request
 
-from agent.http_app import create_app
-from agent.logs import configure_logging
+from agent.api.app import create_app
+from agent.base.logs import configure_logging
+from agent.base.settings import Settings
 from agent.service import build_service
-from agent.settings import Settings
 
 _settings = Settings.from_env()
 configure_logging(_settings.log_level)

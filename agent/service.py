@@ -13,33 +13,33 @@ from dataclasses import dataclass
 
 from google.cloud import firestore
 
-from . import errors
-from .auth import Authenticator, build_authenticator
-from .definition import build_agent
-from .event_loop import BackgroundLoop
-from .firestore_calls import StoreUnavailable
-from .firestore_session import utc_now
-from .history_store import Deletion, History, HistoryStore, SessionBusy
-from .idempotency import IdempotencyStore
-from .model import build_model
-from .ownership import require_owner
-from .result_store import ResultStore
-from .results import ResultLink, Results
-from .settings import Settings
-from .turn import TurnRunner
+from agent.auth.modes import Authenticator, build_authenticator
+from agent.base.settings import Settings
+from agent.results.bucket import ResultBucket
+from agent.results.policy import OffloadPolicy
+from agent.runtime.definition import build_agent
+from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.model import build_model
+from agent.store.history import HistoryStore
+from agent.store.idempotency_records import IdempotencyStore
+from agent.turn.runner import TurnRunner
+from agent.turn.sessions import Sessions
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Service:
+    """The process-wide objects the HTTP layer uses, built once by ``build_service``."""
+
     settings: Settings
     store: HistoryStore
     turns: TurnRunner
     loop: BackgroundLoop
-    results: Results
+    results: OffloadPolicy
     auth: Authenticator
     idempotency: IdempotencyStore
+    sessions: Sessions
     project: str | None
     """The Google Cloud project, for the trace field of the logs."""
 
@@ -47,37 +47,12 @@ class Service:
     def new_session_id() -> str:
         return secrets.token_urlsafe(24)  # 192 random bits
 
-    def load(self, session_id: str, owner: str) -> History | None:
-        try:
-            return self.store.load(session_id, utc_now(), owner)
-        except StoreUnavailable:
-            raise errors.storage_unavailable() from None
-
-    def delete(self, session_id: str, owner: str) -> bool:
-        """True when the caller's live session was deleted; False reads as 404."""
-        try:
-            deletion = self.store.delete(session_id, utc_now(), owner)
-        except SessionBusy as busy:
-            raise errors.session_busy(busy.retry_after) from None
-        except StoreUnavailable:
-            raise errors.storage_unavailable() from None
-        if deletion is Deletion.NOT_YOURS:
-            return False  # and its results are not ours to touch
-        # After the documents: should this fail, a retried DELETE (404) still cleans up.
-        self.results.delete_session(session_id)
-        return deletion is Deletion.DELETED
-
-    def resign_result(self, session_id: str, turn_id: str, owner: str) -> ResultLink:
-        """A fresh signed URL for a stored result; 404 unless the caller owns the
-        live session."""
-        require_owner(self.store, session_id, owner)
-        return self.results.resign(session_id, turn_id)
-
     def close(self) -> None:
         self.loop.close()
 
 
 def build_service(settings: Settings) -> Service:
+    """Build every process-wide object from ``settings``; makes no network call."""
     client = firestore.Client(
         project=settings.google_cloud_project, database=settings.firestore_database
     )
@@ -89,7 +64,7 @@ def build_service(settings: Settings) -> Service:
     agent = build_agent(settings, build_model(settings))
     loop = BackgroundLoop()
     # No network, no storage import: the bucket's client is made on the first offload.
-    results = Results(settings, ResultStore(settings) if settings.results_bucket else None)
+    results = OffloadPolicy(settings, ResultBucket(settings) if settings.results_bucket else None)
     log.info(
         "agent %r ready: model %s via %s (%s API); tracing upload %s",
         settings.agent_name,
@@ -111,5 +86,6 @@ def build_service(settings: Settings) -> Service:
         results=results,
         auth=build_authenticator(settings),
         idempotency=idempotency,
+        sessions=Sessions(store, results, idempotency),
         project=settings.google_cloud_project or client.project,
     )

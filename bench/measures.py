@@ -15,8 +15,8 @@ from typing import Any
 
 from google.cloud import firestore
 
-from agent.history_store import Claim, HistoryStore
-from agent.settings import Settings
+from agent.base.settings import Settings
+from agent.store.history import Claim, HistoryStore
 from bench.load import Client, closed_loop, median, percentile
 from bench.servers import FLOOR, NAIVE, ROOT, SERVICE, FunctionServer, ModelProcess
 from bench.storage_cost import measure as storage_cost

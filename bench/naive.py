@@ -19,7 +19,7 @@ from agents import Agent, OpenAIChatCompletionsModel, Runner, set_tracing_disabl
 from google.cloud import firestore
 from openai import AsyncOpenAI
 
-from agent.tools import TOOLS
+from agent.runtime.tools import TOOLS
 
 set_tracing_disabled(True)
 agent = Agent(

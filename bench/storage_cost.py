@@ -23,12 +23,12 @@ from typing import Any
 
 from google.cloud import firestore
 
-from agent.definition import build_agent
-from agent.event_loop import BackgroundLoop
-from agent.history_store import HistoryStore, encode
-from agent.model import build_model
-from agent.settings import Settings
-from agent.turn import TurnRunner
+from agent.base.settings import Settings
+from agent.runtime.definition import build_agent
+from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.model import build_model
+from agent.store.history import HistoryStore, encode
+from agent.turn.runner import TurnRunner
 
 Item = dict[str, Any]
 

@@ -1,7 +1,7 @@
 """Print the Firestore collection groups the service writes, one per line
 (or, with ``--ttl-field``, the name of the field their TTL policies use).
 
-They come from ``COLLECTION_GROUPS`` in ``agent/history_store.py``, read statically (with
+They come from ``COLLECTION_GROUPS`` in ``agent/store/schema.py``, read statically (with
 ``ast``) so that the setup script needs only a Python 3 interpreter, not the service's
 dependencies. Names are followed to module-level string constants, also across
 ``from agent.x import NAME`` and ``from .x import NAME``; anything else is an error rather
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE_MODULE = "agent.history_store"
+SOURCE_MODULE = "agent.store.schema"
 NAME = "COLLECTION_GROUPS"
 TTL_NAME = "TTL_FIELD"
 

@@ -45,7 +45,7 @@ if ! is_int "$FUNCTION_TIMEOUT_SECONDS" || ((FUNCTION_TIMEOUT_SECONDS < 1 || FUN
   die "FUNCTION_TIMEOUT_SECONDS must be 1-3600 (gen2 HTTP functions stop at 3600 s)"
 fi
 
-# The service reads these (agent/settings.py); the model key is not among them: it comes
+# The service reads these (agent/base/settings.py); the model key is not among them: it comes
 # from Secret Manager only. THREADS sizes gunicorn's thread pool to the concurrency, and the
 # service learns the platform timeout from the same variable that sets --timeout.
 env_vars=(

@@ -3,6 +3,8 @@
 The emulator starts once per run on free ports and is wiped before each test. Where
 it is not installed, tests that need it skip with the reason and the run ends with
 a warning line; with REQUIRE_FIRESTORE_EMULATOR=1 (CI, Cloud Build) they fail instead.
+More fixtures come from the plugins in ``pytest_plugins`` (tests/support/): the storage
+emulator and signing keys for results, and the deploy scripts' runs for the deploy tests.
 """
 
 from __future__ import annotations
@@ -16,15 +18,13 @@ from flask.testing import FlaskClient
 
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator, firestore_emulator_missing
-from tests.storage_fixtures import (  # noqa: F401  (fixtures for the results tests)
-    results_env,
-    signing_key,
-    signing_key_file,
-    storage,
-    storage_emulator,
-)
+from tests.support.constants import MODEL, PROJECT
 
-PROJECT = "agent-test"
+pytest_plugins = [
+    "tests.support.storage_fixtures",
+    "tests.support.deploy_scenarios",
+]
+
 _skipped_for_emulator: list[str] = []
 
 
@@ -71,7 +71,7 @@ def settings_env(firestore: FirestoreEmulator, model: DemoModelServer) -> dict[s
         "GOOGLE_CLOUD_PROJECT": PROJECT,
         "FIRESTORE_EMULATOR_HOST": firestore.host,
         "OPENAI_BASE_URL": model.base_url,
-        "AGENT_MODEL": "demo-model",
+        "AGENT_MODEL": MODEL,
         "MODEL_MAX_RETRIES": "0",
         "FIRESTORE_TIMEOUT_SECONDS": "3",
         "AUTH_MODE": "none",  # tests of other areas; tests/test_auth.py covers the rest
@@ -82,9 +82,9 @@ def settings_env(firestore: FirestoreEmulator, model: DemoModelServer) -> dict[s
 def make_client(settings_env: dict[str, str]) -> Iterator[Callable[..., FlaskClient]]:
     """Builds the app from settings (overrides as keyword arguments) and returns its
     test client. Every service built is closed at the end of the test."""
-    from agent.http_app import create_app
+    from agent.api.app import create_app
+    from agent.base.settings import Settings
     from agent.service import build_service
-    from agent.settings import Settings
 
     services: list[Any] = []
 

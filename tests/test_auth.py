@@ -8,22 +8,19 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
 
-from agent import google_tokens
-from agent.auth import parse_api_keys
-from agent.settings import Settings, SettingsError
+from agent.auth import google_tokens
+from agent.auth.modes import parse_api_keys
+from agent.base.settings import Settings, SettingsError
 from local.demo_model import DemoModelServer
-from tests.google_stand_in import CertsServer, SigningKey
-from tests.openapi_contract import assert_conforms
+from tests.support.constants import ALICE_KEY, BOB_KEY, REPO_ROOT, UNREACHABLE_MODEL_URL
+from tests.support.google_id_tokens import CertsServer, SigningKey
+from tests.support.openapi_contract import assert_conforms
 
-ROOT = Path(__file__).resolve().parent.parent
 AUDIENCE = "https://agent-abc123-uc.a.run.app"
-ALICE_KEY = "alice-key-0123456789abcdef"
-BOB_KEY = "bob-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -326,9 +323,14 @@ def test_none_on_the_platform_needs_forcing() -> None:
 def run_main(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     code = "import main; print('STARTED')"
     full = {k: v for k, v in os.environ.items() if k not in ("K_SERVICE", "AUTH_MODE")}
-    full |= {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "GOOGLE_CLOUD_PROJECT": "p", **env}
+    full |= {"OPENAI_BASE_URL": UNREACHABLE_MODEL_URL, "GOOGLE_CLOUD_PROJECT": "p", **env}
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=full, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -1,5 +1,5 @@
 """The load-and-fault command works (tiny and fault-free here; the real run is
-``python -m bench.load_faults``, see the README)."""
+``python -m bench.load_faults``, see docs/performance.md)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import re
 from flask.testing import FlaskClient
 
 from local.demo_model import DemoModelServer
-from tests.openapi_contract import assert_conforms
+from tests.support.openapi_contract import assert_conforms
 
 
 def chat(client: FlaskClient, message: str, session_id: str | None = None) -> dict:

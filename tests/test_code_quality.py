@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.constants import REPO_ROOT
 
 
 @pytest.mark.parametrize(
@@ -19,6 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_tool_passes(command: list[str]) -> None:
     tool = Path(sys.executable).parent / command[0]
     result = subprocess.run(
-        [str(tool), *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [str(tool), *command[1:]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr

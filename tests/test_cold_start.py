@@ -10,9 +10,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.constants import LOOPBACK, REPO_ROOT, UNREACHABLE_MODEL_URL
 
 PROBE = """
 import json, sys
@@ -29,10 +28,10 @@ print(json.dumps({
 def probe(**env: str) -> dict[str, object]:
     result = subprocess.run(
         [sys.executable, "-c", PROBE],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         env=os.environ
-        | {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "GOOGLE_CLOUD_PROJECT": "p"}
-        | {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:9", "LOG_LEVEL": "WARNING"}
+        | {"OPENAI_BASE_URL": UNREACHABLE_MODEL_URL, "GOOGLE_CLOUD_PROJECT": "p"}
+        | {"FIRESTORE_EMULATOR_HOST": f"{LOOPBACK}:9", "LOG_LEVEL": "WARNING"}
         | env,
         capture_output=True,
         text=True,

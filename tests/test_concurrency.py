@@ -10,7 +10,8 @@ from flask.testing import FlaskClient
 
 from local.demo_model import DemoModelServer
 from local.emulators import free_port
-from tests.openapi_contract import assert_conforms
+from tests.support.constants import LOOPBACK
+from tests.support.openapi_contract import assert_conforms
 
 
 def test_two_turns_on_one_session_give_one_200_and_one_409(
@@ -72,7 +73,7 @@ def test_concurrent_sessions_lose_nothing(client: FlaskClient, model: DemoModelS
 def test_firestore_down_gives_503_within_seconds(
     make_client, monkeypatch: pytest.MonkeyPatch, model: DemoModelServer
 ) -> None:
-    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # nobody there
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"{LOOPBACK}:{free_port()}")  # nobody there
     client = make_client(firestore_timeout_seconds=2)
     for method, path, body in (
         ("POST", "/chat", {"message": "hi", "session_id": "down"}),

@@ -10,11 +10,12 @@ import pytest
 from agents import OpenAIChatCompletionsModel, Runner, set_tracing_disabled
 from flask.testing import FlaskClient
 
-from agent.deadline import DeadlineBoundModel, NoTimeForModelCall, within
-from agent.definition import build_agent
-from agent.settings import Settings, SettingsError
+from agent.base.settings import Settings, SettingsError
+from agent.runtime.deadline import DeadlineBoundModel, NoTimeForModelCall, within
+from agent.runtime.definition import build_agent
 from local.demo_model import DemoModelServer
-from tests.openapi_contract import assert_conforms
+from tests.support.constants import MODEL
+from tests.support.openapi_contract import assert_conforms
 
 
 def test_no_model_call_is_started_with_too_little_time_left(make_client, model) -> None:
@@ -52,7 +53,7 @@ def test_a_model_call_is_cut_at_the_time_left_not_at_the_model_timeout(model) ->
     set_tracing_disabled(True)
     model.control(delay_seconds=5)
     client = openai.AsyncOpenAI(base_url=model.base_url, api_key="x", max_retries=0)
-    inner = OpenAIChatCompletionsModel(model="demo-model", openai_client=client)
+    inner = OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
     bounded = DeadlineBoundModel(inner, call_timeout=60, min_call_seconds=0.1)
     agent = build_agent(Settings.from_env({"AGENT_MAX_TURNS": "1"}), bounded)
 
@@ -67,7 +68,7 @@ def test_a_model_call_is_cut_at_the_time_left_not_at_the_model_timeout(model) ->
 
 def test_the_refusal_is_a_timeout_error(model) -> None:
     client = openai.AsyncOpenAI(base_url=model.base_url, api_key="x", max_retries=0)
-    inner = OpenAIChatCompletionsModel(model="demo-model", openai_client=client)
+    inner = OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
     bounded = DeadlineBoundModel(inner, call_timeout=60, min_call_seconds=2)
     agent = build_agent(Settings.from_env({}), bounded)
     with pytest.raises(NoTimeForModelCall):
@@ -78,7 +79,7 @@ def test_the_refusal_is_a_timeout_error(model) -> None:
 
 def test_without_a_deadline_the_model_is_not_bounded(model: DemoModelServer) -> None:
     client = openai.AsyncOpenAI(base_url=model.base_url, api_key="x", max_retries=0)
-    inner = OpenAIChatCompletionsModel(model="demo-model", openai_client=client)
+    inner = OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
     bounded = DeadlineBoundModel(inner, call_timeout=60, min_call_seconds=30)
     result = asyncio.run(Runner.run(build_agent(Settings.from_env({}), bounded), "hello"))
     assert str(result.final_output).startswith("[demo model]")

@@ -24,6 +24,7 @@ from agents import (
 from openai import AsyncOpenAI
 
 from local.demo_model import DemoModelServer
+from tests.support.constants import MODEL
 
 # The server is plain HTTP; one shared TLS context just saves ~20 ms of certificate
 # loading for every client these tests create.
@@ -59,9 +60,7 @@ def client_for(server: DemoModelServer, **kwargs: Any) -> AsyncOpenAI:
 def ask(server: DemoModelServer, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
     async def go() -> Any:
         async with client_for(server) as client:
-            return await client.chat.completions.create(
-                model="demo-model", messages=messages, **kwargs
-            )
+            return await client.chat.completions.create(model=MODEL, messages=messages, **kwargs)
 
     return asyncio.run(go())
 
@@ -72,7 +71,7 @@ def ask_streamed(
     async def go() -> list[Any]:
         async with client_for(server) as client:
             stream = await client.chat.completions.create(
-                model="demo-model", messages=messages, stream=True, **kwargs
+                model=MODEL, messages=messages, stream=True, **kwargs
             )
             return [chunk async for chunk in stream]
 
@@ -269,7 +268,7 @@ def test_models_endpoint(server: DemoModelServer) -> None:
         async with client_for(server) as client:
             return [model.id async for model in client.models.list()]
 
-    assert asyncio.run(go()) == ["demo-model"]
+    assert asyncio.run(go()) == [MODEL]
 
 
 def test_eighty_concurrent_requests(server: DemoModelServer) -> None:
@@ -305,7 +304,7 @@ def _agent(client: AsyncOpenAI) -> Agent[Any]:
         assert re.fullmatch(r"[\d\s.+\-*/()]+", expression)
         return str(eval(expression, {"__builtins__": {}}))  # safe: only digits and operators
 
-    model = OpenAIChatCompletionsModel(model="demo-model", openai_client=client)
+    model = OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
     return Agent(
         name="Demo",
         instructions="Use the calculator for arithmetic.",

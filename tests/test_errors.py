@@ -8,7 +8,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from local.demo_model import DemoModelServer
-from tests.openapi_contract import assert_conforms
+from tests.support.openapi_contract import assert_conforms
 
 INTERNALS = ("Traceback", 'File "', ".py", "google.", "grpc", "Exception")
 
@@ -160,12 +160,12 @@ def test_max_turns_exceeded_is_422(make_client) -> None:
 def test_a_bug_is_500_with_a_correlation_id_in_the_log(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from agent import validation
+    from agent.api import requests as validation
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret internal detail /srv/app.py")
 
-    monkeypatch.setattr("agent.http_app.parse_chat", broken)
+    monkeypatch.setattr("agent.api.app.parse_chat", broken)
     assert validation.parse_chat is not broken
     response = client.post("/chat", json={"message": "hi"})
     body = check_error(response, "POST", "/chat", 500, "internal_error")

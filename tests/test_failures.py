@@ -16,7 +16,8 @@ from flask.testing import FlaskClient
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
 from local.server import LiveServer as Server
-from tests.openapi_contract import assert_conforms
+from tests.support.constants import MODEL, PROJECT
+from tests.support.openapi_contract import assert_conforms
 
 
 def test_model_429_is_retried_with_backoff_and_succeeds(
@@ -119,14 +120,17 @@ def test_an_instance_killed_mid_turn_leaves_no_partial_turn(
 ) -> None:
     env = os.environ | {
         "FIRESTORE_EMULATOR_HOST": firestore.host,
-        "GOOGLE_CLOUD_PROJECT": "agent-test",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
         "OPENAI_BASE_URL": model.base_url,
-        "AGENT_MODEL": "demo-model",
+        "AGENT_MODEL": MODEL,
         "AUTH_MODE": "none",
         "FUNCTION_TIMEOUT_SECONDS": "4",
         "DEADLINE_MARGIN_SECONDS": "0.5",
         "MODEL_MAX_RETRIES": "0",
     }
+    # The second instance starts first: how long a server takes to start must not
+    # decide whether the first one's claim is still held when it is asked.
+    second = Server(env)
     first = Server(env)
     try:
         status, _, _ = first.call("POST", "/chat", {"message": "keep", "session_id": "k"})
@@ -145,12 +149,7 @@ def test_an_instance_killed_mid_turn_leaves_no_partial_turn(
         killed_at = time.monotonic()
         os.killpg(first.process.pid, signal.SIGKILL)
         first.process.wait(timeout=10)
-    finally:
-        if first.process.poll() is None:
-            first.stop()
-    model.reset()
-    second = Server(env)
-    try:
+        model.reset()
         status, body, headers = second.call("POST", "/chat", {"message": "y", "session_id": "k"})
         assert status == 409 and body["error"]["code"] == "session_busy"  # claim still held
         assert int(headers["Retry-After"]) >= 1
@@ -163,6 +162,8 @@ def test_an_instance_killed_mid_turn_leaves_no_partial_turn(
         users = [i["content"] for i in final["items"] if i.get("role") == "user"]
         assert users == ["keep", "z"]
     finally:
+        if first.process.poll() is None:
+            first.stop()
         second.stop()
 
 

@@ -14,23 +14,16 @@ from agents import Agent, OpenAIChatCompletionsModel, Runner
 from google.cloud import firestore as fs
 from openai import AsyncOpenAI
 
-from agent.definition import build_agent
-from agent.event_loop import BackgroundLoop
-from agent.firestore_session import FirestoreSession
-from agent.history_store import (
-    CHUNK_BYTES,
-    CHUNKS,
-    COLLECTION_GROUPS,
-    SESSIONS,
-    TTL_FIELD,
-    HistoryStore,
-    SessionBusy,
-    encode,
-)
-from agent.model import build_model
-from agent.settings import Settings
-from agent.turn import TurnRunner
+from agent.base.settings import Settings
+from agent.runtime.definition import build_agent
+from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.model import build_model
+from agent.store.history import CHUNK_BYTES, HistoryStore, SessionBusy, encode
+from agent.store.schema import CHUNKS, COLLECTION_GROUPS, SESSIONS, TTL_FIELD
+from agent.store.session import FirestoreSession
+from agent.turn.runner import TurnRunner
 from local.demo_model import DemoModelServer
+from tests.support.constants import MODEL
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 MIB = 1024 * 1024
@@ -212,7 +205,7 @@ def test_firestore_session_works_on_its_own_with_the_runner(firestore, model) ->
         agent = Agent(
             name="a",
             instructions="be brief",
-            model=OpenAIChatCompletionsModel(model="demo-model", openai_client=client),
+            model=OpenAIChatCompletionsModel(model=MODEL, openai_client=client),
         )
         first = await Runner.run(agent, "I like tea", session=session)
         second = await Runner.run(agent, "what do I like?", session=session)

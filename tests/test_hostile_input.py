@@ -26,7 +26,8 @@ from schemathesis import GenerationMode
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
 from local.server import LiveServer as Server
-from tests.openapi_contract import SPEC_PATH, assert_conforms
+from tests.support.constants import LOOPBACK, MODEL
+from tests.support.openapi_contract import SPEC_PATH, assert_conforms
 
 KEY = "fuzz-key-0123456789abcdef"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
@@ -50,7 +51,7 @@ def live(firestore_emulator: FirestoreEmulator, model_server: DemoModelServer) -
         "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
         "GOOGLE_CLOUD_PROJECT": "agent-fuzz",  # its own project: wipes of others don't matter
         "OPENAI_BASE_URL": model_server.base_url,
-        "AGENT_MODEL": "demo-model",
+        "AGENT_MODEL": MODEL,
         "AUTH_MODE": "api_key",
         "AUTH_API_KEYS": f"fuzzer:{KEY}",
         "MODEL_MAX_RETRIES": "0",
@@ -75,7 +76,7 @@ def test_the_api_conforms_to_its_spec_under_generated_input(case, live: Server) 
         # spec's example key, so give each case its own (test_idempotency covers reuse).
         case.headers["Idempotency-Key"] = uuid.uuid4().hex
     response = case.call_and_validate(
-        base_url=f"http://127.0.0.1:{live.port}", headers={"X-API-Key": KEY}, timeout=30
+        base_url=f"http://{LOOPBACK}:{live.port}", headers={"X-API-Key": KEY}, timeout=30
     )
     assert response.status_code < 500 or response.status_code in (502, 503, 504)
 
@@ -87,7 +88,7 @@ def raw(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
+    connection = http.client.HTTPConnection(LOOPBACK, live.port, timeout=30)
     try:
         connection.putrequest(method, path, skip_accept_encoding=True)
         all_headers = {"X-API-Key": KEY} | (headers or {})

@@ -11,12 +11,13 @@ import pytest
 from flask.testing import FlaskClient
 from google.cloud import firestore as fs
 
-from agent.firestore_session import utc_now
-from agent.history_store import COLLECTION_GROUPS, IDEMPOTENCY, SESSIONS, TTL_FIELD
-from agent.idempotency import IdempotencyStore, fingerprint
-from agent.validation import ChatRequest
+from agent.base.clock import utc_now
+from agent.store.idempotency_records import IdempotencyStore
+from agent.store.schema import COLLECTION_GROUPS, IDEMPOTENCY, SESSIONS, TTL_FIELD
+from agent.turn.idempotency import fingerprint
 from local.demo_model import DemoModelServer
-from tests.openapi_contract import assert_conforms
+from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY
+from tests.support.openapi_contract import assert_conforms
 
 
 def post(client: FlaskClient, key: str | None, headers: dict[str, str] | None = None, **body):
@@ -105,10 +106,9 @@ def test_a_failed_first_call_stores_nothing_so_the_retry_runs(
 
 
 def test_keys_belong_to_their_principal(make_client: Callable[..., FlaskClient]) -> None:
-    keys = "alice:alice-key-0123456789abcdef,bob:bob-key-0123456789abcdef"
-    client = make_client(auth_mode="api_key", auth_api_keys=keys)
-    alice = {"X-API-Key": "alice-key-0123456789abcdef"}
-    bob = {"X-API-Key": "bob-key-0123456789abcdef"}
+    client = make_client(auth_mode="api_key", auth_api_keys=API_KEYS)
+    alice = {"X-API-Key": ALICE_KEY}
+    bob = {"X-API-Key": BOB_KEY}
     first = post(client, "shared", alice, message="from alice", session_id="ia")
     second = post(client, "shared", bob, message="from bob", session_id="ib")
     assert (first.status_code, second.status_code) == (200, 200)
@@ -159,8 +159,8 @@ def test_a_turn_whose_instance_died_runs_once_after_its_claim_lapses(
 ) -> None:
     # The first attempt registered its key and died before committing anything.
     store = IdempotencyStore(fs.Client(), ttl_seconds=60, timeout_seconds=3)
-    chat = ChatRequest(message="hello", session_id="i8")
-    store.begin("local", "k-10", fingerprint(chat), "i8", utc_now() + dt.timedelta(seconds=1))
+    until = utc_now() + dt.timedelta(seconds=1)
+    store.begin("local", "k-10", fingerprint("hello", "i8"), "i8", until)
     during = post(client, "k-10", message="hello", session_id="i8")
     assert during.get_json()["error"]["code"] == "idempotency_key_in_progress"
     time.sleep(1.1)

@@ -5,25 +5,23 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
 from local.server import LiveServer as Server
-from tests.openapi_contract import assert_conforms
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.constants import MODEL, PROJECT
+from tests.support.openapi_contract import assert_conforms
 
 
 @pytest.fixture
 def server_env(firestore: FirestoreEmulator, model: DemoModelServer) -> dict[str, str]:
     return os.environ | {
         "FIRESTORE_EMULATOR_HOST": firestore.host,
-        "GOOGLE_CLOUD_PROJECT": "agent-test",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
         "OPENAI_BASE_URL": model.base_url,
-        "AGENT_MODEL": "demo-model",
+        "AGENT_MODEL": MODEL,
         "OPENAI_API_KEY": "sk-test-must-never-be-logged",
         "AUTH_MODE": "none",
     }

@@ -10,9 +10,10 @@ from agents import OpenAIChatCompletionsModel, OpenAIResponsesModel, set_trace_p
 from agents.tracing import TracingProcessor, get_trace_provider
 from flask.testing import FlaskClient
 
-from agent.deadline import DeadlineBoundModel
-from agent.model import ModelConfigError, build_model
-from agent.settings import Settings
+from agent.base.settings import Settings
+from agent.runtime.deadline import DeadlineBoundModel
+from agent.runtime.model import ModelConfigError, build_model
+from tests.support.constants import UNREACHABLE_MODEL_URL
 
 
 class Recorder(TracingProcessor):
@@ -58,7 +59,7 @@ def test_api_choice() -> None:
         assert isinstance(model, DeadlineBoundModel)  # every call bounded by the turn
         return model.inner
 
-    compatible = built({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    compatible = built({"OPENAI_BASE_URL": UNREACHABLE_MODEL_URL})
     assert isinstance(compatible, OpenAIChatCompletionsModel)
     openai = built({"OPENAI_API_KEY": "sk-x"})
     assert isinstance(openai, OpenAIResponsesModel)

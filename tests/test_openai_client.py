@@ -8,17 +8,18 @@ import pytest
 from agents import OpenAIChatCompletionsModel, Runner, set_tracing_disabled
 from openai import AsyncOpenAI
 
-from agent.definition import build_agent
-from agent.openai_client import ChatCompletionsClient
-from agent.settings import Settings
+from agent.base.settings import Settings
+from agent.runtime.definition import build_agent
+from agent.runtime.openai_client import ChatCompletionsClient
 from local.demo_model import DemoModelServer
+from tests.support.constants import MODEL
 
 
 def conversation(client: AsyncOpenAI, stream: bool) -> list[str]:
     """A two-turn conversation with a tool round trip, through the Agents SDK."""
     set_tracing_disabled(True)
     agent = build_agent(
-        Settings.from_env({}), OpenAIChatCompletionsModel(model="demo-model", openai_client=client)
+        Settings.from_env({}), OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
     )
 
     async def run() -> list[str]:
@@ -66,11 +67,9 @@ def test_calls_without_tools_send_no_tools_key(model: DemoModelServer) -> None:
 
     async def call() -> str | None:
         completion = await client.chat.completions.create(
-            model="demo-model", messages=[{"role": "user", "content": "hi"}]
+            model=MODEL, messages=[{"role": "user", "content": "hi"}]
         )
         return completion.choices[0].message.content
 
     assert (asyncio.run(call()) or "").startswith("[demo model]")
-    assert model.requests == [
-        {"model": "demo-model", "messages": [{"role": "user", "content": "hi"}]}
-    ]
+    assert model.requests == [{"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}]

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from tests.openapi_contract import assert_conforms, load_spec, resolve, spec_node, validator_at
+from tests.support.openapi_contract import (
+    assert_conforms,
+    load_spec,
+    resolve,
+    spec_node,
+    validator_at,
+)
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 EXPIRES = "2025-01-01T13:00:00Z"

@@ -10,21 +10,22 @@ import pytest
 from flask.testing import FlaskClient
 from google.cloud import firestore as fs
 
-from agent import errors
-from agent.firestore_session import utc_now
-from agent.history_store import SESSIONS, HistoryStore
-from agent.ownership import require_owner
+from agent.base import errors
+from agent.base.clock import utc_now
+from agent.store.history import HistoryStore
+from agent.store.schema import SESSIONS
+from agent.turn.ownership import require_owner
 from local.demo_model import DemoModelServer
-from tests.openapi_contract import assert_conforms
+from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY
+from tests.support.openapi_contract import assert_conforms
 
-ALICE = {"X-API-Key": "alice-key-0123456789abcdef"}
-BOB = {"X-API-Key": "bob-key-0123456789abcdef"}
-KEYS = "alice:alice-key-0123456789abcdef,bob:bob-key-0123456789abcdef"
+ALICE = {"X-API-Key": ALICE_KEY}
+BOB = {"X-API-Key": BOB_KEY}
 
 
 @pytest.fixture
 def two(make_client: Callable[..., FlaskClient]) -> FlaskClient:
-    return make_client(auth_mode="api_key", auth_api_keys=KEYS)
+    return make_client(auth_mode="api_key", auth_api_keys=API_KEYS)
 
 
 def say(client: FlaskClient, who: dict[str, str], text: str, session_id: str):
@@ -88,7 +89,7 @@ def test_a_session_being_created_is_taken_not_busy_for_others(
 
 
 def test_an_expired_session_is_free_for_anyone(make_client: Callable[..., FlaskClient]) -> None:
-    client = make_client(auth_mode="api_key", auth_api_keys=KEYS, session_ttl_seconds=1)
+    client = make_client(auth_mode="api_key", auth_api_keys=API_KEYS, session_ttl_seconds=1)
     assert say(client, ALICE, "old", "a6").status_code == 200
     time.sleep(1.2)
     response = say(client, BOB, "new", "a6")

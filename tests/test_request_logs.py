@@ -11,10 +11,10 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.datastructures import Headers
 
-from agent.logs import JsonFormatter, trace_fields
+from agent.base.logs import JsonFormatter, trace_fields
+from tests.support.constants import ALICE_KEY, PROJECT
 
 TRACE = "105445aa7843bc8bf206b12000100000"
-KEY = "alice-key-0123456789abcdef"
 
 
 @pytest.fixture
@@ -39,21 +39,21 @@ def lines(stream: io.StringIO, logger: str | None = None) -> list[dict]:
 
 @pytest.fixture
 def keyed(make_client: Callable[..., FlaskClient]) -> FlaskClient:
-    return make_client(auth_mode="api_key", auth_api_keys=f"alice:{KEY}")
+    return make_client(auth_mode="api_key", auth_api_keys=f"alice:{ALICE_KEY}")
 
 
 def test_request_lines_carry_trace_principal_and_outcome_but_no_text(
     keyed: FlaskClient, json_log: io.StringIO
 ) -> None:
-    headers = {"X-API-Key": KEY, "X-Cloud-Trace-Context": f"{TRACE}/1;o=1"}
+    headers = {"X-API-Key": ALICE_KEY, "X-Cloud-Trace-Context": f"{TRACE}/1;o=1"}
     ok = keyed.post(
         "/chat", json={"message": "my secret is 42", "session_id": "L1"}, headers=headers
     )
     refused = keyed.get("/sessions/L1", headers={"X-API-Key": "wrong-key-0123456789"})
     assert (ok.status_code, refused.status_code) == (200, 401)
-    first, second = lines(json_log, "agent.http")
+    first, second = lines(json_log, "agent.api.app")
     assert first["severity"] == "INFO"
-    assert first["logging.googleapis.com/trace"] == f"projects/agent-test/traces/{TRACE}"
+    assert first["logging.googleapis.com/trace"] == f"projects/{PROJECT}/traces/{TRACE}"
     assert first["logging.googleapis.com/spanId"] == "0000000000000001"
     assert first["logging.googleapis.com/trace_sampled"] is True
     assert first["principal"] == "alice" and first["outcome"] == "ok"
@@ -62,7 +62,7 @@ def test_request_lines_carry_trace_principal_and_outcome_but_no_text(
     assert isinstance(first["latency_ms"], float)
     assert second["outcome"] == "unauthenticated" and second["principal"] is None
     assert "logging.googleapis.com/trace" not in second  # that request sent none
-    for private in ("my secret is 42", "[demo model]", KEY, "wrong-key"):
+    for private in ("my secret is 42", "[demo model]", ALICE_KEY, "wrong-key"):
         assert private not in json_log.getvalue()
 
 
@@ -74,7 +74,7 @@ def test_every_line_of_a_request_shares_its_trace(
         headers={"X-API-Key": "nope-0123456789abcdef", "X-Cloud-Trace-Context": TRACE},
     )
     entries = lines(json_log)
-    assert {e["logger"] for e in entries} >= {"agent.auth", "agent.http"}
+    assert {e["logger"] for e in entries} >= {"agent.auth.modes", "agent.api.app"}
     assert all(e.get("logging.googleapis.com/trace", "").endswith(TRACE) for e in entries)
     # After the request, nothing is bound any more.
     logging.getLogger("agent.test").info("after")
@@ -118,13 +118,13 @@ def test_no_cross_origin_access_by_default(client: FlaskClient) -> None:
 def test_only_listed_origins_get_cors_headers(make_client: Callable[..., FlaskClient]) -> None:
     client = make_client(
         auth_mode="api_key",
-        auth_api_keys=f"alice:{KEY}",
+        auth_api_keys=f"alice:{ALICE_KEY}",
         cors_allowed_origins="https://app.example.com, http://localhost:3000",
     )
     allowed = client.post(
         "/chat",
         json={"message": "hi"},
-        headers={"Origin": "https://app.example.com", "X-API-Key": KEY},
+        headers={"Origin": "https://app.example.com", "X-API-Key": ALICE_KEY},
     )
     assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     assert "X-Request-Id" in allowed.headers["Access-Control-Expose-Headers"]

@@ -19,21 +19,20 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from email.message import Message
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from agent.history_store import MAX_TURN_BYTES
-from agent.results import INLINE_FALLBACK_MAX_BYTES, PREVIEW_BYTES
+from agent.results.policy import INLINE_FALLBACK_MAX_BYTES, PREVIEW_BYTES
+from agent.store.history import MAX_TURN_BYTES
 from local.demo_model import DemoModelServer, decide_reply, fit_to_bytes
 from local.emulators import StorageEmulator, free_port
 from local.throwaway_key import ThrowawayKey
-from tests.openapi_contract import assert_conforms
-from tests.v4_signature import verify
+from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY, LOOPBACK, PROJECT, REPO_ROOT
+from tests.support.openapi_contract import assert_conforms
+from tests.support.signed_url_verifier import verify
 
-ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = "Write me the long report."
 
 
@@ -110,7 +109,7 @@ def test_object_metadata_links_the_result_to_its_session(
     model.control(reply_bytes=300_000)
     result = chat(results_client, "linked")["result"]
     blob = (
-        gcs.Client(project="agent-test")
+        gcs.Client(project=PROJECT)
         .bucket(storage.bucket)
         .get_blob(f"results/linked/{result['turn_id']}.md")
     )
@@ -256,7 +255,7 @@ def test_storage_down_returns_the_answer_inline_with_a_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The client is made on the first offload, so it reads this dead address.
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{LOOPBACK}:{free_port()}")
     client = make_client(**results_env, storage_timeout_seconds=1)
     model.control(reply_bytes=300_000)
     started = time.monotonic()
@@ -275,7 +274,7 @@ def test_storage_down_and_too_large_to_inline_is_503_and_changes_nothing(
     model: DemoModelServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{LOOPBACK}:{free_port()}")
     client = make_client(**results_env, storage_timeout_seconds=1)
     chat(client, "unchanged", "first")
     before = client.get("/sessions/unchanged").get_json()
@@ -299,7 +298,7 @@ def test_storage_down_on_delete_is_503_and_a_retry_cleans_up(
 ) -> None:
     model.control(reply_bytes=300_000)
     chat(make_client(**results_env), "leftovers")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{LOOPBACK}:{free_port()}")
     response = make_client(**results_env, storage_timeout_seconds=1).delete("/sessions/leftovers")
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "result_storage_unavailable"
@@ -337,7 +336,7 @@ def test_the_storage_client_is_made_on_the_first_offload_only(
     model.control(reply_bytes=300_000)
     env = results_env | {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LOG_LEVEL": "ERROR"}
     run = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-2:] == ["at start False", "after offload True True"]
@@ -388,10 +387,9 @@ def test_results_belong_to_the_session_owner(
     model: DemoModelServer,
     storage: StorageEmulator,
 ) -> None:
-    keys = "alice:alice-key-0123456789abcdef,bob:bob-key-0123456789abcdef"
-    client = make_client(**results_env, auth_mode="api_key", auth_api_keys=keys)
-    alice = {"X-API-Key": "alice-key-0123456789abcdef"}
-    bob = {"X-API-Key": "bob-key-0123456789abcdef"}
+    client = make_client(**results_env, auth_mode="api_key", auth_api_keys=API_KEYS)
+    alice = {"X-API-Key": ALICE_KEY}
+    bob = {"X-API-Key": BOB_KEY}
     model.control(reply_bytes=300_000)
     body = {"message": MESSAGE, "session_id": "alices"}
     turn_id = client.post("/chat", json=body, headers=alice).get_json()["result"]["turn_id"]

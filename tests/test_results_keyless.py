@@ -2,9 +2,9 @@
 
 The service runs as on Cloud Functions: ``functions-framework`` in its own process, no
 key file, credentials discovered by google-auth from the metadata server. Here the
-metadata server and IAM signBlob are a loopback stand-in (tests/google_standin.py)
-that signs with the service account's throw-away key, so the URL the API returns is
-verified against that account's public half.
+metadata server and IAM signBlob are a loopback stand-in
+(tests/support/google_metadata_and_iam.py) that signs with the service account's
+throw-away key, so the URL the API returns is verified against that account's public half.
 """
 
 from __future__ import annotations
@@ -22,16 +22,15 @@ from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator, StorageEmulator
 from local.server import LiveServer as Server
 from local.throwaway_key import new_key
-from tests.google_standin import Standin
-from tests.openapi_contract import assert_conforms
-from tests.v4_signature import verify
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.constants import MODEL, PROJECT, service_account_email
+from tests.support.google_metadata_and_iam import Standin
+from tests.support.openapi_contract import assert_conforms
+from tests.support.signed_url_verifier import verify
 
 
 @pytest.fixture
 def standin() -> Iterator[Standin]:
-    running = Standin(new_key("agent-runtime@agent-test.iam.gserviceaccount.com")).start()
+    running = Standin(new_key(service_account_email("agent-runtime"))).start()
     yield running
     running.stop()
 
@@ -48,9 +47,9 @@ def keyless_server(
     env |= {
         "FIRESTORE_EMULATOR_HOST": firestore.host,
         "STORAGE_EMULATOR_HOST": storage.url,
-        "GOOGLE_CLOUD_PROJECT": "agent-test",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
         "OPENAI_BASE_URL": model.base_url,
-        "AGENT_MODEL": "demo-model",
+        "AGENT_MODEL": MODEL,
         "AUTH_MODE": "none",  # authentication is tests/test_auth.py's area
         "RESULTS_BUCKET": storage.bucket,
         "STORAGE_TIMEOUT_SECONDS": "2",

@@ -6,7 +6,7 @@ import json
 
 from pydantic import BaseModel
 
-from agent.results import PREVIEW_BYTES, render, shrink_answer, truncated
+from agent.results.policy import PREVIEW_BYTES, render, shrink_answer, truncated
 
 
 class Report(BaseModel):

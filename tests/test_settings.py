@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.settings import Settings, SettingsError
+from agent.base.settings import Settings, SettingsError
 
 
 def test_defaults() -> None:

@@ -1,8 +1,9 @@
 """Signed URLs, checked where the emulators cannot: the V4 signature itself.
 
 Production-shaped URLs (storage.googleapis.com) are verified offline against the public
-half of throw-away keys (tests/v4_signature.py). The keyless path signs through a
-loopback stand-in of IAM signBlob (tests/google_standin.py), as Cloud Functions does.
+half of throw-away keys (tests/support/signed_url_verifier.py). The keyless path signs
+through a loopback stand-in of IAM signBlob (tests/support/google_metadata_and_iam.py), as
+Cloud Functions does.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from google.cloud import storage
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from agent.history_store import MAX_TURN_BYTES
-from agent.settings import RESULT_INLINE_LIMIT_BYTES, Settings, SettingsError
-from agent.signing import SigningError, UrlSigner
+from agent.base.settings import RESULT_INLINE_LIMIT_BYTES, Settings, SettingsError
+from agent.results.signing import SigningError, UrlSigner
+from agent.store.history import MAX_TURN_BYTES
 from local.throwaway_key import ThrowawayKey, new_key
-from tests.google_standin import Standin
-from tests.v4_signature import Rejected, verify
+from tests.support.constants import PROJECT, RESULTS_SIGNER, service_account_email
+from tests.support.google_metadata_and_iam import Standin
+from tests.support.signed_url_verifier import Rejected, verify
 
 BUCKET = "agent-results"
 OBJECT = "results/s1/t1.md"
@@ -34,17 +36,17 @@ OBJECT = "results/s1/t1.md"
 
 @pytest.fixture(scope="module")
 def key() -> ThrowawayKey:
-    return new_key("results-signer@agent-test.iam.gserviceaccount.com")
+    return new_key(RESULTS_SIGNER)
 
 
 @pytest.fixture(scope="module")
 def other_key() -> ThrowawayKey:
-    return new_key("results-signer@agent-test.iam.gserviceaccount.com")
+    return new_key(RESULTS_SIGNER)
 
 
 @pytest.fixture
 def standin() -> Iterator[Standin]:
-    running = Standin(new_key("runtime@agent-test.iam.gserviceaccount.com")).start()
+    running = Standin(new_key(service_account_email("runtime"))).start()
     yield running
     running.stop()
 
@@ -53,15 +55,13 @@ def production_blob(name: str = OBJECT) -> storage.Blob:
     """A blob of a client aimed at the real endpoint; signing it makes no call."""
     options = ClientOptions(api_endpoint="https://storage.googleapis.com")
     client = storage.Client(
-        project="agent-test", credentials=AnonymousCredentials(), client_options=options
+        project=PROJECT, credentials=AnonymousCredentials(), client_options=options
     )
     return client.bucket(BUCKET).blob(name)
 
 
 def key_signer(key: ThrowawayKey, ttl: int = 900) -> UrlSigner:
-    creds = service_account.Credentials.from_service_account_info(
-        key.service_account_info("agent-test")
-    )
+    creds = service_account.Credentials.from_service_account_info(key.service_account_info(PROJECT))
     return UrlSigner(creds, ttl_seconds=ttl, timeout_seconds=5)
 
 
@@ -205,14 +205,12 @@ def test_keyless_credentials_without_an_account_name_it(standin: Standin) -> Non
 
 
 def test_a_key_for_another_account_signs_through_iam(key: ThrowawayKey, standin: Standin) -> None:
-    creds = service_account.Credentials.from_service_account_info(
-        key.service_account_info("agent-test")
-    )
+    creds = service_account.Credentials.from_service_account_info(key.service_account_info(PROJECT))
     signer = UrlSigner(
         creds,
         ttl_seconds=900,
         timeout_seconds=2,
-        service_account="someone-else@agent-test.iam.gserviceaccount.com",
+        service_account=service_account_email("someone-else"),
         iam_endpoint=standin.url,
     )
     assert signer.method == "iam_sign_blob"
@@ -247,7 +245,7 @@ def test_the_inline_limit_keeps_an_inline_answer_within_one_turn_commit() -> Non
 
 
 def key_file(tmp_path: Path, key: ThrowawayKey) -> str:
-    return str(key.write(tmp_path, "agent-test"))
+    return str(key.write(tmp_path, PROJECT))
 
 
 @pytest.mark.parametrize(
@@ -285,7 +283,7 @@ def test_the_url_lifetime_limit_follows_the_signing_method(
         Settings.from_env(with_key | {"SIGNED_URL_TTL_SECONDS": "604801"})
     assert Settings.from_env({"RESULTS_BUCKET": "bucket", "SIGNED_URL_TTL_SECONDS": "43200"})
     # A key that is not the signing account's: IAM signs, so hours, not days.
-    other = with_key | {"SIGNING_SERVICE_ACCOUNT": "other@agent-test.iam.gserviceaccount.com"}
+    other = with_key | {"SIGNING_SERVICE_ACCOUNT": service_account_email("other")}
     with pytest.raises(SettingsError, match="IAM signBlob"):
         Settings.from_env(other | {"SIGNED_URL_TTL_SECONDS": "86400"})
     loopback = {"IAM_CREDENTIALS_ENDPOINT": "http://127.0.0.1:1234"}

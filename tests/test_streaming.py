@@ -15,8 +15,9 @@ from flask.testing import FlaskClient
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
 from local.server import LiveServer as Server
-from tests.openapi_contract import assert_conforms, assert_stream_conforms
-from tests.sse_client import Event, events_of, open_stream, parse_body
+from tests.support.constants import MODEL, PROJECT
+from tests.support.openapi_contract import assert_conforms, assert_stream_conforms
+from tests.support.sse_client import Event, events_of, open_stream, parse_body
 
 SSE = {"Accept": "text/event-stream"}
 
@@ -47,9 +48,9 @@ def server(firestore: FirestoreEmulator, model: DemoModelServer) -> Iterator[Ser
         os.environ
         | {
             "FIRESTORE_EMULATOR_HOST": firestore.host,
-            "GOOGLE_CLOUD_PROJECT": "agent-test",
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
             "OPENAI_BASE_URL": model.base_url,
-            "AGENT_MODEL": "demo-model",
+            "AGENT_MODEL": MODEL,
             "AUTH_MODE": "none",
         }
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.tools import evaluate
+from agent.runtime.tools import evaluate
 
 
 @pytest.mark.parametrize(

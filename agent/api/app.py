@@ -1,0 +1,238 @@
+"""The HTTP API: routes, request limits and the error shape, as a Flask app.
+
+``main.agent_http`` dispatches every request of the Cloud Function into this app, so
+``/chat``, ``/sessions/<id>`` and ``/healthz`` are real routes with method handling,
+and the same app runs under the functions-framework local server.
+
+Every route but ``/healthz`` (and CORS preflights) first authenticates the caller
+(``agent/auth``); the principal then scopes every session operation
+(``agent/turn/ownership.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+from agent.api import cors, sse
+from agent.api.requests import (
+    REPLAYED_HEADER,
+    ChatRequest,
+    check_session_id,
+    parse_chat,
+    parse_key,
+)
+from agent.api.responses import chat_response, rfc3339
+from agent.base import errors
+from agent.base.logs import bind_request, trace_fields, unbind
+from agent.base.settings import csv
+from agent.service import Service
+from agent.turn.idempotency import run_once, stream_once
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    404: ("not_found", "No such route."),
+    405: ("method_not_allowed", "Method not allowed on this route."),
+    413: ("request_too_large", "The request body is too large."),
+}
+
+
+def create_app(service: Service) -> Flask:
+    """The Flask app serving the API over ``service`` (see ``build_service``)."""
+    app = Flask(__name__)
+    settings = service.settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.monotonic()
+        g.request_id = uuid.uuid4().hex
+
+    @app.before_request
+    def _identify() -> None:
+        request_fields = {"request_id": g.request_id}
+        g.log_token = bind_request(request_fields | trace_fields(request.headers, service.project))
+        if request.routing_exception is not None or request.method == "OPTIONS":
+            return  # unknown routes and methods answer 404/405 before any identity
+        if request.endpoint != "healthz":
+            g.principal = service.auth.authenticate(request.headers, request.host)
+
+    @app.teardown_request
+    def _forget(_: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            unbind(token)
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "fields": {
+                    "request_id": g.get("request_id"),
+                    "session_id": g.get("session_id"),
+                    "status": response.status_code,
+                    "latency_ms": round(
+                        (time.monotonic() - g.get("started", time.monotonic())) * 1000, 1
+                    ),
+                    "usage": g.get("usage"),
+                    "principal": g.get("principal"),
+                    "outcome": g.get("outcome")
+                    or ("ok" if response.status_code < 400 else "error"),
+                }
+            },
+        )
+        return response
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    @app.post("/chat")
+    def chat() -> Response:
+        if request.mimetype != "application/json":
+            raise errors.ApiError(
+                415, "unsupported_media_type", "Send the body as application/json."
+            )
+        body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        if request.content_length is None and len(body) >= settings.max_request_bytes:
+            # A chunked body has no length to check up front, and werkzeug cuts it at
+            # the limit silently; a cut body must not be parsed as if it were whole.
+            raise RequestEntityTooLarge()
+        chat_request = parse_chat(body, settings.max_message_chars)
+        key = parse_key(request.headers)
+        session_id = chat_request.session_id or service.new_session_id()
+        g.session_id = session_id
+        if sse.wants_stream(chat_request.stream, request.accept_mimetypes):
+            return _stream(session_id, chat_request, key)
+        replayed = False
+        if key is None:
+            outcome = service.turns.run(
+                session_id, chat_request.message, g.started, owner=g.principal
+            )
+        else:
+            outcome, replayed = run_once(
+                service.idempotency,
+                service.turns,
+                principal=g.principal,
+                key=key,
+                message=chat_request.message,
+                requested_session_id=chat_request.session_id,
+                session_id=session_id,
+                started=g.started,
+                budget_seconds=settings.turn_budget_seconds,
+            )
+        g.session_id = outcome.session_id
+        g.usage = None if replayed else outcome.usage
+        g.outcome = "replayed" if replayed else None
+        response = jsonify(chat_response(outcome))
+        if replayed:
+            response.headers[REPLAYED_HEADER] = "true"
+        return response
+
+    def _stream(session_id: str, chat_request: ChatRequest, key: str | None) -> Response:
+        started, request_id = g.started, g.request_id
+        replayed = False
+        if key is None:
+            events = service.turns.stream(
+                session_id, chat_request.message, started, sse.KEEPALIVE_SECONDS, owner=g.principal
+            )
+        else:
+            events, replayed = stream_once(
+                service.idempotency,
+                service.turns,
+                principal=g.principal,
+                key=key,
+                message=chat_request.message,
+                requested_session_id=chat_request.session_id,
+                session_id=session_id,
+                started=started,
+                budget_seconds=settings.turn_budget_seconds,
+                idle_seconds=sse.KEEPALIVE_SECONDS,
+            )
+        g.outcome = "replayed" if replayed else "streamed"
+
+        def on_end(ending: str, usage: dict[str, int] | None) -> None:
+            # The request line was logged when the headers went out; this is the outcome.
+            fields = {"request_id": request_id, "session_id": session_id, "ending": ending}
+            spent = None if replayed else usage  # a replay spent nothing on the model
+            fields |= {"usage": spent, "latency_ms": round((time.monotonic() - started) * 1000, 1)}
+            log.info("stream ended: %s", ending, extra={"fields": fields})
+
+        response = sse.sse_response(
+            events,
+            max_event_bytes=sse.event_budget(settings),
+            request_id=request_id,
+            on_end=on_end,
+        )
+        if replayed:
+            response.headers[REPLAYED_HEADER] = "true"
+        return response
+
+    @app.get("/sessions/<session_id>")
+    def get_session(session_id: str) -> Response:
+        check_session_id(session_id)
+        g.session_id = session_id
+        history = service.sessions.load(session_id, owner=g.principal)
+        return jsonify(
+            session_id=session_id,
+            items=history.items,
+            turns=history.turns,
+            expires_at=rfc3339(history.expire_at),
+        )
+
+    @app.delete("/sessions/<session_id>")
+    def delete_session(session_id: str) -> Response:
+        check_session_id(session_id)
+        g.session_id = session_id
+        service.sessions.delete(session_id, owner=g.principal)
+        return Response(status=204)
+
+    @app.get("/sessions/<session_id>/results/<turn_id>")
+    def get_result(session_id: str, turn_id: str) -> Response:
+        check_session_id(session_id)
+        g.session_id = session_id
+        return jsonify(service.sessions.resign_result(session_id, turn_id, g.principal).as_json())
+
+    @app.errorhandler(errors.ApiError)
+    def _api_error(error: errors.ApiError) -> Response:
+        return _error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        code, message = _HTTP_CODES.get(status, ("bad_request", "Bad request."))
+        headers = {}
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            headers["Allow"] = ", ".join(sorted(error.valid_methods))
+        return _error_response(errors.ApiError(status, code, message, headers))
+
+    @app.errorhandler(Exception)
+    def _bug(error: Exception) -> Response:
+        # The traceback goes to the log under the request id; the caller gets the id only.
+        log.error(
+            "unhandled error",
+            exc_info=error,
+            extra={"fields": {"request_id": g.get("request_id")}},
+        )
+        return _error_response(errors.internal_error(), request_id=g.get("request_id"))
+
+    cors.install(app, csv(settings.cors_allowed_origins))
+    return app
+
+
+def _error_response(error: errors.ApiError, request_id: str | None = None) -> Response:
+    g.outcome = error.code
+    response = jsonify(error.body(request_id))
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response

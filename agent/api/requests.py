@@ -1,0 +1,89 @@
+"""Checking a request before anything is spent on it: the ``POST /chat`` body, session
+ids, the ``Idempotency-Key`` header."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from werkzeug.datastructures import Headers
+
+from agent.base import errors
+
+KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, as the IETF draft's examples
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_FIELDS = {"message", "session_id", "stream"}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A checked ``POST /chat`` body."""
+
+    message: str
+    session_id: str | None
+    stream: bool | None = None
+    """Answer with Server-Sent Events; None: decided by the Accept header."""
+
+
+def is_valid_session_id(value: str) -> bool:
+    return _SESSION_ID.fullmatch(value) is not None
+
+
+def check_session_id(value: str) -> None:
+    if not is_valid_session_id(value):
+        raise errors.bad_request(
+            "invalid_session_id",
+            "session_id must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'.",
+        )
+
+
+def parse_chat(body: bytes, max_message_chars: int) -> ChatRequest:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested input
+        raise errors.bad_request("invalid_json", "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise errors.bad_request("invalid_request", "The body must be a JSON object.")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise errors.bad_request(
+            "invalid_request",
+            f"Unknown field {names}; allowed fields are 'message', 'session_id' and 'stream'.",
+        )
+    message = data.get("message")
+    if not isinstance(message, str) or not message.strip():
+        raise errors.bad_request("invalid_request", "'message' must be a non-empty string.")
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+        raise errors.bad_request("invalid_request", "'message' is not valid Unicode.") from None
+    if len(message) > max_message_chars:
+        raise errors.bad_request(
+            "message_too_long", f"'message' is longer than {max_message_chars} characters."
+        )
+    session_id = data.get("session_id")
+    if session_id is not None:
+        if not isinstance(session_id, str):
+            raise errors.bad_request("invalid_request", "'session_id' must be a string.")
+        check_session_id(session_id)
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise errors.bad_request("invalid_request", "'stream' must be true or false.")
+    return ChatRequest(message=message, session_id=session_id, stream=stream)
+
+
+def parse_key(headers: Headers) -> str | None:
+    """The request's ``Idempotency-Key``, or None; 400 when malformed."""
+    key = headers.get(KEY_HEADER)
+    if key is None:
+        return None
+    if not _KEY.fullmatch(key):
+        raise errors.bad_request(
+            "invalid_idempotency_key",
+            f"{KEY_HEADER} must be 1-255 printable ASCII characters without spaces.",
+        )
+    return key

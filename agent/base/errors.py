@@ -1,0 +1,119 @@
+"""The one error shape every response uses, and the mapping from failures to it.
+
+Callers only ever see ``{"error": {"code", "message"}}`` with a fixed, human message
+per code. Exception text stays in the logs: it can carry hostnames, paths or
+fragments of a prompt, and none of that is the caller's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+# Not frozen: Python sets ``__traceback__`` on an exception as it passes through a
+# ``contextlib.contextmanager``, and a frozen dataclass refuses that assignment.
+@dataclass(eq=False)
+class ApiError(Exception):
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self, request_id: str | None = None) -> dict[str, object]:
+        error: dict[str, object] = {"code": self.code, "message": self.message}
+        if request_id is not None:
+            error["request_id"] = request_id
+        return {"error": error}
+
+
+def bad_request(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)
+
+
+def session_not_found() -> ApiError:
+    return ApiError(404, "session_not_found", "No such session, or it has expired.")
+
+
+def result_not_found() -> ApiError:
+    return ApiError(404, "result_not_found", "No stored result for this turn of the session.")
+
+
+def session_busy(retry_after: int) -> ApiError:
+    return ApiError(
+        409,
+        "session_busy",
+        "Another turn is running on this session; retry when it has finished.",
+        {"Retry-After": str(retry_after)},
+    )
+
+
+def session_id_taken() -> ApiError:
+    # To anyone but its owner a session looks absent, except here: creating a session
+    # under a taken id would otherwise succeed. This reveals only that the id is taken.
+    return ApiError(
+        409,
+        "session_id_taken",
+        "This session id is in use by another caller; choose another or omit it.",
+    )
+
+
+def idempotency_key_in_progress(retry_after: int) -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_key_in_progress",
+        "A request with this Idempotency-Key is still running; retry to get its response.",
+        {"Retry-After": str(retry_after)},
+    )
+
+
+def idempotency_key_reused() -> ApiError:
+    return ApiError(
+        422,
+        "idempotency_key_reused",
+        "This Idempotency-Key was used with a different request body.",
+    )
+
+
+def max_turns_exceeded() -> ApiError:
+    return ApiError(422, "max_turns_exceeded", "The agent needed more model turns than allowed.")
+
+
+def model_error() -> ApiError:
+    return ApiError(502, "model_error", "The model provider failed to answer.")
+
+
+def storage_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "storage_unavailable",
+        "Conversation storage is unavailable; retry shortly.",
+        {"Retry-After": "5"},
+    )
+
+
+def result_storage_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "result_storage_unavailable",
+        "Result storage is unavailable; retry shortly.",
+        {"Retry-After": "5"},
+    )
+
+
+def url_signing_failed() -> ApiError:
+    return ApiError(
+        503,
+        "url_signing_failed",
+        "A download URL for the result could not be signed; retry later.",
+        {"Retry-After": "30"},
+    )
+
+
+def deadline_exceeded() -> ApiError:
+    return ApiError(504, "deadline_exceeded", "The turn ran out of time; the history is unchanged.")
+
+
+def internal_error() -> ApiError:
+    return ApiError(
+        500, "internal_error", "Internal error; quote the request_id when reporting it."
+    )

@@ -1,0 +1,316 @@
+"""Every setting of the service, read from the environment in one place.
+
+Each field is mirrored by an environment variable of the same name in upper case
+(``session_ttl_seconds`` <- ``SESSION_TTL_SECONDS``). ``Settings.from_env()`` is the
+only code that reads ``os.environ`` for configuration; everything else receives a
+``Settings``. Invalid values fail at startup with a message naming the variable, so a
+bad deploy never serves a single request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+ModelApi = Literal["responses", "chat_completions"]
+AuthMode = Literal["iam", "api_key", "none"]
+GOOGLE_ID_TOKEN_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+
+RESULT_INLINE_LIMIT_BYTES = 2 * 1024 * 1024
+"""Highest RESULT_INLINE_MAX_BYTES. An inline answer goes whole into the history, whose one
+turn commit is capped at 3 MiB (store/history.py MAX_TURN_BYTES), and JSON escaping can grow
+text; 2 MiB also stays far under the platform's 10 MB streamed / 32 MB buffered responses."""
+KEY_SIGNED_URL_MAX_SECONDS = 7 * 86400
+"""V4 signed URLs live at most 7 days, whatever signs them."""
+IAM_SIGNED_URL_MAX_SECONDS = 12 * 3600
+"""Our cap for URLs signed through IAM signBlob (keyless runtime credentials): hours, not
+days, so a leaked link dies soon; the deployed function signs this way."""
+
+
+class SettingsError(ValueError):
+    """A setting is missing or out of range; raised at startup."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    # --- Google Cloud -------------------------------------------------------------
+    google_cloud_project: str | None = None
+    """Project holding the Firestore database. Unset: taken from the runtime's
+    credentials (on Cloud Functions) or the emulator's default."""
+
+    firestore_database: str = "(default)"
+    """Firestore database id."""
+
+    firestore_timeout_seconds: float = 5.0
+    """Upper bound for each Firestore call, retries included (0.5-60). With Firestore
+    down a request gets 503 within about this time instead of hanging."""
+
+    # --- Conversations ------------------------------------------------------------
+    session_ttl_seconds: int = 3600
+    """Idle time after which a conversation expires (1 s - 30 days). Each turn slides
+    it; Firestore's TTL policy on ``expire_at`` deletes expired documents."""
+
+    function_timeout_seconds: int = 300
+    """The platform's request timeout; must equal the deploy's ``--timeout`` (10-3600)."""
+
+    deadline_margin_seconds: float = 5.0
+    """Time kept back from the platform timeout to cancel a run and answer 504 cleanly
+    (0.1 s up to a third of ``function_timeout_seconds``)."""
+
+    # --- HTTP limits --------------------------------------------------------------
+    max_request_bytes: int = 262_144
+    """Largest accepted request body (1 KiB - 32 MiB, the platform's request cap)."""
+
+    max_message_chars: int = 32_000
+    """Longest accepted ``message`` in characters."""
+
+    # --- The agent and its model --------------------------------------------------
+    agent_name: str = "assistant"
+    agent_instructions: str = (
+        "You are a concise, helpful assistant. Use the calculate tool for arithmetic."
+    )
+    agent_model: str = "gpt-4o-mini"
+    agent_max_turns: int = 10
+    """Model calls one request may make (tool round trips count); 1-100."""
+
+    openai_api_key: str | None = field(default=None, repr=False)
+    """Key for OpenAI or the compatible server. Never logged (``repr=False``)."""
+
+    openai_base_url: str | None = None
+    """Any OpenAI-compatible server (Ollama, vLLM, LiteLLM, Vertex AI's endpoint)."""
+
+    model_api: ModelApi = "responses"
+    """``responses`` or ``chat_completions``. Unset: chat_completions whenever
+    ``OPENAI_BASE_URL`` is set (most compatible servers speak only that), else
+    responses."""
+
+    model_timeout_seconds: float = 60.0
+    """Timeout of one model HTTP call (1-3600)."""
+
+    model_max_retries: int = 2
+    """Retries of a failed model call by the OpenAI client (0-10), with backoff."""
+
+    model_call_min_seconds: float = 1.0
+    """A model call is not started with less than this left of the turn; the turn
+    ends with 504 at once instead (0 up to half the turn's budget)."""
+
+    tracing_enabled: bool = False
+    """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
+    otherwise upload every conversation as soon as any key is configured."""
+
+    # --- Large results in Cloud Storage --------------------------------------------
+    results_bucket: str | None = None
+    """Bucket for final answers over ``RESULT_INLINE_MAX_BYTES``. Unset: every answer
+    stays inline, as large as the history can hold."""
+
+    result_inline_max_bytes: int = 262_144
+    """Largest final answer (UTF-8 bytes) returned inline; larger ones go to the bucket
+    and the reply holds a preview (8 KiB - 2 MiB, see RESULT_INLINE_LIMIT_BYTES)."""
+
+    signed_url_ttl_seconds: int = 900
+    """Lifetime of a result's V4 signed URL: at most 7 days when a private key signs,
+    12 hours when IAM signBlob signs (decided from GOOGLE_APPLICATION_CREDENTIALS)."""
+
+    signing_service_account: str | None = None
+    """Service account that signs URLs. Unset: the credentials' own account (the
+    function's runtime service account when deployed)."""
+
+    google_application_credentials: str | None = None
+    """A service-account key file. Read by Google's libraries; here it tells at startup
+    whether URLs are signed with a private key (a key file) or through IAM (anything
+    else: Cloud Functions' runtime credentials have no private key)."""
+
+    iam_credentials_endpoint: str = "https://iamcredentials.googleapis.com"
+    """Base URL of the IAM Service Account Credentials API (signBlob): a Private Service
+    Connect endpoint, or a loopback stand-in in tests. https unless loopback."""
+
+    storage_timeout_seconds: float = 10.0
+    """Upper bound for each Cloud Storage or signBlob call, retries included (1-60)."""
+
+    # --- Streaming ----------------------------------------------------------------
+    stream_max_delta_bytes: int = 4 * 1024 * 1024
+    """Text and tool events a streamed reply sends before it stops sending them (the
+    ``done`` event still carries the whole reply). Keeps a streamed body under Cloud
+    Run's 10 MB limit together with the ``done`` event (64 KiB - 6 MiB)."""
+
+    # --- Process ------------------------------------------------------------------
+    log_level: str = "INFO"
+
+    k_service: str | None = None
+    """Set by the platform (Cloud Functions gen2, Cloud Run), never by hand: its
+    presence means the process is deployed, not on a developer's machine."""
+
+    # --- Who may call (agent/auth) ----------------------------------------------------
+    auth_mode: AuthMode = "iam"
+    """``iam``: a Google identity token in ``Authorization: Bearer``, verified here
+    too (signature, audience, expiry); ``api_key``: a key in ``X-API-Key``;
+    ``none``: no authentication, refused on the platform (see
+    ``auth_force_none_on_cloud``)."""
+
+    auth_audience: str | None = None
+    """Accepted ``aud`` values of identity tokens, comma-separated (the function's
+    URLs). Unset: the URL the request was addressed to, ``https://<Host>`` and
+    ``https://<Host>/<K_SERVICE>``, which is what Google's front end checks too."""
+
+    auth_certs_url: str = GOOGLE_ID_TOKEN_CERTS_URL
+    """Where Google publishes the keys that sign identity tokens; https, except on
+    loopback (tests serve a stand-in there)."""
+
+    auth_allowed_principals: str | None = None
+    """Optional allow-list of principals (token emails), comma-separated. Unset:
+    any identity the platform's IAM let through. Set it if the function might ever
+    be deployed public: any Google account can mint a token for any audience."""
+
+    auth_api_keys: str | None = field(default=None, repr=False)
+    """``api_key`` mode's keys, from Secret Manager: ``name:key,name2:key2`` or a
+    JSON object ``{"name": "key"}``; each name is a principal. Keys of at least 16
+    characters. Never logged (``repr=False``); held hashed once parsed."""
+
+    auth_force_none_on_cloud: bool = False
+    """Allow ``AUTH_MODE=none`` although ``K_SERVICE`` is set. Off: such a deploy
+    refuses to start."""
+
+    cors_allowed_origins: str | None = None
+    """Browser origins allowed to call the API, comma-separated
+    (``https://app.example.com``). Unset: no cross-origin access."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(f.name, str(f.type), raw.strip())
+        if "model_api" not in values and values.get("openai_base_url"):
+            values["model_api"] = "chat_completions"
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    @property
+    def turn_budget_seconds(self) -> float:
+        """Time one turn may take, from request start to answer."""
+        return self.function_timeout_seconds - self.deadline_margin_seconds
+
+    def validate(self) -> None:
+        _check_range("firestore_timeout_seconds", self.firestore_timeout_seconds, 0.5, 60)
+        _check_range("session_ttl_seconds", self.session_ttl_seconds, 1, 30 * 86400)
+        _check_range("function_timeout_seconds", self.function_timeout_seconds, 1, 3600)
+        _check_range(
+            "deadline_margin_seconds",
+            self.deadline_margin_seconds,
+            0.1,
+            self.function_timeout_seconds / 3,
+        )
+        _check_range("max_request_bytes", self.max_request_bytes, 1024, 32 * 1024 * 1024)
+        _check_range("max_message_chars", self.max_message_chars, 1, self.max_request_bytes)
+        _check_range("agent_max_turns", self.agent_max_turns, 1, 100)
+        _check_range("model_timeout_seconds", self.model_timeout_seconds, 1, 3600)
+        _check_range("model_max_retries", self.model_max_retries, 0, 10)
+        _check_range(
+            "model_call_min_seconds", self.model_call_min_seconds, 0, self.turn_budget_seconds / 2
+        )
+        _check_range("stream_max_delta_bytes", self.stream_max_delta_bytes, 65536, 6 * 1024 * 1024)
+        if self.model_api not in ("responses", "chat_completions"):
+            raise SettingsError("MODEL_API must be 'responses' or 'chat_completions'")
+        self._validate_results()
+        self._validate_access()
+
+    def _key_file_signs(self) -> bool:
+        """True when GOOGLE_APPLICATION_CREDENTIALS holds a private key for the signing
+        account; otherwise URLs will be signed through IAM signBlob. Reads a local file
+        only: startup makes no network call."""
+        path = self.google_application_credentials
+        if not path:
+            return False
+        try:
+            with open(path, encoding="utf-8") as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            raise SettingsError(
+                f"GOOGLE_APPLICATION_CREDENTIALS={path!r} is not a readable JSON file"
+            ) from None
+        has_key = info.get("type") == "service_account" and bool(info.get("private_key"))
+        account = self.signing_service_account
+        return has_key and (account is None or account == info.get("client_email"))
+
+    def _validate_results(self) -> None:
+        _check_range(
+            "result_inline_max_bytes", self.result_inline_max_bytes, 8192, RESULT_INLINE_LIMIT_BYTES
+        )
+        _check_range("storage_timeout_seconds", self.storage_timeout_seconds, 1, 60)
+        if self.results_bucket is None:  # no URLs to sign: only V4's own limit applies
+            limit, how = KEY_SIGNED_URL_MAX_SECONDS, "any method"
+        elif self._key_file_signs():
+            limit, how = KEY_SIGNED_URL_MAX_SECONDS, "a private key"
+        else:
+            limit, how = IAM_SIGNED_URL_MAX_SECONDS, "IAM signBlob (no key file configured)"
+        if not 1 <= self.signed_url_ttl_seconds <= limit:
+            raise SettingsError(
+                f"SIGNED_URL_TTL_SECONDS={self.signed_url_ttl_seconds} is outside 1..{limit}"
+                f" for URLs signed with {how}"
+            )
+        endpoint = self.iam_credentials_endpoint.rstrip("/")
+        loopback = endpoint.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
+        if not (endpoint.startswith("https://") or loopback):
+            # The call carries a bearer token: never in clear text off this machine.
+            raise SettingsError("IAM_CREDENTIALS_ENDPOINT must be https:// (or loopback http)")
+        if self.results_bucket is not None and not _BUCKET.fullmatch(self.results_bucket):
+            raise SettingsError(f"RESULTS_BUCKET={self.results_bucket!r} is not a bucket name")
+
+    def _validate_access(self) -> None:
+        if self.auth_mode not in ("iam", "api_key", "none"):
+            raise SettingsError("AUTH_MODE must be 'iam', 'api_key' or 'none'")
+        if self.auth_mode == "none" and self.k_service and not self.auth_force_none_on_cloud:
+            raise SettingsError(
+                f"AUTH_MODE=none refused: K_SERVICE={self.k_service!r} says this runs on"
+                " Cloud Functions/Run, where it would serve every conversation to anyone."
+                " Use AUTH_MODE=iam, or set AUTH_FORCE_NONE_ON_CLOUD=true to force it."
+            )
+        if self.auth_mode == "api_key" and not self.auth_api_keys:
+            raise SettingsError("AUTH_MODE=api_key needs AUTH_API_KEYS")
+        if not _LOCAL_OR_HTTPS.match(self.auth_certs_url):
+            raise SettingsError("AUTH_CERTS_URL must be https (or http on 127.0.0.1/localhost)")
+        for origin in csv(self.cors_allowed_origins):
+            if not _ORIGIN.fullmatch(origin):
+                raise SettingsError(
+                    f"CORS_ALLOWED_ORIGINS: {origin!r} is not an origin like https://host[:port]"
+                )
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_LOCAL_OR_HTTPS = re.compile(r"https://|http://(127\.0\.0\.1|localhost|\[::1\])[:/]")
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def csv(value: str | None) -> list[str]:
+    """The non-empty, stripped items of a comma-separated setting."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def _parse(name: str, type_name: str, raw: str) -> object:
+    try:
+        if type_name.startswith("bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name.upper()}={raw!r} is not a valid {type_name}") from None
+    return raw
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise SettingsError(f"{name.upper()}={value} is outside {low}..{high}")

@@ -1,0 +1,170 @@
+"""Result objects in the Cloud Storage bucket: naming, upload, lookup, deletion, URLs.
+
+Layout: ``results/<session_id>/<turn_id>.<ext>``, one object per offloaded answer, with
+its content type, a ``Content-Disposition`` filename, and custom metadata
+``session_id``, ``turn_id`` and ``sha256`` linking it to the conversation. Listing the
+prefix ``results/<session_id>/`` finds every result of a session.
+
+The storage client and the signer are created on first use, not at startup: most
+instances never offload anything, and ``google.cloud.storage`` is not even imported
+until then. Every call is bounded by ``STORAGE_TIMEOUT_SECONDS``, retries included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from google.api_core import exceptions as gexc
+from google.auth import exceptions as gauth_exceptions
+
+from agent.base.settings import Settings
+from agent.results.signing import UrlSigner, load_signer
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from google.cloud.storage import Bucket
+
+PREFIX = "results"
+TURN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class BucketUnavailable(Exception):
+    """Cloud Storage failed or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """One result object's name and metadata."""
+
+    session_id: str
+    turn_id: str
+    object_name: str
+    size: int
+    content_type: str
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return f"result-{self.turn_id}.{self.object_name.rsplit('.', 1)[-1]}"
+
+
+def object_name(session_id: str, turn_id: str, extension: str) -> str:
+    return f"{PREFIX}/{session_id}/{turn_id}.{extension}"
+
+
+class ResultBucket:
+    """The results bucket: upload, find, sign, delete. The client is made on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.results_bucket:
+            raise ValueError("ResultBucket needs RESULTS_BUCKET")
+        self._settings = settings
+        self._bucket_name = settings.results_bucket
+        self._bucket_lock = threading.Lock()
+        self._signer_lock = threading.Lock()  # its first use may ask the metadata server
+        self._bucket_handle: Bucket | None = None
+        self._signer_instance: UrlSigner | None = None
+
+    def put(self, stored: StoredResult, data: bytes, *, timeout: float) -> None:
+        with _unavailable():  # making the client can fail too (no credentials)
+            blob = self._bucket().blob(stored.object_name)
+            blob.content_type = stored.content_type
+            blob.content_disposition = f'attachment; filename="{stored.filename}"'
+            blob.metadata = {
+                "session_id": stored.session_id,
+                "turn_id": stored.turn_id,
+                "sha256": stored.sha256,
+            }
+            # Create-only makes the upload idempotent, so the client may retry it.
+            blob.upload_from_string(
+                data,
+                content_type=stored.content_type,
+                if_generation_match=0,
+                timeout=timeout,
+                retry=self._retry(timeout),
+            )
+
+    def find(self, session_id: str, turn_id: str) -> StoredResult | None:
+        """The stored result of a turn, whatever its extension, or None."""
+        prefix = f"{PREFIX}/{session_id}/{turn_id}."
+        with _unavailable():
+            blobs = list(self._bucket().list_blobs(prefix=prefix, max_results=1, **self._bounded()))
+        if not blobs:
+            return None
+        blob = blobs[0]
+        return StoredResult(
+            session_id=session_id,
+            turn_id=turn_id,
+            object_name=blob.name,
+            size=int(blob.size or 0),
+            content_type=str(blob.content_type),
+            sha256=str((blob.metadata or {}).get("sha256", "")),
+        )
+
+    def sign(self, stored: StoredResult) -> tuple[str, dt.datetime]:
+        """A fresh V4 GET URL and its expiry; raises signing.SigningError."""
+        with _unavailable():
+            blob = self._bucket().blob(stored.object_name)
+        return self._signer().sign_get(blob, filename=stored.filename)
+
+    def delete(self, object_name: str) -> None:
+        with _unavailable(), contextlib.suppress(gexc.NotFound):
+            self._bucket().blob(object_name).delete(**self._bounded())
+
+    def delete_session(self, session_id: str) -> int:
+        """Delete every result object of a session; how many there were."""
+        with _unavailable():
+            blobs = list(
+                self._bucket().list_blobs(prefix=f"{PREFIX}/{session_id}/", **self._bounded())
+            )
+            for blob in blobs:
+                with contextlib.suppress(gexc.NotFound):  # deleted concurrently: goal reached
+                    blob.delete(**self._bounded())
+        return len(blobs)
+
+    # -- lazily built clients ----------------------------------------------------------
+
+    def _bucket(self) -> Bucket:
+        with self._bucket_lock:
+            if self._bucket_handle is None:
+                from google.cloud import storage  # 0.3 s of imports, paid on first use
+
+                client = storage.Client(project=self._settings.google_cloud_project)
+                self._bucket_handle = client.bucket(self._bucket_name)
+            return self._bucket_handle
+
+    def _signer(self) -> UrlSigner:
+        with self._signer_lock:
+            if self._signer_instance is None:
+                self._signer_instance = load_signer(self._settings)
+            return self._signer_instance
+
+    def _retry(self, timeout: float) -> Any:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return DEFAULT_RETRY.with_timeout(timeout)
+
+    def _bounded(self) -> dict[str, Any]:
+        timeout = self._settings.storage_timeout_seconds
+        return {"timeout": timeout, "retry": self._retry(timeout)}
+
+
+class _unavailable:
+    """Turns Cloud Storage failing, refusing or timing out into BucketUnavailable."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> Literal[False]:
+        if exc is not None and isinstance(
+            exc, gexc.GoogleAPIError | gauth_exceptions.GoogleAuthError | OSError
+        ):
+            raise BucketUnavailable(type(exc).__name__) from exc
+        return False

@@ -1,0 +1,63 @@
+"""Which model the agent talks to, and through which client.
+
+One ``AsyncOpenAI`` client per process: it holds the connection pool, and it must be
+used from the one event loop that ``event_loop.py`` runs (httpx binds its pool to
+the loop that first uses it).
+"""
+
+from __future__ import annotations
+
+from agents import (
+    Model,
+    OpenAIChatCompletionsModel,
+    OpenAIResponsesModel,
+    set_trace_provider,
+    set_tracing_disabled,
+)
+from agents.tracing import setup as trace_setup
+from agents.tracing.provider import DefaultTraceProvider
+from openai import AsyncOpenAI
+
+from agent.base.settings import Settings
+from agent.runtime.deadline import DeadlineBoundModel
+from agent.runtime.openai_client import ChatCompletionsClient
+
+# Compatible servers reject an empty key though most ignore it.
+_PLACEHOLDER_KEY = "not-needed"
+
+
+class ModelConfigError(ValueError):
+    """Neither OPENAI_API_KEY nor OPENAI_BASE_URL is set."""
+
+
+def build_model(settings: Settings) -> Model:
+    """The agent's model: OpenAI or any OpenAI-compatible server, bounded by the
+    turn's deadline. Raises ModelConfigError when no model is configured."""
+    if not settings.openai_api_key and not settings.openai_base_url:
+        raise ModelConfigError(
+            "set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (a compatible server)"
+        )
+    # The SDK uploads traces as soon as a key exists; never unless asked for.
+    if not settings.tracing_enabled and trace_setup.GLOBAL_TRACE_PROVIDER is None:
+        # A provider without processors: the SDK's default one, built on first use,
+        # would make an HTTP exporter (about 40 ms at startup) just to be disabled. A
+        # provider someone already set up (processors of their own) is kept.
+        set_trace_provider(DefaultTraceProvider())
+    set_tracing_disabled(not settings.tracing_enabled)
+    chat = settings.model_api == "chat_completions"
+    client = (ChatCompletionsClient if chat else AsyncOpenAI)(
+        api_key=settings.openai_api_key or _PLACEHOLDER_KEY,
+        base_url=settings.openai_base_url,
+        timeout=settings.model_timeout_seconds,
+        max_retries=settings.model_max_retries,
+    )
+    model: Model
+    if chat:
+        model = OpenAIChatCompletionsModel(model=settings.agent_model, openai_client=client)
+    else:
+        model = OpenAIResponsesModel(model=settings.agent_model, openai_client=client)
+    return DeadlineBoundModel(
+        model,
+        call_timeout=settings.model_timeout_seconds,
+        min_call_seconds=settings.model_call_min_seconds,
+    )

@@ -1,0 +1,199 @@
+"""Idempotency-Key records: a retried request never runs the agent twice.
+
+One record per (principal, key), at ``agent_idempotency/{sha256(principal, key)}``
+(``schema.KeyDoc``)::
+
+    owner        str        the principal (keys of different callers never meet)
+    fingerprint  str        SHA-256 of the request (message and session_id)
+    session_id   str        the session the request runs on (chosen before the run,
+                            so a retry without session_id lands on the same one)
+    state        str        "running" or "done"
+    running_until Timestamp when a running record's turn would have timed out
+    response     map|null   when done: session_id, reply, new_session, usage
+    expire_at    Timestamp  TTL field: when done, the session's expire_at as of
+                            that turn, so a key lives no longer than its session
+
+* Same key, same body: while the first request runs, 409
+  ``idempotency_key_in_progress`` with ``Retry-After``; once it succeeded, its stored
+  response is replayed (``agent/turn/idempotency.py``) and the agent does not run.
+* Same key, different body: 422 ``idempotency_key_reused``.
+* The record becomes "done" in the very commit that stores the turn
+  (``HistoryStore.commit``'s ``extra_writes``): there is no moment at which the
+  turn is stored but the key is not, so a crash cannot lead to a second run.
+* A failed turn stores nothing and deletes its record, so a retry runs again. If the
+  instance dies mid-turn, the record lapses with the turn's claim at
+  ``running_until``; a retry after that takes it over and runs the turn, once.
+* A stored response must fit one document: with a key, a reply over
+  ``MAX_STORED_RESPONSE_BYTES`` fails the turn (502) and nothing is stored.
+* Deleting a session deletes its keys' records (they hold its replies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from agent.base import errors
+from agent.base.clock import retry_after, utc_now
+from agent.store.calls import OUTAGE, StoreUnavailable, bounded_retry
+from agent.store.history import TurnTooLarge
+from agent.store.schema import (
+    DONE,
+    FINGERPRINT,
+    IDEMPOTENCY,
+    OWNER,
+    RESPONSE,
+    RUNNING,
+    RUNNING_UNTIL,
+    SESSION_ID,
+    STATE,
+    TTL_FIELD,
+    KeyDoc,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_STORED_RESPONSE_BYTES = 768 * 1024
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """Our hold on a running record: later writes are conditioned on ``update_time``."""
+
+    ref: Any
+    update_time: Any
+    session_id: str
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A finished request's response, to replay."""
+
+    response: dict[str, Any]
+    expire_at: dt.datetime
+
+
+class IdempotencyStore:
+    """Reads and writes Idempotency-Key records. Thread-safe; calls are synchronous."""
+
+    def __init__(
+        self, client: firestore.Client, *, ttl_seconds: int, timeout_seconds: float
+    ) -> None:
+        self._client = client
+        self._ttl = dt.timedelta(seconds=ttl_seconds)
+        self._timeout = timeout_seconds
+        self._retry = bounded_retry(timeout_seconds)
+
+    def begin(
+        self, principal: str, key: str, fingerprint: str, session_id: str, until: dt.datetime
+    ) -> KeyClaim | StoredResponse:
+        """Our claim to run the request, or the stored response to replay; raises
+        ApiError 409 ``idempotency_key_in_progress`` / 422 ``idempotency_key_reused``,
+        or StoreUnavailable."""
+        now = utc_now()
+        ref = self._client.collection(IDEMPOTENCY).document(_doc_id(principal, key))
+        try:
+            snap = ref.get(retry=self._retry, timeout=self._timeout)
+            data = snap.to_dict() if snap.exists else None
+            record: KeyDoc = {
+                OWNER: principal,
+                FINGERPRINT: fingerprint,
+                SESSION_ID: session_id,
+                STATE: RUNNING,
+                RUNNING_UNTIL: until,
+                RESPONSE: None,
+                TTL_FIELD: now + self._ttl,
+            }
+            if data is None:
+                result = ref.create(dict(record), retry=self._retry, timeout=self._timeout)
+            elif data[TTL_FIELD] <= now:  # expired: as if never used
+                result = ref.update(
+                    dict(record),
+                    option=self._client.write_option(last_update_time=snap.update_time),
+                    retry=self._retry,
+                    timeout=self._timeout,
+                )
+            else:
+                if data[FINGERPRINT] != fingerprint:
+                    raise errors.idempotency_key_reused()
+                if data[STATE] == DONE:
+                    return StoredResponse(dict(data[RESPONSE]), data[TTL_FIELD])
+                if data[RUNNING_UNTIL] > now:
+                    raise errors.idempotency_key_in_progress(retry_after(data[RUNNING_UNTIL], now))
+                # The first attempt died mid-turn; its claim has lapsed like this record.
+                session_id = data[SESSION_ID]
+                result = ref.update(
+                    {RUNNING_UNTIL: until, TTL_FIELD: now + self._ttl},
+                    option=self._client.write_option(last_update_time=snap.update_time),
+                    retry=self._retry,
+                    timeout=self._timeout,
+                )
+        except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.Conflict):
+            # A concurrent retry got there first.
+            raise errors.idempotency_key_in_progress(1) from None
+        except OUTAGE as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return KeyClaim(ref, result.update_time, session_id)
+
+    def completion(
+        self, claim: KeyClaim, response: dict[str, Any], expire_at: dt.datetime
+    ) -> Callable[[Any], None]:
+        """The write that marks the record done with ``response``, for the turn's own
+        commit. Raises TurnTooLarge when the response cannot fit the record."""
+        if len(json.dumps(response).encode()) > MAX_STORED_RESPONSE_BYTES:
+            raise TurnTooLarge("reply too large to store for Idempotency-Key")
+
+        def write(batch: Any) -> None:
+            batch.update(
+                claim.ref,
+                {STATE: DONE, RESPONSE: response, TTL_FIELD: expire_at},
+                option=self._client.write_option(last_update_time=claim.update_time),
+            )
+
+        return write
+
+    def abandon(self, claim: KeyClaim) -> None:
+        """Forget a record whose turn failed, so a retry runs. Best effort: if this
+        fails, the record lapses at ``running_until``."""
+        with contextlib.suppress(gexc.GoogleAPIError):
+            claim.ref.delete(
+                option=self._client.write_option(last_update_time=claim.update_time),
+                retry=self._retry,
+                timeout=self._timeout,
+            )
+
+    def forget_session(self, session_id: str, owner: str) -> None:
+        """Delete the records of a deleted session. Best effort: TTL removes any
+        left behind."""
+        query = (
+            self._client.collection(IDEMPOTENCY)
+            .where(filter=FieldFilter(SESSION_ID, "==", session_id))
+            .limit(300)
+        )
+        try:
+            for _ in range(20):
+                snaps = list(query.stream(retry=self._retry, timeout=self._timeout))
+                mine = [s for s in snaps if (s.to_dict() or {}).get(OWNER) == owner]
+                if mine:
+                    batch = self._client.batch()
+                    for snap in mine:
+                        batch.delete(snap.reference)
+                    batch.commit(retry=self._retry, timeout=self._timeout)
+                if len(snaps) < 300 or len(mine) < len(snaps):
+                    return
+        except gexc.GoogleAPIError as exc:
+            log.warning("idempotency records of a deleted session kept: %s", type(exc).__name__)
+
+
+def _doc_id(principal: str, key: str) -> str:
+    return hashlib.sha256(f"{principal}\n{key}".encode("utf-8", "surrogateescape")).hexdigest()

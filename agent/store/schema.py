@@ -1,0 +1,94 @@
+"""The Firestore schema: every collection group, field name and document shape.
+
+This is the one place a collection or field name is spelled. The store's modules
+read it, and so does ``deploy/collection_groups.py`` (statically, with ``ast``), which
+creates one TTL policy per collection group on ``TTL_FIELD``: a group missing from
+``COLLECTION_GROUPS`` would keep its documents forever.
+
+Layout::
+
+    agent_sessions/{doc_id}                          one conversation (SessionDoc)
+    agent_sessions/{doc_id}/agent_history_chunks/{000000..}
+                                                     sealed parts of its history (ChunkDoc)
+    agent_idempotency/{sha256(principal, key)}       one Idempotency-Key (KeyDoc)
+
+``store/history.py`` states the size bounds and consistency guarantees of the first
+two, ``store/idempotency_records.py`` those of the third.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final, TypedDict
+
+SESSIONS: Final = "agent_sessions"
+CHUNKS: Final = "agent_history_chunks"
+IDEMPOTENCY: Final = "agent_idempotency"
+COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY)
+"""Every collection group the service writes; each needs a TTL policy on TTL_FIELD."""
+
+TTL_FIELD: Final = "expire_at"
+"""The Timestamp field Firestore's TTL policies delete by, on every document."""
+
+# -- agent_sessions ------------------------------------------------------------------
+TAIL: Final = "tail"
+CHUNK_COUNT: Final = "chunks"
+ITEMS: Final = "items"
+BYTES: Final = "bytes"
+TURNS: Final = "turns"
+CLAIM_TOKEN: Final = "claim_token"
+CLAIM_UNTIL: Final = "claim_until"
+OWNER: Final = "owner"
+CREATED_AT: Final = "created_at"
+UPDATED_AT: Final = "updated_at"
+
+# -- agent_history_chunks --------------------------------------------------------------
+DATA: Final = "data"
+
+# -- agent_idempotency ---------------------------------------------------------------
+FINGERPRINT: Final = "fingerprint"
+SESSION_ID: Final = "session_id"
+STATE: Final = "state"
+RUNNING_UNTIL: Final = "running_until"
+RESPONSE: Final = "response"
+RUNNING: Final = "running"
+DONE: Final = "done"
+
+
+class SessionDoc(TypedDict, total=False):
+    """``agent_sessions/{doc_id}``. ``turns`` 0 means claimed, nothing committed yet."""
+
+    tail: bytes  # newest part of the encoded history, shorter than a chunk
+    chunks: int  # sealed chunk documents
+    items: int  # items in the whole history
+    bytes: int  # size of the encoded history
+    turns: int  # completed turns
+    claim_token: str | None  # who runs a turn on it ...
+    claim_until: dt.datetime | None  # ... and until when
+    owner: str  # the principal that created it
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    expire_at: dt.datetime
+
+
+class ChunkDoc(TypedDict):
+    """``.../agent_history_chunks/{index:06d}``: exactly one chunk of the history."""
+
+    data: bytes
+    expire_at: dt.datetime  # kept equal to the session's
+
+
+class KeyDoc(TypedDict):
+    """``agent_idempotency/{sha256(principal, key)}``."""
+
+    owner: str
+    fingerprint: str  # SHA-256 of the request
+    session_id: str
+    state: str  # RUNNING or DONE
+    running_until: dt.datetime
+    response: dict[str, Any] | None
+    expire_at: dt.datetime
+
+
+def chunk_id(index: int) -> str:
+    return f"{index:06d}"

@@ -1,0 +1,175 @@
+"""``FirestoreSession``: the Agents SDK's Session protocol over ``HistoryStore``.
+
+Two ways to use it:
+
+* On its own, like the SDK's SQLiteSession::
+
+      session = FirestoreSession("user-42", store)
+      await Runner.run(agent, "hi", session=session)
+
+  Each ``add_items`` call is then its own atomic commit (claim, append, release).
+
+* As the service does, one turn at a time: ``begin_turn()`` claims the session and
+  loads its history once; during the run ``get_items`` and ``add_items`` touch only
+  memory; ``commit_turn()`` writes everything the run added in one commit, or
+  ``abort_turn()`` releases the claim and leaves the history as it was. The runner
+  calls ``add_items`` several times per run, so this is what makes a turn atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, cast
+
+from agents import TResponseInputItem
+from agents.memory import SessionSettings
+
+from agent.base.clock import utc_now
+from agent.store.history import Claim, History, HistoryStore, Item
+
+
+class FirestoreSession:
+    session_settings: SessionSettings | None = None
+
+    def __init__(
+        self,
+        session_id: str,
+        store: HistoryStore,
+        *,
+        claim_seconds: float = 60.0,
+        clock: Callable[[], dt.datetime] = utc_now,
+        owner: str | None = None,
+    ) -> None:
+        """``owner``: the principal acting; None skips ownership checks (library use)."""
+        self.session_id = session_id
+        self._owner = owner
+        self._store = store
+        self._claim_seconds = claim_seconds
+        self._clock = clock
+        self._claim: Claim | None = None
+        self._pending: list[Item] = []
+        self._popped = False
+        self._aborted = False
+
+    # -- turn mode (synchronous: called from the request thread) -------------------
+
+    def begin_turn(self, until: dt.datetime) -> Claim:
+        """Claim the session until ``until``; raises SessionBusy."""
+        if self._claim is not None:
+            raise RuntimeError("a turn is already open on this session object")
+        self._claim = self._store.claim(self.session_id, self._clock(), until, self._owner)
+        self._pending, self._popped, self._aborted = [], False, False
+        return self._claim
+
+    @property
+    def has_open_turn(self) -> bool:
+        return self._claim is not None
+
+    def commit_turn(
+        self, extra_writes: Callable[[Any, dt.datetime], None] | None = None
+    ) -> History:
+        """Write the turn's items in one commit (with ``extra_writes``, see
+        ``HistoryStore.commit``). On failure the turn stays open, so that
+        ``abort_turn`` can still release the claim."""
+        if self._claim is None:
+            raise RuntimeError("no turn is open on this session object")
+        # Rare: the run removed stored items, so the history is rewritten whole.
+        history = self._store.commit(
+            self._claim,
+            self._pending,
+            self._clock(),
+            replace=self._popped,
+            extra_writes=extra_writes,
+        )
+        self._claim = None
+        return history
+
+    def rewrite_turn(self, rewrite: Callable[[list[Item]], list[Item]]) -> None:
+        """Replace the items the open turn will commit, e.g. to keep a preview of an
+        answer too large for the history instead of the answer."""
+        if self._claim is None:
+            raise RuntimeError("no turn is open on this session object")
+        self._pending = rewrite(self._pending)
+
+    def abort_turn(self) -> None:
+        # A cancelled run can take a moment to stop; without a claim its add_items
+        # would write straight to the store, so an aborted turn refuses them.
+        self._aborted = True
+        self._store.release(self._take_claim())
+
+    def _take_claim(self) -> Claim:
+        if self._claim is None:
+            raise RuntimeError("no turn is open on this session object")
+        claim, self._claim = self._claim, None
+        return claim
+
+    # -- the Session protocol --------------------------------------------------------
+
+    # The SDK's items are TypedDicts; the store keeps them as plain JSON objects.
+
+    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+        if self._claim is not None:
+            items = self._current()
+        else:
+            history = await asyncio.to_thread(
+                self._store.load, self.session_id, self._clock(), self._owner
+            )
+            items = history.items if history else []
+        if limit is not None:
+            items = items[-limit:] if limit > 0 else []
+        return cast(list[TResponseInputItem], items)
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        if not items:
+            return
+        self._refuse_if_aborted()
+        plain = cast(list[Item], list(items))
+        if self._claim is not None:
+            self._pending.extend(plain)
+            return
+        await asyncio.to_thread(self._write_now, plain, replace=False)
+
+    async def pop_item(self) -> TResponseInputItem | None:
+        self._refuse_if_aborted()
+        popped: Item | None = None
+        if self._claim is not None:
+            if self._pending:
+                popped = self._pending.pop()
+            elif current := self._current():
+                self._pending, self._popped = current[:-1], True
+                popped = current[-1]
+        else:
+            history = await asyncio.to_thread(
+                self._store.load, self.session_id, self._clock(), self._owner
+            )
+            if history is not None and history.items:
+                await asyncio.to_thread(self._write_now, history.items[:-1], replace=True)
+                popped = history.items[-1]
+        return cast(TResponseInputItem | None, popped)
+
+    async def clear_session(self) -> None:
+        self._refuse_if_aborted()
+        await asyncio.to_thread(self._store.delete, self.session_id, self._clock(), self._owner)
+
+    def _refuse_if_aborted(self) -> None:
+        if self._aborted:
+            raise RuntimeError("this session's turn was aborted; nothing more is written")
+
+    def _current(self) -> list[Item]:
+        assert self._claim is not None
+        if self._popped:
+            return list(self._pending)
+        return [*self._claim.history, *self._pending]
+
+    def _write_now(self, items: list[Item], *, replace: bool) -> None:
+        now = self._clock()
+        claim = self._store.claim(
+            self.session_id, now, now + dt.timedelta(seconds=self._claim_seconds), self._owner
+        )
+        try:
+            self._store.commit(claim, items, self._clock(), replace=replace, count_turn=not replace)
+        except BaseException:
+            self._store.release(claim)
+            raise

@@ -1,0 +1,145 @@
+"""``Idempotency-Key`` on ``POST /chat``: a retried request never runs the agent twice.
+
+The records and their guarantees are ``agent/store/idempotency_records.py``. Here a
+turn is run under a key: a replay returns the stored outcome, a first run marks the
+record done in the turn's own commit, and a turn that fails (or a streamed turn whose
+reader goes away) gives its key up so that a retry runs again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from collections.abc import Generator
+from typing import Any
+
+from agent.runtime.streaming import RunEvent
+from agent.store.idempotency_records import IdempotencyStore, KeyClaim, StoredResponse
+from agent.turn.outcome import TurnOutcome
+from agent.turn.runner import TurnRunner
+from agent.turn.store_errors import store_errors_as_api_errors
+
+TurnEvents = Generator[RunEvent | TurnOutcome | None, None, None]
+
+
+def fingerprint(message: str, session_id: str | None) -> str:
+    """SHA-256 of what makes two requests the same request."""
+    canonical = json.dumps({"message": message, "session_id": session_id})
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def run_once(
+    store: IdempotencyStore,
+    turns: TurnRunner,
+    *,
+    principal: str,
+    key: str,
+    message: str,
+    requested_session_id: str | None,
+    session_id: str,
+    started: float,
+    budget_seconds: float,
+) -> tuple[TurnOutcome, bool]:
+    """Run the turn at most once for ``key``: (outcome, replayed). ``session_id`` is
+    the id to use when the request named none (``requested_session_id``)."""
+    claim = _begin(
+        store, principal, key, message, requested_session_id, session_id, started + budget_seconds
+    )
+    if isinstance(claim, TurnOutcome):
+        return claim, True
+    try:
+        outcome = turns.run(
+            claim.session_id,
+            message,
+            started,
+            owner=principal,
+            on_commit=_completion(store, claim),
+        )
+    except BaseException:
+        store.abandon(claim)
+        raise
+    return outcome, False
+
+
+def stream_once(
+    store: IdempotencyStore,
+    turns: TurnRunner,
+    *,
+    principal: str,
+    key: str,
+    message: str,
+    requested_session_id: str | None,
+    session_id: str,
+    started: float,
+    budget_seconds: float,
+    idle_seconds: float,
+) -> tuple[TurnEvents, bool]:
+    """``run_once`` for a streamed turn: (events, replayed). A replay is the stored
+    outcome alone; a turn that does not reach its outcome (a failure, or a client
+    that went away) gives its key up, so a retry runs again."""
+    claim = _begin(
+        store, principal, key, message, requested_session_id, session_id, started + budget_seconds
+    )
+    if isinstance(claim, TurnOutcome):
+        return _replay(claim), True
+    try:
+        events = turns.stream(
+            claim.session_id,
+            message,
+            started,
+            idle_seconds,
+            owner=principal,
+            on_commit=_completion(store, claim),
+        )
+    except BaseException:
+        store.abandon(claim)
+        raise
+    return _abandon_unless_done(events, store, claim), False
+
+
+def _begin(
+    store: IdempotencyStore,
+    principal: str,
+    key: str,
+    message: str,
+    requested_session_id: str | None,
+    session_id: str,
+    deadline: float,
+) -> KeyClaim | TurnOutcome:
+    """The record for ``key`` held until the turn's ``deadline`` (monotonic), or the
+    stored outcome to replay."""
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=deadline - time.monotonic())
+    with store_errors_as_api_errors():
+        found = store.begin(
+            principal, key, fingerprint(message, requested_session_id), session_id, until
+        )
+    if isinstance(found, StoredResponse):
+        return TurnOutcome.from_stored(found.response, found.expire_at)
+    return found
+
+
+def _completion(store: IdempotencyStore, claim: KeyClaim) -> Any:
+    def write(batch: Any, outcome: TurnOutcome) -> None:
+        store.completion(claim, outcome.stored(), outcome.expire_at)(batch)
+
+    return write
+
+
+def _abandon_unless_done(
+    events: TurnEvents, store: IdempotencyStore, claim: KeyClaim
+) -> TurnEvents:
+    done = False
+    try:
+        for item in events:
+            done = isinstance(item, TurnOutcome)
+            yield item
+    finally:
+        events.close()
+        if not done:
+            store.abandon(claim)
+
+
+def _replay(outcome: TurnOutcome) -> TurnEvents:
+    yield outcome

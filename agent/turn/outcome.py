@@ -1,0 +1,48 @@
+"""What a finished turn produced, and its stored form for Idempotency-Key replays."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from agent.results.policy import ResultLink
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    """A committed turn, as the caller sees it."""
+
+    session_id: str
+    reply: str
+    new_session: bool
+    usage: dict[str, int]
+    expire_at: dt.datetime
+    result: ResultLink | None = None
+    warnings: tuple[dict[str, str], ...] = ()
+
+    def stored(self) -> dict[str, Any]:
+        """The form kept in an Idempotency-Key record (``expire_at`` is the record's)."""
+        return {
+            "session_id": self.session_id,
+            "reply": self.reply,
+            "new_session": self.new_session,
+            "usage": self.usage,
+            # A replay returns the URL as first signed; once it has expired the
+            # client re-signs through GET /sessions/<id>/results/<turn_id>.
+            "result": self.result.as_json() if self.result else None,
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_stored(cls, response: dict[str, Any], expire_at: dt.datetime) -> TurnOutcome:
+        result = response.get("result")
+        return cls(
+            session_id=response["session_id"],
+            reply=response["reply"],
+            new_session=response["new_session"],
+            usage=dict(response["usage"]),
+            expire_at=expire_at,
+            result=ResultLink.from_json(result) if result else None,
+            warnings=tuple(response.get("warnings") or ()),
+        )

@@ -1,0 +1,263 @@
+"""The deploy tests' harness: deploy/config.env read, the scripts run against the fake gcloud.
+
+Nothing here reaches Google Cloud. The scripts run end to end against tests/fakes/gcloud, a
+recording stand-in first on PATH that models a small project, so a second run sees what the
+first created; each call it receives is logged with its argv (and, where it matters, what
+reached its stdin and the lifecycle rules it was given). A pytest plugin, listed in
+``pytest_plugins`` of tests/conftest.py: ``scenario`` (setup twice, deploy, pipeline on one
+fake project) and ``partial_project`` are run once per test run and shared by the
+tests/test_deploy_*.py modules, which only read them; ``repo_on_path`` puts the repository
+first on ``sys.path`` for a module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.constants import DEPLOY_PROJECT, REPO_ROOT
+
+REPO = REPO_ROOT
+PROJECT = DEPLOY_PROJECT
+DEPLOY = REPO / "deploy"
+FAKES = REPO / "tests" / "fakes"
+SCRIPTS = ["common.sh", "setup.sh", "deploy.sh", "pipeline.sh", "build-test.sh"]
+
+EXPECTED_APIS = {
+    "cloudfunctions.googleapis.com",
+    "run.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "firestore.googleapis.com",
+    "storage.googleapis.com",
+    "secretmanager.googleapis.com",
+    "iamcredentials.googleapis.com",
+    "logging.googleapis.com",
+    "iam.googleapis.com",
+}
+
+# Verbs after which a call has changed the project.
+MUTATING = (
+    "create",
+    "enable",
+    "add-iam-policy-binding",
+    "add",
+    "update",
+    "deploy",
+    "submit",
+)
+
+
+def load_config() -> dict[str, str]:
+    """deploy/config.env as {NAME: default text}, unexpanded (``${PROJECT_ID}-x`` stays)."""
+    config: dict[str, str] = {}
+    for line in (DEPLOY / "config.env").read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = re.fullmatch(r'([A-Z][A-Z0-9_]*)="\$\{\1:-(.*)\}"', line.strip())
+        assert match, f'config.env line is not NAME="${{NAME:-default}}": {line!r}'
+        config[match.group(1)] = match.group(2)
+    return config
+
+
+CONFIG = load_config()
+
+
+def expanded(name: str, project: str = PROJECT) -> str:
+    value = CONFIG[name]
+    for other in CONFIG:
+        if other != name and f"${{{other}}}" in value:
+            value = value.replace(f"${{{other}}}", expanded(other, project))
+    return value.replace("${PROJECT_ID}", project)
+
+
+def sa_email(config_name: str, project: str = PROJECT) -> str:
+    return f"{expanded(config_name, project)}@{project}.iam.gserviceaccount.com"
+
+
+@dataclass
+class Run:
+    """One script run: how it ended, and the gcloud calls it made, as the fake recorded them."""
+
+    result: subprocess.CompletedProcess[str]
+    calls: list[dict[str, Any]]
+
+    @property
+    def argvs(self) -> list[list[str]]:
+        return [list(call["argv"]) for call in self.calls]
+
+    def output(self) -> str:
+        return self.result.stdout + self.result.stderr
+
+
+def read_calls(fake_dir: Path) -> list[dict[str, Any]]:
+    log = fake_dir / "calls.jsonl"
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def run_script(
+    script: str,
+    fake_dir: Path,
+    *args: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> Run:
+    before = len(read_calls(fake_dir))
+    full_env = {
+        "PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HOME": str(fake_dir),
+        "FAKE_GCLOUD_DIR": str(fake_dir),
+        "PROJECT_ID": PROJECT,
+        "PYTHON": sys.executable,
+        "RETRY_DELAY_SECONDS": "0",
+        **(env or {}),
+    }
+    result = subprocess.run(
+        ["bash", str(DEPLOY / script), *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+    if check:
+        assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    return Run(result, read_calls(fake_dir)[before:])
+
+
+KNOWN_COMMANDS = [
+    tuple(line.split())
+    for line in """
+    services list | services enable
+    firestore databases describe | firestore databases create
+    firestore fields ttls list | firestore fields ttls update
+    iam service-accounts describe | iam service-accounts create
+    iam service-accounts get-iam-policy | iam service-accounts add-iam-policy-binding
+    projects get-iam-policy | projects add-iam-policy-binding
+    storage buckets describe | storage buckets create | storage buckets update
+    storage buckets get-iam-policy | storage buckets add-iam-policy-binding
+    secrets describe | secrets create | secrets get-iam-policy | secrets add-iam-policy-binding
+    secrets versions list | secrets versions add
+    functions deploy | builds submit
+    """.replace("\n", "|").split("|")
+    if line.strip()
+]
+
+
+def command(argv: list[str]) -> tuple[str, ...]:
+    """The command words of a call, e.g. ('storage', 'buckets', 'create')."""
+    matches = [c for c in KNOWN_COMMANDS if tuple(argv[: len(c)]) == c]
+    if matches:
+        return max(matches, key=len)
+    return tuple(a for a in argv if not a.startswith("-"))[:3]
+
+
+def flags_of(argv: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for arg in argv:
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            out[name] = value if eq else ""
+    return out
+
+
+def is_mutating(argv: list[str]) -> bool:
+    return command(argv)[-1:] != () and command(argv)[-1] in MUTATING
+
+
+def calls_of(run: Run, *words: str) -> list[list[str]]:
+    return [argv for argv in run.argvs if command(argv) == words]
+
+
+def normalized(argv: list[str]) -> list[str]:
+    return [
+        re.sub(r"^--lifecycle-file=.*/lifecycle-", "--lifecycle-file=<tmp>/lifecycle-", a)
+        for a in argv
+    ]
+
+
+def cloudbuild() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
+    return config
+
+
+@dataclass
+class Scenario:
+    """One fake project taken through setup, setup again (no key piped), deploy and pipeline."""
+
+    fake_dir: Path
+    secret: str
+    setup: Run
+    state_after_setup: str
+    second: Run
+    state_after_second: str
+    deploy: Run
+    pipeline: Run
+
+    def all_argvs(self) -> list[list[str]]:
+        return self.setup.argvs + self.second.argvs + self.deploy.argvs + self.pipeline.argvs
+
+
+@pytest.fixture(scope="session")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    fake_dir = tmp_path_factory.mktemp("fake-gcloud")
+    secret = "sk-test-" + secrets.token_hex(16)
+    setup = run_script("setup.sh", fake_dir, stdin=secret + "\n")
+    state_after_setup = (fake_dir / "state.json").read_text()
+    second = run_script("setup.sh", fake_dir, stdin="")
+    state_after_second = (fake_dir / "state.json").read_text()
+    deploy = run_script("deploy.sh", fake_dir)
+    pipeline = run_script("pipeline.sh", fake_dir)
+    return Scenario(
+        fake_dir,
+        secret,
+        setup,
+        state_after_setup,
+        second,
+        state_after_second,
+        deploy,
+        pipeline,
+    )
+
+
+@pytest.fixture(scope="session")
+def partial_project(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One setup run against a project that is partly there already, with a retention
+    override and one IAM call failing the way a just-created account does."""
+    fake_dir = tmp_path_factory.mktemp("partial")
+    results = "gs://" + expanded("RESULTS_BUCKET")
+    (fake_dir / "state.json").write_text(
+        json.dumps(
+            {
+                "services": sorted(EXPECTED_APIS - {"run.googleapis.com"}),
+                "buckets": {results: {"location": "us-east1", "pap": False}},
+            }
+        )
+    )
+    env = {
+        "RESULTS_RETENTION_DAYS": "3",
+        "FAKE_GCLOUD_FAIL_ONCE": "add-iam-policy-binding",
+    }
+    return run_script("setup.sh", fake_dir, stdin="key", env=env)
+
+
+@pytest.fixture(scope="module")
+def repo_on_path() -> Iterator[None]:
+    """The repository first on ``sys.path`` while a module runs (the deploy modules use it)."""
+    sys.path.insert(0, str(REPO))
+    yield
+    sys.path.remove(str(REPO))

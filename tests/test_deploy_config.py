@@ -1,0 +1,105 @@
+"""deploy/config.env is the one home of the deploy's settings: every value in it can be
+overridden from the environment and reaches a command, no script (nor cloudbuild.yaml
+outside its substitutions) repeats a default, and every gcloud call names the project
+explicitly instead of relying on the caller's gcloud configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.deploy_scenarios import (
+    CONFIG,
+    DEPLOY,
+    PROJECT,
+    SCRIPTS,
+    Scenario,
+    cloudbuild,
+    run_script,
+)
+
+pytestmark = pytest.mark.usefixtures("repo_on_path")
+
+
+def test_every_call_names_the_project_explicitly(scenario: Scenario) -> None:
+    for argv in scenario.all_argvs():
+        assert f"--project={PROJECT}" in argv, argv
+
+
+def test_every_config_value_can_be_overridden_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    overrides = {
+        "REGION": "europe-west9",
+        "FUNCTION_NAME": "fn-override",
+        "RUNTIME": "python313",
+        "ENTRY_POINT": "entry_override",
+        "MEMORY": "2Gi",
+        "CPU": "2",
+        "CONCURRENCY": "17",
+        "MIN_INSTANCES": "3",
+        "MAX_INSTANCES": "23",
+        "FUNCTION_TIMEOUT_SECONDS": "1234",
+        "FIRESTORE_DATABASE": "db-override",
+        "FIRESTORE_LOCATION": "eur3",
+        "RESULTS_BUCKET": "bucket-override",
+        "RESULTS_RETENTION_DAYS": "11",
+        "BUILD_SOURCE_BUCKET": "source-override",
+        "BUILD_SOURCE_RETENTION_DAYS": "13",
+        "RUNTIME_SA_NAME": "rt-override",
+        "DEPLOYER_SA_NAME": "dp-override",
+        "BUILDER_SA_NAME": "bd-override",
+        "SECRET_NAME": "secret-override",
+        "SESSION_TTL_SECONDS": "4321",
+        "AGENT_MODEL": "model-override",
+        "OPENAI_BASE_URL": "http://llm.example:8000/v1",
+        "MODEL_API": "chat_completions",
+        "LOG_LEVEL": "DEBUG",
+        "SIGNED_URL_TTL_SECONDS": "777",
+        "RESULT_INLINE_MAX_BYTES": "99999",
+    }
+    assert set(overrides) == set(CONFIG), "keep this list in step with config.env"
+    out = ""
+    for script in ("setup.sh", "deploy.sh", "pipeline.sh"):
+        run = run_script(script, tmp_path, "--dry-run", env=overrides)
+        out += run.output()
+    # Short numbers would match anywhere; look for them where they belong.
+    expected = {
+        **overrides,
+        "CPU": "--cpu=2",
+        "MEMORY": "--memory=2Gi",
+        "CONCURRENCY": "--concurrency=17",
+        "MIN_INSTANCES": "--min-instances=3",
+        "MAX_INSTANCES": "--max-instances=23",
+        "FUNCTION_TIMEOUT_SECONDS": "--timeout=1234s",
+        "RESULTS_RETENTION_DAYS": '"age": 11',
+        "BUILD_SOURCE_RETENTION_DAYS": '"age": 13',
+        "SESSION_TTL_SECONDS": "SESSION_TTL_SECONDS=4321",
+        "SIGNED_URL_TTL_SECONDS": "SIGNED_URL_TTL_SECONDS=777",
+        "RESULT_INLINE_MAX_BYTES": "RESULT_INLINE_MAX_BYTES=99999",
+    }
+    for name, text in expected.items():
+        assert text in out, f"override of {name} ({text}) did not reach any command"
+
+
+def test_defaults_live_only_in_config_env() -> None:
+    """A default repeated in a script would drift from config.env; only cloudbuild.yaml's
+    substitution block (checked equal above) may repeat them."""
+    texts = {name: (DEPLOY / name).read_text() for name in SCRIPTS}
+    config = cloudbuild()
+    texts["cloudbuild.yaml"] = yaml.safe_dump(
+        {k: v for k, v in config.items() if k != "substitutions"}
+    )
+    for name, value in CONFIG.items():
+        if len(value) < 4 or value.isdigit() or "$" in value or value == "(default)":
+            continue
+        token = re.compile(rf"(?<![\w.-]){re.escape(value)}(?![\w-])")
+        for where, text in texts.items():
+            code = "\n".join(
+                line for line in text.splitlines() if not line.lstrip().startswith("#")
+            )
+            assert not token.search(code), f"default of {name} ({value}) repeated in {where}"

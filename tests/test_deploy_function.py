@@ -1,0 +1,220 @@
+"""deploy/deploy.sh deploys the function as this project requires: a private gen2 HTTP
+function with a current Python runtime, a size Cloud Run accepts, THREADS equal to the
+concurrency, the platform timeout equal to the service's own deadline, the model key from
+Secret Manager and only environment variables the service reads, all taken from
+deploy/config.env. Inconsistent settings are refused before any gcloud call, and the rules
+themselves are shown to catch each kind of bad deploy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from tests.support.deploy_scenarios import (
+    PROJECT,
+    Run,
+    Scenario,
+    calls_of,
+    expanded,
+    flags_of,
+    run_script,
+    sa_email,
+)
+
+pytestmark = pytest.mark.usefixtures("repo_on_path")
+
+
+MEMORY_RANGE_MIB = {
+    1: (512, 4096),
+    2: (512, 8192),
+    4: (2048, 16384),
+    6: (4096, 24576),
+    8: (4096, 32768),
+}
+"""Memory a whole number of vCPUs accepts, from the Cloud Run CPU/memory table."""
+
+
+def memory_mib(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|k|M|G)?[bB]?", text)
+    assert match, f"unparseable --memory={text}"
+    factor = {
+        "Ki": 1 / 1024,
+        "Mi": 1,
+        "Gi": 1024,
+        "k": 1000 / 2**20,
+        "M": 10**6 / 2**20,
+        "G": 10**9 / 2**20,
+    }
+    return float(match.group(1)) * factor.get(match.group(2) or "", 1 / 2**20)
+
+
+def deploy_problems(argv: list[str]) -> list[str]:
+    """What is wrong with a `gcloud functions deploy` call, by this project's rules."""
+    flags = flags_of(argv)
+    problems: list[str] = []
+    for required in ("gen2", "trigger-http", "no-allow-unauthenticated"):
+        if required not in flags:
+            problems.append(f"--{required} missing")
+    if "allow-unauthenticated" in flags:
+        problems.append("--allow-unauthenticated makes the function public")
+    if flags.get("runtime") not in ("python311", "python312", "python313"):
+        problems.append(f"runtime {flags.get('runtime')} is not a current Python runtime")
+    if flags.get("entry-point") != "agent_http":
+        problems.append("entry point must be agent_http")
+    if "cpu" in flags and "memory" not in flags:
+        problems.append("--cpu is only accepted with --memory")
+    if "cpu" not in flags or "memory" not in flags:
+        problems.append("--cpu and --memory must both be set (one place decides the size)")
+    cpu = float(flags.get("cpu", "0") or 0)
+    concurrency = int(flags.get("concurrency", "1") or 1)
+    if concurrency > 1 and cpu < 1:
+        problems.append(f"concurrency {concurrency} needs at least 1 vCPU, got {cpu}")
+    if cpu > 1 and not cpu.is_integer():
+        problems.append("more than 1 vCPU must be a whole number")
+    if cpu >= 1 and cpu.is_integer() and "memory" in flags:
+        low, high = MEMORY_RANGE_MIB.get(int(cpu), (0, 0))
+        if not low <= memory_mib(flags["memory"]) <= high:
+            problems.append(f"{flags['memory']} is outside {low}-{high} MiB for {int(cpu)} vCPU")
+    env = dict(item.split("=", 1) for item in flags.get("set-env-vars", "").split(",") if item)
+    if env.get("THREADS") != str(concurrency):
+        problems.append(f"THREADS={env.get('THREADS')} differs from --concurrency={concurrency}")
+    timeout = flags.get("timeout", "")
+    if timeout != f"{env.get('FUNCTION_TIMEOUT_SECONDS')}s":
+        setting = env.get("FUNCTION_TIMEOUT_SECONDS")
+        problems.append(f"--timeout={timeout} differs from FUNCTION_TIMEOUT_SECONDS={setting}")
+    if int(flags.get("min-instances", "0")) > int(flags.get("max-instances", "0") or 0):
+        problems.append("--min-instances above --max-instances")
+    if "OPENAI_API_KEY" in env:
+        problems.append("the model key must come from Secret Manager, not --set-env-vars")
+    if not flags.get("set-secrets", "").startswith("OPENAI_API_KEY="):
+        problems.append("--set-secrets must provide OPENAI_API_KEY")
+    return problems
+
+
+def the_deploy(run: Run) -> list[str]:
+    (argv,) = calls_of(run, "functions", "deploy")
+    return argv
+
+
+def test_deploy_call_passes_every_rule(scenario: Scenario) -> None:
+    assert deploy_problems(the_deploy(scenario.deploy)) == []
+
+
+def test_deploy_flags_come_from_the_config(scenario: Scenario) -> None:
+    argv = the_deploy(scenario.deploy)
+    flags = flags_of(argv)
+    assert argv[2] == expanded("FUNCTION_NAME")
+    assert flags["region"] == expanded("REGION")
+    assert flags["runtime"] == expanded("RUNTIME") == "python312"
+    assert flags["memory"] == expanded("MEMORY")
+    assert flags["cpu"] == expanded("CPU")
+    assert flags["concurrency"] == expanded("CONCURRENCY")
+    assert flags["min-instances"] == expanded("MIN_INSTANCES") == "1"
+    assert flags["max-instances"] == expanded("MAX_INSTANCES")
+    assert flags["timeout"] == expanded("FUNCTION_TIMEOUT_SECONDS") + "s"
+    assert flags["service-account"] == sa_email("RUNTIME_SA_NAME")
+    assert (
+        flags["build-service-account"]
+        == f"projects/{PROJECT}/serviceAccounts/{sa_email('BUILDER_SA_NAME')}"
+    )
+    assert flags["set-secrets"] == f"OPENAI_API_KEY={expanded('SECRET_NAME')}:latest"
+    assert flags["source"] == "."
+
+
+def test_deploy_env_vars_are_settings_the_service_reads(scenario: Scenario) -> None:
+    from agent.base.settings import Settings
+
+    flags = flags_of(the_deploy(scenario.deploy))
+    env = dict(item.split("=", 1) for item in flags["set-env-vars"].split(","))
+    known = {f.name.upper() for f in fields(Settings)}
+    platform = {"THREADS"}  # read by functions-framework's gunicorn
+    # Read by the results feature (issue 3) once it lands in agent/settings.py.
+    results = {
+        "RESULTS_BUCKET",
+        "SIGNED_URL_TTL_SECONDS",
+        "RESULT_INLINE_MAX_BYTES",
+        "SIGNING_SERVICE_ACCOUNT",
+    }
+    assert set(env) <= known | platform | results, set(env) - known - platform - results
+    assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
+    assert env["SIGNING_SERVICE_ACCOUNT"] == sa_email("RUNTIME_SA_NAME")
+    assert env["RESULTS_BUCKET"] == expanded("RESULTS_BUCKET")
+    assert "OPENAI_BASE_URL" not in env and "MODEL_API" not in env, "empty values are left out"
+
+
+def test_timeout_override_moves_flag_and_setting_together(tmp_path: Path) -> None:
+    argv = the_deploy(run_script("deploy.sh", tmp_path, env={"FUNCTION_TIMEOUT_SECONDS": "900"}))
+    assert flags_of(argv)["timeout"] == "900s"
+    assert "FUNCTION_TIMEOUT_SECONDS=900" in flags_of(argv)["set-env-vars"].split(",")
+    assert deploy_problems(argv) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CONCURRENCY": "8", "CPU": "0.5"}, "needs CPU of at least 1"),
+        ({"MEMORY": "1GB"}, "use a size like"),
+        ({"CPU": "one"}, "use a number of vCPUs"),
+        ({"CPU": "1.5"}, "whole number"),
+        ({"CPU": "4", "MEMORY": "1Gi"}, "outside 2048-16384 MiB"),
+        ({"CPU": "1", "MEMORY": "8Gi"}, "outside 512-4096 MiB"),
+        (
+            {"MIN_INSTANCES": "5", "MAX_INSTANCES": "2"},
+            "MIN_INSTANCES <= MAX_INSTANCES",
+        ),
+        ({"FUNCTION_TIMEOUT_SECONDS": "3601"}, "1-3600"),
+        ({"RUNTIME": "python39"}, "python311"),
+        ({"AGENT_MODEL": "a,b"}, "must not contain a comma"),
+        ({"PROJECT_ID": ""}, "set PROJECT_ID"),
+    ],
+)
+def test_deploy_refuses_inconsistent_settings(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    run = run_script("deploy.sh", tmp_path, env=env, check=False)
+    assert run.result.returncode != 0
+    assert message in run.result.stderr
+    assert run.calls == []
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (
+            lambda a: [x for x in a if x != "--no-allow-unauthenticated"],
+            "--no-allow-unauthenticated missing",
+        ),
+        (lambda a: [*a, "--allow-unauthenticated"], "makes the function public"),
+        (
+            lambda a: [x for x in a if not x.startswith("--memory=")],
+            "only accepted with --memory",
+        ),
+        (
+            lambda a: [re.sub(r"^--cpu=.*", "--cpu=0.5", x) for x in a],
+            "needs at least 1 vCPU",
+        ),
+        (
+            lambda a: [re.sub(r"^--timeout=.*", "--timeout=60s", x) for x in a],
+            "differs from FUNCTION_TIMEOUT",
+        ),
+        (
+            lambda a: [re.sub(r"THREADS=\d+", "THREADS=1", x) for x in a],
+            "differs from --concurrency",
+        ),
+        (lambda a: [re.sub(r"^--memory=.*", "--memory=8Gi", x) for x in a], "outside"),
+        (
+            lambda a: [re.sub(r"^--runtime=.*", "--runtime=python39", x) for x in a],
+            "not a current Python",
+        ),
+    ],
+)
+def test_the_rules_catch_a_bad_deploy(
+    scenario: Scenario, change: Callable[[list[str]], list[str]], problem: str
+) -> None:
+    bad = change(the_deploy(scenario.deploy))
+    assert any(problem in p for p in deploy_problems(bad)), deploy_problems(bad)

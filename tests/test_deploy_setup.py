@@ -1,0 +1,157 @@
+"""deploy/setup.sh provisions the project once and safely again: exactly the APIs the service
+needs, a native Firestore database where the config says, the results bucket locked down with
+its retention rule, and the model key stored in Secret Manager from stdin only, never in an
+argument, a log or the output. A second run changes nothing, a run on a partly provisioned
+project adds only what is missing and corrects what is there, and ``--dry-run`` calls nothing
+and prints exactly what a first run does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.support.deploy_scenarios import (
+    CONFIG,
+    EXPECTED_APIS,
+    Run,
+    Scenario,
+    calls_of,
+    command,
+    expanded,
+    flags_of,
+    is_mutating,
+    normalized,
+    run_script,
+)
+
+pytestmark = pytest.mark.usefixtures("repo_on_path")
+
+
+def test_enables_exactly_the_needed_apis(scenario: Scenario) -> None:
+    enables = calls_of(scenario.setup, "services", "enable")
+    assert len(enables) == 1
+    apis = [arg for arg in enables[0][2:] if not arg.startswith("--")]
+    assert len(apis) == len(set(apis))
+    assert set(apis) == EXPECTED_APIS
+
+
+def test_creates_a_native_firestore_database_in_the_configured_location(
+    scenario: Scenario,
+) -> None:
+    (create,) = calls_of(scenario.setup, "firestore", "databases", "create")
+    flags = flags_of(create)
+    assert flags["type"] == "firestore-native"
+    assert flags["location"] == expanded("FIRESTORE_LOCATION") == expanded("REGION")
+    assert flags["database"] == expanded("FIRESTORE_DATABASE")
+
+
+def bucket_create(run: Run, bucket: str) -> list[str]:
+    (argv,) = [a for a in calls_of(run, "storage", "buckets", "create") if a[3] == bucket]
+    return argv
+
+
+def test_results_bucket_flags_and_lifecycle(scenario: Scenario) -> None:
+    bucket = "gs://" + expanded("RESULTS_BUCKET")
+    argv = bucket_create(scenario.setup, bucket)
+    flags = flags_of(argv)
+    assert "uniform-bucket-level-access" in flags and flags["uniform-bucket-level-access"] == ""
+    assert "pap" in flags and flags["pap"] == ""
+    assert flags["location"] == expanded("REGION")
+    (record,) = [c for c in scenario.setup.calls if c["argv"] == argv]
+    assert record["lifecycle"] == {
+        "rule": [
+            {
+                "action": {"type": "Delete"},
+                "condition": {"age": int(CONFIG["RESULTS_RETENTION_DAYS"])},
+            }
+        ]
+    }
+    assert CONFIG["RESULTS_RETENTION_DAYS"] == "7"
+
+
+def test_secret_created_and_filled_from_stdin_only(scenario: Scenario) -> None:
+    name = expanded("SECRET_NAME")
+    (create,) = calls_of(scenario.setup, "secrets", "create")
+    assert create[2] == name and flags_of(create)["replication-policy"] == "automatic"
+    adds = [
+        c
+        for c in scenario.setup.calls
+        if command(list(c["argv"])) == ("secrets", "versions", "add")
+    ]
+    assert len(adds) == 1
+    assert flags_of(list(adds[0]["argv"]))["data-file"] == "-"
+    # What reached gcloud's stdin is the key itself, without the newline it was piped with.
+    assert adds[0]["stdin"] == {
+        "sha256": hashlib.sha256(scenario.secret.encode()).hexdigest(),
+        "length": len(scenario.secret),
+    }
+
+
+def test_secret_value_never_appears_in_argv_logs_or_output(scenario: Scenario) -> None:
+    haystacks = {
+        "recorded calls": (scenario.fake_dir / "calls.jsonl").read_text(),
+        "fake state": (scenario.fake_dir / "state.json").read_text(),
+        "setup output": scenario.setup.output(),
+        "second setup output": scenario.second.output(),
+        "deploy output": scenario.deploy.output(),
+        "pipeline output": scenario.pipeline.output(),
+    }
+    for where, text in haystacks.items():
+        assert scenario.secret not in text, f"secret value found in {where}"
+        assert scenario.secret[8:] not in text, f"part of the secret value found in {where}"
+
+
+def test_setup_without_a_key_fails_clearly_and_adds_no_version(tmp_path: Path) -> None:
+    run = run_script("setup.sh", tmp_path, stdin="", check=False)
+    assert run.result.returncode != 0
+    assert "pipe the model API key" in run.result.stderr
+    assert not calls_of(run, "secrets", "versions", "add")
+
+
+def test_second_run_changes_nothing(scenario: Scenario) -> None:
+    assert scenario.state_after_second == scenario.state_after_setup
+    changing = [argv for argv in scenario.second.argvs if is_mutating(argv)]
+    # Existing buckets get their settings re-applied (same values, no change); nothing else.
+    assert all(command(argv) == ("storage", "buckets", "update") for argv in changing), changing
+    assert "already has a value" in scenario.second.result.stderr
+
+
+def test_only_missing_apis_are_enabled(partial_project: Run) -> None:
+    (enable,) = calls_of(partial_project, "services", "enable")
+    assert [a for a in enable[2:] if not a.startswith("--")] == ["run.googleapis.com"]
+
+
+def test_an_existing_bucket_is_corrected_not_created(partial_project: Run) -> None:
+    results = "gs://" + expanded("RESULTS_BUCKET")
+    assert results not in [a[3] for a in calls_of(partial_project, "storage", "buckets", "create")]
+    (update,) = [
+        a for a in calls_of(partial_project, "storage", "buckets", "update") if a[3] == results
+    ]
+    assert {"uniform-bucket-level-access", "pap", "lifecycle-file"} <= set(flags_of(update))
+
+
+def test_retention_override_reaches_the_lifecycle_rule(partial_project: Run) -> None:
+    results = "gs://" + expanded("RESULTS_BUCKET")
+    (record,) = [
+        c
+        for c in partial_project.calls
+        if list(c["argv"])[:4] == ["storage", "buckets", "update", results]
+    ]
+    assert record["lifecycle"] == {
+        "rule": [{"action": {"type": "Delete"}, "condition": {"age": 3}}]
+    }
+
+
+def test_dry_run_calls_nothing_and_prints_what_a_first_run_does(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    run = run_script("setup.sh", tmp_path, "--dry-run")
+    assert run.calls == [], "a dry run must not call gcloud"
+    printed = [normalized(shlex.split(line)[1:]) for line in run.result.stdout.splitlines()]
+    assert all(line[:1] != ["gcloud"] for line in printed)
+    performed = [normalized(argv) for argv in scenario.setup.argvs if is_mutating(argv)]
+    assert printed == performed
