@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from google.cloud import firestore
 
 from agent.auth.modes import Authenticator, build_authenticator
-from agent.base.settings import Settings
+from agent.base.settings import Settings, redact_url
 from agent.results.bucket import ResultBucket
 from agent.results.policy import OffloadPolicy
 from agent.runtime.definition import build_agent
@@ -69,7 +69,7 @@ def build_service(settings: Settings) -> Service:
         "agent %r ready: model %s via %s (%s API); tracing upload %s",
         settings.agent_name,
         settings.agent_model,
-        settings.openai_base_url or "OpenAI",
+        redact_url(settings.openai_base_url) or "OpenAI",  # never its credentials
         settings.model_api,
         "on" if settings.tracing_enabled else "off",
     )

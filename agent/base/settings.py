@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
@@ -59,7 +60,8 @@ class Settings:
 
     deadline_margin_seconds: float = 5.0
     """Time kept back from the platform timeout to cancel a run and answer 504 cleanly
-    (0.1 s up to a third of ``function_timeout_seconds``)."""
+    (0.1 s up to a third of ``function_timeout_seconds``). Left unset, it scales with the
+    timeout (``default_deadline_margin``) so that no valid timeout is refused for it."""
 
     # --- HTTP limits --------------------------------------------------------------
     max_request_bytes: int = 262_144
@@ -96,7 +98,13 @@ class Settings:
 
     model_call_min_seconds: float = 1.0
     """A model call is not started with less than this left of the turn; the turn
-    ends with 504 at once instead (0 up to half the turn's budget)."""
+    ends with 504 at once instead (0 up to half the turn's budget). Left unset, it is
+    capped at half the turn's budget, for the same reason as the margin."""
+
+    tool_timeout_seconds: float = 30.0
+    """Bound on each tool call (0.1-3600); on timeout the model gets an error result and
+    the turn goes on. A sync tool's worker thread cannot be killed: the bound stops the
+    waiting, not the work, so tools that compute must bound themselves."""
 
     tracing_enabled: bool = False
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
@@ -153,15 +161,23 @@ class Settings:
 
     auth_audience: str | None = None
     """Accepted ``aud`` values of identity tokens, comma-separated (the function's
-    URLs). Unset: the URL the request was addressed to, ``https://<Host>`` and
-    ``https://<Host>/<K_SERVICE>``, which is what Google's front end checks too."""
+    URLs). Required where ``K_SERVICE`` is set in ``iam`` mode: the audience is
+    configuration, never taken from the request. Unset off the platform: derived from
+    the request's ``Host`` only when that is a loopback host (local development)."""
+
+    auth_platform_verified: bool = False
+    """True when Google's front end checks identity tokens before the request arrives
+    (deployed with ``--no-allow-unauthenticated``): it forwards them with the signature
+    replaced by ``SIGNATURE_REMOVED_BY_GOOGLE``, and such a token is then accepted after
+    its issuer and expiry are checked. False: such a token is refused (401)."""
 
     auth_certs_url: str = GOOGLE_ID_TOKEN_CERTS_URL
     """Where Google publishes the keys that sign identity tokens; https, except on
     loopback (tests serve a stand-in there)."""
 
     auth_allowed_principals: str | None = None
-    """Optional allow-list of principals (token emails), comma-separated. Unset:
+    """Optional allow-list of principals, comma-separated: a token's email or
+    ``sub:<id>`` (the account's stable id, which every token carries). Unset:
     any identity the platform's IAM let through. Set it if the function might ever
     be deployed public: any Google account can mint a token for any audience."""
 
@@ -189,6 +205,17 @@ class Settings:
             values[f.name] = _parse(f.name, str(f.type), raw.strip())
         if "model_api" not in values and values.get("openai_base_url"):
             values["model_api"] = "chat_completions"
+        # Defaults that depend on another setting: a default must never make a valid
+        # value of that other setting fail at startup.
+        timeout = values.get("function_timeout_seconds", cls.function_timeout_seconds)
+        if "deadline_margin_seconds" not in values and isinstance(timeout, int):
+            values["deadline_margin_seconds"] = default_deadline_margin(timeout)
+        if "model_call_min_seconds" not in values and isinstance(timeout, int):
+            margin = values["deadline_margin_seconds"]
+            assert isinstance(margin, float | int)
+            values["model_call_min_seconds"] = min(
+                cls.model_call_min_seconds, max(0.0, (timeout - margin) / 2)
+            )
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
@@ -216,6 +243,7 @@ class Settings:
         _check_range(
             "model_call_min_seconds", self.model_call_min_seconds, 0, self.turn_budget_seconds / 2
         )
+        _check_range("tool_timeout_seconds", self.tool_timeout_seconds, 0.1, 3600)
         _check_range("stream_max_delta_bytes", self.stream_max_delta_bytes, 65536, 6 * 1024 * 1024)
         if self.model_api not in ("responses", "chat_completions"):
             raise SettingsError("MODEL_API must be 'responses' or 'chat_completions'")
@@ -256,9 +284,7 @@ class Settings:
                 f"SIGNED_URL_TTL_SECONDS={self.signed_url_ttl_seconds} is outside 1..{limit}"
                 f" for URLs signed with {how}"
             )
-        endpoint = self.iam_credentials_endpoint.rstrip("/")
-        loopback = endpoint.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
-        if not (endpoint.startswith("https://") or loopback):
+        if not https_or_loopback(self.iam_credentials_endpoint):
             # The call carries a bearer token: never in clear text off this machine.
             raise SettingsError("IAM_CREDENTIALS_ENDPOINT must be https:// (or loopback http)")
         if self.results_bucket is not None and not _BUCKET.fullmatch(self.results_bucket):
@@ -275,8 +301,15 @@ class Settings:
             )
         if self.auth_mode == "api_key" and not self.auth_api_keys:
             raise SettingsError("AUTH_MODE=api_key needs AUTH_API_KEYS")
-        if not _LOCAL_OR_HTTPS.match(self.auth_certs_url):
+        if not https_or_loopback(self.auth_certs_url):
             raise SettingsError("AUTH_CERTS_URL must be https (or http on 127.0.0.1/localhost)")
+        if self.auth_mode == "iam" and self.k_service and not csv(self.auth_audience):
+            # Off a fixed list, the audience would come from the request's Host header,
+            # which the caller writes: a token minted for another service would pass.
+            raise SettingsError(
+                f"AUTH_AUDIENCE is required with AUTH_MODE=iam where K_SERVICE is set"
+                f" ({self.k_service!r}): list the function's URLs, comma-separated"
+            )
         for origin in csv(self.cors_allowed_origins):
             if not _ORIGIN.fullmatch(origin):
                 raise SettingsError(
@@ -285,8 +318,45 @@ class Settings:
 
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
-_LOCAL_OR_HTTPS = re.compile(r"https://|http://(127\.0\.0\.1|localhost|\[::1\])[:/]")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def default_deadline_margin(function_timeout_seconds: int) -> float:
+    """DEADLINE_MARGIN_SECONDS when unset: 5 s, or a tenth of a timeout under 50 s (never
+    under 0.1 s), so every timeout the platform allows starts with the default."""
+    return max(0.1, min(5.0, function_timeout_seconds / 10))
+
+
+def https_or_loopback(url: str) -> bool:
+    """An https URL with a host, or http to exactly 127.0.0.1, localhost or ::1; never
+    with user info (``http://localhost:@evil.example/`` names the host evil.example)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    if not host or "@" in parts.netloc or parts.username is not None:
+        return False
+    if parts.scheme == "https":
+        return True
+    return parts.scheme == "http" and host in LOOPBACK_HOSTS
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` without user info, query and fragment: safe to log."""
+    if url is None:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return urllib.parse.urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 def csv(value: str | None) -> list[str]:
