@@ -319,6 +319,7 @@ class Settings:
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_LOOPBACK_NETLOC = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
@@ -341,7 +342,8 @@ def https_or_loopback(url: str) -> bool:
         return False
     if parts.scheme == "https":
         return True
-    return parts.scheme == "http" and host in LOOPBACK_HOSTS
+    # The netloc itself, not the parsed host: urlsplit reads "[::1].evil.example" as ::1.
+    return parts.scheme == "http" and _LOOPBACK_NETLOC.fullmatch(parts.netloc) is not None
 
 
 def redact_url(url: str | None) -> str | None:
