@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Request, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from agent.api import cors, sse
@@ -34,6 +34,11 @@ from agent.service import Service
 from agent.turn.idempotency import run_once, stream_once
 
 log = logging.getLogger(__name__)
+
+BODY_UNREAD = "agent.body_unread"
+"""WSGI environ key set on a request answered before its body was read (a 401, 403, 404,
+405, 413 or 415 to a request that sent one): main.py then keeps functions-framework from
+reading that body, and the connection is closed after the reply."""
 
 _HTTP_CODES = {
     404: ("not_found", "No such route."),
@@ -71,6 +76,8 @@ def create_app(service: Service) -> Flask:
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        if _sent_a_body(request) and not g.get("body_used"):
+            request.environ[BODY_UNREAD] = True
         log.info(
             "%s %s %s",
             request.method,
@@ -104,6 +111,7 @@ def create_app(service: Service) -> Flask:
                 415, "unsupported_media_type", "Send the body as application/json."
             )
         body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        g.body_used = True
         if request.content_length is None and len(body) >= settings.max_request_bytes:
             # A chunked body has no length to check up front, and werkzeug cuts it at
             # the limit silently; a cut body must not be parsed as if it were whole.
@@ -228,6 +236,11 @@ def create_app(service: Service) -> Flask:
 
     cors.install(app, csv(settings.cors_allowed_origins))
     return app
+
+
+def _sent_a_body(req: Request) -> bool:
+    chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+    return chunked or bool(req.content_length)
 
 
 def _error_response(error: errors.ApiError, request_id: str | None = None) -> Response:
