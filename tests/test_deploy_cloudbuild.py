@@ -53,7 +53,7 @@ def test_pipeline_submits_as_the_deployer_with_every_substitution(
 def test_cloudbuild_validates_against_the_cloud_build_schema() -> None:
     tool = Path(sys.executable).with_name("check-jsonschema")
     if not tool.exists():
-        pytest.skip("check-jsonschema is not installed (requirements-dev.txt)")
+        pytest.skip("check-jsonschema is not installed (requirements-dev.in)")
     result = subprocess.run(
         [
             str(tool),
