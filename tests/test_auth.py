@@ -219,7 +219,7 @@ def test_an_empty_host_is_400(
         environ_overrides={"HTTP_HOST": ""},
     )
     assert response.status_code == 400, response.get_json()
-    assert response.get_json()["error"]["code"] == "bad_request"
+    assert response.get_json()["error"]["code"] == "invalid_host"
 
 
 def test_on_the_platform_iam_needs_an_explicit_audience() -> None:

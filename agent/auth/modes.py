@@ -161,7 +161,7 @@ class IamAuth:
         if self._audiences:
             return self._audiences
         if not host:
-            raise errors.ApiError(400, "bad_request", "The request has no Host.")
+            raise errors.ApiError(400, "invalid_host", "The request has no Host header.")
         # The caller writes Host: deriving the audience from it would accept a token
         # minted for any other service. Only a developer's own machine may do that, and
         # on the platform AUTH_AUDIENCE is required (Settings refuses to start without).
