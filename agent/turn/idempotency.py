@@ -121,8 +121,8 @@ def _begin(
 
 
 def _completion(store: IdempotencyStore, claim: KeyClaim) -> Any:
-    def write(batch: Any, outcome: TurnOutcome) -> None:
-        store.completion(claim, outcome.stored(), outcome.expire_at)(batch)
+    def write(batch: Any, outcome: TurnOutcome, generation: str) -> None:
+        store.completion(claim, outcome.stored(), outcome.expire_at, generation)(batch)
 
     return write
 
