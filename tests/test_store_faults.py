@@ -217,31 +217,28 @@ def test_a_commit_held_past_the_deadline_answers_before_the_platform_timeout(
 
 
 def test_a_delete_whose_clean_up_is_held_spares_the_next_life_of_the_id(
-    live_servers: Callable[[dict[str, str]], LiveServer],
+    through: Build,
     make_client: Build,
+    proxy: FaultProxy,
     results_env: dict[str, str],
     model: DemoModelServer,
     storage: StorageEmulator,
 ) -> None:
+    deleter = through(**results_env, firestore_timeout_seconds="8")
     direct = make_client(**results_env)
     model.control(reply_bytes=300_000)
-    old = direct.post(
-        "/chat",
-        json={"message": "first life", "session_id": "b1"},
-        headers={"Idempotency-Key": "k1"},
-    )
-    assert old.status_code == 200
-    with FaultProxy(storage.url.removeprefix("http://")) as storage_proxy:
-        deleter = live_servers(results_env | {"STORAGE_EMULATOR_HOST": storage_proxy.url})
-        # The listing of results/b1/ is held while the id is re-created.
-        rule = storage_proxy.arm("prefix=results%2Fb1%2F", "hold_request", seconds=4)
-        thread, out = in_thread(lambda: deleter.call("DELETE", "/sessions/b1"))
-        assert rule.fired.wait(15)
-        body = {"message": "second life", "session_id": "b1"}
-        new = direct.post("/chat", json=body, headers={"Idempotency-Key": "k2"})
-        assert new.status_code == 200 and new.get_json()["new_session"] is True
-        thread.join(30)
-    assert out and out[0][0] == 204, out
+    first = {"message": "first life", "session_id": "b1"}
+    assert direct.post("/chat", json=first, headers={"Idempotency-Key": "k1"}).status_code == 200
+    # The delete's commit lands, but its reply is held: the clean-up that follows it
+    # waits while a new life of the id begins, with a file and a key of its own.
+    rule = proxy.arm("agent_sessions/b1", "hold_reply", seconds=3, skip=1)  # skip the read
+    thread, out = in_thread(lambda: deleter.delete("/sessions/b1"))
+    assert rule.fired.wait(15)
+    body = {"message": "second life", "session_id": "b1"}
+    new = direct.post("/chat", json=body, headers={"Idempotency-Key": "k2"})
+    assert new.status_code == 200 and new.get_json()["new_session"] is True
+    thread.join(30)
+    assert out[0].status_code == 204, out[0].get_json()
     result = new.get_json()["result"]
     # The new life's file and key survive; the old life's are gone.
     assert storage.object_names() == [f"results/b1/{result['turn_id']}.md"]
@@ -252,6 +249,33 @@ def test_a_delete_whose_clean_up_is_held_spares_the_next_life_of_the_id(
     assert model.request_count == calls
     keys = [s.to_dict() for s in fs.Client().collection(IDEMPOTENCY).stream()]
     assert [k["response"]["reply"] for k in keys] == [new.get_json()["reply"]]
+
+
+def test_an_upload_that_lands_after_its_turn_gave_up_is_swept_by_delete(
+    make_client: Build,
+    settings_env: dict[str, str],
+    live_servers: Callable[[dict[str, str]], LiveServer],
+    results_env: dict[str, str],
+    model: DemoModelServer,
+    storage: StorageEmulator,
+) -> None:
+    direct = make_client(**results_env)
+    word = marker()
+    model.control(reply_bytes=300_000)
+    with FaultProxy(storage.url.removeprefix("http://")) as storage_proxy:
+        server = live_servers(
+            results_env
+            | {"STORAGE_EMULATOR_HOST": storage_proxy.url, "STORAGE_TIMEOUT_SECONDS": "1"}
+        )
+        # The upload reaches the bucket only after the turn stopped waiting for it.
+        rule = storage_proxy.arm(word, "hold_request", seconds=2.5)
+        status, body, _ = server.call("POST", "/chat", {"message": word, "session_id": "o1"})
+        assert status == 200 and body["warnings"][0]["code"] == "result_not_offloaded"
+        time.sleep(max(0.0, rule.fired_at + 3.5 - time.monotonic()))
+    (orphan,) = storage.object_names()  # the late upload, named under its session
+    assert orphan.startswith("results/o1/")
+    assert direct.delete("/sessions/o1").status_code == 204
+    assert storage.object_names() == []
 
 
 # -- C. A running key outlives its turn ------------------------------------------------

@@ -16,9 +16,10 @@ armed with ``arm``. Then, on that connection only, it does what the rule says:
 
 gRPC multiplexes every call of a channel on one HTTP/2 connection and compresses headers,
 so markers are bytes the test controls in a request BODY (a unique word in a user
-message appears raw in the Commit request's protobuf, and in a result upload). A window
-of the previous bytes is kept, so a marker split across reads is still seen. Each armed
-rule fires once. Test code only.
+message appears raw in the Commit request's protobuf, and in a result upload; a
+document's path in a read or a write). The end of the previous read is kept, so a marker
+split across reads is still seen. Each armed rule fires once, after ``skip`` matches.
+Test code only.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Rule:
     action: Action
     seconds: float = 0.0
     then: Literal["release", "cut"] = "release"
+    skip: int = 0
+    """Matches to let through before the one that fires (a session's name is in both
+    the read and the write of a delete)."""
     fired: threading.Event = field(default_factory=threading.Event)
     fired_at: float = 0.0
     """``time.monotonic()`` when the marker was seen."""
@@ -78,8 +82,10 @@ class FaultProxy:
         action: Action,
         seconds: float = 0.0,
         then: Literal["release", "cut"] = "release",
+        skip: int = 0,
     ) -> Rule:
-        rule = Rule(marker.encode() if isinstance(marker, str) else marker, action, seconds, then)
+        raw = marker.encode() if isinstance(marker, str) else marker
+        rule = Rule(raw, action, seconds, then, skip)
         with self._lock:
             self._rules.append(rule)
         return rule
@@ -99,13 +105,20 @@ class FaultProxy:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _take_rule(self, seen: bytes) -> Rule | None:
+    def _take_rule(self, before: bytes, data: bytes) -> Rule | None:
+        """The rule whose marker ends in ``data`` (it may start in ``before``, the bytes
+        already forwarded, but is never counted twice)."""
         with self._lock:
             for rule in self._rules:
-                if rule.marker in seen:
-                    self._rules.remove(rule)
-                    rule.fired_at = time.monotonic()
-                    return rule
+                head = before[max(0, len(before) - len(rule.marker) + 1) :]
+                if rule.marker not in head + data:
+                    continue
+                if rule.skip > 0:
+                    rule.skip -= 1
+                    continue
+                self._rules.remove(rule)
+                rule.fired_at = time.monotonic()
+                return rule
         return None
 
     def _accept(self) -> None:
@@ -166,12 +179,17 @@ class _Connection:
                 break
             if not data:
                 break
-            rule = self._proxy._take_rule(window + data)
+            rule = self._proxy._take_rule(window, data)
             window = (window + data)[-_WINDOW:]
             if rule is not None:
                 self._apply(rule, data)
             elif not self._to_server(data):
                 break
+        with self._lock:
+            if self._held_requests is not None:
+                # The client gave up, but what it sent is on its way: it still arrives
+                # (a write that lands after its caller stopped waiting).
+                return
         self.close()
 
     def _downstream(self) -> None:
