@@ -27,7 +27,7 @@ from flask.testing import FlaskClient
 from google.cloud import firestore as fs
 
 from agent.store.history import HistoryStore
-from agent.store.schema import IDEMPOTENCY, SESSIONS, TTL_FIELD
+from agent.store.schema import CHUNKS, IDEMPOTENCY, SESSIONS, TTL_FIELD
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator, StorageEmulator
 from local.server import LiveServer
@@ -423,3 +423,10 @@ def test_the_claim_write_keeps_the_document_past_the_claims_end(firestore) -> No
         store.claim(session_id, when, until)
         doc = fs.Client().collection(SESSIONS).document(session_id).get().to_dict()
         assert doc[TTL_FIELD] >= until, session_id
+    # A live history with sealed chunks: they are kept past the claim's end too.
+    claim = store.claim("chunked", now, now + dt.timedelta(seconds=30))
+    store.commit(claim, [{"role": "user", "content": "x" * 600_000}], now)
+    until = now + dt.timedelta(seconds=60)
+    store.claim("chunked", now, until)
+    (chunk,) = fs.Client().collection(SESSIONS).document("chunked").collection(CHUNKS).stream()
+    assert chunk.to_dict()[TTL_FIELD] >= until

@@ -48,8 +48,9 @@ Consistency
   looks again: only a claim that is really held is ``SessionBusy`` (a session deleted
   in between is simply created). A claim lapses at its ``claim_until`` (the turn's
   deadline), so a crashed instance never locks a session for good; the claim write
-  also slides ``expire_at`` to at least ``claim_until``, so TTL deletion cannot take
-  the document away in the middle of the turn.
+  also slides ``expire_at`` to at least ``claim_until`` (on the chunks too, when the
+  TTL is shorter than the turn), so TTL deletion cannot take the history away in the
+  middle of the turn.
 * All items of a turn are written in one atomic commit, conditioned on the claim
   write's ``update_time``: if the claim was lost, nothing is written. A run that
   fails leaves the history exactly as it was.
@@ -369,6 +370,9 @@ class HistoryStore:
             # TTL must not delete the document mid-turn: it lives at least as long as the claim.
             slide = {TTL_FIELD: max(data[TTL_FIELD], until), GENERATION: generation}
             batch.update(ref, hold | slide, option=self._precondition(snap.update_time))
+            if data[TTL_FIELD] < until:  # a TTL shorter than the turn: its chunks too
+                for index in range(data[CHUNK_COUNT]):
+                    batch.update(self._chunk_ref(session_id, index), {TTL_FIELD: until})
         results = batch.commit(retry=self._retry, timeout=self._timeout)
         claimed_at = results[0].update_time
         if not live:
