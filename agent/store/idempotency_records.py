@@ -168,14 +168,20 @@ class IdempotencyStore:
 
         return write
 
-    def abandon(self, claim: KeyClaim) -> None:
-        """Forget a record whose turn failed, so a retry runs. Best effort: if this
-        fails, the record lapses at ``running_until``."""
+    def abandon(self, claim: KeyClaim, time_left: float | None = None) -> None:
+        """Forget a record whose turn failed, so a retry runs. Best effort, within
+        ``time_left`` seconds when given (none left: skipped): if this does not happen,
+        the record lapses at ``running_until``. Conditioned on the record as the turn
+        left it, so it also fences a turn commit still on its way (that commit is
+        conditioned on the same record)."""
+        timeout = self._timeout if time_left is None else min(self._timeout, time_left)
+        if timeout < 0.05:
+            return
         with contextlib.suppress(gexc.GoogleAPIError):
             claim.ref.delete(
                 option=self._client.write_option(last_update_time=claim.update_time),
-                retry=self._retry,
-                timeout=self._timeout,
+                retry=bounded_retry(timeout),
+                timeout=timeout,
             )
 
     def forget_session(self, session_id: str, owner: str, generation: str | None) -> None:
