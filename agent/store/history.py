@@ -91,6 +91,7 @@ import contextlib
 import datetime as dt
 import enum
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -121,6 +122,8 @@ from agent.store.schema import (
     UPDATED_AT,
     chunk_id,
 )
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 512 * 1024
 MAX_TURN_BYTES = 3 * 1024 * 1024
@@ -485,10 +488,14 @@ class HistoryStore:
             raise ClaimLost(claim.session_id)  # no time to write: the claim lapses unused
         try:
             batch.commit(retry=bounded_retry(timeout), timeout=timeout)
-        except _REFUSED:
-            self._resolve(claim, ends, refused=True)
-        except _UNKNOWN:
-            self._resolve(claim, ends, refused=False)
+        except (*_REFUSED, *_UNKNOWN) as exc:
+            refused = isinstance(exc, _REFUSED)
+            try:
+                self._resolve(claim, ends, refused=refused)
+            except StoreError as outcome:
+                log.warning("commit failed (%s): %s", type(exc).__name__, type(outcome).__name__)
+                raise
+            log.warning("commit failed (%s) but had landed", type(exc).__name__)
         return stored
 
     def _resolve(self, claim: Claim, ends: float, *, refused: bool) -> None:
