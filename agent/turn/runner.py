@@ -9,6 +9,15 @@ Each model call inside the run is bounded by the same deadline (``deadline.py``)
 
 A turn runs whole (``run``) or streamed (``stream``); both claim, deliver, commit and
 fail the same way, and a streamed turn whose reader goes away commits nothing.
+
+The final commit, and finding out its outcome should its reply be lost, are bounded
+by the time left before the deadline, not by ``FIRESTORE_TIMEOUT_SECONDS`` alone: a
+turn answers before the platform gives up on it. Its outcome decides the answer
+(``agent/store/history.py`` has how it is found out): stored, even if the reply was
+lost, is the 200 the caller earned; not stored is 503 or 504 and the result file the
+turn uploaded is deleted; unknown (Firestore could not be asked in time) is 503 and the
+file stays, where the session's clean-up and the bucket's lifecycle rule find it.
+A turn that takes over an expired id first sweeps the previous life's result objects.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from agent.runtime.streaming import RunEvent, StreamedRun
 from agent.store.history import (
     Claim,
     ClaimLost,
+    CommitUnknown,
     HistoryStore,
     TurnTooLarge,
 )
@@ -81,7 +91,7 @@ class TurnRunner:
     ) -> TurnOutcome:
         """``started`` is the request's ``time.monotonic()`` at arrival; ``owner`` the
         caller's principal, required so that no route can forget it (None, for library
-        use only, skips ownership checks); ``on_commit(batch, outcome)`` adds writes to the turn's
+        use only, skips ownership checks); ``on_commit`` adds writes to the turn's
         commit (the idempotency record)."""
         turn = self._open(session_id, started, owner)
         try:
@@ -156,6 +166,8 @@ class TurnRunner:
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
         with store_errors_as_api_errors():
             claim = session.begin_turn(claim_until)
+        if claim.replaced:
+            self._sweep_previous_life(claim)
         run_deadline = deadline - self._commit_reserve - self._offload_reserve
         return _OpenTurn(session, claim, deadline, run_deadline)
 
@@ -170,6 +182,7 @@ class TurnRunner:
                 session.session_id,
                 result.final_output,
                 turn.deadline - self._commit_reserve - time.monotonic(),
+                turn.claim.generation,
             )
             if delivery.history_text is not None:
                 kept = delivery.history_text
@@ -181,12 +194,16 @@ class TurnRunner:
                 def extra(batch: Any, expire_at: dt.datetime) -> None:
                     assert delivery is not None
                     outcome = _outcome(session.session_id, result, new_session, expire_at, delivery)
-                    done(batch, outcome)
+                    done(batch, outcome, turn.claim.generation)
 
-            history = session.commit_turn(extra_writes=extra)
+            history = session.commit_turn(
+                extra_writes=extra, time_left=turn.deadline - time.monotonic()
+            )
         except BaseException as exc:
             error = self._fail(turn, exc)
-            if delivery is not None and delivery.object_name:
+            # Deleted only when the turn is known not to be stored: a stored turn never
+            # points at a missing file. Unknown: it stays for the sweep and the lifecycle.
+            if delivery is not None and delivery.object_name and not isinstance(exc, CommitUnknown):
                 self._results.discard(delivery.object_name)
             raise error from exc
         return _outcome(session.session_id, result, new_session, history.expire_at, delivery)
@@ -196,13 +213,23 @@ class TurnRunner:
         self._release(turn)
         return _as_api_error(exc)
 
+    def _sweep_previous_life(self, claim: Claim) -> None:
+        """Best effort: delete the result objects of the dead life this claim replaced,
+        so nobody who takes an expired id over reaches them (they could not re-sign
+        them anyway: another generation), and they do not wait for the lifecycle rule."""
+        try:
+            self._results.sweep(claim.session_id, lambda: claim.generation)
+        except errors.ApiError:
+            log.warning("result objects of an expired session left for the lifecycle rule")
+
     @staticmethod
     def _release(turn: _OpenTurn) -> None:
         if turn.session.has_open_turn:
             turn.session.abort_turn()
 
 
-OnCommit = Callable[[Any, TurnOutcome], None]
+OnCommit = Callable[[Any, TurnOutcome, str], None]
+"""``on_commit(batch, outcome, generation)``: writes added to the turn's commit."""
 
 
 @dataclass(frozen=True)
