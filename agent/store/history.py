@@ -127,8 +127,9 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 512 * 1024
 MAX_TURN_BYTES = 3 * 1024 * 1024
-"""Largest history growth one turn may add: its commit is one gRPC message, which
-the client and the emulator cap at 4 MiB."""
+"""Largest history growth one turn may add: our limit. Its commit is one gRPC message;
+the emulator refuses messages over 4 MiB (real Firestore allows 10 MiB), and the tests
+run on the emulator, so the service stays under the tighter cap."""
 _ATTEMPTS = 3
 """How often a claim or a delete whose condition failed looks again before it gives
 up: each failure means the document changed, and a session changes about once a second
