@@ -247,6 +247,9 @@ def _as_api_error(exc: BaseException) -> BaseException:
         return errors.deadline_exceeded()
     if isinstance(exc, MaxTurnsExceeded):
         return errors.max_turns_exceeded()
+    if isinstance(exc, openai.RateLimitError):
+        log.warning("model call refused: over quota or rate limit")
+        return errors.model_overloaded()
     if isinstance(exc, openai.APIError | ModelBehaviorError | TurnTooLarge):
         log.warning("model call failed: %s", type(exc).__name__)
         return errors.model_error()
