@@ -116,6 +116,11 @@ class Settings:
     """A model call is not started with less than this left of the turn; the turn
     ends with 504 at once instead (0 up to half the turn's budget)."""
 
+    model_prices: str | None = None
+    """Prices per million tokens as JSON, ``{"model": {"input": 0.15, "cached_input":
+    0.075, "output": 0.6}}``, over the built-in table (``agent/runtime/pricing.py``).
+    A model in neither gets ``cost_usd: null``."""
+
     tracing_enabled: bool = False
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
     otherwise upload every conversation as soon as any key is configured."""
