@@ -32,6 +32,7 @@ from agent.base.logs import bind_request, trace_fields, unbind
 from agent.base.settings import csv
 from agent.service import Service
 from agent.turn.idempotency import run_once, stream_once
+from agent.turn.outcome import Usage
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def create_app(service: Service) -> Flask:
             )
         g.outcome = "replayed" if replayed else "streamed"
 
-        def on_end(ending: str, usage: dict[str, int] | None) -> None:
+        def on_end(ending: str, usage: Usage | None) -> None:
             # The request line was logged when the headers went out; this is the outcome.
             fields = {"request_id": request_id, "session_id": session_id, "ending": ending}
             spent = None if replayed else usage  # a replay spent nothing on the model

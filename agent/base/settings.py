@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 ModelApi = Literal["responses", "chat_completions"]
+ModelProvider = Literal["openai", "vertex"]
+VERTEX_DEFAULT_MODEL = "google/gemini-2.5-flash"
 AuthMode = Literal["iam", "api_key", "none"]
 GOOGLE_ID_TOKEN_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
@@ -79,6 +81,21 @@ class Settings:
     agent_max_turns: int = 10
     """Model calls one request may make (tool round trips count); 1-100."""
 
+    model_provider: ModelProvider = "openai"
+    """``openai``: OpenAI, or any OpenAI-compatible server at ``OPENAI_BASE_URL``, with
+    ``OPENAI_API_KEY``. ``vertex``: Gemini on Vertex AI's OpenAI-compatible endpoint,
+    authenticated with the runtime's own access token (no key); Chat Completions only,
+    ``AGENT_MODEL`` defaults to ``google/gemini-2.5-flash`` and ``GOOGLE_CLOUD_PROJECT``
+    is required."""
+
+    vertex_location: str = "global"
+    """Vertex AI location of the model (``global``, ``us-central1``, ...)."""
+
+    vertex_endpoint: str | None = None
+    """Base URL of the Vertex AI API. Unset: ``https://aiplatform.googleapis.com`` for
+    the ``global`` location, else ``https://LOCATION-aiplatform.googleapis.com``. https,
+    except on loopback (tests serve a stand-in there)."""
+
     openai_api_key: str | None = field(default=None, repr=False)
     """Key for OpenAI or the compatible server. Never logged (``repr=False``)."""
 
@@ -105,6 +122,11 @@ class Settings:
     """Bound on each tool call (0.1-3600); on timeout the model gets an error result and
     the turn goes on. A sync tool's worker thread cannot be killed: the bound stops the
     waiting, not the work, so tools that compute must bound themselves."""
+
+    model_prices: str | None = None
+    """Prices per million tokens as JSON, ``{"model": {"input": 0.15, "cached_input":
+    0.075, "output": 0.6}}``, over the built-in table (``agent/runtime/pricing.py``).
+    A model in neither gets ``cost_usd: null``."""
 
     tracing_enabled: bool = False
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
@@ -203,6 +225,10 @@ class Settings:
             if raw is None or raw.strip() == "":
                 continue
             values[f.name] = _parse(f.name, str(f.type), raw.strip())
+        if values.get("model_provider") == "vertex":
+            # Vertex AI's OpenAI-compatible endpoint speaks Chat Completions only.
+            values.setdefault("model_api", "chat_completions")
+            values.setdefault("agent_model", VERTEX_DEFAULT_MODEL)
         if "model_api" not in values and values.get("openai_base_url"):
             values["model_api"] = "chat_completions"
         # Defaults that depend on another setting: a default must never make a valid
@@ -247,6 +273,7 @@ class Settings:
         _check_range("stream_max_delta_bytes", self.stream_max_delta_bytes, 65536, 6 * 1024 * 1024)
         if self.model_api not in ("responses", "chat_completions"):
             raise SettingsError("MODEL_API must be 'responses' or 'chat_completions'")
+        self._validate_vertex()
         self._validate_results()
         self._validate_access()
 
@@ -290,6 +317,34 @@ class Settings:
         if self.results_bucket is not None and not _BUCKET.fullmatch(self.results_bucket):
             raise SettingsError(f"RESULTS_BUCKET={self.results_bucket!r} is not a bucket name")
 
+    @property
+    def vertex_base_url(self) -> str:
+        """The OpenAI-compatible base URL of Vertex AI for this project and location."""
+        location = self.vertex_location
+        host = "aiplatform.googleapis.com"
+        default = f"https://{host}" if location == "global" else f"https://{location}-{host}"
+        base = (self.vertex_endpoint or default).rstrip("/")
+        return (
+            f"{base}/v1/projects/{self.google_cloud_project}/locations/{location}/endpoints/openapi"
+        )
+
+    def _validate_vertex(self) -> None:
+        if self.model_provider not in ("openai", "vertex"):
+            raise SettingsError("MODEL_PROVIDER must be 'openai' or 'vertex'")
+        if self.model_provider != "vertex":
+            return
+        if self.model_api != "chat_completions":
+            raise SettingsError(
+                "MODEL_PROVIDER=vertex speaks Chat Completions only: unset MODEL_API"
+            )
+        if not self.google_cloud_project:
+            raise SettingsError("MODEL_PROVIDER=vertex needs GOOGLE_CLOUD_PROJECT")
+        if not _LOCATION.fullmatch(self.vertex_location):
+            raise SettingsError(f"VERTEX_LOCATION={self.vertex_location!r} is not a location")
+        if self.vertex_endpoint is not None and not https_or_loopback(self.vertex_endpoint):
+            # The call carries an access token: never in clear text off this machine.
+            raise SettingsError("VERTEX_ENDPOINT must be https:// (or http on loopback)")
+
     def _validate_access(self) -> None:
         if self.auth_mode not in ("iam", "api_key", "none"):
             raise SettingsError("AUTH_MODE must be 'iam', 'api_key' or 'none'")
@@ -317,6 +372,7 @@ class Settings:
                 )
 
 
+_LOCATION = re.compile(r"[a-z][a-z0-9-]{1,62}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _LOOPBACK_NETLOC = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?")

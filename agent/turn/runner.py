@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from agent.base.settings import Settings
 from agent.results.policy import Delivery, OffloadPolicy, shrink_answer
 from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.pricing import DEFAULT_PRICES, Price, cost_usd
 from agent.runtime.streaming import RunEvent, StreamedRun
 from agent.store.history import (
     Claim,
@@ -49,7 +50,7 @@ from agent.store.history import (
     TurnTooLarge,
 )
 from agent.store.session import FirestoreSession
-from agent.turn.outcome import TurnOutcome
+from agent.turn.outcome import TurnOutcome, Usage
 from agent.turn.store_errors import api_error_of, store_errors_as_api_errors
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,10 @@ class TurnRunner:
         loop: BackgroundLoop,
         settings: Settings,
         results: OffloadPolicy | None = None,
+        prices: Mapping[str, Price] = DEFAULT_PRICES,
     ) -> None:
         self._agent = agent
+        self._prices = prices
         self._store = store
         self._loop = loop
         self._settings = settings
@@ -176,6 +179,7 @@ class TurnRunner:
     ) -> TurnOutcome:
         """Deliver the answer (inline, or offloaded) and commit the turn."""
         session, new_session = turn.session, turn.claim.new_session
+        usage = self._usage(result)
         delivery: Delivery | None = None
         try:
             delivery = self._results.deliver(
@@ -193,7 +197,7 @@ class TurnRunner:
 
                 def extra(batch: Any, expire_at: dt.datetime) -> None:
                     assert delivery is not None
-                    outcome = _outcome(session.session_id, result, new_session, expire_at, delivery)
+                    outcome = _outcome(session.session_id, usage, new_session, expire_at, delivery)
                     done(batch, outcome, turn.claim.generation)
 
             history = session.commit_turn(
@@ -206,7 +210,25 @@ class TurnRunner:
             if delivery is not None and delivery.object_name and not isinstance(exc, CommitUnknown):
                 self._results.discard(delivery.object_name)
             raise error from exc
-        return _outcome(session.session_id, result, new_session, history.expire_at, delivery)
+        return _outcome(session.session_id, usage, new_session, history.expire_at, delivery)
+
+    def _usage(self, result: RunResultBase) -> Usage:
+        """The turn's usage summed over its model calls, and what it cost."""
+        usage = result.context_wrapper.usage
+        cached = usage.input_tokens_details.cached_tokens or 0
+        return {
+            "requests": usage.requests,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+            "cost_usd": cost_usd(
+                self._prices,
+                self._settings.agent_model,
+                input_tokens=usage.input_tokens,
+                cached_input_tokens=cached,
+                output_tokens=usage.output_tokens,
+            ),
+        }
 
     def _fail(self, turn: _OpenTurn, exc: BaseException) -> BaseException:
         """Release the claim (the history stays as it was); the error for the caller."""
@@ -244,22 +266,16 @@ class _OpenTurn:
 
 def _outcome(
     session_id: str,
-    result: RunResultBase,
+    usage: Usage,
     new_session: bool,
     expire_at: dt.datetime,
     delivery: Delivery,
 ) -> TurnOutcome:
-    usage = result.context_wrapper.usage
     return TurnOutcome(
         session_id=session_id,
         reply=delivery.reply,
         new_session=new_session,
-        usage={
-            "requests": usage.requests,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "total_tokens": usage.total_tokens,
-        },
+        usage=usage,
         expire_at=expire_at,
         result=delivery.result,
         warnings=delivery.warnings,
@@ -274,6 +290,9 @@ def _as_api_error(exc: BaseException) -> BaseException:
         return errors.deadline_exceeded()
     if isinstance(exc, MaxTurnsExceeded):
         return errors.max_turns_exceeded()
+    if isinstance(exc, openai.RateLimitError):
+        log.warning("model call refused: over quota or rate limit")
+        return errors.model_overloaded()
     if isinstance(exc, openai.APIError | ModelBehaviorError | TurnTooLarge):
         log.warning("model call failed: %s", type(exc).__name__)
         return errors.model_error()
