@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from google.cloud import firestore
 
 from agent.auth.modes import Authenticator, build_authenticator
-from agent.base.settings import Settings
+from agent.base.settings import Settings, redact_url
 from agent.results.bucket import ResultBucket
 from agent.results.policy import OffloadPolicy
 from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.model import build_model
+from agent.runtime.pricing import parse_prices
 from agent.store.history import HistoryStore
 from agent.store.idempotency_records import IdempotencyStore
 from agent.turn.runner import TurnRunner
@@ -53,6 +54,7 @@ class Service:
 
 def build_service(settings: Settings) -> Service:
     """Build every process-wide object from ``settings``; makes no network call."""
+    prices = parse_prices(settings.model_prices)  # first: a bad table starts nothing
     client = firestore.Client(
         project=settings.google_cloud_project, database=settings.firestore_database
     )
@@ -69,7 +71,7 @@ def build_service(settings: Settings) -> Service:
         "agent %r ready: model %s via %s (%s API); tracing upload %s",
         settings.agent_name,
         settings.agent_model,
-        settings.openai_base_url or "OpenAI",
+        redact_url(settings.openai_base_url) or "OpenAI",  # never its credentials
         settings.model_api,
         "on" if settings.tracing_enabled else "off",
     )
@@ -81,7 +83,7 @@ def build_service(settings: Settings) -> Service:
     return Service(
         settings,
         store,
-        TurnRunner(agent, store, loop, settings, results),
+        TurnRunner(agent, store, loop, settings, results, prices),
         loop,
         results=results,
         auth=build_authenticator(settings),

@@ -15,11 +15,12 @@ from typing import Any
 
 import flask
 import functions_framework
-from agents import Agent, OpenAIChatCompletionsModel, Runner, set_tracing_disabled
+from agents import Agent, OpenAIChatCompletionsModel, Runner, Tool, set_tracing_disabled
 from google.cloud import firestore
 from openai import AsyncOpenAI
 
-from agent.runtime.tools import TOOLS
+from agent.base.settings import Settings
+from agent.runtime.tools import build_tools
 
 set_tracing_disabled(True)
 agent = Agent(
@@ -32,7 +33,7 @@ agent = Agent(
             api_key=os.environ.get("OPENAI_API_KEY", "not-needed"),
         ),
     ),
-    tools=list(TOOLS),
+    tools=list[Tool](build_tools(Settings())),
 )
 sessions = firestore.Client().collection("naive_sessions")
 

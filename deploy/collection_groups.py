@@ -1,5 +1,7 @@
 """Print the Firestore collection groups the service writes, one per line
-(or, with ``--ttl-field``, the name of the field their TTL policies use).
+(or, with ``--ttl-field``, the name of the field their TTL policies use; with
+``--unindexed``, "GROUP FIELD" for every stored field no query filters or orders on, which
+setup exempts from single-field indexing).
 
 They come from ``COLLECTION_GROUPS`` in ``agent/store/schema.py``, read statically (with
 ``ast``) so that the setup script needs only a Python 3 interpreter, not the service's
@@ -18,6 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE_MODULE = "agent.store.schema"
 NAME = "COLLECTION_GROUPS"
 TTL_NAME = "TTL_FIELD"
+
+
+DOC_TYPES = {"SessionDoc": "SESSIONS", "ChunkDoc": "CHUNKS", "KeyDoc": "IDEMPOTENCY"}
+"""Each document TypedDict of the schema, and the constant naming its collection group."""
+QUERIED = frozenset({("IDEMPOTENCY", "SESSION_ID")})
+"""(group constant, field constant) pairs a query filters on: agent_idempotency by
+session_id (store/idempotency_records.py, deleting a session's keys). These keep their
+index; tests/test_deploy_indexes.py fails when the code queries a field not listed here."""
 
 
 class Unresolvable(Exception):
@@ -125,14 +135,45 @@ def ttl_field() -> str:
     return value
 
 
+def _typed_dict_fields(name: str) -> list[str]:
+    tree = ast.parse(_module_path(SOURCE_MODULE).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return [
+                item.target.id
+                for item in node.body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+            ]
+    raise Unresolvable(f"{name} is not a class in {SOURCE_MODULE}")
+
+
+def unindexed() -> list[tuple[str, str]]:
+    """(group, field) for every field of every document type that no query uses."""
+    queried = {
+        (str(resolve(SOURCE_MODULE, group)), str(resolve(SOURCE_MODULE, field)))
+        for group, field in QUERIED
+    }
+    pairs: list[tuple[str, str]] = []
+    for doc_type, group_name in DOC_TYPES.items():
+        group = resolve(SOURCE_MODULE, group_name)
+        if not isinstance(group, str):
+            raise Unresolvable(f"{group_name} is not a string")
+        for field in _typed_dict_fields(doc_type):
+            if (group, field) not in queried:
+                pairs.append((group, field))
+    return pairs
+
+
 def main(argv: list[str]) -> int:
     try:
         if argv == ["--ttl-field"]:
             print(ttl_field())
+        elif argv == ["--unindexed"]:
+            print("\n".join(f"{group} {field}" for group, field in unindexed()))
         elif not argv:
             print("\n".join(dict.fromkeys(collection_groups())))
         else:
-            print("usage: collection_groups.py [--ttl-field]", file=sys.stderr)
+            print("usage: collection_groups.py [--ttl-field | --unindexed]", file=sys.stderr)
             return 2
     except Unresolvable as error:
         print(f"error: {error}", file=sys.stderr)

@@ -36,6 +36,8 @@ load_config() {
   DEPLOYER_SA_EMAIL="$DEPLOYER_SA_NAME@$PROJECT_ID.iam.gserviceaccount.com"
   # shellcheck disable=SC2034
   BUILDER_SA_EMAIL="$BUILDER_SA_NAME@$PROJECT_ID.iam.gserviceaccount.com"
+  # shellcheck disable=SC2034
+  TESTER_SA_EMAIL="$TESTER_SA_NAME@$PROJECT_ID.iam.gserviceaccount.com"
 }
 
 # Commands that change something go through run: printed shell-quoted with --dry-run,
@@ -69,4 +71,15 @@ join_commas() {
     out+="${out:+,}$item"
   done
   printf '%s' "$out"
+}
+
+# --set-env-vars with values that hold commas (AUTH_AUDIENCE lists URLs): gcloud's
+# alternate-delimiter syntax, "^;^A=1;B=x,y" (gcloud topic escaping).
+join_env() {
+  local item out=""
+  for item in "$@"; do
+    [[ "$item" != *";"* ]] || die "value must not contain a semicolon: $item"
+    out+="${out:+;}$item"
+  done
+  printf '^;^%s' "$out"
 }

@@ -48,6 +48,9 @@ fi
 # The service reads these (agent/base/settings.py); the model key is not among them: it comes
 # from Secret Manager only. THREADS sizes gunicorn's thread pool to the concurrency, and the
 # service learns the platform timeout from the same variable that sets --timeout.
+# AUTH_PLATFORM_VERIFIED: Google's front end verifies identity tokens and forwards them
+# with the signature removed; AUTH_AUDIENCE: the service checks signed tokens against the
+# function's own URLs, never against the request's Host.
 env_vars=(
   "GOOGLE_CLOUD_PROJECT=$PROJECT_ID"
   "FIRESTORE_DATABASE=$FIRESTORE_DATABASE"
@@ -60,15 +63,48 @@ env_vars=(
   "SIGNED_URL_TTL_SECONDS=$SIGNED_URL_TTL_SECONDS"
   "RESULT_INLINE_MAX_BYTES=$RESULT_INLINE_MAX_BYTES"
   "SIGNING_SERVICE_ACCOUNT=$RUNTIME_SA_EMAIL"
+  "AUTH_PLATFORM_VERIFIED=true"
 )
 # Empty means "use the service's default"; leave those out rather than pass "".
 [[ -z "$OPENAI_BASE_URL" ]] || env_vars+=("OPENAI_BASE_URL=$OPENAI_BASE_URL")
 [[ -z "$MODEL_API" ]] || env_vars+=("MODEL_API=$MODEL_API")
-env_list="$(join_commas "${env_vars[@]}")"
+join_env "${env_vars[@]}" >/dev/null # refuses a value it cannot carry, before any gcloud call
+
+# The function's two URLs, the tokens' audiences (AUTH_AUDIENCE): the cloudfunctions.net
+# form and Cloud Run's, which is built from the project number. Cloud Build passes
+# PROJECT_NUMBER (a built-in substitution); by hand it is looked up.
+if [[ -z "${PROJECT_NUMBER:-}" ]]; then
+  if [[ "$DRY_RUN" == 1 ]]; then
+    PROJECT_NUMBER=PROJECT_NUMBER
+  else
+    PROJECT_NUMBER="$(gcloud projects describe "$PROJECT_ID" --project="$PROJECT_ID" --format='value(projectNumber)')"
+  fi
+fi
+[[ "$PROJECT_NUMBER" =~ ^[0-9]+$ || "$DRY_RUN" == 1 ]] || die "PROJECT_NUMBER '$PROJECT_NUMBER' is not a project number"
+audiences="https://$REGION-$PROJECT_ID.cloudfunctions.net/$FUNCTION_NAME,https://$FUNCTION_NAME-$PROJECT_NUMBER.$REGION.run.app"
+
+# The secret's version is pinned here: with ":latest", instances started after a new version
+# was added would use it while the warm ones keep the old one. A new key takes effect with
+# the next deploy, for every instance at once.
+if [[ "$DRY_RUN" == 1 ]]; then
+  secret_version=LATEST_ENABLED_VERSION
+else
+  secret_version="$(gcloud secrets versions list "$SECRET_NAME" --filter=state=ENABLED \
+    --sort-by=~createTime --limit=1 --format='value(name.basename())' --project="$PROJECT_ID")"
+  [[ "$secret_version" =~ ^[0-9]+$ ]] || die "secret $SECRET_NAME has no enabled version (deploy/setup.sh adds one)"
+fi
+
+env_vars+=("AUTH_AUDIENCE=$audiences")
+env_list="$(join_env "${env_vars[@]}")"
 
 cd "$REPO_ROOT"
 # --serve-all-traffic-latest-revision: after a rollback pinned traffic to an old revision,
 # the next deploy takes it back. .gcloudignore keeps tests, venvs and data out of --source.
+# No --[no-]allow-unauthenticated: on an existing function gcloud would then set the Cloud
+# Run service's IAM policy (run.services.setIamPolicy, which roles/cloudfunctions.developer
+# lacks), failing every deploy after the first once the new revision already serves. A new
+# function is private: under --quiet gcloud's "allow unauthenticated?" prompt takes its
+# default, no. What the function must not be, public, is checked right after.
 run gcloud functions deploy "$FUNCTION_NAME" \
   --gen2 \
   --region="$REGION" \
@@ -77,9 +113,9 @@ run gcloud functions deploy "$FUNCTION_NAME" \
   --source=. \
   --entry-point="$ENTRY_POINT" \
   --trigger-http \
-  --no-allow-unauthenticated \
   --service-account="$RUNTIME_SA_EMAIL" \
   --build-service-account="projects/$PROJECT_ID/serviceAccounts/$BUILDER_SA_EMAIL" \
+  --docker-repository="projects/$PROJECT_ID/locations/$REGION/repositories/$ARTIFACT_REPOSITORY" \
   --memory="$MEMORY" \
   --cpu="$CPU" \
   --concurrency="$CONCURRENCY" \
@@ -87,6 +123,17 @@ run gcloud functions deploy "$FUNCTION_NAME" \
   --max-instances="$MAX_INSTANCES" \
   --timeout="${FUNCTION_TIMEOUT_SECONDS}s" \
   --set-env-vars="$env_list" \
-  --set-secrets="OPENAI_API_KEY=$SECRET_NAME:latest" \
+  --set-secrets="OPENAI_API_KEY=$SECRET_NAME:$secret_version" \
   --serve-all-traffic-latest-revision \
   --quiet
+
+# Private means: no invoker binding for allUsers or allAuthenticatedUsers on the Cloud Run
+# service behind the function (reading the policy needs run.services.getIamPolicy only).
+if [[ "$DRY_RUN" == 0 ]]; then
+  policy="$(gcloud run services get-iam-policy "$FUNCTION_NAME" --region="$REGION" --project="$PROJECT_ID" \
+    --flatten='bindings[].members' --format='value(bindings.role,bindings.members)')"
+  if grep -Eq $'\t(allUsers|allAuthenticatedUsers)$' <<<"$policy"; then
+    die "function $FUNCTION_NAME is PUBLIC: remove the allUsers/allAuthenticatedUsers binding (gcloud run services remove-iam-policy-binding $FUNCTION_NAME --region=$REGION --member=allUsers --role=roles/run.invoker --project=$PROJECT_ID)"
+  fi
+  log "function $FUNCTION_NAME is private: no public invoker binding"
+fi

@@ -81,8 +81,65 @@ create_service_account() { # name, display name
 create_service_accounts() {
   log "Service accounts"
   create_service_account "$RUNTIME_SA_NAME" "Agent function runtime"
-  create_service_account "$DEPLOYER_SA_NAME" "Agent pipeline (Cloud Build)"
+  create_service_account "$DEPLOYER_SA_NAME" "Agent pipeline deploy (Cloud Build)"
   create_service_account "$BUILDER_SA_NAME" "Agent function image build"
+  create_service_account "$TESTER_SA_NAME" "Agent pipeline tests (Cloud Build, no roles)"
+}
+
+# Firestore indexes every field of every document by default. No query reads these fields
+# (deploy/collection_groups.py --unindexed lists them from agent/store/schema.py), so their
+# index entries are pure cost: more index writes per turn, and a write hotspot on
+# timestamps that rise with every write. One exemption per field; existing ones are kept.
+exempt_unqueried_fields() {
+  local pairs existing="" group field
+  pairs="$(cd "$REPO_ROOT" && "$PYTHON" deploy/collection_groups.py --unindexed)" || die "cannot read the unqueried fields"
+  log "Firestore single-field index exemptions"
+  [[ "$DRY_RUN" == 1 ]] || existing="$(gcloud firestore indexes fields list --database="$FIRESTORE_DATABASE" \
+    --project="$PROJECT_ID" --format='value(name)')"
+  while read -r group field; do
+    grep -q "/collectionGroups/$group/fields/$field\$" <<<"$existing" && continue
+    run gcloud firestore indexes fields update "$field" --collection-group="$group" \
+      --disable-indexes --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async --quiet
+  done <<<"$pairs"
+}
+
+# Custom roles for what no predefined role grants narrowly enough. An existing role whose
+# permissions differ is updated to these.
+ensure_role() { # id, title, permissions (comma-separated)
+  local current=""
+  if [[ "$DRY_RUN" == 0 ]]; then
+    current="$(gcloud iam roles describe "$1" --project="$PROJECT_ID" --format='value(includedPermissions)' 2>/dev/null)" || current="<none>"
+  else
+    current="<none>"
+  fi
+  if [[ "$current" == "<none>" ]]; then
+    run gcloud iam roles create "$1" --project="$PROJECT_ID" --title="$2" --permissions="$3" --stage=GA --quiet
+  elif [[ "$(tr ';,' '\n' <<<"$current" | sort)" != "$(tr ',' '\n' <<<"$3" | sort)" ]]; then
+    run gcloud iam roles update "$1" --project="$PROJECT_ID" --permissions="$3" --quiet
+  fi
+}
+
+create_roles() {
+  log "Custom roles"
+  # signBlob as itself and nothing else: roles/iam.serviceAccountTokenCreator would also let
+  # the function mint access and ID tokens for itself.
+  ensure_role "$SIGNER_ROLE_ID" "Agent: sign blobs (signed URLs)" iam.serviceAccounts.signBlob
+  # What deploying the one function needs beyond roles/cloudfunctions.developer bound on that
+  # function: creating it the first time (the function-level binding needs it to exist),
+  # reading it and its operations, and reading the Cloud Run service's IAM policy to check
+  # the function is not public.
+  ensure_role "$DEPLOY_ROLE_ID" "Agent: create the function, check it is private" \
+    cloudfunctions.functions.create,cloudfunctions.functions.get,cloudfunctions.operations.get,run.services.getIamPolicy
+}
+
+create_repository() {
+  log "Artifact Registry repository $ARTIFACT_REPOSITORY"
+  if [[ "$DRY_RUN" == 0 ]] && gcloud artifacts repositories describe "$ARTIFACT_REPOSITORY" --location="$REGION" \
+    --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1; then
+    return
+  fi
+  run gcloud artifacts repositories create "$ARTIFACT_REPOSITORY" --repository-format=docker \
+    --location="$REGION" --description="Images of the function" --project="$PROJECT_ID" --quiet
 }
 
 # Uniform access (IAM only, no object ACLs), public access prevention, and a lifecycle rule
@@ -145,26 +202,38 @@ create_secret() {
   fi
 }
 
-# kind is one of: projects, buckets, secrets, service-accounts.
+# kind is one of: projects, buckets, secrets, service-accounts, functions, repositories.
 policy_command() {
   case "$1" in
     projects) echo "projects" ;;
     buckets) echo "storage buckets" ;;
     secrets) echo "secrets" ;;
     service-accounts) echo "iam service-accounts" ;;
+    functions) echo "functions" ;;
+    repositories) echo "artifacts repositories" ;;
     *) die "unknown resource kind $1" ;;
   esac
 }
 
+# Regional resources are named by a location flag as well.
+location_flags() {
+  case "$1" in
+    functions) echo "--region=$REGION" ;;
+    repositories) echo "--location=$REGION" ;;
+    *) echo "" ;;
+  esac
+}
+
 grant() { # kind, resource, member, role[, condition]
-  local kind="$1" resource="$2" member="$3" role="$4" condition="${5:-}" command current
+  local kind="$1" resource="$2" member="$3" role="$4" condition="${5:-}" command current where
   read -ra command <<<"$(policy_command "$kind")"
+  read -ra where <<<"$(location_flags "$kind")"
   if [[ "$DRY_RUN" == 0 ]]; then
-    current="$(gcloud "${command[@]}" get-iam-policy "$resource" --project="$PROJECT_ID" \
+    current="$(gcloud "${command[@]}" get-iam-policy "$resource" "${where[@]}" --project="$PROJECT_ID" \
       --flatten='bindings[].members' --format='value(bindings.role,bindings.members)')"
     grep -Fxq "$role"$'\t'"$member" <<<"$current" && return
   fi
-  local args=(gcloud "${command[@]}" add-iam-policy-binding "$resource" --member="$member" --role="$role")
+  local args=(gcloud "${command[@]}" add-iam-policy-binding "$resource" "${where[@]}" --member="$member" --role="$role")
   # Once a project policy holds a conditional binding, gcloud refuses unconditional ones in
   # non-interactive mode unless told so explicitly.
   if [[ -n "$condition" ]]; then
@@ -179,39 +248,65 @@ grant() { # kind, resource, member, role[, condition]
   fi
 }
 
+function_exists() {
+  [[ "$DRY_RUN" == 0 ]] && gcloud functions describe "$FUNCTION_NAME" --region="$REGION" \
+    --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1
+}
+
 grant_roles() {
   log "IAM bindings"
   local runtime="serviceAccount:$RUNTIME_SA_EMAIL"
   local deployer="serviceAccount:$DEPLOYER_SA_EMAIL"
   local builder="serviceAccount:$BUILDER_SA_EMAIL"
+  local tester="serviceAccount:$TESTER_SA_EMAIL"
+  local database="projects/$PROJECT_ID/databases/$FIRESTORE_DATABASE"
 
-  # Runtime: Firestore on the project (the only project-wide role), objects in the results
-  # bucket alone, the one secret, and Token Creator on itself so it can sign URLs (signBlob).
-  grant projects "$PROJECT_ID" "$runtime" roles/datastore.user
+  # Runtime: Firestore in the service's database only (an IAM condition on the database's
+  # resource name), objects in the results bucket alone, the one secret, and signBlob as
+  # itself (signed URLs without a private key), through the custom role.
+  grant projects "$PROJECT_ID" "$runtime" roles/datastore.user \
+    "expression=resource.name == \"$database\",title=agent-database-only"
   grant buckets "gs://$RESULTS_BUCKET" "$runtime" roles/storage.objectUser
   grant secrets "$SECRET_NAME" "$runtime" roles/secretmanager.secretAccessor
-  grant service-accounts "$RUNTIME_SA_EMAIL" "$runtime" roles/iam.serviceAccountTokenCreator
+  grant service-accounts "$RUNTIME_SA_EMAIL" "$runtime" "projects/$PROJECT_ID/roles/$SIGNER_ROLE_ID"
 
-  # Deployer (runs cloudbuild.yaml): deploy functions, write its build log, act as the
-  # runtime and image-build accounts it hands to the function, read the uploaded source.
-  grant projects "$PROJECT_ID" "$deployer" roles/cloudfunctions.developer
+  # Deployer (runs cloudbuild.yaml, no package code): Cloud Functions Developer on the one
+  # function (once it exists; before, the custom role lets the first deploy create it), write
+  # its build log, act as the runtime and image-build accounts it hands to the function, read
+  # the uploaded source, and list the secret's versions to pin one (metadata, not the value).
+  grant projects "$PROJECT_ID" "$deployer" "projects/$PROJECT_ID/roles/$DEPLOY_ROLE_ID"
+  if function_exists; then
+    grant functions "$FUNCTION_NAME" "$deployer" roles/cloudfunctions.developer
+  else
+    log "function $FUNCTION_NAME does not exist yet: after the first deploy, run setup again to bind roles/cloudfunctions.developer on it (updates need it)"
+  fi
   grant projects "$PROJECT_ID" "$deployer" roles/logging.logWriter
   grant service-accounts "$RUNTIME_SA_EMAIL" "$deployer" roles/iam.serviceAccountUser
   grant service-accounts "$BUILDER_SA_EMAIL" "$deployer" roles/iam.serviceAccountUser
   grant buckets "gs://$BUILD_SOURCE_BUCKET" "$deployer" roles/storage.objectViewer
+  grant secrets "$SECRET_NAME" "$deployer" roles/secretmanager.viewer
 
-  # Builder (builds the function's image): write its log and the image, and read the
-  # function source that Cloud Functions stages in its gcf-v2-sources-* bucket, no other.
+  # Builder (builds the function's image): write its log and the image into the one
+  # repository, and read the function source that Cloud Functions stages in its
+  # gcf-v2-sources-* bucket, no other.
   grant projects "$PROJECT_ID" "$builder" roles/logging.logWriter
-  grant projects "$PROJECT_ID" "$builder" roles/artifactregistry.writer
+  grant repositories "$ARTIFACT_REPOSITORY" "$builder" roles/artifactregistry.writer
   grant projects "$PROJECT_ID" "$builder" roles/storage.objectViewer \
     'expression=resource.name.startsWith("projects/_/buckets/gcf-v2-sources-"),title=gcf-v2-sources-only'
+
+  # Tester (runs cloudbuild-test.yaml and so every package the tests install): its build log
+  # and the uploaded source, read-only. Nothing it could change, nothing to deploy with.
+  grant projects "$PROJECT_ID" "$tester" roles/logging.logWriter
+  grant buckets "gs://$BUILD_SOURCE_BUCKET" "$tester" roles/storage.objectViewer
 }
 
 enable_apis
 create_database
 create_ttl_policies
+exempt_unqueried_fields
 create_service_accounts
+create_roles
+create_repository
 create_buckets
 create_secret
 grant_roles

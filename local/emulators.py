@@ -2,7 +2,7 @@
 
 The Firestore emulator is Google's own (the Cloud SDK component), started directly
 with java: gcloud's wrapper forks, and killing the wrapper leaves java running. The
-Cloud Storage emulator is ``gcp-storage-emulator`` from PyPI (requirements-local.txt),
+Cloud Storage emulator is ``gcp-storage-emulator`` from PyPI (requirements-local.in),
 in memory. Each runs in its own process group, stopped by that group's id.
 """
 

@@ -2,7 +2,9 @@
 
 Starts the Firestore emulator (unless FIRESTORE_EMULATOR_HOST points at one), the
 Cloud Storage emulator with a results bucket (unless RESULTS_BUCKET is set), the
-offline demo model (unless OPENAI_API_KEY or OPENAI_BASE_URL is set), then
+offline demo model (unless OPENAI_API_KEY or OPENAI_BASE_URL is set, or
+MODEL_PROVIDER=vertex: then Gemini on Vertex AI as the developer's Application Default
+Credentials, from ``gcloud auth application-default login``), then
 ``functions-framework --target=agent_http``. Ctrl-C stops all of it.
 
 Result URLs are signed with a throw-away key made for this run and point at the
@@ -27,6 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     env = dict(os.environ)
+    vertex = env.get("MODEL_PROVIDER") == "vertex"
+    if vertex and not env.get("GOOGLE_CLOUD_PROJECT"):
+        _say("MODEL_PROVIDER=vertex calls Vertex AI in your project: set GOOGLE_CLOUD_PROJECT")
+        return 2
     env.setdefault("GOOGLE_CLOUD_PROJECT", "demo-local")
     env.setdefault("LOG_LEVEL", "INFO")
     # On a developer's machine; settings refuse "none" where K_SERVICE is set.
@@ -43,7 +49,12 @@ def main() -> int:
             _say(f"Firestore emulator on {emulator.host} (in memory; data is lost on exit)")
         if not env.get("RESULTS_BUCKET"):
             storage = _start_storage(env, Path(key_dir.name))
-        if not env.get("OPENAI_API_KEY") and not env.get("OPENAI_BASE_URL"):
+        if vertex:
+            _say(
+                f"model: Gemini on Vertex AI in project {env['GOOGLE_CLOUD_PROJECT']}, as your"
+                " Application Default Credentials (gcloud auth application-default login)"
+            )
+        elif not env.get("OPENAI_API_KEY") and not env.get("OPENAI_BASE_URL"):
             model = DemoModelServer(port=free_port())
             model.start()
             env["OPENAI_BASE_URL"] = model.base_url

@@ -7,7 +7,10 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from flask.testing import FlaskClient
@@ -17,7 +20,12 @@ from agent.auth.modes import parse_api_keys
 from agent.base.settings import Settings, SettingsError
 from local.demo_model import DemoModelServer
 from tests.support.constants import ALICE_KEY, BOB_KEY, REPO_ROOT, UNREACHABLE_MODEL_URL
-from tests.support.google_id_tokens import CertsServer, SigningKey
+from tests.support.google_id_tokens import (
+    CertsServer,
+    SigningKey,
+    strip_signature,
+    subject_of,
+)
 from tests.support.openapi_contract import assert_conforms
 
 AUDIENCE = "https://agent-abc123-uc.a.run.app"
@@ -160,6 +168,7 @@ def test_unreachable_key_endpoint_is_503_and_stale_keys_still_serve(
     assert response.get_json()["error"]["code"] == "auth_unavailable"
     assert_conforms("POST", "/chat", 503, response.get_json(), response.headers)
     certs.failing = False
+    time.sleep(1.1)  # a failed fetch backs off 1 s before the next attempt
     assert chat(client, google_key.token(AUDIENCE)).status_code == 200
 
 
@@ -176,25 +185,207 @@ def test_cache_expiry_follows_max_age(certs: CertsServer, google_key: SigningKey
     assert certs.fetches == 2
 
 
-def test_audience_defaults_to_the_url_the_request_was_sent_to(
+def test_off_the_platform_only_a_loopback_host_yields_an_audience(
     make_client: Callable[..., FlaskClient], certs: CertsServer, google_key: SigningKey
 ) -> None:
-    client = make_client(auth_mode="iam", auth_certs_url=certs.url, k_service="agent")
-    for audience in ("https://fn.example.com", "https://fn.example.com/agent"):
-        response = client.post(
-            "/chat",
-            json={"message": "hi"},
-            headers={"Authorization": f"Bearer {google_key.token(audience)}"},
-            base_url="http://fn.example.com",
-        )
-        assert response.status_code == 200, (audience, response.get_json())
+    """Issue 10 item 2: Host is the caller's to write, so a token minted for another
+    service must not pass by naming that service's host."""
+    client = make_client(auth_mode="iam", auth_certs_url=certs.url)
+    for base, audience in (
+        ("http://127.0.0.1:8080", "https://127.0.0.1:8080"),
+        ("http://localhost:8080", "https://localhost:8080/"),
+    ):
+        headers = {"Authorization": f"Bearer {google_key.token(audience)}"}
+        response = client.post("/chat", json={"message": "hi"}, headers=headers, base_url=base)
+        assert response.status_code == 200, (base, response.get_json())
+    other_service = google_key.token("https://other-service.example.com")
     response = client.post(
         "/chat",
         json={"message": "hi"},
-        headers={"Authorization": f"Bearer {google_key.token('https://fn.example.com')}"},
-        base_url="http://other.example.com",
+        headers={"Authorization": f"Bearer {other_service}"},
+        base_url="http://other-service.example.com",
     )
-    check_401(response)
+    assert "no audience configured" in check_401(response)
+
+
+def test_an_empty_host_is_400(
+    make_client: Callable[..., FlaskClient], certs: CertsServer, google_key: SigningKey
+) -> None:
+    client = make_client(auth_mode="iam", auth_certs_url=certs.url)
+    response = client.post(
+        "/chat",
+        json={"message": "hi"},
+        headers={"Authorization": f"Bearer {google_key.token('https://x')}"},
+        environ_overrides={"HTTP_HOST": ""},
+    )
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"]["code"] == "invalid_host"
+
+
+def test_on_the_platform_iam_needs_an_explicit_audience() -> None:
+    with pytest.raises(SettingsError, match="AUTH_AUDIENCE is required"):
+        Settings.from_env({"K_SERVICE": "agent"})
+    settings = Settings.from_env({"K_SERVICE": "agent", "AUTH_AUDIENCE": AUDIENCE})
+    assert settings.auth_audience == AUDIENCE
+    refused = run_main({"K_SERVICE": "agent", "AUTH_MODE": "iam"})
+    assert refused.returncode != 0 and "AUTH_AUDIENCE" in refused.stderr
+
+
+# -- tokens Google's front end has verified (signature removed) --------------------
+
+
+GCLOUD_AUDIENCE = "32555940559.apps.googleusercontent.com"
+"""The audience of ``gcloud auth print-identity-token`` without --audiences: gcloud's
+OAuth client id (googlecloudsdk/core/config.py CLOUDSDK_CLIENT_ID)."""
+
+
+def test_a_stripped_token_is_401_unless_the_platform_verified_it(
+    iam_client: FlaskClient, google_key: SigningKey
+) -> None:
+    stripped = strip_signature(google_key.token(AUDIENCE))
+    assert "signature removed" in check_401(chat(iam_client, stripped))
+
+
+@pytest.fixture
+def platform_client(make_client: Callable[..., FlaskClient], certs: CertsServer) -> FlaskClient:
+    return make_client(
+        auth_mode="iam",
+        auth_audience=AUDIENCE,
+        auth_certs_url=certs.url,
+        auth_platform_verified="true",
+    )
+
+
+def test_a_stripped_token_checks_issuer_and_expiry_but_not_audience(
+    platform_client: FlaskClient, google_key: SigningKey, stranger_key: SigningKey
+) -> None:
+    # The platform accepted gcloud's audience for a person's token; so do we.
+    person = strip_signature(google_key.token(GCLOUD_AUDIENCE, email="ada@example.com"))
+    assert chat(platform_client, person, session_id="p1").status_code == 200
+    for bad, reason in (
+        (google_key.token(AUDIENCE, issued_ago=7200, lifetime=3600), "expired"),
+        (google_key.token(AUDIENCE, issuer="https://evil.example.com"), "issuer"),
+        (google_key.token(AUDIENCE, issued_ago=-600), "not yet valid"),
+    ):
+        assert reason in check_401(chat(platform_client, strip_signature(bad)))
+    # Within the clock skew, as for signed tokens.
+    almost = google_key.token(AUDIENCE, issued_ago=3610, lifetime=3600)
+    assert chat(platform_client, strip_signature(almost)).status_code == 200
+    # Signed tokens keep full verification with the setting on.
+    assert "bad signature" in check_401(chat(platform_client, stranger_key.token(AUDIENCE)))
+    assert "wrong audience" in check_401(chat(platform_client, google_key.token(GCLOUD_AUDIENCE)))
+
+
+def test_the_serverless_header_is_read_first(
+    platform_client: FlaskClient, google_key: SigningKey
+) -> None:
+    alice = strip_signature(google_key.token(AUDIENCE, email="alice@example.com"))
+    bob = strip_signature(google_key.token(AUDIENCE, email="bob@example.com"))
+    both = {"X-Serverless-Authorization": f"Bearer {alice}", "Authorization": "Bearer app.own"}
+    response = platform_client.post(
+        "/chat", json={"message": "hi", "session_id": "h1"}, headers=both
+    )
+    assert response.status_code == 200, response.get_json()
+    as_alice = {"Authorization": f"Bearer {alice}"}
+    assert platform_client.get("/sessions/h1", headers=as_alice).status_code == 200
+    as_bob = {"X-Serverless-Authorization": f"Bearer {bob}", "Authorization": f"Bearer {alice}"}
+    assert platform_client.get("/sessions/h1", headers=as_bob).status_code == 404
+
+
+# -- one caller, one principal ------------------------------------------------------
+
+
+def test_a_token_with_or_without_email_names_the_same_principal(
+    iam_client: FlaskClient, google_key: SigningKey
+) -> None:
+    """Issue 10 item 8: tokens minted without includeEmail carry no email; the session
+    must not read as absent to the same account's other tokens."""
+    with_email = google_key.token(AUDIENCE, email="ci@proj.iam.gserviceaccount.com")
+    sub = subject_of("ci@proj.iam.gserviceaccount.com")
+    without = google_key.token(AUDIENCE, email=None, sub=sub)
+    assert chat(iam_client, with_email, session_id="same").status_code == 200
+    response = iam_client.get("/sessions/same", headers={"Authorization": f"Bearer {without}"})
+    assert response.status_code == 200, response.get_json()
+
+
+def test_the_allow_list_names_an_email_or_a_sub(
+    make_client: Callable[..., FlaskClient], certs: CertsServer, google_key: SigningKey
+) -> None:
+    ci_sub = subject_of("ci@proj.iam.gserviceaccount.com")
+    client = make_client(
+        auth_mode="iam",
+        auth_audience=AUDIENCE,
+        auth_certs_url=certs.url,
+        auth_allowed_principals=f"alice@example.com, sub:{ci_sub}",
+    )
+    ci_without_email = google_key.token(AUDIENCE, email=None, sub=ci_sub)
+    ci_with_email = google_key.token(AUDIENCE, email="ci@proj.iam.gserviceaccount.com")
+    alice_without_email = google_key.token(
+        AUDIENCE, email=None, sub=subject_of("alice@example.com")
+    )
+    assert chat(client, ci_without_email).status_code == 200
+    assert chat(client, ci_with_email).status_code == 200
+    assert chat(client, google_key.token(AUDIENCE, email="alice@example.com")).status_code == 200
+    # An email the token does not carry cannot be matched: name such accounts by sub.
+    assert chat(client, alice_without_email).status_code == 403
+    # An unverified email names nobody.
+    unverified = google_key.token(
+        AUDIENCE, email="alice@example.com", sub="999", email_verified=False
+    )
+    assert chat(client, unverified).status_code == 403
+
+
+# -- the key cache under failure ----------------------------------------------------
+
+
+def test_a_failing_key_endpoint_is_fetched_once_by_concurrent_calls_then_backs_off(
+    certs: CertsServer, google_key: SigningKey
+) -> None:
+    """Issue 10 item 6: 8 concurrent calls used to make 9 serialised fetches."""
+    certs.failing = True
+    cache = google_tokens.CertCache(certs.url)
+    start = threading.Barrier(8)
+
+    def one() -> str:
+        start.wait()
+        try:
+            google_tokens.verify(google_key.token(AUDIENCE), cache, [AUDIENCE])
+        except google_tokens.CertsUnavailable:
+            return "unavailable"
+        return "ok"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda _: one(), range(8)))
+    assert outcomes == ["unavailable"] * 8
+    assert certs.fetches == 1
+    for _ in range(5):  # within the backoff: no new fetch
+        with pytest.raises(google_tokens.CertsUnavailable):
+            google_tokens.verify(google_key.token(AUDIENCE), cache, [AUDIENCE])
+    assert certs.fetches == 1
+
+
+def test_the_fetch_runs_outside_the_lock(google_key: SigningKey) -> None:
+    """While one (slow) refetch runs, callers holding keys are answered at once."""
+    clock = [0.0]
+    gate = threading.Event()
+    certs = CertsServer(google_key, max_age=60)
+    try:
+        cache = google_tokens.CertCache(certs.url, clock=lambda: clock[0])
+        google_tokens.verify(google_key.token(AUDIENCE), cache, [AUDIENCE])
+        clock[0] = 61  # stale: the next call refetches
+        certs.delay = gate  # the stand-in now waits for the gate before answering
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(google_tokens.verify, google_key.token(AUDIENCE), cache, [AUDIENCE])
+            time.sleep(0.2)
+            started = time.monotonic()
+            google_tokens.verify(google_key.token(AUDIENCE), cache, [AUDIENCE])
+            assert time.monotonic() - started < 0.5
+            gate.set()
+            slow.result(timeout=10)
+        assert certs.fetches == 2
+    finally:
+        gate.set()
+        certs.stop()
 
 
 def test_principals_outside_the_allow_list_are_403(
@@ -224,7 +415,7 @@ def test_tokens_never_reach_the_log(
     chat(iam_client, good)
     chat(iam_client, expired)
     logged = "\n".join(str(r.__dict__) for r in caplog.records)
-    assert "alice@example.com" in logged  # the principal is there
+    assert f"sub:{subject_of('alice@example.com')}" in logged  # the principal is there
     for token in (good, expired):
         for part in token.split("."):
             assert part not in logged

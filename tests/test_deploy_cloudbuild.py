@@ -1,8 +1,9 @@
-"""The pipeline: deploy/pipeline.sh submits cloudbuild.yaml as the deployer account with
-every substitution it defines; cloudbuild.yaml validates against Cloud Build's schema, uses
-exactly the substitutions it defines, whose defaults equal deploy/config.env, and runs the
-tests (with the Firestore emulator required) before the deploy, with Cloud Logging and
-timeouts that fit.
+"""The pipeline: deploy/pipeline.sh uploads the last commit and submits cloudbuild-test.yaml
+as the tester account, then cloudbuild.yaml as the deployer account, each with every
+substitution it defines; both validate against Cloud Build's schema, use exactly the
+substitutions they define, whose defaults equal deploy/config.env, run their images pinned
+by digest, and log to Cloud Logging with timeouts that fit. The test build requires the
+Firestore emulator of the pinned SDK release.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.deploy_scenarios import (
+    BUILD_CONFIGS,
     CONFIG,
     DEPLOY,
     PROJECT,
@@ -31,35 +32,59 @@ from tests.support.deploy_scenarios import (
 pytestmark = pytest.mark.usefixtures("repo_on_path")
 
 
-def test_pipeline_submits_as_the_deployer_with_every_substitution(
+def test_pipeline_tests_as_the_tester_then_deploys_as_the_deployer(
     scenario: Scenario,
 ) -> None:
-    (argv,) = calls_of(scenario.pipeline, "builds", "submit")
-    flags = flags_of(argv)
-    assert flags["config"] == "cloudbuild.yaml"
-    assert (
-        flags["service-account"]
-        == f"projects/{PROJECT}/serviceAccounts/{sa_email('DEPLOYER_SA_NAME')}"
-    )
-    assert flags["gcs-source-staging-dir"] == f"gs://{expanded('BUILD_SOURCE_BUCKET')}/source"
-    assert flags["ignore-file"] == "deploy/build.gcloudignore"
-    passed = dict(item.split("=", 1) for item in flags["substitutions"].split(","))
-    defined = cloudbuild()["substitutions"]
-    assert set(passed) == set(defined)
-    for key, value in passed.items():
-        assert value == expanded(key[1:]), key
+    """Issue 10 item 7: no package code runs with deploy rights. The test build runs as an
+    account with no role that changes anything; the deploy build, after it, as the deployer,
+    on its own upload of the same commit."""
+    tests, deploy = calls_of(scenario.pipeline, "builds", "submit")
+    for argv, config, account in (
+        (tests, "cloudbuild-test.yaml", "TESTER_SA_NAME"),
+        (deploy, "cloudbuild.yaml", "DEPLOYER_SA_NAME"),
+    ):
+        flags = flags_of(argv)
+        assert flags["config"] == config
+        assert flags["service-account"] == (
+            f"projects/{PROJECT}/serviceAccounts/{sa_email(account)}"
+        )
+        assert flags["gcs-source-staging-dir"] == f"gs://{expanded('BUILD_SOURCE_BUCKET')}/source"
+        assert flags["ignore-file"] == "deploy/build.gcloudignore"
+        assert argv[2] == "."
+        passed = dict(item.split("=", 1) for item in flags["substitutions"].split(","))
+        defined = cloudbuild(config)["substitutions"]
+        assert set(passed) == set(defined)
+        for key, value in passed.items():
+            assert value == expanded(key[1:]), key
+    # The tester holds nothing but its log and a read of the uploaded source.
+    from tests.test_deploy_iam import expected_bindings
+
+    tester = "serviceAccount:" + sa_email("TESTER_SA_NAME")
+    roles = {(b[0], b[3]) for b in expected_bindings() if b[2] == tester}
+    assert roles == {
+        ("projects", "roles/logging.logWriter"),
+        ("buckets", "roles/storage.objectViewer"),
+    }
 
 
-def test_cloudbuild_validates_against_the_cloud_build_schema() -> None:
+def test_the_builds_get_the_commit_not_the_working_tree(scenario: Scenario) -> None:
+    text = (DEPLOY / "pipeline.sh").read_text()
+    assert 'git -C "$REPO_ROOT" archive --format=tar "$commit"' in text
+    assert 'cd "$source_dir"' in text
+    assert "commit " in scenario.pipeline.output()
+
+
+@pytest.mark.parametrize("config", BUILD_CONFIGS)
+def test_cloudbuild_validates_against_the_cloud_build_schema(config: str) -> None:
     tool = Path(sys.executable).with_name("check-jsonschema")
     if not tool.exists():
-        pytest.skip("check-jsonschema is not installed (requirements-dev.txt)")
+        pytest.skip("check-jsonschema is not installed (requirements-dev.in)")
     result = subprocess.run(
         [
             str(tool),
             "--builtin-schema",
             "vendor.cloudbuild",
-            str(REPO / "cloudbuild.yaml"),
+            str(REPO / config),
         ],
         capture_output=True,
         text=True,
@@ -77,8 +102,9 @@ def used_substitutions(node: object) -> set[str]:
     return set()
 
 
-def test_cloudbuild_substitutions_defined_used_and_equal_to_config() -> None:
-    config = cloudbuild()
+@pytest.mark.parametrize("name", BUILD_CONFIGS)
+def test_cloudbuild_substitutions_defined_used_and_equal_to_config(name: str) -> None:
+    config = cloudbuild(name)
     defined: dict[str, str] = config["substitutions"]
     used = used_substitutions({k: v for k, v in config.items() if k != "substitutions"})
     assert used == set(defined), (
@@ -91,30 +117,49 @@ def test_cloudbuild_substitutions_defined_used_and_equal_to_config() -> None:
         )
 
 
-def test_cloudbuild_steps_test_then_deploy_with_logs_and_timeouts() -> None:
-    config = cloudbuild()
-    steps: list[dict[str, Any]] = config["steps"]
-    assert [step["id"] for step in steps] == ["test", "deploy"]
-    assert all("waitFor" not in step for step in steps), (
-        "steps run in order: deploy only after tests pass"
-    )
-    assert steps[0]["args"] == ["deploy/build-test.sh"]
-    assert steps[1]["args"] == ["deploy/deploy.sh"]
-    assert "3.12" in str(steps[0]["name"])
-    options: dict[str, Any] = config["options"]
-    assert options["logging"] == "CLOUD_LOGGING_ONLY"
-    seconds = [int(str(step["timeout"]).rstrip("s")) for step in steps]
-    assert int(str(config["timeout"]).rstrip("s")) >= sum(seconds)
-    # The deploy step's environment names exactly the config keys it overrides.
-    env_names = {item.split("=", 1)[0] for item in steps[1]["env"]}
-    assert env_names == {"PROJECT_ID"} | {key[1:] for key in config["substitutions"]}
+def test_each_build_has_one_step_with_logs_and_timeouts() -> None:
+    test_build, deploy_build = cloudbuild("cloudbuild-test.yaml"), cloudbuild("cloudbuild.yaml")
+    (test_step,) = test_build["steps"]
+    (deploy_step,) = deploy_build["steps"]
+    assert test_step["args"] == ["deploy/build-test.sh"]
+    assert deploy_step["args"] == ["deploy/deploy.sh"]
+    assert "3.12" in expanded("TEST_IMAGE")
+    for config, step in ((test_build, test_step), (deploy_build, deploy_step)):
+        assert config["options"]["logging"] == "CLOUD_LOGGING_ONLY"
+        assert int(str(config["timeout"]).rstrip("s")) > int(str(step["timeout"]).rstrip("s"))
+    # The deploy step's environment names exactly the config keys it overrides, and the
+    # project number Cloud Build knows (the function's run.app URL is built from it).
+    env_names = {item.split("=", 1)[0] for item in deploy_step["env"]}
+    overridden = {key[1:] for key in deploy_build["substitutions"]} - {"DEPLOY_IMAGE"}
+    assert env_names == {"PROJECT_ID", "PROJECT_NUMBER"} | overridden
+    assert "PROJECT_NUMBER=$PROJECT_NUMBER" in deploy_step["env"]
 
 
-def test_build_test_step_requires_the_firestore_emulator() -> None:
+DIGEST = re.compile(r"^[a-z0-9.-]+(/[a-z0-9._-]+)*(:[A-Za-z0-9._-]+)?@sha256:[0-9a-f]{64}$")
+
+
+def test_build_images_are_pinned_by_digest() -> None:
+    """Issue 10 item 7: a tag can be moved to other code; a digest cannot."""
+    assert cloudbuild("cloudbuild-test.yaml")["steps"][0]["name"] == "${_TEST_IMAGE}"
+    assert cloudbuild("cloudbuild.yaml")["steps"][0]["name"] == "${_DEPLOY_IMAGE}"
+    for name in ("TEST_IMAGE", "DEPLOY_IMAGE"):
+        assert DIGEST.match(expanded(name)), f"{name}={expanded(name)} is not pinned by digest"
+    assert not DIGEST.match("python:3.12-slim-bookworm")
+    notes = (DEPLOY / "config.env").read_text()
+    assert "To update" in notes and "imagetools inspect" in notes
+
+
+def test_build_test_step_requires_the_pinned_firestore_emulator() -> None:
     text = (DEPLOY / "build-test.sh").read_text()
     assert "REQUIRE_FIRESTORE_EMULATOR=1 make test" in text
     assert (
         "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
         in text
     )
-    assert "google-cloud-cli-firestore-emulator" in text
+    # Issue 10 item 8: since SDK 529 the emulator needs Java 21; the image's Java is 17.
+    assert '"google-cloud-cli-firestore-emulator=$EMULATOR_SDK_VERSION"' in text
+    assert '"google-cloud-cli=$EMULATOR_SDK_VERSION"' in text
+    assert expanded("EMULATOR_SDK_VERSION") == "528.0.0-0"
+    assert "bookworm" in expanded("TEST_IMAGE")  # Debian 12: OpenJDK 17
+    step = cloudbuild("cloudbuild-test.yaml")["steps"][0]
+    assert step["env"] == ["EMULATOR_SDK_VERSION=${_EMULATOR_SDK_VERSION}"]

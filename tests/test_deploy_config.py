@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.support.deploy_scenarios import (
+    BUILD_CONFIGS,
     CONFIG,
     DEPLOY,
     PROJECT,
@@ -61,6 +62,13 @@ def test_every_config_value_can_be_overridden_from_the_environment(
         "LOG_LEVEL": "DEBUG",
         "SIGNED_URL_TTL_SECONDS": "777",
         "RESULT_INLINE_MAX_BYTES": "99999",
+        "ARTIFACT_REPOSITORY": "repo-override",
+        "TESTER_SA_NAME": "ts-override",
+        "SIGNER_ROLE_ID": "signerOverride",
+        "DEPLOY_ROLE_ID": "deployOverride",
+        "TEST_IMAGE": "python:3.12-slim@sha256:" + "1" * 64,
+        "DEPLOY_IMAGE": "gcr.io/x/gcloud@sha256:" + "2" * 64,
+        "EMULATOR_SDK_VERSION": "527.0.0-0",
     }
     assert set(overrides) == set(CONFIG), "keep this list in step with config.env"
     out = ""
@@ -81,6 +89,7 @@ def test_every_config_value_can_be_overridden_from_the_environment(
         "SESSION_TTL_SECONDS": "SESSION_TTL_SECONDS=4321",
         "SIGNED_URL_TTL_SECONDS": "SIGNED_URL_TTL_SECONDS=777",
         "RESULT_INLINE_MAX_BYTES": "RESULT_INLINE_MAX_BYTES=99999",
+        "EMULATOR_SDK_VERSION": "_EMULATOR_SDK_VERSION=527.0.0-0",
     }
     for name, text in expected.items():
         assert text in out, f"override of {name} ({text}) did not reach any command"
@@ -90,10 +99,9 @@ def test_defaults_live_only_in_config_env() -> None:
     """A default repeated in a script would drift from config.env; only cloudbuild.yaml's
     substitution block (checked equal above) may repeat them."""
     texts = {name: (DEPLOY / name).read_text() for name in SCRIPTS}
-    config = cloudbuild()
-    texts["cloudbuild.yaml"] = yaml.safe_dump(
-        {k: v for k, v in config.items() if k != "substitutions"}
-    )
+    for build in BUILD_CONFIGS:
+        config = cloudbuild(build)
+        texts[build] = yaml.safe_dump({k: v for k, v in config.items() if k != "substitutions"})
     for name, value in CONFIG.items():
         if len(value) < 4 or value.isdigit() or "$" in value or value == "(default)":
             continue

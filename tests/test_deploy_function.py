@@ -20,10 +20,12 @@ from tests.support.deploy_scenarios import (
     Run,
     Scenario,
     calls_of,
+    env_of,
     expanded,
     flags_of,
     run_script,
     sa_email,
+    seed_secret,
 )
 
 pytestmark = pytest.mark.usefixtures("repo_on_path")
@@ -57,11 +59,15 @@ def deploy_problems(argv: list[str]) -> list[str]:
     """What is wrong with a `gcloud functions deploy` call, by this project's rules."""
     flags = flags_of(argv)
     problems: list[str] = []
-    for required in ("gen2", "trigger-http", "no-allow-unauthenticated"):
+    for required in ("gen2", "trigger-http", "quiet"):
         if required not in flags:
             problems.append(f"--{required} missing")
     if "allow-unauthenticated" in flags:
         problems.append("--allow-unauthenticated makes the function public")
+    if "no-allow-unauthenticated" in flags:
+        # On an existing function gcloud then sets the Cloud Run service's IAM policy,
+        # which roles/cloudfunctions.developer cannot: every deploy after the first fails.
+        problems.append("--no-allow-unauthenticated fails on updates (run.services.setIamPolicy)")
     if flags.get("runtime") not in ("python311", "python312", "python313"):
         problems.append(f"runtime {flags.get('runtime')} is not a current Python runtime")
     if flags.get("entry-point") != "agent_http":
@@ -80,7 +86,13 @@ def deploy_problems(argv: list[str]) -> list[str]:
         low, high = MEMORY_RANGE_MIB.get(int(cpu), (0, 0))
         if not low <= memory_mib(flags["memory"]) <= high:
             problems.append(f"{flags['memory']} is outside {low}-{high} MiB for {int(cpu)} vCPU")
-    env = dict(item.split("=", 1) for item in flags.get("set-env-vars", "").split(",") if item)
+    env = env_of(flags)
+    if env.get("AUTH_PLATFORM_VERIFIED") != "true":
+        problems.append("AUTH_PLATFORM_VERIFIED=true missing: the front end strips signatures")
+    if not env.get("AUTH_AUDIENCE"):
+        problems.append("AUTH_AUDIENCE missing: the service refuses to start without it")
+    if flags.get("set-secrets", "").endswith(":latest"):
+        problems.append("the secret's version must be pinned, not latest")
     if env.get("THREADS") != str(concurrency):
         problems.append(f"THREADS={env.get('THREADS')} differs from --concurrency={concurrency}")
     timeout = flags.get("timeout", "")
@@ -122,15 +134,20 @@ def test_deploy_flags_come_from_the_config(scenario: Scenario) -> None:
         flags["build-service-account"]
         == f"projects/{PROJECT}/serviceAccounts/{sa_email('BUILDER_SA_NAME')}"
     )
-    assert flags["set-secrets"] == f"OPENAI_API_KEY={expanded('SECRET_NAME')}:latest"
+    # The newest enabled version at deploy time (the fake project has version 1).
+    assert flags["set-secrets"] == f"OPENAI_API_KEY={expanded('SECRET_NAME')}:1"
     assert flags["source"] == "."
+    assert flags["docker-repository"] == (
+        f"projects/{PROJECT}/locations/{expanded('REGION')}/repositories/"
+        f"{expanded('ARTIFACT_REPOSITORY')}"
+    )
 
 
 def test_deploy_env_vars_are_settings_the_service_reads(scenario: Scenario) -> None:
     from agent.base.settings import Settings
 
     flags = flags_of(the_deploy(scenario.deploy))
-    env = dict(item.split("=", 1) for item in flags["set-env-vars"].split(","))
+    env = env_of(flags)
     known = {f.name.upper() for f in fields(Settings)}
     platform = {"THREADS"}  # read by functions-framework's gunicorn
     # Read by the results feature (issue 3) once it lands in agent/settings.py.
@@ -145,12 +162,59 @@ def test_deploy_env_vars_are_settings_the_service_reads(scenario: Scenario) -> N
     assert env["SIGNING_SERVICE_ACCOUNT"] == sa_email("RUNTIME_SA_NAME")
     assert env["RESULTS_BUCKET"] == expanded("RESULTS_BUCKET")
     assert "OPENAI_BASE_URL" not in env and "MODEL_API" not in env, "empty values are left out"
+    # Issue 10 items 1 and 2: behind the front end, with the function's own URLs.
+    region, name = expanded("REGION"), expanded("FUNCTION_NAME")
+    assert env["AUTH_PLATFORM_VERIFIED"] == "true"
+    assert env["AUTH_AUDIENCE"].split(",") == [
+        f"https://{region}-{PROJECT}.cloudfunctions.net/{name}",
+        f"https://{name}-123456789012.{region}.run.app",  # the fake project's number
+    ]
+    # The service starts with exactly this environment on the platform.
+    Settings.from_env(env | {"K_SERVICE": name})
+
+
+def test_updates_never_touch_the_services_iam_policy_and_check_it_is_private(
+    scenario: Scenario,
+) -> None:
+    """Issue 10 item 8: `--no-allow-unauthenticated` on an existing function makes gcloud
+    call run.services.setIamPolicy (googlecloudsdk command_lib/functions/v2/deploy/
+    command.py), which the deployer does not have. Neither flag is passed; each deploy
+    then reads the Cloud Run service's policy and fails if allUsers may invoke."""
+    for run in (scenario.deploy, scenario.redeploy):
+        argv = the_deploy(run)
+        assert not any("allow-unauthenticated" in a for a in argv)
+        assert "--quiet" in argv  # a new function: the prompt's default, private
+        (check,) = calls_of(run, "run", "services", "get-iam-policy")
+        assert check[3] == expanded("FUNCTION_NAME")
+        assert run.argvs.index(check) > run.argvs.index(argv)
+        assert "is private" in run.output()
+
+
+def test_a_public_function_fails_the_deploy(tmp_path: Path) -> None:
+    import json
+
+    fake = seed_secret(tmp_path)
+    state = json.loads((fake / "state.json").read_text())
+    state["run_policy"] = [["roles/run.invoker", "allUsers"]]
+    (fake / "state.json").write_text(json.dumps(state))
+    run = run_script("deploy.sh", fake, check=False)
+    assert run.result.returncode != 0
+    assert "is PUBLIC" in run.result.stderr
+
+
+def test_the_project_number_comes_from_cloud_build_or_is_looked_up(tmp_path: Path) -> None:
+    fake = seed_secret(tmp_path)
+    given = run_script("deploy.sh", fake, env={"PROJECT_NUMBER": "42"})
+    assert calls_of(given, "projects", "describe") == []
+    assert ".run.app" in env_of(flags_of(the_deploy(given)))["AUTH_AUDIENCE"]
+    assert "https://agent-42." in env_of(flags_of(the_deploy(given)))["AUTH_AUDIENCE"]
 
 
 def test_timeout_override_moves_flag_and_setting_together(tmp_path: Path) -> None:
-    argv = the_deploy(run_script("deploy.sh", tmp_path, env={"FUNCTION_TIMEOUT_SECONDS": "900"}))
+    fake = seed_secret(tmp_path)
+    argv = the_deploy(run_script("deploy.sh", fake, env={"FUNCTION_TIMEOUT_SECONDS": "900"}))
     assert flags_of(argv)["timeout"] == "900s"
-    assert "FUNCTION_TIMEOUT_SECONDS=900" in flags_of(argv)["set-env-vars"].split(",")
+    assert env_of(flags_of(argv))["FUNCTION_TIMEOUT_SECONDS"] == "900"
     assert deploy_problems(argv) == []
 
 
@@ -169,7 +233,7 @@ def test_timeout_override_moves_flag_and_setting_together(tmp_path: Path) -> Non
         ),
         ({"FUNCTION_TIMEOUT_SECONDS": "3601"}, "1-3600"),
         ({"RUNTIME": "python39"}, "python311"),
-        ({"AGENT_MODEL": "a,b"}, "must not contain a comma"),
+        ({"AGENT_MODEL": "a;b"}, "must not contain a semicolon"),
         ({"PROJECT_ID": ""}, "set PROJECT_ID"),
     ],
 )
@@ -185,11 +249,17 @@ def test_deploy_refuses_inconsistent_settings(
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        (
-            lambda a: [x for x in a if x != "--no-allow-unauthenticated"],
-            "--no-allow-unauthenticated missing",
-        ),
+        (lambda a: [*a, "--no-allow-unauthenticated"], "fails on updates"),
         (lambda a: [*a, "--allow-unauthenticated"], "makes the function public"),
+        (lambda a: [x for x in a if x != "--quiet"], "--quiet missing"),
+        (
+            lambda a: [re.sub(r"AUTH_PLATFORM_VERIFIED=true", "X=1", x) for x in a],
+            "AUTH_PLATFORM_VERIFIED",
+        ),
+        (
+            lambda a: [re.sub(r":1$", ":latest", x) for x in a],
+            "must be pinned",
+        ),
         (
             lambda a: [x for x in a if not x.startswith("--memory=")],
             "only accepted with --memory",

@@ -22,36 +22,35 @@ from tests.support.deploy_scenarios import (
 pytestmark = pytest.mark.usefixtures("repo_on_path")
 
 
-def expected_bindings() -> set[tuple[str, str, str, str, str | None]]:
+def expected_bindings(function_exists: bool = True) -> set[tuple[str, str, str, str, str | None]]:
     runtime = "serviceAccount:" + sa_email("RUNTIME_SA_NAME")
     deployer = "serviceAccount:" + sa_email("DEPLOYER_SA_NAME")
     builder = "serviceAccount:" + sa_email("BUILDER_SA_NAME")
+    tester = "serviceAccount:" + sa_email("TESTER_SA_NAME")
     results = "gs://" + expanded("RESULTS_BUCKET")
     source = "gs://" + expanded("BUILD_SOURCE_BUCKET")
+    database = f"projects/{PROJECT}/databases/{expanded('FIRESTORE_DATABASE')}"
     gcf_sources = (
         'expression=resource.name.startsWith("projects/_/buckets/gcf-v2-sources-"),'
         "title=gcf-v2-sources-only"
     )
-    return {
-        # runtime: Firestore project-wide, one bucket, one secret, token creator on itself
-        ("projects", PROJECT, runtime, "roles/datastore.user", None),
+    signer = f"projects/{PROJECT}/roles/{expanded('SIGNER_ROLE_ID')}"
+    deploy_role = f"projects/{PROJECT}/roles/{expanded('DEPLOY_ROLE_ID')}"
+    bindings = {
+        # runtime: Firestore in its one database, one bucket, one secret, signBlob on itself
+        (
+            "projects",
+            PROJECT,
+            runtime,
+            "roles/datastore.user",
+            f'expression=resource.name == "{database}",title=agent-database-only',
+        ),
         ("buckets", results, runtime, "roles/storage.objectUser", None),
-        (
-            "secrets",
-            expanded("SECRET_NAME"),
-            runtime,
-            "roles/secretmanager.secretAccessor",
-            None,
-        ),
-        (
-            "service-accounts",
-            sa_email("RUNTIME_SA_NAME"),
-            runtime,
-            "roles/iam.serviceAccountTokenCreator",
-            None,
-        ),
-        # deployer: deploy functions, log, act as runtime and builder, read staged source
-        ("projects", PROJECT, deployer, "roles/cloudfunctions.developer", None),
+        ("secrets", expanded("SECRET_NAME"), runtime, "roles/secretmanager.secretAccessor", None),
+        ("service-accounts", sa_email("RUNTIME_SA_NAME"), runtime, signer, None),
+        # deployer: create the one function and check it is private (custom role), log,
+        # act as runtime and builder, read staged source, list the secret's versions
+        ("projects", PROJECT, deployer, deploy_role, None),
         ("projects", PROJECT, deployer, "roles/logging.logWriter", None),
         (
             "service-accounts",
@@ -68,11 +67,44 @@ def expected_bindings() -> set[tuple[str, str, str, str, str | None]]:
             None,
         ),
         ("buckets", source, deployer, "roles/storage.objectViewer", None),
-        # builder: log, push the image, read Cloud Functions' staged source only
+        ("secrets", expanded("SECRET_NAME"), deployer, "roles/secretmanager.viewer", None),
+        # builder: log, push the image to the one repository, read the staged source only
         ("projects", PROJECT, builder, "roles/logging.logWriter", None),
-        ("projects", PROJECT, builder, "roles/artifactregistry.writer", None),
+        (
+            "repositories",
+            expanded("ARTIFACT_REPOSITORY"),
+            builder,
+            "roles/artifactregistry.writer",
+            None,
+        ),
         ("projects", PROJECT, builder, "roles/storage.objectViewer", gcf_sources),
+        # tester: its log and the uploaded source, nothing else
+        ("projects", PROJECT, tester, "roles/logging.logWriter", None),
+        ("buckets", source, tester, "roles/storage.objectViewer", None),
     }
+    if function_exists:
+        # Cloud Functions Developer on the one function, never on the project
+        bindings.add(
+            (
+                "functions",
+                expanded("FUNCTION_NAME"),
+                deployer,
+                "roles/cloudfunctions.developer",
+                None,
+            )
+        )
+    return bindings
+
+
+EXPECTED_ROLES = {
+    "SIGNER_ROLE_ID": ["iam.serviceAccounts.signBlob"],
+    "DEPLOY_ROLE_ID": [
+        "cloudfunctions.functions.create",
+        "cloudfunctions.functions.get",
+        "cloudfunctions.operations.get",
+        "run.services.getIamPolicy",
+    ],
+}
 
 
 KIND_OF = {
@@ -80,6 +112,8 @@ KIND_OF = {
     ("storage", "buckets"): "buckets",
     ("secrets",): "secrets",
     ("iam", "service-accounts"): "service-accounts",
+    ("functions",): "functions",
+    ("artifacts", "repositories"): "repositories",
 }
 
 
@@ -107,9 +141,43 @@ def recorded_bindings(run: Run) -> list[tuple[str, str, str, str, str | None]]:
 def test_iam_roles_are_exactly_these_and_granted_where_expected(
     scenario: Scenario,
 ) -> None:
+    # Before the first deploy the function does not exist: no function-level binding yet.
     recorded = recorded_bindings(scenario.setup)
     assert len(recorded) == len(set(recorded)), "a binding was added twice"
-    assert set(recorded) == expected_bindings()
+    assert set(recorded) == expected_bindings(function_exists=False)
+    # Setup after the first deploy adds exactly the developer role on that function.
+    added = set(recorded_bindings(scenario.after_deploy))
+    assert added == expected_bindings() - expected_bindings(function_exists=False)
+    assert "run setup again" in scenario.setup.output()
+
+
+def test_custom_roles_hold_exactly_these_permissions(scenario: Scenario) -> None:
+    created = {
+        argv[3]: flags_of(argv)["permissions"].split(",")
+        for argv in scenario.setup.argvs
+        if command(argv) == ("iam", "roles", "create")
+    }
+    assert created == {expanded(name): perms for name, perms in EXPECTED_ROLES.items()}
+    for argv in scenario.setup.argvs:
+        if command(argv) == ("iam", "roles", "create"):
+            assert flags_of(argv)["project"] == PROJECT and flags_of(argv)["stage"] == "GA"
+
+
+def test_least_privilege(scenario: Scenario) -> None:
+    """Issue 10 item 7: nobody holds a Cloud Functions role on the project, the runtime
+    account signs as itself through signBlob alone and reaches only its database, and the
+    image build writes to its one repository."""
+    everything = expected_bindings()
+    assert not any(
+        b[3].startswith("roles/cloudfunctions.") and b[0] == "projects" for b in everything
+    )
+    assert not any(b[3] == "roles/iam.serviceAccountTokenCreator" for b in everything)
+    assert not any(
+        b[3] == "roles/artifactregistry.writer" and b[0] == "projects" for b in everything
+    )
+    runtime = "serviceAccount:" + sa_email("RUNTIME_SA_NAME")
+    (datastore,) = [b for b in everything if b[2] == runtime and b[3] == "roles/datastore.user"]
+    assert datastore[4] is not None and "databases/" in datastore[4]
 
 
 def test_runtime_account_has_nothing_project_wide_beyond_firestore(
@@ -138,4 +206,4 @@ def test_iam_bindings_retry_while_a_new_account_propagates(
     binding_calls = [c for c in partial_project.calls if "add-iam-policy-binding" in c["argv"]]
     assert binding_calls[0]["exit"] == 1 and binding_calls[1]["exit"] == 0
     assert binding_calls[0]["argv"] == binding_calls[1]["argv"]
-    assert set(recorded_bindings(partial_project)) == expected_bindings()
+    assert set(recorded_bindings(partial_project)) == expected_bindings(function_exists=False)

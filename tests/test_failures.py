@@ -30,7 +30,7 @@ def test_model_429_is_retried_with_backoff_and_succeeds(
     assert model.request_count == 3
 
 
-@pytest.mark.parametrize("status", [429, 500, 503])
+@pytest.mark.parametrize("status", [500, 503])
 def test_model_errors_after_bounded_retries_are_502(
     make_client: Callable[..., FlaskClient], model: DemoModelServer, status: int
 ) -> None:
@@ -42,6 +42,21 @@ def test_model_errors_after_bounded_retries_are_502(
     assert_conforms("POST", "/chat", 502, response.get_json(), response.headers)
     assert model.request_count == 3  # the first try and two retries, no more
     assert time.monotonic() - started < 5  # backoff 0.5 s then 1 s, with jitter
+
+
+def test_a_quota_that_outlasts_the_retries_is_503_model_overloaded(
+    make_client: Callable[..., FlaskClient], model: DemoModelServer
+) -> None:
+    # A 429 is the provider saying "not now", not "broken": the caller should come back.
+    client = make_client(model_max_retries=2)
+    model.control(fail_status=429, fail_count=-1)
+    response = client.post("/chat", json={"message": "hi", "session_id": "r4"})
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "model_overloaded"
+    assert int(response.headers["Retry-After"]) >= 1
+    assert_conforms("POST", "/chat", 503, response.get_json(), response.headers)
+    assert model.request_count == 3
+    assert client.get("/sessions/r4").status_code == 404  # nothing stored
 
 
 def test_retries_never_outlast_the_deadline(

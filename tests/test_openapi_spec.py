@@ -69,6 +69,7 @@ EXPECTED_CODES = {
         "auth_unavailable",
         "result_storage_unavailable",
         "url_signing_failed",
+        "model_overloaded",
     },
     "504": {"deadline_exceeded"},
 }

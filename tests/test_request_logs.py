@@ -90,6 +90,17 @@ def test_every_line_of_a_request_shares_its_trace(
             {"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"},
             (TRACE, "00f067aa0ba902b7", True),
         ),
+        (  # both: the standard header wins (issue 10 item 8)
+            {
+                "X-Cloud-Trace-Context": f"{'1' * 32}/17;o=0",
+                "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01",
+            },
+            (TRACE, "00f067aa0ba902b7", True),
+        ),
+        (  # a malformed traceparent falls back to the legacy header
+            {"X-Cloud-Trace-Context": f"{TRACE}/17;o=1", "traceparent": "garbage"},
+            (TRACE, "0000000000000011", True),
+        ),
         ({"X-Cloud-Trace-Context": "not-a-trace"}, None),
         ({"X-Cloud-Trace-Context": "0" * 32}, None),
         ({}, None),

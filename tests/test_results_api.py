@@ -114,10 +114,16 @@ def test_object_metadata_links_the_result_to_its_session(
         .get_blob(f"results/linked/{result['turn_id']}.md")
     )
     assert blob is not None
+    from google.cloud import firestore as fs
+
+    from agent.store.schema import GENERATION, SESSIONS
+
+    session = fs.Client().collection(SESSIONS).document("linked").get().to_dict()
     assert blob.metadata == {
         "session_id": "linked",
         "turn_id": result["turn_id"],
         "sha256": result["sha256"],
+        "generation": session[GENERATION],  # the life of the session it belongs to
     }
     assert blob.content_disposition == f'attachment; filename="result-{result["turn_id"]}.md"'
 

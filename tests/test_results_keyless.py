@@ -109,5 +109,5 @@ def test_a_403_from_sign_blob_is_a_documented_error_and_no_hang(
     assert body["warnings"][0]["code"] == "result_not_offloaded"
     assert storage.object_names() == [f"results/s/{turn_id}.md"]  # the unsigned one deleted
     log = keyless_server.stop()
-    assert "roles/iam.serviceAccountTokenCreator" in log  # the operator is told the fix
+    assert "iam.serviceAccounts.signBlob" in log  # the operator is told the fix
     assert "ya29." not in log  # tokens never reach the log

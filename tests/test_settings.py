@@ -62,3 +62,76 @@ def test_bad_values_fail_at_startup_naming_the_variable(name: str, value: str) -
 def test_the_key_never_shows_in_repr() -> None:
     settings = Settings.from_env({"OPENAI_API_KEY": "sk-secret"})
     assert "sk-secret" not in repr(settings)
+
+
+# -- issue 10 item 6: smaller findings ------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [1, 2, 3, 5, 9, 10, 14, 15, 30, 49, 50, 300, 3600])
+def test_every_valid_timeout_starts_with_the_default_margin(timeout: int) -> None:
+    settings = Settings.from_env({"FUNCTION_TIMEOUT_SECONDS": str(timeout)})
+    assert 0.1 <= settings.deadline_margin_seconds <= timeout / 3
+    assert settings.turn_budget_seconds > 0
+    assert settings.model_call_min_seconds <= settings.turn_budget_seconds / 2
+    if timeout >= 50:
+        assert settings.deadline_margin_seconds == 5.0
+        assert settings.model_call_min_seconds == 1.0
+
+
+def test_an_explicit_margin_is_still_checked() -> None:
+    with pytest.raises(SettingsError, match="DEADLINE_MARGIN_SECONDS"):
+        Settings.from_env({"FUNCTION_TIMEOUT_SECONDS": "10", "DEADLINE_MARGIN_SECONDS": "5"})
+
+
+@pytest.mark.parametrize("name", ["AUTH_CERTS_URL", "IAM_CREDENTIALS_ENDPOINT"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:@evil.example/",
+        "http://localhost.evil.example/",
+        "http://127.0.0.1.evil.example/",
+        "http://user:pass@localhost/",
+        "http://evil.example/",
+        "http://[::1].evil.example/",
+        "ftp://127.0.0.1/",
+        "https:///nohost",
+        "https://user@example.com/",
+    ],
+)
+def test_loopback_exceptions_need_exactly_a_loopback_host(name: str, url: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: url})
+
+
+@pytest.mark.parametrize("name", ["AUTH_CERTS_URL", "IAM_CREDENTIALS_ENDPOINT"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]:8080/", "https://example.com/"],
+)
+def test_loopback_and_https_urls_are_accepted(name: str, url: str) -> None:
+    Settings.from_env({name: url})
+
+
+def test_the_base_url_is_logged_without_credentials(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from agent.service import build_service
+
+    caplog.set_level(logging.INFO)
+    # Read by Google's client, which then needs no credentials (nothing is called).
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
+    env = {
+        "OPENAI_BASE_URL": "https://user:hunter2@llm.example:8443/v1?api_key=sk-query#frag",
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "AUTH_MODE": "none",
+    }
+    service = build_service(Settings.from_env(env))
+    try:
+        logged = caplog.text
+    finally:
+        service.close()
+    assert "https://llm.example:8443/v1" in logged
+    for secret in ("hunter2", "user:", "sk-query", "frag"):
+        assert secret not in logged

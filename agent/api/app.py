@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Request, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from agent.api import cors, sse
@@ -32,8 +32,14 @@ from agent.base.logs import bind_request, trace_fields, unbind
 from agent.base.settings import csv
 from agent.service import Service
 from agent.turn.idempotency import run_once, stream_once
+from agent.turn.outcome import Usage
 
 log = logging.getLogger(__name__)
+
+BODY_UNREAD = "agent.body_unread"
+"""WSGI environ key set on a request answered before its body was read (a 401, 403, 404,
+405, 413 or 415 to a request that sent one): main.py then keeps functions-framework from
+reading that body, and the connection is closed after the reply."""
 
 _HTTP_CODES = {
     404: ("not_found", "No such route."),
@@ -71,6 +77,8 @@ def create_app(service: Service) -> Flask:
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        if _sent_a_body(request) and not g.get("body_used"):
+            request.environ[BODY_UNREAD] = True
         log.info(
             "%s %s %s",
             request.method,
@@ -104,6 +112,7 @@ def create_app(service: Service) -> Flask:
                 415, "unsupported_media_type", "Send the body as application/json."
             )
         body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        g.body_used = True
         if request.content_length is None and len(body) >= settings.max_request_bytes:
             # A chunked body has no length to check up front, and werkzeug cuts it at
             # the limit silently; a cut body must not be parsed as if it were whole.
@@ -161,7 +170,7 @@ def create_app(service: Service) -> Flask:
             )
         g.outcome = "replayed" if replayed else "streamed"
 
-        def on_end(ending: str, usage: dict[str, int] | None) -> None:
+        def on_end(ending: str, usage: Usage | None) -> None:
             # The request line was logged when the headers went out; this is the outcome.
             fields = {"request_id": request_id, "session_id": session_id, "ending": ending}
             spent = None if replayed else usage  # a replay spent nothing on the model
@@ -228,6 +237,11 @@ def create_app(service: Service) -> Flask:
 
     cors.install(app, csv(settings.cors_allowed_origins))
     return app
+
+
+def _sent_a_body(req: Request) -> bool:
+    chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+    return chunked or bool(req.content_length)
 
 
 def _error_response(error: errors.ApiError, request_id: str | None = None) -> Response:

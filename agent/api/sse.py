@@ -28,7 +28,7 @@ from agent.api.responses import chat_response
 from agent.base import errors
 from agent.base.settings import Settings
 from agent.runtime.streaming import RunEvent
-from agent.turn.outcome import TurnOutcome
+from agent.turn.outcome import TurnOutcome, Usage
 
 log = logging.getLogger("agent.http")
 
@@ -65,7 +65,7 @@ def sse_response(
     *,
     max_event_bytes: int,
     request_id: str,
-    on_end: Callable[[str, dict[str, int] | None], None],
+    on_end: Callable[[str, Usage | None], None],
 ) -> Response:
     body = _body(events, max_event_bytes, request_id, on_end)
     response = Response(body, mimetype=MIMETYPE)
@@ -78,7 +78,7 @@ def _body(
     events: Generator[RunEvent | TurnOutcome | None, None, None],
     max_event_bytes: int,
     request_id: str,
-    on_end: Callable[[str, dict[str, int] | None], None],
+    on_end: Callable[[str, Usage | None], None],
 ) -> Iterator[bytes]:
     sent, capped = 0, False
     ending, usage = "disconnected", None

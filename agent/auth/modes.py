@@ -1,9 +1,14 @@
 """Who is calling: one of three modes (``AUTH_MODE``), each turning a request into a
 principal, the name that owns the conversations it creates.
 
-* ``iam``: a Google identity token in ``Authorization: Bearer``, verified here
-  (``google_tokens.py``) even though Cloud Functions IAM checked it already. The
-  principal is the token's ``email`` (``sub`` when it has none).
+* ``iam``: a Google identity token, verified here (``google_tokens.py``) even though
+  Cloud Functions IAM checked it already. It is read from the header Cloud Run checks,
+  with Cloud Run's precedence: ``X-Serverless-Authorization`` first, then
+  ``Authorization``. The principal is ``sub:<sub>``, the account's stable id, which every
+  Google identity token carries (``email`` is present only when the token was minted
+  with it); ``AUTH_ALLOWED_PRINCIPALS`` may name either the email or ``sub:<sub>``.
+  Accepted audiences are configuration (``AUTH_AUDIENCE``), never the request, except
+  for loopback hosts off the platform (local development).
 * ``api_key``: a key in ``X-API-Key``. Keys come from ``AUTH_API_KEYS`` (filled from
   Secret Manager), are kept only as SHA-256 digests, and are compared in constant
   time; each maps to its principal name.
@@ -21,6 +26,7 @@ import hmac
 import json
 import logging
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -28,7 +34,7 @@ from werkzeug.datastructures import Headers
 
 from agent.auth import google_tokens
 from agent.base import errors
-from agent.base.settings import Settings, SettingsError, csv
+from agent.base.settings import LOOPBACK_HOSTS, Settings, SettingsError, csv
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,8 @@ LOCAL_PRINCIPAL = "local"
 _NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,128}")
 _KEY = re.compile(r"[\x21-\x7e]{16,512}")  # printable ASCII, no spaces
 _BEARER = re.compile(r"Bearer +([A-Za-z0-9_.+/=-]+)", re.IGNORECASE)
+SERVERLESS_AUTHORIZATION = "X-Serverless-Authorization"
+"""Cloud Run checks this header before ``Authorization`` and leaves the latter to the app."""
 
 
 class Authenticator(Protocol):
@@ -105,21 +113,30 @@ class IamAuth:
         audiences: list[str],
         service_name: str | None,
         allowed: frozenset[str],
+        platform_verified: bool = False,
     ) -> None:
         self._certs = certs
         self._audiences = audiences
         self._service_name = service_name
         self._allowed = allowed
+        self._platform_verified = platform_verified
 
     def authenticate(self, headers: Headers, host: str) -> str:
-        match = _BEARER.fullmatch((headers.get("Authorization") or "").strip())
+        # Cloud Run's order: the header it checked is the one that names the caller.
+        presented = headers.get(SERVERLESS_AUTHORIZATION) or headers.get("Authorization")
+        match = _BEARER.fullmatch((presented or "").strip())
         if match is None:
             raise unauthenticated(
                 'Bearer realm="agent"',
                 "Send a Google identity token as 'Authorization: Bearer <token>'.",
             )
         try:
-            claims = google_tokens.verify(match.group(1), self._certs, self.audiences_for(host))
+            claims = google_tokens.verify(
+                match.group(1),
+                self._certs,
+                self.audiences_for(host),
+                platform_verified=self._platform_verified,
+            )
         except google_tokens.InvalidToken as invalid:
             reason = str(invalid)
             log.warning("refused: identity token %s", reason, extra={"fields": {"reason": reason}})
@@ -131,7 +148,7 @@ class IamAuth:
             log.error("cannot fetch Google's token signing keys")
             raise auth_unavailable() from None
         principal = _principal_of(claims)
-        if self._allowed and principal not in self._allowed:
+        if self._allowed and not self._allowed & _names_of(claims):
             log.warning(
                 "refused: principal not allowed", extra={"fields": {"principal": principal}}
             )
@@ -139,10 +156,17 @@ class IamAuth:
         return principal
 
     def audiences_for(self, host: str) -> list[str]:
+        """The audiences a signed token may carry: AUTH_AUDIENCE, or off the platform
+        the request's own URL when it was sent to a loopback host."""
         if self._audiences:
             return self._audiences
-        # The platform routes by Host, so a request reaching this function carries one
-        # of its own host names: the URL a caller must have minted its token for.
+        if not host:
+            raise errors.ApiError(400, "invalid_host", "The request has no Host header.")
+        # The caller writes Host: deriving the audience from it would accept a token
+        # minted for any other service. Only a developer's own machine may do that, and
+        # on the platform AUTH_AUDIENCE is required (Settings refuses to start without).
+        if _hostname(host) not in LOOPBACK_HOSTS:
+            return []
         origin = f"https://{host}"
         derived = [origin, origin + "/"]
         if self._service_name:
@@ -171,6 +195,7 @@ def build_authenticator(settings: Settings) -> Authenticator:
         audiences=csv(settings.auth_audience),
         service_name=settings.k_service,
         allowed=frozenset(csv(settings.auth_allowed_principals)),
+        platform_verified=settings.auth_platform_verified,
     )
 
 
@@ -210,7 +235,29 @@ def _digest(key: str) -> bytes:
 
 
 def _principal_of(claims: Mapping[str, object]) -> str:
+    """``sub:<sub>``: the same for one account whether or not its token carries an email
+    (tokens minted without ``includeEmail`` have none), and never reassigned."""
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not _NAME.fullmatch(sub):
+        raise unauthenticated(
+            'Bearer realm="agent", error="invalid_token", error_description="no subject"',
+            "The identity token is not accepted (no subject).",
+        )
+    return f"sub:{sub}"
+
+
+def _names_of(claims: Mapping[str, object]) -> frozenset[str]:
+    """What an allow-list entry may name: ``sub:<sub>`` and the verified email, if any."""
+    names = {_principal_of(claims)}
     email = claims.get("email")
     if isinstance(email, str) and email and claims.get("email_verified", True) is not False:
-        return email
-    return f"sub:{claims.get('sub')}"
+        names.add(email)
+    return frozenset(names)
+
+
+def _hostname(host: str) -> str:
+    """``localhost:8080`` -> ``localhost``; ``[::1]:8080`` -> ``::1``; malformed -> ""."""
+    try:
+        return urllib.parse.urlsplit(f"//{host}").hostname or ""
+    except ValueError:
+        return ""

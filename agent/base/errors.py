@@ -82,6 +82,17 @@ def model_error() -> ApiError:
     return ApiError(502, "model_error", "The model provider failed to answer.")
 
 
+def model_overloaded() -> ApiError:
+    # A quota or rate limit (429, RESOURCE_EXHAUSTED) that outlasted the retries the
+    # deadline allowed: not a broken provider, so 503 and a time to come back.
+    return ApiError(
+        503,
+        "model_overloaded",
+        "The model provider is over its quota or rate limit; retry shortly.",
+        {"Retry-After": "10"},
+    )
+
+
 def storage_unavailable() -> ApiError:
     return ApiError(
         503,

@@ -68,18 +68,20 @@ def unbind(token: contextvars.Token[Mapping[str, object]]) -> None:
 
 
 def trace_fields(headers: Headers, project: str | None) -> dict[str, object]:
-    """Cloud Logging's trace fields from ``X-Cloud-Trace-Context`` ("TRACE/SPAN;o=1")
-    or W3C ``traceparent``; none without a project or a well-formed header."""
+    """Cloud Logging's trace fields from W3C ``traceparent`` or, when that is absent or
+    malformed, the legacy ``X-Cloud-Trace-Context`` ("TRACE/SPAN;o=1"); none without a
+    project or a well-formed header. ``traceparent`` wins when both arrive: it is the
+    standard header, and the one a caller's own tracing sets."""
     if not project:
         return {}
     trace = span = sampled = None
-    if match := _CLOUD_TRACE.fullmatch((headers.get("X-Cloud-Trace-Context") or "").strip()):
+    if match := _TRACEPARENT.fullmatch((headers.get("traceparent") or "").strip()):
+        trace, span, flags = match.groups()
+        sampled = bool(int(flags, 16) & 1)
+    elif match := _CLOUD_TRACE.fullmatch((headers.get("X-Cloud-Trace-Context") or "").strip()):
         trace, span_decimal, flag = match.groups()
         span = f"{int(span_decimal):016x}" if span_decimal else None
         sampled = flag == "1" if flag else None
-    elif match := _TRACEPARENT.fullmatch((headers.get("traceparent") or "").strip()):
-        trace, span, flags = match.groups()
-        sampled = bool(int(flags, 16) & 1)
     if trace is None or int(trace, 16) == 0:
         return {}
     fields: dict[str, object] = {

@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
 ModelApi = Literal["responses", "chat_completions"]
+ModelProvider = Literal["openai", "vertex"]
+VERTEX_DEFAULT_MODEL = "google/gemini-2.5-flash"
 AuthMode = Literal["iam", "api_key", "none"]
 GOOGLE_ID_TOKEN_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
@@ -59,7 +62,8 @@ class Settings:
 
     deadline_margin_seconds: float = 5.0
     """Time kept back from the platform timeout to cancel a run and answer 504 cleanly
-    (0.1 s up to a third of ``function_timeout_seconds``)."""
+    (0.1 s up to a third of ``function_timeout_seconds``). Left unset, it scales with the
+    timeout (``default_deadline_margin``) so that no valid timeout is refused for it."""
 
     # --- HTTP limits --------------------------------------------------------------
     max_request_bytes: int = 262_144
@@ -76,6 +80,21 @@ class Settings:
     agent_model: str = "gpt-4o-mini"
     agent_max_turns: int = 10
     """Model calls one request may make (tool round trips count); 1-100."""
+
+    model_provider: ModelProvider = "openai"
+    """``openai``: OpenAI, or any OpenAI-compatible server at ``OPENAI_BASE_URL``, with
+    ``OPENAI_API_KEY``. ``vertex``: Gemini on Vertex AI's OpenAI-compatible endpoint,
+    authenticated with the runtime's own access token (no key); Chat Completions only,
+    ``AGENT_MODEL`` defaults to ``google/gemini-2.5-flash`` and ``GOOGLE_CLOUD_PROJECT``
+    is required."""
+
+    vertex_location: str = "global"
+    """Vertex AI location of the model (``global``, ``us-central1``, ...)."""
+
+    vertex_endpoint: str | None = None
+    """Base URL of the Vertex AI API. Unset: ``https://aiplatform.googleapis.com`` for
+    the ``global`` location, else ``https://LOCATION-aiplatform.googleapis.com``. https,
+    except on loopback (tests serve a stand-in there)."""
 
     openai_api_key: str | None = field(default=None, repr=False)
     """Key for OpenAI or the compatible server. Never logged (``repr=False``)."""
@@ -96,7 +115,18 @@ class Settings:
 
     model_call_min_seconds: float = 1.0
     """A model call is not started with less than this left of the turn; the turn
-    ends with 504 at once instead (0 up to half the turn's budget)."""
+    ends with 504 at once instead (0 up to half the turn's budget). Left unset, it is
+    capped at half the turn's budget, for the same reason as the margin."""
+
+    tool_timeout_seconds: float = 30.0
+    """Bound on each tool call (0.1-3600); on timeout the model gets an error result and
+    the turn goes on. A sync tool's worker thread cannot be killed: the bound stops the
+    waiting, not the work, so tools that compute must bound themselves."""
+
+    model_prices: str | None = None
+    """Prices per million tokens as JSON, ``{"model": {"input": 0.15, "cached_input":
+    0.075, "output": 0.6}}``, over the built-in table (``agent/runtime/pricing.py``).
+    A model in neither gets ``cost_usd: null``."""
 
     tracing_enabled: bool = False
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
@@ -153,15 +183,23 @@ class Settings:
 
     auth_audience: str | None = None
     """Accepted ``aud`` values of identity tokens, comma-separated (the function's
-    URLs). Unset: the URL the request was addressed to, ``https://<Host>`` and
-    ``https://<Host>/<K_SERVICE>``, which is what Google's front end checks too."""
+    URLs). Required where ``K_SERVICE`` is set in ``iam`` mode: the audience is
+    configuration, never taken from the request. Unset off the platform: derived from
+    the request's ``Host`` only when that is a loopback host (local development)."""
+
+    auth_platform_verified: bool = False
+    """True when Google's front end checks identity tokens before the request arrives
+    (deployed with ``--no-allow-unauthenticated``): it forwards them with the signature
+    replaced by ``SIGNATURE_REMOVED_BY_GOOGLE``, and such a token is then accepted after
+    its issuer and expiry are checked. False: such a token is refused (401)."""
 
     auth_certs_url: str = GOOGLE_ID_TOKEN_CERTS_URL
     """Where Google publishes the keys that sign identity tokens; https, except on
     loopback (tests serve a stand-in there)."""
 
     auth_allowed_principals: str | None = None
-    """Optional allow-list of principals (token emails), comma-separated. Unset:
+    """Optional allow-list of principals, comma-separated: a token's email or
+    ``sub:<id>`` (the account's stable id, which every token carries). Unset:
     any identity the platform's IAM let through. Set it if the function might ever
     be deployed public: any Google account can mint a token for any audience."""
 
@@ -187,8 +225,23 @@ class Settings:
             if raw is None or raw.strip() == "":
                 continue
             values[f.name] = _parse(f.name, str(f.type), raw.strip())
+        if values.get("model_provider") == "vertex":
+            # Vertex AI's OpenAI-compatible endpoint speaks Chat Completions only.
+            values.setdefault("model_api", "chat_completions")
+            values.setdefault("agent_model", VERTEX_DEFAULT_MODEL)
         if "model_api" not in values and values.get("openai_base_url"):
             values["model_api"] = "chat_completions"
+        # Defaults that depend on another setting: a default must never make a valid
+        # value of that other setting fail at startup.
+        timeout = values.get("function_timeout_seconds", cls.function_timeout_seconds)
+        if "deadline_margin_seconds" not in values and isinstance(timeout, int):
+            values["deadline_margin_seconds"] = default_deadline_margin(timeout)
+        if "model_call_min_seconds" not in values and isinstance(timeout, int):
+            margin = values["deadline_margin_seconds"]
+            assert isinstance(margin, float | int)
+            values["model_call_min_seconds"] = min(
+                cls.model_call_min_seconds, max(0.0, (timeout - margin) / 2)
+            )
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
@@ -216,9 +269,11 @@ class Settings:
         _check_range(
             "model_call_min_seconds", self.model_call_min_seconds, 0, self.turn_budget_seconds / 2
         )
+        _check_range("tool_timeout_seconds", self.tool_timeout_seconds, 0.1, 3600)
         _check_range("stream_max_delta_bytes", self.stream_max_delta_bytes, 65536, 6 * 1024 * 1024)
         if self.model_api not in ("responses", "chat_completions"):
             raise SettingsError("MODEL_API must be 'responses' or 'chat_completions'")
+        self._validate_vertex()
         self._validate_results()
         self._validate_access()
 
@@ -256,13 +311,39 @@ class Settings:
                 f"SIGNED_URL_TTL_SECONDS={self.signed_url_ttl_seconds} is outside 1..{limit}"
                 f" for URLs signed with {how}"
             )
-        endpoint = self.iam_credentials_endpoint.rstrip("/")
-        loopback = endpoint.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
-        if not (endpoint.startswith("https://") or loopback):
+        if not https_or_loopback(self.iam_credentials_endpoint):
             # The call carries a bearer token: never in clear text off this machine.
             raise SettingsError("IAM_CREDENTIALS_ENDPOINT must be https:// (or loopback http)")
         if self.results_bucket is not None and not _BUCKET.fullmatch(self.results_bucket):
             raise SettingsError(f"RESULTS_BUCKET={self.results_bucket!r} is not a bucket name")
+
+    @property
+    def vertex_base_url(self) -> str:
+        """The OpenAI-compatible base URL of Vertex AI for this project and location."""
+        location = self.vertex_location
+        host = "aiplatform.googleapis.com"
+        default = f"https://{host}" if location == "global" else f"https://{location}-{host}"
+        base = (self.vertex_endpoint or default).rstrip("/")
+        return (
+            f"{base}/v1/projects/{self.google_cloud_project}/locations/{location}/endpoints/openapi"
+        )
+
+    def _validate_vertex(self) -> None:
+        if self.model_provider not in ("openai", "vertex"):
+            raise SettingsError("MODEL_PROVIDER must be 'openai' or 'vertex'")
+        if self.model_provider != "vertex":
+            return
+        if self.model_api != "chat_completions":
+            raise SettingsError(
+                "MODEL_PROVIDER=vertex speaks Chat Completions only: unset MODEL_API"
+            )
+        if not self.google_cloud_project:
+            raise SettingsError("MODEL_PROVIDER=vertex needs GOOGLE_CLOUD_PROJECT")
+        if not _LOCATION.fullmatch(self.vertex_location):
+            raise SettingsError(f"VERTEX_LOCATION={self.vertex_location!r} is not a location")
+        if self.vertex_endpoint is not None and not https_or_loopback(self.vertex_endpoint):
+            # The call carries an access token: never in clear text off this machine.
+            raise SettingsError("VERTEX_ENDPOINT must be https:// (or http on loopback)")
 
     def _validate_access(self) -> None:
         if self.auth_mode not in ("iam", "api_key", "none"):
@@ -275,8 +356,15 @@ class Settings:
             )
         if self.auth_mode == "api_key" and not self.auth_api_keys:
             raise SettingsError("AUTH_MODE=api_key needs AUTH_API_KEYS")
-        if not _LOCAL_OR_HTTPS.match(self.auth_certs_url):
+        if not https_or_loopback(self.auth_certs_url):
             raise SettingsError("AUTH_CERTS_URL must be https (or http on 127.0.0.1/localhost)")
+        if self.auth_mode == "iam" and self.k_service and not csv(self.auth_audience):
+            # Off a fixed list, the audience would come from the request's Host header,
+            # which the caller writes: a token minted for another service would pass.
+            raise SettingsError(
+                f"AUTH_AUDIENCE is required with AUTH_MODE=iam where K_SERVICE is set"
+                f" ({self.k_service!r}): list the function's URLs, comma-separated"
+            )
         for origin in csv(self.cors_allowed_origins):
             if not _ORIGIN.fullmatch(origin):
                 raise SettingsError(
@@ -284,9 +372,49 @@ class Settings:
                 )
 
 
+_LOCATION = re.compile(r"[a-z][a-z0-9-]{1,62}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
-_LOCAL_OR_HTTPS = re.compile(r"https://|http://(127\.0\.0\.1|localhost|\[::1\])[:/]")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_LOOPBACK_NETLOC = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def default_deadline_margin(function_timeout_seconds: int) -> float:
+    """DEADLINE_MARGIN_SECONDS when unset: 5 s, or a tenth of a timeout under 50 s (never
+    under 0.1 s), so every timeout the platform allows starts with the default."""
+    return max(0.1, min(5.0, function_timeout_seconds / 10))
+
+
+def https_or_loopback(url: str) -> bool:
+    """An https URL with a host, or http to exactly 127.0.0.1, localhost or ::1; never
+    with user info (``http://localhost:@evil.example/`` names the host evil.example)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    if not host or "@" in parts.netloc or parts.username is not None:
+        return False
+    if parts.scheme == "https":
+        return True
+    # The netloc itself, not the parsed host: urlsplit reads "[::1].evil.example" as ::1.
+    return parts.scheme == "http" and _LOOPBACK_NETLOC.fullmatch(parts.netloc) is not None
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` without user info, query and fragment: safe to log."""
+    if url is None:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return urllib.parse.urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 def csv(value: str | None) -> list[str]:

@@ -2,8 +2,13 @@
 
 Layout: ``results/<session_id>/<turn_id>.<ext>``, one object per offloaded answer, with
 its content type, a ``Content-Disposition`` filename, and custom metadata
-``session_id``, ``turn_id`` and ``sha256`` linking it to the conversation. Listing the
-prefix ``results/<session_id>/`` finds every result of a session.
+``session_id``, ``turn_id``, ``sha256`` and ``generation`` linking it to the conversation.
+Listing the prefix ``results/<session_id>/`` finds every result of every life of a session
+id, also objects whose turn was never stored (an upload that landed after the turn gave up
+on it): ``sweep`` deletes those of every life but the current one, and the bucket's
+lifecycle rule deletes whatever is left. ``generation`` is the life of the session the
+object belongs to (``agent/store/history.py``); a re-sign is refused for any other life's
+object, so an id taken over after expiry never reaches its previous life's results.
 
 The storage client and the signer are created on first use, not at startup: most
 instances never offload anything, and ``google.cloud.storage`` is not even imported
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,6 +53,9 @@ class StoredResult:
     size: int
     content_type: str
     sha256: str
+    generation: str | None
+    """The life of the session the object belongs to; None on objects made before
+    generations existed, which belong to no life."""
 
     @property
     def filename(self) -> str:
@@ -79,6 +88,7 @@ class ResultBucket:
                 "session_id": stored.session_id,
                 "turn_id": stored.turn_id,
                 "sha256": stored.sha256,
+                "generation": stored.generation or "",
             }
             # Create-only makes the upload idempotent, so the client may retry it.
             blob.upload_from_string(
@@ -97,13 +107,15 @@ class ResultBucket:
         if not blobs:
             return None
         blob = blobs[0]
+        metadata = blob.metadata or {}
         return StoredResult(
             session_id=session_id,
             turn_id=turn_id,
             object_name=blob.name,
             size=int(blob.size or 0),
             content_type=str(blob.content_type),
-            sha256=str((blob.metadata or {}).get("sha256", "")),
+            sha256=str(metadata.get("sha256", "")),
+            generation=metadata.get("generation") or None,
         )
 
     def sign(self, stored: StoredResult) -> tuple[str, dt.datetime]:
@@ -116,16 +128,25 @@ class ResultBucket:
         with _unavailable(), contextlib.suppress(gexc.NotFound):
             self._bucket().blob(object_name).delete(**self._bounded())
 
-    def delete_session(self, session_id: str) -> int:
-        """Delete every result object of a session; how many there were."""
+    def sweep(self, session_id: str, current: Callable[[], str | None]) -> int:
+        """Delete the session's objects that belong to no current life: those of a
+        deleted or expired life, and uploads whose turn was never stored. ``current()``
+        is the id's current generation (None: no life), asked after the listing, so an
+        object of a life that began meanwhile is never taken for a dead one's (its
+        upload follows its claim, and the listing saw it). How many were deleted."""
         with _unavailable():
             blobs = list(
                 self._bucket().list_blobs(prefix=f"{PREFIX}/{session_id}/", **self._bounded())
             )
-            for blob in blobs:
+        if not blobs:
+            return 0
+        keep = current()
+        doomed = [b for b in blobs if keep is None or (b.metadata or {}).get("generation") != keep]
+        with _unavailable():
+            for blob in doomed:
                 with contextlib.suppress(gexc.NotFound):  # deleted concurrently: goal reached
                     blob.delete(**self._bounded())
-        return len(blobs)
+        return len(doomed)
 
     # -- lazily built clients ----------------------------------------------------------
 

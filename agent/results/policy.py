@@ -15,6 +15,14 @@
   fits ``INLINE_FALLBACK_MAX_BYTES`` it is returned in full in ``reply`` with a
   ``warnings`` entry (the history still keeps only the preview); otherwise the turn
   ends with 503 and the history is unchanged.
+* **No orphans, no dangling links.** An object is deleted (``discard``) only when its
+  turn is known not to be stored: a stored turn never points at a missing file. An
+  object whose turn's outcome could not be found out, or whose upload landed after the
+  turn gave up on it, stays under ``results/<session_id>/`` tagged with the session's
+  generation, where ``sweep`` (on ``DELETE``, and when an expired id is taken over) and
+  the bucket's lifecycle rule find it.
+* **One life.** Objects carry the generation of the session life that made them;
+  ``resign`` signs only the current life's objects.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,9 +115,12 @@ class OffloadPolicy:
             return 0.0
         return min(self._settings.storage_timeout_seconds, self._settings.turn_budget_seconds / 5)
 
-    def deliver(self, session_id: str, final_output: object, time_left: float) -> Delivery:
-        """Decide how the answer reaches the caller, and what the history keeps of it.
-        Raises ApiError (503) when it cannot be delivered at all."""
+    def deliver(
+        self, session_id: str, final_output: object, time_left: float, generation: str | None
+    ) -> Delivery:
+        """Decide how the answer reaches the caller, and what the history keeps of it;
+        an uploaded object is tagged with the session's ``generation``. Raises ApiError
+        (503) when it cannot be delivered at all."""
         text, content_type, extension = render(final_output)
         data = text.encode()
         if self._store is None or len(data) <= self._settings.result_inline_max_bytes:
@@ -121,6 +133,7 @@ class OffloadPolicy:
             size=len(data),
             content_type=content_type,
             sha256=hashlib.sha256(data).hexdigest(),
+            generation=generation,
         )
         uploaded = False
         try:
@@ -152,13 +165,14 @@ class OffloadPolicy:
             history_text=truncated(text, note),
         )
 
-    def resign(self, session_id: str, turn_id: str) -> ResultLink:
-        """A fresh URL for a stored result of a live session."""
-        if self._store is None or not TURN_ID.fullmatch(turn_id):
+    def resign(self, session_id: str, turn_id: str, generation: str | None) -> ResultLink:
+        """A fresh URL for a stored result of the live session whose life is
+        ``generation``; an object of any other life of the id is not found."""
+        if self._store is None or not TURN_ID.fullmatch(turn_id) or generation is None:
             raise errors.result_not_found()
         try:
             stored = self._store.find(session_id, turn_id)
-            if stored is None:
+            if stored is None or stored.generation != generation:
                 raise errors.result_not_found()
             url, expires_at = self._store.sign(stored)
         except BucketUnavailable:
@@ -168,11 +182,13 @@ class OffloadPolicy:
             raise errors.url_signing_failed() from None
         return ResultLink(turn_id, url, stored.size, stored.content_type, expires_at, stored.sha256)
 
-    def delete_session(self, session_id: str) -> None:
+    def sweep(self, session_id: str, current: Callable[[], str | None]) -> None:
+        """Delete the session id's objects of every life but ``current()``'s (see
+        ``ResultBucket.sweep``). Raises ApiError 503 when the bucket fails."""
         if self._store is None:
             return
         try:
-            self._store.delete_session(session_id)
+            self._store.sweep(session_id, current)
         except BucketUnavailable:
             raise errors.result_storage_unavailable() from None
 

@@ -6,7 +6,7 @@ service account instead. Here it is a ``google.auth.credentials.Signing`` object
 refreshed first (metadata-server credentials report the email "default" and no token
 until then) and reused while valid. Every call, refreshes included, is bounded by
 the timeout; 429 and 5xx are retried within it, other statuses are final (403: the
-account lacks ``roles/iam.serviceAccountTokenCreator`` on itself, logged with the fix).
+account lacks ``iam.serviceAccounts.signBlob`` on itself, logged with the fix).
 """
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ class SignBlobSigner(gcreds.Signing, crypt.Signer):
             if status and status not in _RETRIED_STATUSES:
                 if status == 403:
                     log.error(
-                        "signBlob refused (403): grant %s roles/iam.serviceAccountTokenCreator"
-                        " on itself and enable the IAM Service Account Credentials API",
+                        "signBlob refused (403): grant %s a role holding"
+                        " iam.serviceAccounts.signBlob on itself (deploy/setup.sh creates one)"
+                        " and enable the IAM Service Account Credentials API",
                         email,
                     )
                 raise SignBlobError(f"signBlob answered HTTP {status}")

@@ -1,5 +1,9 @@
 """Which model the agent talks to, and through which client.
 
+``MODEL_PROVIDER=openai``: OpenAI, or any OpenAI-compatible server, with a key.
+``MODEL_PROVIDER=vertex``: Gemini on Vertex AI's OpenAI-compatible endpoint, with the
+runtime's own access token instead of a key (``vertex_tokens.py``).
+
 One ``AsyncOpenAI`` client per process: it holds the connection pool, and it must be
 used from the one event loop that ``event_loop.py`` runs (httpx binds its pool to
 the loop that first uses it).
@@ -21,19 +25,22 @@ from openai import AsyncOpenAI
 from agent.base.settings import Settings
 from agent.runtime.deadline import DeadlineBoundModel
 from agent.runtime.openai_client import ChatCompletionsClient
+from agent.runtime.vertex_tokens import AccessTokens
 
 # Compatible servers reject an empty key though most ignore it.
 _PLACEHOLDER_KEY = "not-needed"
 
 
 class ModelConfigError(ValueError):
-    """Neither OPENAI_API_KEY nor OPENAI_BASE_URL is set."""
+    """No model is configured: neither OPENAI_API_KEY nor OPENAI_BASE_URL is set, and
+    the provider is not Vertex AI."""
 
 
 def build_model(settings: Settings) -> Model:
     """The agent's model: OpenAI or any OpenAI-compatible server, bounded by the
     turn's deadline. Raises ModelConfigError when no model is configured."""
-    if not settings.openai_api_key and not settings.openai_base_url:
+    vertex = settings.model_provider == "vertex"
+    if not vertex and not settings.openai_api_key and not settings.openai_base_url:
         raise ModelConfigError(
             "set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (a compatible server)"
         )
@@ -45,9 +52,15 @@ def build_model(settings: Settings) -> Model:
         set_trace_provider(DefaultTraceProvider())
     set_tracing_disabled(not settings.tracing_enabled)
     chat = settings.model_api == "chat_completions"
+    api_key: str | AccessTokens = settings.openai_api_key or _PLACEHOLDER_KEY
+    base_url = settings.openai_base_url
+    if vertex:
+        # Quota errors (429) are retried by the client with backoff, within the
+        # deadline; past that the turn answers 503 model_overloaded.
+        api_key, base_url = AccessTokens(), settings.vertex_base_url
     client = (ChatCompletionsClient if chat else AsyncOpenAI)(
-        api_key=settings.openai_api_key or _PLACEHOLDER_KEY,
-        base_url=settings.openai_base_url,
+        api_key=api_key,
+        base_url=base_url,
         timeout=settings.model_timeout_seconds,
         max_retries=settings.model_max_retries,
     )

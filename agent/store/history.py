@@ -15,6 +15,9 @@ names and document shapes: ``schema.py``)::
         claim_until  Timestamp|null
         owner        str        principal that created it: only it may read, continue
                                 or delete it (to anyone else it is absent)
+        generation   str        random id of this life of the id, made by the claim that
+                                starts it; result objects and idempotency records carry it
+        last_commit  str        claim token of the turn that committed last
         created_at, updated_at  Timestamp
         expire_at    Timestamp  TTL field
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
@@ -41,18 +44,38 @@ Consistency
 -----------
 * A turn claims the session first: a write conditioned on the ``update_time`` it
   read, so of two concurrent claims exactly one wins and the other gets
-  ``SessionBusy`` at once, without waiting on a lock. A claim lapses at its
-  ``claim_until`` (the turn's deadline), so a crashed instance never locks a
-  session for good.
+  ``SessionBusy`` at once, without waiting on a lock. A claim whose condition fails
+  looks again: only a claim that is really held is ``SessionBusy`` (a session deleted
+  in between is simply created). A claim lapses at its ``claim_until`` (the turn's
+  deadline), so a crashed instance never locks a session for good; the claim write
+  also slides ``expire_at`` to at least ``claim_until`` (on the chunks too, when the
+  TTL is shorter than the turn), so TTL deletion cannot take the history away in the
+  middle of the turn.
 * All items of a turn are written in one atomic commit, conditioned on the claim
   write's ``update_time``: if the claim was lost, nothing is written. A run that
   fails leaves the history exactly as it was.
+* A commit whose reply is lost (a reset, a timeout, a retry refused because the first
+  attempt landed) has an unknown outcome, and ``commit`` finds it out before it
+  answers: the commit writes its claim token as ``last_commit``, so a re-read tells
+  whether it landed. While the claim is in force only its own commit can release it,
+  so a claim found released means landed. A claim still held means not landed yet:
+  the claim is then released by a write with the commit's own precondition (the
+  fence), after which the commit can never land. Landed returns the history;
+  fenced raises ``CommitFailed``; if Firestore cannot be asked in time,
+  ``CommitUnknown`` (nothing may be deleted that the turn might reference).
+* Each claim that starts a new life of an id (absent, expired, or a first turn that
+  never committed) gives it a new random ``generation``. Deletes report the
+  generation they removed, so callers clean up only that life's objects and records,
+  never those of a life begun since under the same id.
 * Ownership: ``load``, ``claim`` and ``delete`` take the caller's principal. A live
   session of another owner reads as absent, cannot be deleted, and cannot be
   claimed (``SessionTaken``); an expired one is taken over like an absent one.
-* Sealed chunks are never rewritten (only their ``expire_at`` slides), so a reader
-  that sees ``chunks = n`` and a tail can read chunks ``0..n-1`` without a
-  transaction and get a consistent history.
+* Reads are snapshots: ``load`` reads the chunks at the session document's
+  ``read_time``, so a history is never stitched from two lives of an id (one deleted
+  and re-created between the two reads). Sealed chunks are never rewritten (only
+  their ``expire_at`` slides).
+* A delete whose condition fails looks again: gone is ``ABSENT``, held is
+  ``SessionBusy``, anything else is tried again.
 
 Expiry
 ------
@@ -64,10 +87,13 @@ turn on an expired id starts a new, empty history under it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import json
+import logging
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,8 +101,8 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from agent.base.clock import retry_after
-from agent.store.calls import bounded_retry, outage_as_unavailable
+from agent.base.clock import retry_after, utc_now
+from agent.store.calls import OUTAGE, bounded_retry, outage_as_unavailable
 from agent.store.schema import (
     BYTES,
     CHUNK_COUNT,
@@ -85,7 +111,9 @@ from agent.store.schema import (
     CLAIM_UNTIL,
     CREATED_AT,
     DATA,
+    GENERATION,
     ITEMS,
+    LAST_COMMIT,
     OWNER,
     SESSIONS,
     TAIL,
@@ -95,12 +123,26 @@ from agent.store.schema import (
     chunk_id,
 )
 
+log = logging.getLogger(__name__)
+
 CHUNK_BYTES = 512 * 1024
 MAX_TURN_BYTES = 3 * 1024 * 1024
-"""Largest history growth one turn may add: its commit is one gRPC message, which
-the client and the emulator cap at 4 MiB."""
+"""Largest history growth one turn may add: our limit. Its commit is one gRPC message;
+the emulator refuses messages over 4 MiB (real Firestore allows 10 MiB), and the tests
+run on the emulator, so the service stays under the tighter cap."""
+_ATTEMPTS = 3
+"""How often a claim or a delete whose condition failed looks again before it gives
+up: each failure means the document changed, and a session changes about once a second
+at most."""
+_MIN_CALL_SECONDS = 0.05
 
 Item = dict[str, Any]
+
+# A commit refused with these did not land in that attempt; an earlier attempt of the
+# same call (the client retries transient errors) may have.
+_REFUSED = (gexc.FailedPrecondition, gexc.NotFound)
+# A commit that ended with these may or may not have landed.
+_UNKNOWN = (*OUTAGE, gexc.Aborted, gexc.Cancelled)
 
 
 class StoreError(Exception):
@@ -123,6 +165,16 @@ class ClaimLost(StoreError):
     """The claim lapsed before the commit; nothing was written."""
 
 
+class CommitFailed(StoreError):
+    """Firestore failed the commit and the claim was fenced: nothing was written, and
+    the commit can never land later."""
+
+
+class CommitUnknown(StoreError):
+    """Whether the commit landed could not be found out in time (Firestore did not
+    answer). Anything the turn might reference must be kept."""
+
+
 class TurnTooLarge(StoreError):
     """One turn's items exceed MAX_TURN_BYTES."""
 
@@ -134,11 +186,27 @@ class Deletion(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Deleted:
+    """What ``delete`` did, and the life (generation) whose documents it removed."""
+
+    outcome: Deletion
+    generation: str | None = None
+
+
+@dataclass(frozen=True)
 class History:
     session_id: str
     items: list[Item]
     turns: int
     expire_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Who owns a live session, and which life of its id it is."""
+
+    owner: str | None
+    generation: str | None
 
 
 @dataclass(frozen=True)
@@ -156,12 +224,22 @@ class Claim:
     stale_chunks: int  # chunk documents of an expired history, deleted at commit
     total_bytes: int
     created_at: dt.datetime
+    until: dt.datetime
+    """When the claim lapses (the turn's deadline)."""
+    generation: str
+    """The life of the session this turn belongs to."""
+    replaced: bool = False
+    """The claim took over the document of an earlier, dead life of this id."""
 
 
 def doc_id(session_id: str) -> str:
     if session_id.startswith("__") and session_id.endswith("__"):
         return "~" + session_id
     return session_id
+
+
+def new_generation() -> str:
+    return secrets.token_urlsafe(12)
 
 
 def encode(items: Sequence[Item]) -> bytes:
@@ -190,17 +268,52 @@ class HistoryStore:
 
     def load(self, session_id: str, now: dt.datetime, owner: str | None = None) -> History | None:
         """The live history of a session, or None when absent or expired (or, with
-        ``owner``, owned by someone else)."""
+        ``owner``, owned by someone else). A snapshot: the chunks are read as of the
+        session document's read."""
         with outage_as_unavailable():
             snap = self._session_ref(session_id).get(retry=self._retry, timeout=self._timeout)
             data = snap.to_dict() if snap.exists else None
             if data is None or not _is_live(data, now) or not _owned_by(data, owner):
                 return None
-            try:
-                stream = self._read_chunks(session_id, data[CHUNK_COUNT]) + bytes(data[TAIL])
-            except ClaimLost:  # deleted while we read it
-                return None
-        return History(session_id, decode(stream), data[TURNS], data[TTL_FIELD])
+            stream = self._read_chunks(session_id, data[CHUNK_COUNT], snap.read_time)
+        return History(session_id, decode(stream + bytes(data[TAIL])), data[TURNS], data[TTL_FIELD])
+
+    def info(self, session_id: str, now: dt.datetime) -> SessionInfo | None:
+        """Owner and generation of the live session ``session_id``; None when absent or
+        expired. For routes that act on a session without running a turn."""
+        with outage_as_unavailable():
+            snap = self._session_ref(session_id).get(
+                [OWNER, TURNS, TTL_FIELD, GENERATION], retry=self._retry, timeout=self._timeout
+            )
+            data = snap.to_dict() if snap.exists else None
+        if data is None or not _is_live(data, now):
+            return None
+        owner, generation = data.get(OWNER), data.get(GENERATION)
+        return SessionInfo(
+            owner if isinstance(owner, str) else None,
+            generation if isinstance(generation, str) else None,
+        )
+
+    def owner_of(self, session_id: str, now: dt.datetime) -> str | None:
+        """The owner of the live session ``session_id``; None when absent or expired."""
+        found = self.info(session_id, now)
+        return found.owner if found else None
+
+    def current_generation(self, session_id: str, now: dt.datetime) -> str | None:
+        """The generation of the life the id has now: a live session's, or that of a
+        first turn still holding its claim. None when no life is current: everything
+        of earlier lives may then be cleaned up."""
+        with outage_as_unavailable():
+            snap = self._session_ref(session_id).get(
+                [TURNS, TTL_FIELD, GENERATION, CLAIM_TOKEN, CLAIM_UNTIL],
+                retry=self._retry,
+                timeout=self._timeout,
+            )
+            data = snap.to_dict() if snap.exists else None
+        if data is None or not (_is_live(data, now) or _is_held(data, now)):
+            return None
+        generation = data.get(GENERATION)
+        return generation if isinstance(generation, str) else None
 
     # -- a turn: claim, then commit or release ---------------------------------------
 
@@ -211,41 +324,83 @@ class HistoryStore:
         ``owner`` SessionTaken when someone else's live session has this id."""
         ref = self._session_ref(session_id)
         token = secrets.token_urlsafe(16)
+        with outage_as_unavailable():
+            for _ in range(_ATTEMPTS):
+                snap = ref.get(retry=self._retry, timeout=self._timeout)
+                try:
+                    return self._claim(session_id, ref, snap, token, now, until, owner)
+                except (gexc.AlreadyExists, gexc.Conflict, *_REFUSED):
+                    # The document changed since we read it: another claim won (the next
+                    # read says busy), or a delete or a first turn's release removed it.
+                    continue
+        raise SessionBusy(1)
+
+    def _claim(
+        self,
+        session_id: str,
+        ref: firestore.DocumentReference,
+        snap: Any,
+        token: str,
+        now: dt.datetime,
+        until: dt.datetime,
+        owner: str | None,
+    ) -> Claim:
+        data: dict[str, Any] | None = snap.to_dict() if snap.exists else None
         hold: dict[str, Any] = {CLAIM_TOKEN: token, CLAIM_UNTIL: until}
         if owner is not None:
             hold[OWNER] = owner
-        with outage_as_unavailable():
-            snap = ref.get(retry=self._retry, timeout=self._timeout)
-            data: dict[str, Any] | None = snap.to_dict() if snap.exists else None
-            batch = self._client.batch()
-            if data is None:
-                batch.create(ref, _empty_session(now, until) | hold)
-            else:
-                _raise_if_taken(data, now, owner)
-                _raise_if_held(data, now)
-                batch.update(ref, hold, option=self._precondition(snap.update_time))
-            try:
-                results = batch.commit(retry=self._retry, timeout=self._timeout)
-            except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.Conflict):
-                raise SessionBusy(1) from None  # another claim won the race
-            claimed_at = results[0].update_time
-            if data is None or not _is_live(data, now):
-                stale = 0 if data is None else int(data.get(CHUNK_COUNT, 0))
-                return Claim(
-                    session_id,
-                    token,
-                    claimed_at,
-                    new_session=True,
-                    history=[],
-                    turns=0,
-                    tail=b"",
-                    chunks=0,
-                    stale_chunks=stale,
-                    total_bytes=0,
-                    created_at=now,
-                )
-            tail = bytes(data[TAIL])
-            stream = self._read_chunks(session_id, data[CHUNK_COUNT]) + tail
+        batch = self._client.batch()
+        live = data is not None and _is_live(data, now)
+        if data is not None:
+            _raise_if_taken(data, now, owner)
+            _raise_if_held(data, now)
+        if data is None:
+            generation = new_generation()
+            batch.create(ref, _empty_session(now, until, 0) | hold | {GENERATION: generation})
+        elif not live:
+            # A dead life (expired, or a first turn that never committed) is replaced: the
+            # document restarts empty under a new generation. Its chunks are counted as
+            # stale, deleted by this turn's commit.
+            generation = new_generation()
+            fresh = _empty_session(now, until, int(data.get(CHUNK_COUNT, 0)))
+            batch.update(
+                ref,
+                fresh | hold | {GENERATION: generation},
+                option=self._precondition(snap.update_time),
+            )
+        else:
+            assert data is not None
+            generation = data.get(GENERATION) or new_generation()
+            # TTL must not delete the document mid-turn: it lives at least as long as the claim.
+            slide = {TTL_FIELD: max(data[TTL_FIELD], until), GENERATION: generation}
+            batch.update(ref, hold | slide, option=self._precondition(snap.update_time))
+            if data[TTL_FIELD] < until:  # a TTL shorter than the turn: its chunks too
+                for index in range(data[CHUNK_COUNT]):
+                    batch.update(self._chunk_ref(session_id, index), {TTL_FIELD: until})
+        results = batch.commit(retry=self._retry, timeout=self._timeout)
+        claimed_at = results[0].update_time
+        if not live:
+            stale = 0 if data is None else int(data.get(CHUNK_COUNT, 0))
+            return Claim(
+                session_id,
+                token,
+                claimed_at,
+                new_session=True,
+                history=[],
+                turns=0,
+                tail=b"",
+                chunks=0,
+                stale_chunks=stale,
+                total_bytes=0,
+                created_at=now,
+                until=until,
+                generation=generation,
+                replaced=data is not None,
+            )
+        assert data is not None
+        tail = bytes(data[TAIL])
+        # Nobody else writes the session while we hold it: the snapshot we claimed is current.
+        stream = self._read_chunks(session_id, data[CHUNK_COUNT], snap.read_time) + tail
         return Claim(
             session_id,
             token,
@@ -258,6 +413,8 @@ class HistoryStore:
             stale_chunks=0,
             total_bytes=len(stream),
             created_at=data[CREATED_AT],
+            until=until,
+            generation=generation,
         )
 
     def commit(
@@ -269,12 +426,21 @@ class HistoryStore:
         replace: bool = False,
         count_turn: bool = True,
         extra_writes: Callable[[Any, dt.datetime], None] | None = None,
+        time_left: float | None = None,
     ) -> History:
         """Append ``new_items`` (or, with ``replace``, make them the whole history)
-        and release the claim, in one atomic commit. Raises ClaimLost.
+        and release the claim, in one atomic commit.
 
         ``extra_writes(batch, expire_at)`` adds writes of its own to that commit, so
-        they land if and only if the turn does (the idempotency record)."""
+        they land if and only if the turn does (the idempotency record).
+        ``time_left`` (seconds) bounds the commit and, should its reply be lost,
+        finding out whether it landed; without it each call gets the store's timeout.
+
+        Returns when the turn is stored, also when the reply was lost but the turn
+        landed. Raises ClaimLost (the claim had lapsed; nothing written),
+        CommitFailed (not written, and fenced so it never will be) or CommitUnknown
+        (could not be found out in time); the claim is no longer ours after any of
+        them."""
         added = encode(new_items)
         if len(added) > MAX_TURN_BYTES:
             raise TurnTooLarge(f"{len(added)} bytes in one turn")
@@ -306,6 +472,7 @@ class HistoryStore:
             TURNS: turns,
             CLAIM_TOKEN: None,
             CLAIM_UNTIL: None,
+            LAST_COMMIT: claim.token,
             CREATED_AT: claim.created_at,
             UPDATED_AT: now,
             TTL_FIELD: expire_at,
@@ -313,69 +480,116 @@ class HistoryStore:
         batch.update(ref, fields, option=self._precondition(claim.update_time))
         if extra_writes is not None:
             extra_writes(batch, expire_at)
-        with outage_as_unavailable():
-            try:
-                batch.commit(retry=self._retry, timeout=self._timeout)
-            except (gexc.FailedPrecondition, gexc.NotFound):
-                raise ClaimLost(claim.session_id) from None
         history = claim.history if not replace else []
-        return History(claim.session_id, [*history, *new_items], turns, expire_at)
+        stored = History(claim.session_id, [*history, *new_items], turns, expire_at)
+        # Half of the time left for the commit, half for finding out its outcome.
+        ends = time.monotonic() + (time_left if time_left is not None else 3 * self._timeout)
+        timeout = min(self._timeout, (ends - time.monotonic()) / 2)
+        if timeout < _MIN_CALL_SECONDS:
+            raise ClaimLost(claim.session_id)  # no time to write: the claim lapses unused
+        try:
+            batch.commit(retry=bounded_retry(timeout), timeout=timeout)
+        except (*_REFUSED, *_UNKNOWN) as exc:
+            refused = isinstance(exc, _REFUSED)
+            try:
+                self._resolve(claim, ends, refused=refused)
+            except StoreError as outcome:
+                log.warning("commit failed (%s): %s", type(exc).__name__, type(outcome).__name__)
+                raise
+            log.warning("commit failed (%s) but had landed", type(exc).__name__)
+        return stored
+
+    def _resolve(self, claim: Claim, ends: float, *, refused: bool) -> None:
+        """Find out whether a commit whose reply was lost landed: returns if it did,
+        raises ClaimLost, CommitFailed or CommitUnknown if not (see the header)."""
+        ref = self._session_ref(claim.session_id)
+        for _ in range(_ATTEMPTS):
+            snap = self._call_before(ends, lambda t: ref.get(retry=bounded_retry(t), timeout=t))
+            data = snap.to_dict() if snap.exists else None
+            if data is not None and data.get(LAST_COMMIT) == claim.token:
+                return  # landed
+            if data is None or data.get(CLAIM_TOKEN) != claim.token:
+                if utc_now() < claim.until:
+                    # While our claim is in force only our own commit can release it (a
+                    # later turn or a delete may have followed it since).
+                    return
+                if refused:
+                    raise ClaimLost(claim.session_id)  # lapsed, and taken or deleted
+                raise CommitUnknown(claim.session_id)
+            # Still ours: the commit has not landed, but it may still be on its way. Fence
+            # it: release the claim under the commit's own precondition.
+            if self._call_before(ends, lambda t: self._release(claim, t)):
+                if refused:
+                    raise ClaimLost(claim.session_id)
+                raise CommitFailed(claim.session_id)
+            # The fence was refused: the document changed since the claim, which only our
+            # commit can have done. Look again to be sure.
+        raise CommitUnknown(claim.session_id)
+
+    def _call_before(self, ends: float, call: Callable[[float], Any]) -> Any:
+        timeout = min(self._timeout, ends - time.monotonic())
+        if timeout < _MIN_CALL_SECONDS:
+            raise CommitUnknown("no time left to find out")
+        try:
+            return call(timeout)
+        except _UNKNOWN as exc:
+            raise CommitUnknown(type(exc).__name__) from exc
 
     def release(self, claim: Claim) -> None:
         """Give the session back after a failed turn; history stays untouched.
 
         Best effort: if this fails too, the claim lapses at its deadline."""
+        with contextlib.suppress(gexc.GoogleAPIError):
+            self._release(claim, self._timeout)
+
+    def _release(self, claim: Claim, timeout: float) -> bool:
+        """Release the claim if the session is still as the claim left it; False when
+        it is not (the condition failed). Raises what the client raises."""
         ref = self._session_ref(claim.session_id)
         option = self._precondition(claim.update_time)
+        retry = bounded_retry(timeout)
         try:
             if claim.turns == 0 and claim.stale_chunks == 0 and not claim.history:
-                ref.delete(option=option, retry=self._retry, timeout=self._timeout)
+                ref.delete(option=option, retry=retry, timeout=timeout)
             else:
                 ref.update(
                     {CLAIM_TOKEN: None, CLAIM_UNTIL: None},
                     option=option,
-                    retry=self._retry,
-                    timeout=self._timeout,
+                    retry=retry,
+                    timeout=timeout,
                 )
-        except gexc.GoogleAPIError:
-            pass
+        except _REFUSED:
+            return False
+        return True
 
     # -- deleting ----------------------------------------------------------------
 
-    def delete(self, session_id: str, now: dt.datetime, owner: str | None = None) -> Deletion:
+    def delete(self, session_id: str, now: dt.datetime, owner: str | None = None) -> Deleted:
         """Delete every document of a session (an expired one's leftovers too), unless
-        ``owner`` is given and someone else owns it. Raises SessionBusy."""
+        ``owner`` is given and someone else owns it. Raises SessionBusy while a turn
+        holds it."""
         ref = self._session_ref(session_id)
         with outage_as_unavailable():
-            snap = ref.get(retry=self._retry, timeout=self._timeout)
-            if not snap.exists:
-                return Deletion.ABSENT
-            data = snap.to_dict() or {}
-            if not _owned_by(data, owner):
-                return Deletion.NOT_YOURS
-            _raise_if_held(data, now)
-            batch = self._client.batch()
-            for index in range(data.get(CHUNK_COUNT, 0)):
-                batch.delete(self._chunk_ref(session_id, index))
-            batch.delete(ref, option=self._precondition(snap.update_time))
-            try:
-                batch.commit(retry=self._retry, timeout=self._timeout)
-            except gexc.FailedPrecondition:
-                raise SessionBusy(1) from None
-        return Deletion.DELETED if _is_live(data, now) else Deletion.ABSENT
-
-    def owner_of(self, session_id: str, now: dt.datetime) -> str | None:
-        """The owner of the live session ``session_id``; None when absent or expired.
-        For routes that act on a session without running a turn."""
-        with outage_as_unavailable():
-            snap = self._session_ref(session_id).get(
-                [OWNER, TURNS, TTL_FIELD], retry=self._retry, timeout=self._timeout
-            )
-            data = snap.to_dict() if snap.exists else None
-        if data is None or not _is_live(data, now):
-            return None
-        owner = data.get(OWNER)
-        return owner if isinstance(owner, str) else None
+            for _ in range(_ATTEMPTS):
+                snap = ref.get(retry=self._retry, timeout=self._timeout)
+                if not snap.exists:
+                    return Deleted(Deletion.ABSENT)
+                data = snap.to_dict() or {}
+                if not _owned_by(data, owner):
+                    return Deleted(Deletion.NOT_YOURS)
+                _raise_if_held(data, now)
+                batch = self._client.batch()
+                for index in range(data.get(CHUNK_COUNT, 0)):
+                    batch.delete(self._chunk_ref(session_id, index))
+                batch.delete(ref, option=self._precondition(snap.update_time))
+                try:
+                    batch.commit(retry=self._retry, timeout=self._timeout)
+                except _REFUSED:
+                    continue  # changed since we read it: gone, held, or written; look again
+                outcome = Deletion.DELETED if _is_live(data, now) else Deletion.ABSENT
+                generation = data.get(GENERATION)
+                return Deleted(outcome, generation if isinstance(generation, str) else None)
+        raise SessionBusy(1)
 
     # -- internals -----------------------------------------------------------------
 
@@ -394,30 +608,31 @@ class HistoryStore:
         ref: firestore.DocumentReference = chunks.document(chunk_id(index))
         return ref
 
-    def _read_chunks(self, session_id: str, count: int) -> bytes:
+    def _read_chunks(self, session_id: str, count: int, read_time: dt.datetime) -> bytes:
+        """Chunks ``0..count-1`` as they were at ``read_time`` (the session document's
+        read): one life's chunks, whatever happened to the id since."""
         if count == 0:
             return b""
         refs = [self._chunk_ref(session_id, i) for i in range(count)]
-        by_id = {
-            snap.id: snap
-            for snap in self._client.get_all(refs, retry=self._retry, timeout=self._timeout)
-        }
+        snaps = self._client.get_all(
+            refs, retry=self._retry, timeout=self._timeout, read_time=read_time
+        )
+        by_id = {snap.id: snap for snap in snaps}
         parts = []
         for ref in refs:
             snap = by_id.get(ref.id)
             if snap is None or not snap.exists:
-                # Only a concurrent delete removes sealed chunks.
-                raise ClaimLost(session_id)
+                raise RuntimeError(f"chunk {ref.id} of a session missing at its read time")
             parts.append(bytes((snap.to_dict() or {})[DATA]))
         return b"".join(parts)
 
 
-def _empty_session(now: dt.datetime, until: dt.datetime) -> dict[str, Any]:
+def _empty_session(now: dt.datetime, until: dt.datetime, stale_chunks: int) -> dict[str, Any]:
     # A claimed but never committed session expires with its claim, so TTL removes
     # the placeholder of a crashed first turn.
     return {
         TAIL: b"",
-        CHUNK_COUNT: 0,
+        CHUNK_COUNT: stale_chunks,
         ITEMS: 0,
         BYTES: 0,
         TURNS: 0,
@@ -431,6 +646,11 @@ def _is_live(data: dict[str, Any], now: dt.datetime) -> bool:
     return bool(data.get(TURNS, 0) > 0 and data[TTL_FIELD] > now)
 
 
+def _is_held(data: dict[str, Any], now: dt.datetime) -> bool:
+    held_until = data.get(CLAIM_UNTIL)
+    return bool(data.get(CLAIM_TOKEN) and held_until and held_until > now)
+
+
 def _owned_by(data: dict[str, Any], owner: str | None) -> bool:
     # A session without an owner (written before owners existed, or by library use)
     # belongs to no principal of the service.
@@ -440,12 +660,10 @@ def _owned_by(data: dict[str, Any], owner: str | None) -> bool:
 def _raise_if_taken(data: dict[str, Any], now: dt.datetime, owner: str | None) -> None:
     if _owned_by(data, owner):
         return
-    held_until = data.get(CLAIM_UNTIL)
-    if _is_live(data, now) or (data.get(CLAIM_TOKEN) and held_until and held_until > now):
+    if _is_live(data, now) or _is_held(data, now):
         raise SessionTaken("the id names a live session of another principal")
 
 
 def _raise_if_held(data: dict[str, Any], now: dt.datetime) -> None:
-    held_until = data.get(CLAIM_UNTIL)
-    if data.get(CLAIM_TOKEN) and held_until and held_until > now:
-        raise SessionBusy(retry_after(held_until, now))
+    if _is_held(data, now):
+        raise SessionBusy(retry_after(data[CLAIM_UNTIL], now))

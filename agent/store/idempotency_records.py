@@ -10,8 +10,11 @@ One record per (principal, key), at ``agent_idempotency/{sha256(principal, key)}
     state        str        "running" or "done"
     running_until Timestamp when a running record's turn would have timed out
     response     map|null   when done: session_id, reply, new_session, usage
-    expire_at    Timestamp  TTL field: when done, the session's expire_at as of
-                            that turn, so a key lives no longer than its session
+    expire_at    Timestamp  TTL field: while running, at least running_until (a
+                            record must not expire, and be taken by a retry, while its
+                            turn runs); when done, the session's expire_at as of that
+                            turn, so a key lives no longer than its session
+    generation   str        when done: the life of the session the turn was stored in
 
 * Same key, same body: while the first request runs, 409
   ``idempotency_key_in_progress`` with ``Retry-After``; once it succeeded, its stored
@@ -25,7 +28,8 @@ One record per (principal, key), at ``agent_idempotency/{sha256(principal, key)}
   ``running_until``; a retry after that takes it over and runs the turn, once.
 * A stored response must fit one document: with a key, a reply over
   ``MAX_STORED_RESPONSE_BYTES`` fails the turn (502) and nothing is stored.
-* Deleting a session deletes its keys' records (they hold its replies).
+* Deleting a session deletes its keys' records (they hold its replies): those of the
+  life it deleted (``generation``), never those of a life begun since under the same id.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from agent.store.history import TurnTooLarge
 from agent.store.schema import (
     DONE,
     FINGERPRINT,
+    GENERATION,
     IDEMPOTENCY,
     OWNER,
     RESPONSE,
@@ -112,7 +117,7 @@ class IdempotencyStore:
                 STATE: RUNNING,
                 RUNNING_UNTIL: until,
                 RESPONSE: None,
-                TTL_FIELD: now + self._ttl,
+                TTL_FIELD: max(now + self._ttl, until),
             }
             if data is None:
                 result = ref.create(dict(record), retry=self._retry, timeout=self._timeout)
@@ -133,7 +138,7 @@ class IdempotencyStore:
                 # The first attempt died mid-turn; its claim has lapsed like this record.
                 session_id = data[SESSION_ID]
                 result = ref.update(
-                    {RUNNING_UNTIL: until, TTL_FIELD: now + self._ttl},
+                    {RUNNING_UNTIL: until, TTL_FIELD: max(now + self._ttl, until)},
                     option=self._client.write_option(last_update_time=snap.update_time),
                     retry=self._retry,
                     timeout=self._timeout,
@@ -146,35 +151,45 @@ class IdempotencyStore:
         return KeyClaim(ref, result.update_time, session_id)
 
     def completion(
-        self, claim: KeyClaim, response: dict[str, Any], expire_at: dt.datetime
+        self, claim: KeyClaim, response: dict[str, Any], expire_at: dt.datetime, generation: str
     ) -> Callable[[Any], None]:
-        """The write that marks the record done with ``response``, for the turn's own
-        commit. Raises TurnTooLarge when the response cannot fit the record."""
+        """The write that marks the record done with ``response`` in the session life
+        ``generation``, for the turn's own commit. Raises TurnTooLarge when the
+        response cannot fit the record."""
         if len(json.dumps(response).encode()) > MAX_STORED_RESPONSE_BYTES:
             raise TurnTooLarge("reply too large to store for Idempotency-Key")
 
         def write(batch: Any) -> None:
             batch.update(
                 claim.ref,
-                {STATE: DONE, RESPONSE: response, TTL_FIELD: expire_at},
+                {STATE: DONE, RESPONSE: response, TTL_FIELD: expire_at, GENERATION: generation},
                 option=self._client.write_option(last_update_time=claim.update_time),
             )
 
         return write
 
-    def abandon(self, claim: KeyClaim) -> None:
-        """Forget a record whose turn failed, so a retry runs. Best effort: if this
-        fails, the record lapses at ``running_until``."""
+    def abandon(self, claim: KeyClaim, time_left: float | None = None) -> None:
+        """Forget a record whose turn failed, so a retry runs. Best effort, within
+        ``time_left`` seconds when given (none left: skipped): if this does not happen,
+        the record lapses at ``running_until``. Conditioned on the record as the turn
+        left it, so it also fences a turn commit still on its way (that commit is
+        conditioned on the same record)."""
+        timeout = self._timeout if time_left is None else min(self._timeout, time_left)
+        if timeout < 0.05:
+            return
         with contextlib.suppress(gexc.GoogleAPIError):
             claim.ref.delete(
                 option=self._client.write_option(last_update_time=claim.update_time),
-                retry=self._retry,
-                timeout=self._timeout,
+                retry=bounded_retry(timeout),
+                timeout=timeout,
             )
 
-    def forget_session(self, session_id: str, owner: str) -> None:
-        """Delete the records of a deleted session. Best effort: TTL removes any
-        left behind."""
+    def forget_session(self, session_id: str, owner: str, generation: str | None) -> None:
+        """Delete the records of a deleted session's life ``generation``. Best effort:
+        TTL removes any left behind. Records of another life of the id (one begun after
+        the delete) are left alone."""
+        if generation is None:
+            return  # a session from before generations: its records expire by TTL
         query = (
             self._client.collection(IDEMPOTENCY)
             .where(filter=FieldFilter(SESSION_ID, "==", session_id))
@@ -183,7 +198,7 @@ class IdempotencyStore:
         try:
             for _ in range(20):
                 snaps = list(query.stream(retry=self._retry, timeout=self._timeout))
-                mine = [s for s in snaps if (s.to_dict() or {}).get(OWNER) == owner]
+                mine = [s for s in snaps if _of_life(s.to_dict() or {}, owner, generation)]
                 if mine:
                     batch = self._client.batch()
                     for snap in mine:
@@ -193,6 +208,10 @@ class IdempotencyStore:
                     return
         except gexc.GoogleAPIError as exc:
             log.warning("idempotency records of a deleted session kept: %s", type(exc).__name__)
+
+
+def _of_life(record: dict[str, Any], owner: str, generation: str) -> bool:
+    return record.get(OWNER) == owner and record.get(GENERATION) == generation
 
 
 def _doc_id(principal: str, key: str) -> str:

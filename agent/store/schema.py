@@ -19,7 +19,7 @@ two, ``store/idempotency_records.py`` those of the third.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Final, TypedDict
+from typing import Any, Final, NotRequired, TypedDict
 
 SESSIONS: Final = "agent_sessions"
 CHUNKS: Final = "agent_history_chunks"
@@ -39,6 +39,13 @@ TURNS: Final = "turns"
 CLAIM_TOKEN: Final = "claim_token"
 CLAIM_UNTIL: Final = "claim_until"
 OWNER: Final = "owner"
+GENERATION: Final = "generation"
+"""A random id of one life of a session, on its document and on its idempotency records
+(and, outside Firestore, on its result objects): what a session's clean-up and re-signs
+check, so that they never touch a later life of the same id."""
+LAST_COMMIT: Final = "last_commit"
+"""The claim token of the turn whose commit wrote the document last: how a turn whose
+commit reply was lost finds out whether it landed."""
 CREATED_AT: Final = "created_at"
 UPDATED_AT: Final = "updated_at"
 
@@ -66,6 +73,8 @@ class SessionDoc(TypedDict, total=False):
     claim_token: str | None  # who runs a turn on it ...
     claim_until: dt.datetime | None  # ... and until when
     owner: str  # the principal that created it
+    generation: str  # this life of the id (a new one when an absent or expired id is claimed)
+    last_commit: str  # claim token of the last committed turn
     created_at: dt.datetime
     updated_at: dt.datetime
     expire_at: dt.datetime
@@ -87,7 +96,8 @@ class KeyDoc(TypedDict):
     state: str  # RUNNING or DONE
     running_until: dt.datetime
     response: dict[str, Any] | None
-    expire_at: dt.datetime
+    expire_at: dt.datetime  # when running: never before running_until
+    generation: NotRequired[str]  # the session life its turn was stored in (set when done)
 
 
 def chunk_id(index: int) -> str:

@@ -27,7 +27,15 @@ from agents import TResponseInputItem
 from agents.memory import SessionSettings
 
 from agent.base.clock import utc_now
-from agent.store.history import Claim, History, HistoryStore, Item
+from agent.store.history import (
+    Claim,
+    ClaimLost,
+    CommitFailed,
+    CommitUnknown,
+    History,
+    HistoryStore,
+    Item,
+)
 
 
 class FirestoreSession:
@@ -68,21 +76,31 @@ class FirestoreSession:
         return self._claim is not None
 
     def commit_turn(
-        self, extra_writes: Callable[[Any, dt.datetime], None] | None = None
+        self,
+        extra_writes: Callable[[Any, dt.datetime], None] | None = None,
+        time_left: float | None = None,
     ) -> History:
-        """Write the turn's items in one commit (with ``extra_writes``, see
-        ``HistoryStore.commit``). On failure the turn stays open, so that
-        ``abort_turn`` can still release the claim."""
+        """Write the turn's items in one commit (with ``extra_writes`` and
+        ``time_left``, see ``HistoryStore.commit``). If the commit fails before it is
+        sent, the turn stays open, so that ``abort_turn`` can still release the claim;
+        once it was sent and failed (ClaimLost, CommitFailed, CommitUnknown) the claim
+        is settled and the turn is closed: released by the store's fence, lost, or
+        left to lapse when Firestore cannot be asked."""
         if self._claim is None:
             raise RuntimeError("no turn is open on this session object")
-        # Rare: the run removed stored items, so the history is rewritten whole.
-        history = self._store.commit(
-            self._claim,
-            self._pending,
-            self._clock(),
-            replace=self._popped,
-            extra_writes=extra_writes,
-        )
+        try:
+            # Rare: the run removed stored items, so the history is rewritten whole.
+            history = self._store.commit(
+                self._claim,
+                self._pending,
+                self._clock(),
+                replace=self._popped,
+                extra_writes=extra_writes,
+                time_left=time_left,
+            )
+        except (ClaimLost, CommitFailed, CommitUnknown):
+            self._claim, self._aborted = None, True
+            raise
         self._claim = None
         return history
 
@@ -170,6 +188,8 @@ class FirestoreSession:
         )
         try:
             self._store.commit(claim, items, self._clock(), replace=replace, count_turn=not replace)
+        except (ClaimLost, CommitFailed, CommitUnknown):
+            raise  # the claim is settled already
         except BaseException:
             self._store.release(claim)
             raise

@@ -58,7 +58,9 @@ def run_once(
             on_commit=_completion(store, claim),
         )
     except BaseException:
-        store.abandon(claim)
+        # Within the turn's deadline: a turn whose commit's outcome is unknown ends at it,
+        # and its record lapses then anyway.
+        store.abandon(claim, started + budget_seconds - time.monotonic())
         raise
     return outcome, False
 
@@ -94,9 +96,10 @@ def stream_once(
             on_commit=_completion(store, claim),
         )
     except BaseException:
-        store.abandon(claim)
+        store.abandon(claim, started + budget_seconds - time.monotonic())
         raise
-    return _abandon_unless_done(events, store, claim), False
+    deadline = started + budget_seconds
+    return _abandon_unless_done(events, store, claim, deadline), False
 
 
 def _begin(
@@ -121,14 +124,14 @@ def _begin(
 
 
 def _completion(store: IdempotencyStore, claim: KeyClaim) -> Any:
-    def write(batch: Any, outcome: TurnOutcome) -> None:
-        store.completion(claim, outcome.stored(), outcome.expire_at)(batch)
+    def write(batch: Any, outcome: TurnOutcome, generation: str) -> None:
+        store.completion(claim, outcome.stored(), outcome.expire_at, generation)(batch)
 
     return write
 
 
 def _abandon_unless_done(
-    events: TurnEvents, store: IdempotencyStore, claim: KeyClaim
+    events: TurnEvents, store: IdempotencyStore, claim: KeyClaim, deadline: float
 ) -> TurnEvents:
     done = False
     try:
@@ -138,7 +141,7 @@ def _abandon_unless_done(
     finally:
         events.close()
         if not done:
-            store.abandon(claim)
+            store.abandon(claim, deadline - time.monotonic())
 
 
 def _replay(outcome: TurnOutcome) -> TurnEvents:

@@ -8,6 +8,10 @@ from typing import Any
 
 from agent.results.policy import ResultLink
 
+Usage = dict[str, int | float | None]
+"""requests, input_tokens, output_tokens, total_tokens, and cost_usd (None: the
+model's price is unknown)."""
+
 
 @dataclass(frozen=True)
 class TurnOutcome:
@@ -16,7 +20,7 @@ class TurnOutcome:
     session_id: str
     reply: str
     new_session: bool
-    usage: dict[str, int]
+    usage: Usage
     expire_at: dt.datetime
     result: ResultLink | None = None
     warnings: tuple[dict[str, str], ...] = ()

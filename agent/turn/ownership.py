@@ -18,11 +18,13 @@ from agent.store.history import HistoryStore
 from agent.turn.store_errors import store_errors_as_api_errors
 
 
-def require_owner(store: HistoryStore, session_id: str, principal: str) -> None:
+def require_owner(store: HistoryStore, session_id: str, principal: str) -> str | None:
     """404 ``session_not_found`` unless ``principal`` owns the live session
     ``session_id``; for routes that act on a session without running a turn (such
-    as re-signing a stored result). Costs one document read."""
+    as re-signing a stored result). The session's generation (its current life).
+    Costs one document read."""
     with store_errors_as_api_errors():
-        owner = store.owner_of(session_id, utc_now())
-    if owner is None or owner != principal:
+        found = store.info(session_id, utc_now())
+    if found is None or found.owner is None or found.owner != principal:
         raise errors.session_not_found()
+    return found.generation

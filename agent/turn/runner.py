@@ -9,6 +9,15 @@ Each model call inside the run is bounded by the same deadline (``deadline.py``)
 
 A turn runs whole (``run``) or streamed (``stream``); both claim, deliver, commit and
 fail the same way, and a streamed turn whose reader goes away commits nothing.
+
+The final commit, and finding out its outcome should its reply be lost, are bounded
+by the time left before the deadline, not by ``FIRESTORE_TIMEOUT_SECONDS`` alone: a
+turn answers before the platform gives up on it. Its outcome decides the answer
+(``agent/store/history.py`` has how it is found out): stored, even if the reply was
+lost, is the 200 the caller earned; not stored is 503 or 504 and the result file the
+turn uploaded is deleted; unknown (Firestore could not be asked in time) is 503 and the
+file stays, where the session's clean-up and the bucket's lifecycle rule find it.
+A turn that takes over an expired id first sweeps the previous life's result objects.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,15 +40,17 @@ from agent.base.settings import Settings
 from agent.results.policy import Delivery, OffloadPolicy, shrink_answer
 from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.pricing import DEFAULT_PRICES, Price, cost_usd
 from agent.runtime.streaming import RunEvent, StreamedRun
 from agent.store.history import (
     Claim,
     ClaimLost,
+    CommitUnknown,
     HistoryStore,
     TurnTooLarge,
 )
 from agent.store.session import FirestoreSession
-from agent.turn.outcome import TurnOutcome
+from agent.turn.outcome import TurnOutcome, Usage
 from agent.turn.store_errors import api_error_of, store_errors_as_api_errors
 
 log = logging.getLogger(__name__)
@@ -58,8 +69,10 @@ class TurnRunner:
         loop: BackgroundLoop,
         settings: Settings,
         results: OffloadPolicy | None = None,
+        prices: Mapping[str, Price] = DEFAULT_PRICES,
     ) -> None:
         self._agent = agent
+        self._prices = prices
         self._store = store
         self._loop = loop
         self._settings = settings
@@ -81,7 +94,7 @@ class TurnRunner:
     ) -> TurnOutcome:
         """``started`` is the request's ``time.monotonic()`` at arrival; ``owner`` the
         caller's principal, required so that no route can forget it (None, for library
-        use only, skips ownership checks); ``on_commit(batch, outcome)`` adds writes to the turn's
+        use only, skips ownership checks); ``on_commit`` adds writes to the turn's
         commit (the idempotency record)."""
         turn = self._open(session_id, started, owner)
         try:
@@ -156,6 +169,8 @@ class TurnRunner:
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
         with store_errors_as_api_errors():
             claim = session.begin_turn(claim_until)
+        if claim.replaced:
+            self._sweep_previous_life(claim)
         run_deadline = deadline - self._commit_reserve - self._offload_reserve
         return _OpenTurn(session, claim, deadline, run_deadline)
 
@@ -164,12 +179,14 @@ class TurnRunner:
     ) -> TurnOutcome:
         """Deliver the answer (inline, or offloaded) and commit the turn."""
         session, new_session = turn.session, turn.claim.new_session
+        usage = self._usage(result)
         delivery: Delivery | None = None
         try:
             delivery = self._results.deliver(
                 session.session_id,
                 result.final_output,
                 turn.deadline - self._commit_reserve - time.monotonic(),
+                turn.claim.generation,
             )
             if delivery.history_text is not None:
                 kept = delivery.history_text
@@ -180,21 +197,52 @@ class TurnRunner:
 
                 def extra(batch: Any, expire_at: dt.datetime) -> None:
                     assert delivery is not None
-                    outcome = _outcome(session.session_id, result, new_session, expire_at, delivery)
-                    done(batch, outcome)
+                    outcome = _outcome(session.session_id, usage, new_session, expire_at, delivery)
+                    done(batch, outcome, turn.claim.generation)
 
-            history = session.commit_turn(extra_writes=extra)
+            history = session.commit_turn(
+                extra_writes=extra, time_left=turn.deadline - time.monotonic()
+            )
         except BaseException as exc:
             error = self._fail(turn, exc)
-            if delivery is not None and delivery.object_name:
+            # Deleted only when the turn is known not to be stored: a stored turn never
+            # points at a missing file. Unknown: it stays for the sweep and the lifecycle.
+            if delivery is not None and delivery.object_name and not isinstance(exc, CommitUnknown):
                 self._results.discard(delivery.object_name)
             raise error from exc
-        return _outcome(session.session_id, result, new_session, history.expire_at, delivery)
+        return _outcome(session.session_id, usage, new_session, history.expire_at, delivery)
+
+    def _usage(self, result: RunResultBase) -> Usage:
+        """The turn's usage summed over its model calls, and what it cost."""
+        usage = result.context_wrapper.usage
+        cached = usage.input_tokens_details.cached_tokens or 0
+        return {
+            "requests": usage.requests,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+            "cost_usd": cost_usd(
+                self._prices,
+                self._settings.agent_model,
+                input_tokens=usage.input_tokens,
+                cached_input_tokens=cached,
+                output_tokens=usage.output_tokens,
+            ),
+        }
 
     def _fail(self, turn: _OpenTurn, exc: BaseException) -> BaseException:
         """Release the claim (the history stays as it was); the error for the caller."""
         self._release(turn)
         return _as_api_error(exc)
+
+    def _sweep_previous_life(self, claim: Claim) -> None:
+        """Best effort: delete the result objects of the dead life this claim replaced,
+        so nobody who takes an expired id over reaches them (they could not re-sign
+        them anyway: another generation), and they do not wait for the lifecycle rule."""
+        try:
+            self._results.sweep(claim.session_id, lambda: claim.generation)
+        except errors.ApiError:
+            log.warning("result objects of an expired session left for the lifecycle rule")
 
     @staticmethod
     def _release(turn: _OpenTurn) -> None:
@@ -202,7 +250,8 @@ class TurnRunner:
             turn.session.abort_turn()
 
 
-OnCommit = Callable[[Any, TurnOutcome], None]
+OnCommit = Callable[[Any, TurnOutcome, str], None]
+"""``on_commit(batch, outcome, generation)``: writes added to the turn's commit."""
 
 
 @dataclass(frozen=True)
@@ -217,22 +266,16 @@ class _OpenTurn:
 
 def _outcome(
     session_id: str,
-    result: RunResultBase,
+    usage: Usage,
     new_session: bool,
     expire_at: dt.datetime,
     delivery: Delivery,
 ) -> TurnOutcome:
-    usage = result.context_wrapper.usage
     return TurnOutcome(
         session_id=session_id,
         reply=delivery.reply,
         new_session=new_session,
-        usage={
-            "requests": usage.requests,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "total_tokens": usage.total_tokens,
-        },
+        usage=usage,
         expire_at=expire_at,
         result=delivery.result,
         warnings=delivery.warnings,
@@ -247,6 +290,9 @@ def _as_api_error(exc: BaseException) -> BaseException:
         return errors.deadline_exceeded()
     if isinstance(exc, MaxTurnsExceeded):
         return errors.max_turns_exceeded()
+    if isinstance(exc, openai.RateLimitError):
+        log.warning("model call refused: over quota or rate limit")
+        return errors.model_overloaded()
     if isinstance(exc, openai.APIError | ModelBehaviorError | TurnTooLarge):
         log.warning("model call failed: %s", type(exc).__name__)
         return errors.model_error()

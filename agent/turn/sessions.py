@@ -33,19 +33,28 @@ class Sessions:
 
     def delete(self, session_id: str, owner: str) -> None:
         """Delete the caller's live session, its results and its keys' records; 404
-        ``session_not_found`` when there is none."""
+        ``session_not_found`` when there is none, 409 ``session_busy`` while a turn
+        runs on it (also a session's first turn, during which a read says 404).
+
+        Only what belonged to the deleted life goes: result objects of no current life
+        (the deleted one's, and orphans) and the records of the deleted generation. A
+        session re-created under the id meanwhile keeps its files and keys."""
         with store_errors_as_api_errors():
-            deletion = self.store.delete(session_id, utc_now(), owner)
-        if deletion is Deletion.NOT_YOURS:
+            deleted = self.store.delete(session_id, utc_now(), owner)
+        if deleted.outcome is Deletion.NOT_YOURS:
             raise errors.session_not_found()  # and its results are not ours to touch
-        # After the documents: should this fail, a retried DELETE (404) still cleans up.
-        self.results.delete_session(session_id)
-        if deletion is not Deletion.DELETED:
+        # After the documents: should this fail, a retried DELETE (404) still sweeps.
+        self.results.sweep(session_id, lambda: self._current_generation(session_id))
+        if deleted.outcome is not Deletion.DELETED:
             raise errors.session_not_found()
-        self.idempotency.forget_session(session_id, owner)
+        self.idempotency.forget_session(session_id, owner, deleted.generation)
 
     def resign_result(self, session_id: str, turn_id: str, owner: str) -> ResultLink:
-        """A fresh signed URL for a stored result; 404 unless the caller owns the
-        live session."""
-        require_owner(self.store, session_id, owner)
-        return self.results.resign(session_id, turn_id)
+        """A fresh signed URL for a stored result of the caller's live session; 404
+        unless it belongs to this life of the session."""
+        generation = require_owner(self.store, session_id, owner)
+        return self.results.resign(session_id, turn_id, generation)
+
+    def _current_generation(self, session_id: str) -> str | None:
+        with store_errors_as_api_errors():
+            return self.store.current_generation(session_id, utc_now())

@@ -3,6 +3,13 @@
 Every route and turn step that calls the store does so inside
 ``store_errors_as_api_errors()``, so an outage is the same 503, and a held session the
 same 409, wherever it happens.
+
+A turn's commit that Firestore failed is 503 ``storage_unavailable`` whether the
+store fenced it (``CommitFailed``: not stored, and never will be) or could not find
+out its outcome in time (``CommitUnknown``): the caller may retry either way, and
+only in the second case does the turn keep whatever it uploaded. A commit that was
+refused because the claim had lapsed (``ClaimLost``) is the turn running out of time:
+504, mapped with the other timeouts in ``runner.py``.
 """
 
 from __future__ import annotations
@@ -12,12 +19,12 @@ from contextlib import contextmanager
 
 from agent.base import errors
 from agent.store.calls import StoreUnavailable
-from agent.store.history import SessionBusy, SessionTaken
+from agent.store.history import CommitFailed, CommitUnknown, SessionBusy, SessionTaken
 
 
 def api_error_of(exc: BaseException) -> errors.ApiError | None:
     """The API error a store failure stands for; None for anything else."""
-    if isinstance(exc, StoreUnavailable):
+    if isinstance(exc, StoreUnavailable | CommitFailed | CommitUnknown):
         return errors.storage_unavailable()
     if isinstance(exc, SessionBusy):
         return errors.session_busy(exc.retry_after)

@@ -33,6 +33,7 @@ PROJECT = DEPLOY_PROJECT
 DEPLOY = REPO / "deploy"
 FAKES = REPO / "tests" / "fakes"
 SCRIPTS = ["common.sh", "setup.sh", "deploy.sh", "pipeline.sh", "build-test.sh"]
+BUILD_CONFIGS = ["cloudbuild-test.yaml", "cloudbuild.yaml"]
 
 EXPECTED_APIS = {
     "cloudfunctions.googleapis.com",
@@ -139,6 +140,19 @@ def run_script(
     return Run(result, read_calls(fake_dir)[before:])
 
 
+def seed_secret(fake_dir: Path) -> Path:
+    """A fake project whose model-key secret has a version (what setup leaves), so that
+    deploy.sh can pin it."""
+    fake_dir.mkdir(parents=True, exist_ok=True)
+    state = fake_dir / "state.json"
+    current = json.loads(state.read_text()) if state.exists() else {}
+    current.setdefault("secrets", {})[expanded("SECRET_NAME")] = {
+        "versions": [{"sha256": "0" * 64, "length": 1}]
+    }
+    state.write_text(json.dumps(current))
+    return fake_dir
+
+
 KNOWN_COMMANDS = [
     tuple(line.split())
     for line in """
@@ -152,7 +166,13 @@ KNOWN_COMMANDS = [
     storage buckets get-iam-policy | storage buckets add-iam-policy-binding
     secrets describe | secrets create | secrets get-iam-policy | secrets add-iam-policy-binding
     secrets versions list | secrets versions add
-    functions deploy | builds submit
+    functions deploy | builds submit | functions describe
+    functions get-iam-policy | functions add-iam-policy-binding
+    artifacts repositories describe | artifacts repositories create
+    artifacts repositories get-iam-policy | artifacts repositories add-iam-policy-binding
+    iam roles describe | iam roles create | iam roles update
+    firestore indexes fields list | firestore indexes fields update
+    projects describe | run services get-iam-policy
     """.replace("\n", "|").split("|")
     if line.strip()
 ]
@@ -190,14 +210,24 @@ def normalized(argv: list[str]) -> list[str]:
     ]
 
 
-def cloudbuild() -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
+def cloudbuild(name: str = "cloudbuild.yaml") -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((REPO / name).read_text())
     return config
+
+
+def env_of(flags: dict[str, str]) -> dict[str, str]:
+    """--set-env-vars as a dict; understands gcloud's "^;^A=1;B=x,y" delimiter syntax."""
+    text = flags.get("set-env-vars", "")
+    delimiter = ","
+    if match := re.match(r"\^(.)\^", text):
+        delimiter, text = match.group(1), text[match.end() :]
+    return dict(item.split("=", 1) for item in text.split(delimiter) if item)
 
 
 @dataclass
 class Scenario:
-    """One fake project taken through setup, setup again (no key piped), deploy and pipeline."""
+    """One fake project taken through setup, setup again (no key piped), deploy, deploy
+    again (an update), setup after the first deploy, and pipeline."""
 
     fake_dir: Path
     secret: str
@@ -206,10 +236,19 @@ class Scenario:
     second: Run
     state_after_second: str
     deploy: Run
+    redeploy: Run
+    after_deploy: Run
     pipeline: Run
 
     def all_argvs(self) -> list[list[str]]:
-        return self.setup.argvs + self.second.argvs + self.deploy.argvs + self.pipeline.argvs
+        return (
+            self.setup.argvs
+            + self.second.argvs
+            + self.deploy.argvs
+            + self.redeploy.argvs
+            + self.after_deploy.argvs
+            + self.pipeline.argvs
+        )
 
 
 @pytest.fixture(scope="session")
@@ -221,6 +260,8 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     second = run_script("setup.sh", fake_dir, stdin="")
     state_after_second = (fake_dir / "state.json").read_text()
     deploy = run_script("deploy.sh", fake_dir)
+    redeploy = run_script("deploy.sh", fake_dir)
+    after_deploy = run_script("setup.sh", fake_dir, stdin="")
     pipeline = run_script("pipeline.sh", fake_dir)
     return Scenario(
         fake_dir,
@@ -230,6 +271,8 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
         second,
         state_after_second,
         deploy,
+        redeploy,
+        after_deploy,
         pipeline,
     )
 

@@ -9,6 +9,7 @@ max-age``). Tests point ``AUTH_CERTS_URL`` at it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import threading
 import time
@@ -59,20 +60,33 @@ class SigningKey:
         issued_ago: float = 0,
         issuer: str = ISSUER,
         kid: str | None = None,
+        sub: str | None = None,
         **claims: Any,
     ) -> str:
+        """A signed token. ``sub`` defaults to a stable id derived from ``email``, so one
+        account keeps one ``sub`` whether or not its token carries the email."""
         now = int(time.time() - issued_ago)
         payload: dict[str, Any] = {
             "iss": issuer,
             "aud": audience,
-            "sub": "1234567890",
+            "sub": sub or subject_of(email or "anonymous"),
             "iat": now,
             "exp": int(now + lifetime),
-            **claims,
         }
         if email is not None:
             payload |= {"email": email, "email_verified": True}
+        payload |= claims
         return str(jwt.encode(self._signer, payload, key_id=kid or self.kid).decode())
+
+
+def subject_of(email: str) -> str:
+    """The stand-in's ``sub`` for an account: digits, like Google's, stable per email."""
+    return str(int(hashlib.sha256(email.encode()).hexdigest()[:15], 16))
+
+
+def strip_signature(token: str) -> str:
+    """``token`` as Cloud Run forwards it after verifying it."""
+    return token.rsplit(".", 1)[0] + ".SIGNATURE_REMOVED_BY_GOOGLE"
 
 
 class CertsServer:
@@ -83,6 +97,7 @@ class CertsServer:
         self.max_age = max_age
         self.fetches = 0
         self.failing = False
+        self.delay: threading.Event | None = None  # set: each answer waits for it
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -91,6 +106,8 @@ class CertsServer:
 
             def do_GET(self) -> None:
                 stand_in.fetches += 1
+                if stand_in.delay is not None:
+                    stand_in.delay.wait(10)
                 if stand_in.failing:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")

@@ -23,7 +23,7 @@ from tests.support.constants import PROJECT, RESULTS_SIGNER
 @pytest.fixture(scope="session")
 def storage_emulator() -> Iterator[StorageEmulator]:
     reason = storage_emulator_missing()
-    if reason:  # a PyPI package in requirements-dev.txt: missing means a broken setup
+    if reason:  # a PyPI package in requirements-dev.in: missing means a broken setup
         pytest.fail(reason)
     emulator = StorageEmulator().start()
     os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
