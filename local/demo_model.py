@@ -45,7 +45,8 @@ SUMMARIZE_INSTRUCTION = "Summarize the conversation"
 sends one)."""
 SUMMARY_LIMIT = 1200
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
-_FACT = re.compile(r"\d|\b(?!I\b)[A-Z][a-z]+")
+_FACT = re.compile(r"\d|\s(?!I\b)[A-Z][a-z]+")  # a number, or a name inside the sentence
+_SPEAKER = re.compile(r"^(user|assistant|tool result):\s*")
 
 Json = dict[str, Any]
 
@@ -153,14 +154,18 @@ def summarize(messages: list[Json]) -> str:
     kept: list[str] = []
     size = 0
     for message in messages[1:]:  # the first is the instruction
-        for sentence in _SENTENCE.findall(_text_of(message.get("content"))):
-            sentence = sentence.strip()
-            if not _FACT.search(sentence) or sentence in kept or sentence.startswith(PREFIX):
-                continue
-            if size + len(sentence) + 1 > SUMMARY_LIMIT:
-                return " ".join(kept)
-            kept.append(sentence)
-            size += len(sentence) + 1
+        for line in _text_of(message.get("content")).splitlines():
+            line = _SPEAKER.sub("", line.strip())
+            if line.startswith(PREFIX.strip()):
+                continue  # the demo's own replies carry no facts of the user's
+            for sentence in _SENTENCE.findall(line):
+                sentence = sentence.strip()
+                if sentence.endswith(":") or not _FACT.search(sentence) or sentence in kept:
+                    continue
+                if size + len(sentence) + 1 > SUMMARY_LIMIT:
+                    return " ".join(kept)
+                kept.append(sentence)
+                size += len(sentence) + 1
     return " ".join(kept)
 
 

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agents import Agent, Model, Runner, Usage
+
 Item = dict[str, Any]
 
 BYTES_PER_TOKEN = 4
@@ -105,8 +107,10 @@ def plan(
     summary_tokens = estimate_text(summary, ratio) if summary else 0
     if fixed + summary_tokens + estimate(items, ratio) <= target:
         return Plan([], list(items), 0)
-    # Room for the summary that folding will produce: at most a quarter of the budget.
-    left = max(0, target - fixed - max(summary_tokens, target // 4))
+    # Room for the summary that folding will produce (at most a quarter of the budget),
+    # and the kept items fill only half of what is left: the next turns then fit without
+    # folding again, so a summary is written every few turns, not on every one.
+    left = max(0, (target - fixed - max(summary_tokens, target // 4)) // 2)
     start = len(items)
     used = 0
     for index in range(len(items) - 1, -1, -1):
@@ -202,3 +206,43 @@ def _is_user(item: Item) -> bool:
 
 def _is_tool_output(item: Item) -> bool:
     return str(item.get("type", "")).endswith("_call_output")
+
+
+SUMMARIZE_INSTRUCTIONS = (
+    "Summarize the conversation so far for your own later use: you will see this summary"
+    " instead of the messages it covers. Keep every name, number, date, decision, promise"
+    " and open question; drop pleasantries. Start from the earlier summary if there is one"
+    " and fold the new messages into it. Plain sentences, no headings."
+)
+
+
+async def summarize(
+    model: Model, previous: str | None, items: Sequence[Item], *, batch_tokens: int
+) -> tuple[str, Usage]:
+    """A new running summary of ``previous`` plus ``items``, written by ``model`` (no
+    tools), and the usage of its calls. The summariser's own request must fit the
+    window too, so ``items`` go in batches of at most ``batch_tokens``, each folded into
+    the summary the previous one wrote. Raises what a model call raises."""
+    writer: Agent[None] = Agent(name="summarizer", instructions=SUMMARIZE_INSTRUCTIONS, model=model)
+    spent = Usage()
+    summary = previous
+    for batch in _batches(items, batch_tokens):
+        request = f"Earlier summary:\n{summary}\n\n" if summary else ""
+        request += "Messages to fold in:\n" + transcript(batch)
+        result = await Runner.run(writer, request, max_turns=1)
+        spent.add(result.context_wrapper.usage)
+        summary = str(result.final_output).strip()
+    return summary or "", spent
+
+
+def _batches(items: Sequence[Item], max_tokens: int) -> list[list[Item]]:
+    batches: list[list[Item]] = [[]]
+    used = 0
+    for item in fit_items(items, max_tokens // 2):
+        cost = estimate([item])
+        if batches[-1] and used + cost > max_tokens:
+            batches.append([])
+            used = 0
+        batches[-1].append(item)
+        used += cost
+    return [batch for batch in batches if batch]
