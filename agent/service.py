@@ -17,12 +17,14 @@ from agent.auth.modes import Authenticator, build_authenticator
 from agent.base.settings import Settings, redact_url
 from agent.results.bucket import ResultBucket
 from agent.results.policy import OffloadPolicy
+from agent.runtime.context import default_budget
 from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.model import build_model
 from agent.runtime.pricing import parse_prices
 from agent.store.history import HistoryStore
 from agent.store.idempotency_records import IdempotencyStore
+from agent.turn.context_window import ContextKeeper
 from agent.turn.runner import TurnRunner
 from agent.turn.sessions import Sessions
 
@@ -63,7 +65,13 @@ def build_service(settings: Settings) -> Service:
         ttl_seconds=settings.session_ttl_seconds,
         timeout_seconds=settings.firestore_timeout_seconds,
     )
-    agent = build_agent(settings, build_model(settings))
+    model = build_model(settings)
+    agent = build_agent(settings, model)
+    summarizer = model
+    if settings.context_summary_model not in (None, settings.agent_model):
+        summarizer = build_model(settings, settings.context_summary_model)
+    budget = settings.context_max_tokens or default_budget(settings.agent_model)
+    context = ContextKeeper(agent, summarizer, budget)
     loop = BackgroundLoop()
     # No network, no storage import: the bucket's client is made on the first offload.
     results = OffloadPolicy(settings, ResultBucket(settings) if settings.results_bucket else None)
@@ -83,7 +91,7 @@ def build_service(settings: Settings) -> Service:
     return Service(
         settings,
         store,
-        TurnRunner(agent, store, loop, settings, results, prices),
+        TurnRunner(agent, store, loop, settings, results, prices, context),
         loop,
         results=results,
         auth=build_authenticator(settings),

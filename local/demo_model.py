@@ -7,6 +7,14 @@ mock. Replies are rule-based and labelled ``[demo model]`` so nobody mistakes
 them for a real model. Test controls (delay, failures, hangs, large replies) are
 set in-process with ``control()`` or over HTTP with ``POST /_control``.
 
+It is strict where OpenAI is strict, so that the service's context handling is tested
+against the same refusals: with a context window (``context_tokens``, or the
+``DEMO_CONTEXT_TOKENS`` environment variable) a request whose prompt passes it gets
+OpenAI's 400 ``context_length_exceeded``; a ``tool`` message that answers no earlier
+tool call, or a tool call left unanswered, gets 400 as well. Asked to summarise (a
+system message starting with ``SUMMARIZE_INSTRUCTION``) it summarises extractively:
+it keeps the sentences that carry names and numbers, oldest first.
+
 Run it in the foreground with ``python -m local.demo_model --port 8088``.
 """
 
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -31,6 +40,13 @@ QUOTE_LIMIT = 200
 _EXPRESSION = re.compile(r"[\d(][\d\s.+\-*/()]*[\d)]")
 _FILLER = " Demo padding."
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}
+SUMMARIZE_INSTRUCTION = "Summarize the conversation"
+"""A system message that starts with this asks for a summary (agent/runtime/context.py
+sends one)."""
+SUMMARY_LIMIT = 1200
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
+_FACT = re.compile(r"\d|\s(?!I\b)[A-Z][a-z]+")  # a number, or a name inside the sentence
+_SPEAKER = re.compile(r"^(user|assistant|tool result):\s*")
 
 Json = dict[str, Any]
 
@@ -43,6 +59,7 @@ class Controls:
     hang_seconds: float = 0.0
     reply_bytes: int | None = None
     stream_chunk_delay_seconds: float = 0.0
+    context_tokens: int | None = None  # the window; None: unlimited
 
 
 def _text_of(content: Any) -> str:
@@ -91,11 +108,69 @@ def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
     text = f'{PREFIX}You said: "{said}". This is message {len(users)} of our conversation'
     if len(users) > 1:
         text += f'; your first message was: "{_quote(users[0])}"'
+    summaries = [_text_of(m.get("content")) for m in messages if m.get("role") == "system"][
+        1:
+    ]  # the first system message is the agent's instructions
+    if summaries:
+        text += f'; from the summary: "{_quote(summaries[-1].splitlines()[-1])}"'
     return text + ".", None
 
 
+def prompt_tokens(messages: list[Json]) -> int:
+    """The prompt's size as this model counts it: a quarter of its text, tool call
+    arguments included."""
+    calls = [c for m in messages for c in m.get("tool_calls") or [] if isinstance(c, dict)]
+    arguments = sum(len(str((c.get("function") or {}).get("arguments", ""))) for c in calls)
+    return math.ceil((sum(len(_text_of(m.get("content"))) for m in messages) + arguments) / 4)
+
+
+def order_error(messages: list[Json]) -> str | None:
+    """What OpenAI would refuse about the order of tool calls and answers, or None."""
+    open_calls: list[str] = []
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in open_calls:
+                return (
+                    f"Invalid parameter: messages with role 'tool' must be a response to a"
+                    f" preceding message with 'tool_calls' (messages.[{index}])."
+                )
+            open_calls.remove(call_id)
+            continue
+        if open_calls:
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages"
+                f" responding to each 'tool_call_id'. Missing: {', '.join(open_calls)}."
+            )
+        if role == "assistant":
+            open_calls = [str(c.get("id")) for c in message.get("tool_calls") or []]
+    return None
+
+
+def summarize(messages: list[Json]) -> str:
+    """An extractive summary: the sentences with names or numbers, oldest first, as
+    many as fit ``SUMMARY_LIMIT`` characters."""
+    kept: list[str] = []
+    size = 0
+    for message in messages[1:]:  # the first is the instruction
+        for line in _text_of(message.get("content")).splitlines():
+            line = _SPEAKER.sub("", line.strip())
+            if line.startswith(PREFIX.strip()):
+                continue  # the demo's own replies carry no facts of the user's
+            for sentence in _SENTENCE.findall(line):
+                sentence = sentence.strip()
+                if sentence.endswith(":") or not _FACT.search(sentence) or sentence in kept:
+                    continue
+                if size + len(sentence) + 1 > SUMMARY_LIMIT:
+                    return " ".join(kept)
+                kept.append(sentence)
+                size += len(sentence) + 1
+    return " ".join(kept)
+
+
 def usage_for(messages: list[Json], reply: str) -> dict[str, int]:
-    prompt = math.ceil(sum(len(_text_of(m.get("content"))) for m in messages) / 4)
+    prompt = prompt_tokens(messages)
     completion = math.ceil(len(reply) / 4)
     return {
         "prompt_tokens": prompt,
@@ -152,9 +227,10 @@ def stream_chunks(
         yield {**base, "choices": [], "usage": usage}
 
 
-def error_body(status: int, message: str) -> Json:
+def error_body(status: int, message: str, code: str | None = None) -> Json:
     kind = _ERROR_TYPES.get(status, "server_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    param = "messages" if code == "context_length_exceeded" else None
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -223,7 +299,24 @@ class _Handler(BaseHTTPRequestHandler):
         if fail_status is not None:
             message = f"Simulated failure (HTTP {fail_status})."
             return self._json(fail_status, error_body(fail_status, message))
-        text, call = decide_reply(messages, body.get("tools"))
+        window = controls.context_tokens or demo.context_tokens
+        if window is not None and prompt_tokens(messages) > window:
+            message = (
+                f"This model's maximum context length is {window} tokens. However, your"
+                f" messages resulted in {prompt_tokens(messages)} tokens. Please reduce the"
+                " length of the messages."
+            )
+            return self._json(400, error_body(400, message, "context_length_exceeded"))
+        problem = order_error(messages)
+        if problem is not None:
+            return self._json(400, error_body(400, problem))
+        first = messages[0]
+        if first.get("role") == "system" and _text_of(first.get("content")).startswith(
+            SUMMARIZE_INSTRUCTION
+        ):
+            text, call = summarize(messages), None
+        else:
+            text, call = decide_reply(messages, body.get("tools"))
         if call is None and controls.reply_bytes is not None:
             text = fit_to_bytes(text, controls.reply_bytes)
         usage = usage_for(messages, call["arguments"] if call else text)
@@ -266,6 +359,9 @@ class DemoModelServer:
         self._host, self._port = host, port
         self._lock = threading.Lock()
         self._controls = Controls()
+        window = os.environ.get("DEMO_CONTEXT_TOKENS")
+        self.context_tokens: int | None = int(window) if window else None
+        """The context window set at start (``DEMO_CONTEXT_TOKENS``); a control overrides."""
         self._requests: list[Json] = []
         self._stopping = threading.Event()
         self._httpd: _HTTPServer | None = None
@@ -301,7 +397,7 @@ class DemoModelServer:
         for key, value in changes.items():
             if key not in known:
                 raise ValueError(f"Unknown control {key!r}; known: {sorted(known)}")
-            nullable = value is None and key in ("fail_status", "reply_bytes")
+            nullable = value is None and key in ("fail_status", "reply_bytes", "context_tokens")
             if not nullable and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"Control {key!r} must be a number, got {value!r}")
         if "fail_status" in changes and "fail_count" not in changes:

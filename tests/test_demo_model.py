@@ -334,3 +334,42 @@ def test_agents_sdk_streamed_run(server: DemoModelServer) -> None:
             return str(result.final_output)
 
     assert asyncio.run(go()) == "[demo model] The calculator says: 42."
+
+
+def test_past_its_context_window_it_answers_like_openai(server: DemoModelServer) -> None:
+    server.control(context_tokens=10)
+    fits = [{"role": "user", "content": "x" * 40}]  # 10 tokens
+    assert ask(server, fits).choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(server, [{"role": "user", "content": "x" * 44}])
+    assert refused.value.code == "context_length_exceeded"
+    assert "maximum context length is 10 tokens" in refused.value.message
+
+
+def test_a_tool_message_must_answer_a_preceding_call(server: DemoModelServer) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "calculate", "arguments": "{}"}}
+    answered = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+    ]
+    assert "4" in ask(server, answered, tools=[CALCULATE_TOOL]).choices[0].message.content
+    orphan = [
+        {"role": "user", "content": "hi"},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+    ]
+    with pytest.raises(openai.BadRequestError, match="must be a response to a preceding"):
+        ask(server, orphan)
+    unanswered = [*answered[:2], {"role": "user", "content": "and?"}]
+    with pytest.raises(openai.BadRequestError, match="must be followed by tool messages"):
+        ask(server, unanswered)
+
+
+def test_asked_to_summarize_it_keeps_names_and_numbers(server: DemoModelServer) -> None:
+    messages = [
+        {"role": "system", "content": "Summarize the conversation so far."},
+        {"role": "user", "content": "hello there. My name is Ada and my locker is 4711."},
+        {"role": "assistant", "content": "nice to meet you. noted."},
+    ]
+    summary = ask(server, messages).choices[0].message.content
+    assert summary == "My name is Ada and my locker is 4711."

@@ -63,7 +63,7 @@ EXPECTED_CODES = {
     "415": {"unsupported_media_type"},
     "422": {"max_turns_exceeded", "idempotency_key_reused"},
     "500": {"internal_error"},
-    "502": {"model_error"},
+    "502": {"model_error", "context_overflow"},
     "503": {
         "storage_unavailable",
         "auth_unavailable",

@@ -192,11 +192,15 @@ def create_app(service: Service) -> Flask:
         check_session_id(session_id)
         g.session_id = session_id
         history = service.sessions.load(session_id, owner=g.principal)
+        summary = None
+        if history.summary is not None:
+            summary = {"text": history.summary, "covers_items": history.summary_items}
         return jsonify(
             session_id=session_id,
             items=history.items,
             turns=history.turns,
             expires_at=rfc3339(history.expire_at),
+            summary=summary,
         )
 
     @app.delete("/sessions/<session_id>")

@@ -82,6 +82,15 @@ def model_error() -> ApiError:
     return ApiError(502, "model_error", "The model provider failed to answer.")
 
 
+def context_overflow() -> ApiError:
+    return ApiError(
+        502,
+        "context_overflow",
+        "The model refused the conversation as too long even after it was summarised;"
+        " lower CONTEXT_MAX_TOKENS below the model's context window.",
+    )
+
+
 def model_overloaded() -> ApiError:
     # A quota or rate limit (429, RESOURCE_EXHAUSTED) that outlasted the retries the
     # deadline allowed: not a broken provider, so 503 and a time to come back.

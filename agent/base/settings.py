@@ -123,6 +123,15 @@ class Settings:
     the turn goes on. A sync tool's worker thread cannot be killed: the bound stops the
     waiting, not the work, so tools that compute must bound themselves."""
 
+    context_max_tokens: int | None = None
+    """The most tokens of history (instructions and tool schemas included) one model call
+    is sent (1,000 - 10,000,000). Past it the oldest part is folded into a running summary.
+    Unset: the model's context window less room for the answer, from a table of known
+    models (``agent/runtime/context.py``), else 32,000."""
+
+    context_summary_model: str | None = None
+    """The model that writes the running summary. Unset: ``AGENT_MODEL``."""
+
     model_prices: str | None = None
     """Prices per million tokens as JSON, ``{"model": {"input": 0.15, "cached_input":
     0.075, "output": 0.6}}``, over the built-in table (``agent/runtime/pricing.py``).
@@ -266,6 +275,8 @@ class Settings:
         _check_range("agent_max_turns", self.agent_max_turns, 1, 100)
         _check_range("model_timeout_seconds", self.model_timeout_seconds, 1, 3600)
         _check_range("model_max_retries", self.model_max_retries, 0, 10)
+        if self.context_max_tokens is not None:
+            _check_range("context_max_tokens", self.context_max_tokens, 1000, 10_000_000)
         _check_range(
             "model_call_min_seconds", self.model_call_min_seconds, 0, self.turn_budget_seconds / 2
         )

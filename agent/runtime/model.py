@@ -36,9 +36,11 @@ class ModelConfigError(ValueError):
     the provider is not Vertex AI."""
 
 
-def build_model(settings: Settings) -> Model:
-    """The agent's model: OpenAI or any OpenAI-compatible server, bounded by the
-    turn's deadline. Raises ModelConfigError when no model is configured."""
+def build_model(settings: Settings, name: str | None = None) -> Model:
+    """The agent's model (or the model ``name`` on the same provider): OpenAI or any
+    OpenAI-compatible server, bounded by the turn's deadline. Raises ModelConfigError
+    when no model is configured."""
+    name = name or settings.agent_model
     vertex = settings.model_provider == "vertex"
     if not vertex and not settings.openai_api_key and not settings.openai_base_url:
         raise ModelConfigError(
@@ -66,9 +68,9 @@ def build_model(settings: Settings) -> Model:
     )
     model: Model
     if chat:
-        model = OpenAIChatCompletionsModel(model=settings.agent_model, openai_client=client)
+        model = OpenAIChatCompletionsModel(model=name, openai_client=client)
     else:
-        model = OpenAIResponsesModel(model=settings.agent_model, openai_client=client)
+        model = OpenAIResponsesModel(model=name, openai_client=client)
     return DeadlineBoundModel(
         model,
         call_timeout=settings.model_timeout_seconds,

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from agents import Agent, Runner, RunResultStreaming
+from agents import Agent, RunConfig, Runner, RunResultStreaming
 from agents.memory import Session
 from agents.stream_events import StreamEvent as SdkEvent
 
@@ -90,9 +90,11 @@ class StreamedRun:
         *,
         max_turns: int,
         deadline: float,
+        run_config: RunConfig | None = None,
     ) -> None:
         self._events: queue.SimpleQueue[RunEvent | _Finished] = queue.SimpleQueue()
         self._deadline = deadline
+        self._run_config = run_config
         self._task = loop.submit(self._run(agent, message, session, max_turns))
 
     async def _run(
@@ -105,7 +107,9 @@ class StreamedRun:
     async def _pump(
         self, agent: Agent[None], message: str, session: Session, max_turns: int
     ) -> RunResultStreaming:
-        result = Runner.run_streamed(agent, message, session=session, max_turns=max_turns)
+        result = Runner.run_streamed(
+            agent, message, session=session, max_turns=max_turns, run_config=self._run_config
+        )
         try:
             async for event in result.stream_events():
                 translated = translate(event)

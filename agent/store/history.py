@@ -18,6 +18,13 @@ names and document shapes: ``schema.py``)::
         generation   str        random id of this life of the id, made by the claim that
                                 starts it; result objects and idempotency records carry it
         last_commit  str        claim token of the turn that committed last
+        summary      str|null   running summary of the oldest items (what the model is sent
+                                instead of them once the history passes its context budget)
+        summary_items int       leading items the summary covers
+        summary_offset int      byte offset in the encoded history of the first item it does
+                                not cover
+        token_ratio  float      the provider's token counts over our estimate, calibrated
+                                turn by turn
         created_at, updated_at  Timestamp
         expire_at    Timestamp  TTL field
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
@@ -36,9 +43,11 @@ history length. ``doc_id`` is the session id, except that ids Firestore reserves
 
 Cost
 ----
-Loading a history reads the session document and then ``chunks`` chunk documents:
-one read per 512 KiB. A turn on a history under 512 KiB costs one read and two
-commits: the claim, and the final commit.
+Loading a whole history (``GET``) reads the session document and then ``chunks`` chunk
+documents: one read per 512 KiB. A turn reads only what its model call may be sent: the
+summary (on the session document) and the items after ``summary_offset``, from the
+chunk that holds that offset on; so a turn costs one read and two commits (the claim and
+the final commit) while that part is under 512 KiB, whatever the whole history's length.
 
 Consistency
 -----------
@@ -116,7 +125,11 @@ from agent.store.schema import (
     LAST_COMMIT,
     OWNER,
     SESSIONS,
+    SUMMARY,
+    SUMMARY_ITEMS,
+    SUMMARY_OFFSET,
     TAIL,
+    TOKEN_RATIO,
     TTL_FIELD,
     TURNS,
     UPDATED_AT,
@@ -199,6 +212,20 @@ class History:
     items: list[Item]
     turns: int
     expire_at: dt.datetime
+    summary: str | None = None
+    summary_items: int = 0
+    """How many leading items ``summary`` covers (they are still in ``items``)."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A running summary, and where the items it does not cover begin."""
+
+    text: str
+    items: int
+    """Leading items of the whole history it covers."""
+    offset: int
+    """Byte offset in the encoded history of the first item it does not cover."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +257,13 @@ class Claim:
     """The life of the session this turn belongs to."""
     replaced: bool = False
     """The claim took over the document of an earlier, dead life of this id."""
+    summary: Summary | None = None
+    """The running summary; ``history`` then holds only the items after it."""
+    item_count: int = 0
+    """Items in the whole stored history (``history`` may be only its uncovered end)."""
+    item_ends: tuple[int, ...] = ()
+    """Byte offset, in the whole encoded history, just past each item of ``history``."""
+    token_ratio: float = 1.0
 
 
 def doc_id(session_id: str) -> str:
@@ -251,6 +285,20 @@ def encode(items: Sequence[Item]) -> bytes:
 
 def decode(data: bytes) -> list[Item]:
     return [json.loads(line) for line in data.split(b"\n") if line]
+
+
+def decode_from(data: bytes, start: int, base: int) -> tuple[list[Item], tuple[int, ...]]:
+    """The items of ``data[start:]`` (``start`` is an item boundary), and the offset just
+    past each, counted from ``base`` (where ``data`` begins in the whole history)."""
+    items: list[Item] = []
+    ends: list[int] = []
+    position = start
+    for line in data[start:].split(b"\n"):
+        position += len(line) + 1
+        if line:
+            items.append(json.loads(line))
+            ends.append(base + position)
+    return items, tuple(ends)
 
 
 class HistoryStore:
@@ -276,7 +324,15 @@ class HistoryStore:
             if data is None or not _is_live(data, now) or not _owned_by(data, owner):
                 return None
             stream = self._read_chunks(session_id, data[CHUNK_COUNT], snap.read_time)
-        return History(session_id, decode(stream + bytes(data[TAIL])), data[TURNS], data[TTL_FIELD])
+        summary = _summary_of(data)
+        return History(
+            session_id,
+            decode(stream + bytes(data[TAIL])),
+            data[TURNS],
+            data[TTL_FIELD],
+            summary.text if summary else None,
+            summary.items if summary else 0,
+        )
 
     def info(self, session_id: str, now: dt.datetime) -> SessionInfo | None:
         """Owner and generation of the live session ``session_id``; None when absent or
@@ -399,22 +455,33 @@ class HistoryStore:
             )
         assert data is not None
         tail = bytes(data[TAIL])
+        summary = _summary_of(data)
+        # Only what the model may be sent: from the chunk holding the summary's offset on.
         # Nobody else writes the session while we hold it: the snapshot we claimed is current.
-        stream = self._read_chunks(session_id, data[CHUNK_COUNT], snap.read_time) + tail
+        offset = summary.offset if summary else 0
+        first = min(offset // CHUNK_BYTES, data[CHUNK_COUNT])
+        stream = (
+            self._read_chunks(session_id, data[CHUNK_COUNT], snap.read_time, first=first) + tail
+        )
+        items, ends = decode_from(stream, offset - first * CHUNK_BYTES, first * CHUNK_BYTES)
         return Claim(
             session_id,
             token,
             claimed_at,
             new_session=False,
-            history=decode(stream),
+            history=items,
             turns=data[TURNS],
             tail=tail,
             chunks=data[CHUNK_COUNT],
             stale_chunks=0,
-            total_bytes=len(stream),
+            total_bytes=int(data.get(BYTES, first * CHUNK_BYTES + len(stream))),
             created_at=data[CREATED_AT],
             until=until,
             generation=generation,
+            summary=summary,
+            item_count=int(data.get(ITEMS, len(items))),
+            item_ends=ends,
+            token_ratio=float(data.get(TOKEN_RATIO) or 1.0),
         )
 
     def commit(
@@ -427,6 +494,8 @@ class HistoryStore:
         count_turn: bool = True,
         extra_writes: Callable[[Any, dt.datetime], None] | None = None,
         time_left: float | None = None,
+        summary: Summary | None = None,
+        token_ratio: float | None = None,
     ) -> History:
         """Append ``new_items`` (or, with ``replace``, make them the whole history)
         and release the claim, in one atomic commit.
@@ -435,6 +504,9 @@ class HistoryStore:
         they land if and only if the turn does (the idempotency record).
         ``time_left`` (seconds) bounds the commit and, should its reply be lost,
         finding out whether it landed; without it each call gets the store's timeout.
+        ``summary`` replaces the running summary in the same commit (a summary covers
+        only stored items, so it lands with them or not at all); ``token_ratio`` updates
+        the session's calibration.
 
         Returns when the turn is stored, also when the reply was lost but the turn
         landed. Raises ClaimLost (the claim had lapsed; nothing written),
@@ -444,6 +516,10 @@ class HistoryStore:
         added = encode(new_items)
         if len(added) > MAX_TURN_BYTES:
             raise TurnTooLarge(f"{len(added)} bytes in one turn")
+        if replace and claim.summary is not None:
+            # The claim holds only the end of the history: rewriting it whole would drop
+            # the rest. Only library use replaces, and it never summarises.
+            raise ValueError("cannot replace a summarised history")
         if replace:
             first_chunk, tail, old_chunks = 0, added, claim.chunks
         else:
@@ -461,7 +537,8 @@ class HistoryStore:
             batch.update(self._chunk_ref(claim.session_id, index), {TTL_FIELD: expire_at})
         for index in range(chunks, max(old_chunks, claim.stale_chunks)):
             batch.delete(self._chunk_ref(claim.session_id, index))
-        items = len(new_items) if replace else len(claim.history) + len(new_items)
+        before = claim.item_count or len(claim.history)
+        items = len(new_items) if replace else before + len(new_items)
         total = len(added) if replace else claim.total_bytes + len(added)
         turns = claim.turns + (1 if count_turn else 0)
         fields = {
@@ -474,6 +551,8 @@ class HistoryStore:
             CLAIM_UNTIL: None,
             LAST_COMMIT: claim.token,
             CREATED_AT: claim.created_at,
+            **_summary_fields(summary or claim.summary),
+            **({TOKEN_RATIO: token_ratio} if token_ratio is not None else {}),
             UPDATED_AT: now,
             TTL_FIELD: expire_at,
         }
@@ -481,7 +560,15 @@ class HistoryStore:
         if extra_writes is not None:
             extra_writes(batch, expire_at)
         history = claim.history if not replace else []
-        stored = History(claim.session_id, [*history, *new_items], turns, expire_at)
+        kept = summary or claim.summary
+        stored = History(
+            claim.session_id,
+            [*history, *new_items],
+            turns,
+            expire_at,
+            kept.text if kept else None,
+            kept.items if kept else 0,
+        )
         # Half of the time left for the commit, half for finding out its outcome.
         ends = time.monotonic() + (time_left if time_left is not None else 3 * self._timeout)
         timeout = min(self._timeout, (ends - time.monotonic()) / 2)
@@ -608,12 +695,14 @@ class HistoryStore:
         ref: firestore.DocumentReference = chunks.document(chunk_id(index))
         return ref
 
-    def _read_chunks(self, session_id: str, count: int, read_time: dt.datetime) -> bytes:
-        """Chunks ``0..count-1`` as they were at ``read_time`` (the session document's
-        read): one life's chunks, whatever happened to the id since."""
-        if count == 0:
+    def _read_chunks(
+        self, session_id: str, count: int, read_time: dt.datetime, *, first: int = 0
+    ) -> bytes:
+        """Chunks ``first..count-1`` as they were at ``read_time`` (the session
+        document's read): one life's chunks, whatever happened to the id since."""
+        if count <= first:
             return b""
-        refs = [self._chunk_ref(session_id, i) for i in range(count)]
+        refs = [self._chunk_ref(session_id, i) for i in range(first, count)]
         snaps = self._client.get_all(
             refs, retry=self._retry, timeout=self._timeout, read_time=read_time
         )
@@ -625,6 +714,19 @@ class HistoryStore:
                 raise RuntimeError(f"chunk {ref.id} of a session missing at its read time")
             parts.append(bytes((snap.to_dict() or {})[DATA]))
         return b"".join(parts)
+
+
+def _summary_of(data: dict[str, Any]) -> Summary | None:
+    text = data.get(SUMMARY)
+    if not isinstance(text, str):
+        return None
+    return Summary(text, int(data.get(SUMMARY_ITEMS, 0)), int(data.get(SUMMARY_OFFSET, 0)))
+
+
+def _summary_fields(summary: Summary | None) -> dict[str, Any]:
+    if summary is None:
+        return {}
+    return {SUMMARY: summary.text, SUMMARY_ITEMS: summary.items, SUMMARY_OFFSET: summary.offset}
 
 
 def _empty_session(now: dt.datetime, until: dt.datetime, stale_chunks: int) -> dict[str, Any]:
@@ -639,6 +741,10 @@ def _empty_session(now: dt.datetime, until: dt.datetime, stale_chunks: int) -> d
         CREATED_AT: now,
         UPDATED_AT: now,
         TTL_FIELD: until,
+        SUMMARY: None,
+        SUMMARY_ITEMS: 0,
+        SUMMARY_OFFSET: 0,
+        TOKEN_RATIO: None,
     }
 
 

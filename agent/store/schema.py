@@ -44,6 +44,10 @@ GENERATION: Final = "generation"
 (and, outside Firestore, on its result objects): what a session's clean-up and re-signs
 check, so that they never touch a later life of the same id."""
 LAST_COMMIT: Final = "last_commit"
+SUMMARY: Final = "summary"
+SUMMARY_ITEMS: Final = "summary_items"
+SUMMARY_OFFSET: Final = "summary_offset"
+TOKEN_RATIO: Final = "token_ratio"
 """The claim token of the turn whose commit wrote the document last: how a turn whose
 commit reply was lost finds out whether it landed."""
 CREATED_AT: Final = "created_at"
@@ -78,6 +82,10 @@ class SessionDoc(TypedDict, total=False):
     created_at: dt.datetime
     updated_at: dt.datetime
     expire_at: dt.datetime
+    summary: str | None  # running summary of the oldest items, for the model's context
+    summary_items: int  # how many leading items it covers
+    summary_offset: int  # byte offset in the encoded history of the first item it does not
+    token_ratio: float  # provider's token count over the local estimate, per session
 
 
 class ChunkDoc(TypedDict):

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 from agents import TResponseInputItem
 from agents.memory import SessionSettings
+from agents.memory.session_settings import resolve_session_limit
 
 from agent.base.clock import utc_now
 from agent.store.history import (
@@ -35,6 +38,8 @@ from agent.store.history import (
     History,
     HistoryStore,
     Item,
+    SessionBusy,
+    Summary,
 )
 
 
@@ -49,9 +54,18 @@ class FirestoreSession:
         claim_seconds: float = 60.0,
         clock: Callable[[], dt.datetime] = utc_now,
         owner: str | None = None,
+        session_settings: SessionSettings | None = None,
+        busy_wait_seconds: float = 10.0,
     ) -> None:
-        """``owner``: the principal acting; None skips ownership checks (library use)."""
+        """``owner``: the principal acting; None skips ownership checks (library use).
+        ``session_settings``: the SDK's settings (``limit`` caps what ``get_items``
+        returns). ``busy_wait_seconds``: how long a library-use write waits for another
+        writer's claim before it gives up with SessionBusy."""
         self.session_id = session_id
+        self.session_settings = session_settings
+        self._busy_wait = busy_wait_seconds
+        self._summary: Summary | None = None
+        self._token_ratio: float | None = None
         self._owner = owner
         self._store = store
         self._claim_seconds = claim_seconds
@@ -69,6 +83,7 @@ class FirestoreSession:
             raise RuntimeError("a turn is already open on this session object")
         self._claim = self._store.claim(self.session_id, self._clock(), until, self._owner)
         self._pending, self._popped, self._aborted = [], False, False
+        self._summary, self._token_ratio = None, None
         return self._claim
 
     @property
@@ -97,12 +112,31 @@ class FirestoreSession:
                 replace=self._popped,
                 extra_writes=extra_writes,
                 time_left=time_left,
+                summary=self._summary,
+                token_ratio=self._token_ratio,
             )
         except (ClaimLost, CommitFailed, CommitUnknown):
             self._claim, self._aborted = None, True
             raise
         self._claim = None
         return history
+
+    def set_summary(self, summary: Summary) -> None:
+        """A new running summary, written in the open turn's commit (or not at all)."""
+        if self._claim is None:
+            raise RuntimeError("no turn is open on this session object")
+        self._summary = summary
+
+    def reset_turn_items(self) -> None:
+        """Forget what the open turn's run added (to run it again, after the provider
+        refused its context)."""
+        if self._claim is None:
+            raise RuntimeError("no turn is open on this session object")
+        self._pending, self._popped = [], False
+
+    def set_token_ratio(self, ratio: float) -> None:
+        """The session's calibrated token ratio, written in the open turn's commit."""
+        self._token_ratio = ratio
 
     def rewrite_turn(self, rewrite: Callable[[list[Item]], list[Item]]) -> None:
         """Replace the items the open turn will commit, e.g. to keep a preview of an
@@ -135,6 +169,7 @@ class FirestoreSession:
                 self._store.load, self.session_id, self._clock(), self._owner
             )
             items = history.items if history else []
+        limit = resolve_session_limit(limit, self.session_settings)
         if limit is not None:
             items = items[-limit:] if limit > 0 else []
         return cast(list[TResponseInputItem], items)
@@ -182,10 +217,7 @@ class FirestoreSession:
         return [*self._claim.history, *self._pending]
 
     def _write_now(self, items: list[Item], *, replace: bool) -> None:
-        now = self._clock()
-        claim = self._store.claim(
-            self.session_id, now, now + dt.timedelta(seconds=self._claim_seconds), self._owner
-        )
+        claim = self._claim_waiting()
         try:
             self._store.commit(claim, items, self._clock(), replace=replace, count_turn=not replace)
         except (ClaimLost, CommitFailed, CommitUnknown):
@@ -193,3 +225,20 @@ class FirestoreSession:
         except BaseException:
             self._store.release(claim)
             raise
+
+    def _claim_waiting(self) -> Claim:
+        """A claim for one library-use write. Concurrent writers on one session take
+        turns: a busy session is retried with backoff for up to ``busy_wait_seconds``
+        (as the SDK's own sessions serialise writes), then SessionBusy."""
+        gives_up = time.monotonic() + self._busy_wait
+        pause = 0.02
+        while True:
+            now = self._clock()
+            until = now + dt.timedelta(seconds=self._claim_seconds)
+            try:
+                return self._store.claim(self.session_id, now, until, self._owner)
+            except SessionBusy:
+                if time.monotonic() + pause > gives_up:
+                    raise
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 0.5)

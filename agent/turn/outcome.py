@@ -8,9 +8,10 @@ from typing import Any
 
 from agent.results.policy import ResultLink
 
-Usage = dict[str, int | float | None]
-"""requests, input_tokens, output_tokens, total_tokens, and cost_usd (None: the
-model's price is unknown)."""
+Usage = dict[str, Any]
+"""requests, input_tokens, output_tokens, total_tokens, cost_usd (None: the model's
+price is unknown), and ``summary`` (requests, input_tokens, output_tokens) when the
+turn summarised the history."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ A turn that takes over an expired id first sweeps the previous life's result obj
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
-from agents import Agent, MaxTurnsExceeded, ModelBehaviorError, Runner
+from agents import Agent, MaxTurnsExceeded, ModelBehaviorError, RunConfig, Runner, Usage
 from agents.exceptions import ModelTimeoutError
 from agents.result import RunResultBase
 
@@ -50,7 +51,9 @@ from agent.store.history import (
     TurnTooLarge,
 )
 from agent.store.session import FirestoreSession
-from agent.turn.outcome import TurnOutcome, Usage
+from agent.turn.context_window import ContextKeeper, Window
+from agent.turn.outcome import TurnOutcome
+from agent.turn.outcome import Usage as UsageBody
 from agent.turn.store_errors import api_error_of, store_errors_as_api_errors
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,11 @@ class TurnRunner:
         settings: Settings,
         results: OffloadPolicy | None = None,
         prices: Mapping[str, Price] = DEFAULT_PRICES,
+        context: ContextKeeper | None = None,
     ) -> None:
+        """``context`` keeps every model call inside the context budget (None: the
+        whole history is sent, as in library use)."""
+        self._context = context
         self._agent = agent
         self._prices = prices
         self._store = store
@@ -96,23 +103,52 @@ class TurnRunner:
         caller's principal, required so that no route can forget it (None, for library
         use only, skips ownership checks); ``on_commit`` adds writes to the turn's
         commit (the idempotency record)."""
-        turn = self._open(session_id, started, owner)
+        turn = self._open(session_id, message, started, owner)
         try:
-            result = self._loop.run(
-                within(
-                    turn.run_deadline,
-                    Runner.run(
-                        self._agent,
-                        message,
-                        session=turn.session,
-                        max_turns=self._settings.agent_max_turns,
-                    ),
-                ),
-                timeout=turn.run_deadline - time.monotonic(),
-            )
+            try:
+                result = self._run_once(turn, message)
+            except openai.BadRequestError as exc:
+                if not _is_overflow(exc) or turn.window is None:
+                    raise
+                # The budget was set above what the provider takes: fold harder, once.
+                log.warning("context overflow at the provider; compacting harder")
+                turn = self._refit(turn, message)
+                result = self._run_once(turn, message)
         except BaseException as exc:
             raise self._fail(turn, exc) from exc
         return self._finish(turn, result, on_commit)
+
+    def _run_once(self, turn: _OpenTurn, message: str) -> RunResultBase:
+        return self._loop.run(
+            within(
+                turn.run_deadline,
+                Runner.run(
+                    self._agent,
+                    message,
+                    session=turn.session,
+                    max_turns=self._settings.agent_max_turns,
+                    run_config=self._run_config(turn),
+                ),
+            ),
+            timeout=turn.run_deadline - time.monotonic(),
+        )
+
+    def _run_config(self, turn: _OpenTurn) -> RunConfig | None:
+        if self._context is None or turn.window is None:
+            return None
+        return RunConfig(call_model_input_filter=self._context.input_filter(turn.window))
+
+    def _refit(self, turn: _OpenTurn, message: str) -> _OpenTurn:
+        assert self._context is not None
+        turn.session.reset_turn_items()
+        # Half of what was refused, and at most half the budget: the budget may be set
+        # far above the model's real window.
+        refused = (turn.window.estimated if turn.window else 0) * turn.claim.token_ratio
+        room = min(0.5, 0.5 * refused / self._context.budget)
+        window = self._context.prepare(
+            turn.session, turn.claim, message, self._loop, turn.run_deadline, room=room
+        )
+        return dataclasses.replace(turn, window=_merged(turn.window, window))
 
     def stream(
         self,
@@ -129,7 +165,7 @@ class TurnRunner:
         ``idle_seconds`` of silence, and last the ``TurnOutcome``. Failures after the
         claim are raised from the iterator as ApiError. Closing the iterator early
         cancels the run and commits nothing."""
-        turn = self._open(session_id, started, owner)
+        turn = self._open(session_id, message, started, owner)
         try:
             run = StreamedRun(
                 self._loop,
@@ -138,6 +174,7 @@ class TurnRunner:
                 turn.session,
                 max_turns=self._settings.agent_max_turns,
                 deadline=turn.run_deadline,
+                run_config=self._run_config(turn),
             )
         except BaseException as exc:
             raise self._fail(turn, exc) from exc
@@ -152,6 +189,8 @@ class TurnRunner:
     ) -> Generator[RunEvent | TurnOutcome | None, None, None]:
         try:
             yield None
+            if turn.window is not None and turn.window.compacted:
+                yield RunEvent("context_compacted", _compaction(turn.window))
             yield from run.events(idle_seconds)
             result = run.result()
         except GeneratorExit:  # the client went away: stop, and write nothing
@@ -163,7 +202,7 @@ class TurnRunner:
             raise self._fail(turn, exc) from exc
         yield self._finish(turn, result, on_commit)
 
-    def _open(self, session_id: str, started: float, owner: str | None) -> _OpenTurn:
+    def _open(self, session_id: str, message: str, started: float, owner: str | None) -> _OpenTurn:
         deadline = started + self._settings.turn_budget_seconds
         session = FirestoreSession(session_id, self._store, owner=owner)
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
@@ -172,14 +211,25 @@ class TurnRunner:
         if claim.replaced:
             self._sweep_previous_life(claim)
         run_deadline = deadline - self._commit_reserve - self._offload_reserve
-        return _OpenTurn(session, claim, deadline, run_deadline)
+        turn = _OpenTurn(session, claim, deadline, run_deadline)
+        if self._context is None:
+            return turn
+        try:
+            window = self._context.prepare(session, claim, message, self._loop, run_deadline)
+        except BaseException as exc:
+            # A failed summary fails the turn like a failed model call; nothing stored.
+            raise self._fail(turn, exc) from exc
+        return dataclasses.replace(turn, window=window)
 
     def _finish(
         self, turn: _OpenTurn, result: RunResultBase, on_commit: OnCommit | None
     ) -> TurnOutcome:
         """Deliver the answer (inline, or offloaded) and commit the turn."""
         session, new_session = turn.session, turn.claim.new_session
-        usage = self._usage(result)
+        usage = self._usage(result, turn.window)
+        if turn.window is not None and self._context is not None and result.raw_responses:
+            reported = result.raw_responses[0].usage.input_tokens
+            self._context.calibrate(session, turn.claim, turn.window, reported)
         delivery: Delivery | None = None
         try:
             delivery = self._results.deliver(
@@ -212,11 +262,22 @@ class TurnRunner:
             raise error from exc
         return _outcome(session.session_id, usage, new_session, history.expire_at, delivery)
 
-    def _usage(self, result: RunResultBase) -> Usage:
-        """The turn's usage summed over its model calls, and what it cost."""
+    def _usage(self, result: RunResultBase, window: Window | None) -> UsageBody:
+        """The turn's usage summed over its model calls, and what it cost; with
+        ``summary`` what summarising the history spent, when it did."""
         usage = result.context_wrapper.usage
         cached = usage.input_tokens_details.cached_tokens or 0
-        return {
+        summary: dict[str, Any] = {}
+        if window is not None and window.summary_usage is not None:
+            spent = window.summary_usage
+            summary = {
+                "summary": {
+                    "requests": spent.requests,
+                    "input_tokens": spent.input_tokens,
+                    "output_tokens": spent.output_tokens,
+                }
+            }
+        return summary | {
             "requests": usage.requests,
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
@@ -262,11 +323,31 @@ class _OpenTurn:
     """``time.monotonic()`` by which the turn must have answered."""
     run_deadline: float
     """By which the agent run must end, leaving time to deliver and commit."""
+    window: Window | None = None
+    """What the model calls are sent of the history (None: all of it)."""
+
+
+def _is_overflow(exc: openai.BadRequestError) -> bool:
+    return getattr(exc, "code", None) == "context_length_exceeded"
+
+
+def _merged(first: Window | None, second: Window) -> Window:
+    """The refit window, still counting the first fold's summary call."""
+    if first is None or first.summary_usage is None or second.summary_usage is None:
+        return second if first is None or second.compacted else first
+    spent = Usage()
+    spent.add(first.summary_usage)
+    spent.add(second.summary_usage)
+    return dataclasses.replace(second, compacted=True, summary_usage=spent)
+
+
+def _compaction(window: Window) -> dict[str, Any]:
+    return {"folded_items": window.keep_from, "summary_chars": len(window.summary or "")}
 
 
 def _outcome(
     session_id: str,
-    usage: Usage,
+    usage: UsageBody,
     new_session: bool,
     expire_at: dt.datetime,
     delivery: Delivery,
@@ -290,6 +371,9 @@ def _as_api_error(exc: BaseException) -> BaseException:
         return errors.deadline_exceeded()
     if isinstance(exc, MaxTurnsExceeded):
         return errors.max_turns_exceeded()
+    if isinstance(exc, openai.BadRequestError) and _is_overflow(exc):
+        log.warning("context overflow at the provider after compacting")
+        return errors.context_overflow()
     if isinstance(exc, openai.RateLimitError):
         log.warning("model call refused: over quota or rate limit")
         return errors.model_overloaded()

@@ -1,0 +1,134 @@
+"""Keeping one turn's model calls inside ``CONTEXT_MAX_TOKENS``.
+
+Before the run, the turn plans what its model calls will see (``runtime/context.py``
+has the rules): when the claimed history would pass the budget, the oldest part not yet
+summarised is folded into the running summary by one model call, and the new summary
+is handed to the session, which writes it in the turn's own commit: a summary always
+covers stored items, and a failed turn leaves the old one. During the run, a filter on
+every model call replaces the folded items with the summary and truncates any single
+item too large for the budget. After the run, the provider's reported input tokens
+calibrate the session's estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agents import Agent, Model, Usage
+from agents.run_config import CallModelData, ModelInputData
+
+from agent.runtime import context
+from agent.runtime.deadline import within
+from agent.runtime.event_loop import BackgroundLoop
+from agent.store.history import Claim, Summary
+from agent.store.session import FirestoreSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Window:
+    """What this turn's model calls are sent of the history."""
+
+    summary: str | None
+    keep_from: int
+    """Leading items of the claimed (uncovered) history that the summary now covers."""
+    estimated: int
+    """Uncalibrated estimate of the first call's input, for calibration."""
+    compacted: bool
+    """A summary was written this turn."""
+    summary_usage: Usage | None = None
+
+
+class ContextKeeper:
+    """Plans each turn's window and keeps every model call of the turn inside it."""
+
+    def __init__(self, agent: Agent[None], summary_model: Model, budget: int) -> None:
+        self.budget = budget
+        self._summary_model = summary_model
+        self._fixed = context.estimate_text(str(agent.instructions or "")) + _tools_tokens(agent)
+
+    def prepare(
+        self,
+        session: FirestoreSession,
+        claim: Claim,
+        message: str,
+        loop: BackgroundLoop,
+        deadline: float,
+        *,
+        room: float = 1.0,
+    ) -> Window:
+        """The window for this turn; folds and summarises when the history would pass
+        the budget (``room`` below 1: a tighter fit, after the provider overflowed).
+        Raises what the summary call raises; nothing is written then."""
+        previous = claim.summary.text if claim.summary else None
+        ratio = claim.token_ratio
+        fixed = self._fixed + context.estimate_text(message)
+        plan = context.plan(
+            claim.history,
+            budget=self.budget,
+            fixed=int(fixed * ratio),
+            summary=previous,
+            ratio=ratio,
+            room=room,
+        )
+        summary, usage = previous, None
+        if plan.fold:
+            summary, usage = loop.run(
+                within(
+                    deadline,
+                    context.summarize(
+                        self._summary_model,
+                        previous,
+                        plan.fold,
+                        batch_tokens=max(256, int(self.budget * room) // 2),
+                    ),
+                ),
+                timeout=deadline - time.monotonic(),
+            )
+            covered = (claim.summary.items if claim.summary else 0) + plan.keep_from
+            offset = claim.item_ends[plan.keep_from - 1]
+            session.set_summary(Summary(summary, covered, offset))
+            log.info(
+                "context compacted",
+                extra={"fields": {"folded_items": len(plan.fold), "summary_chars": len(summary)}},
+            )
+        estimated = fixed + context.estimate(plan.keep)
+        if summary:
+            estimated += context.estimate_text(summary)
+        return Window(summary, plan.keep_from, int(estimated), bool(plan.fold), usage)
+
+    def input_filter(self, window: Window) -> Any:
+        """The SDK's ``call_model_input_filter`` for this turn."""
+        max_item = max(256, self.budget // 2)
+
+        def keep_inside(data: CallModelData[Any]) -> ModelInputData:
+            items = [dict(item) for item in data.model_data.input[window.keep_from :]]
+            if window.summary:
+                items = [context.summary_message(window.summary), *items]
+            fitted = context.fit_items(items, max_item)
+            return ModelInputData(input=fitted, instructions=data.model_data.instructions)  # type: ignore[arg-type]
+
+        return keep_inside
+
+    @staticmethod
+    def calibrate(session: FirestoreSession, claim: Claim, window: Window, reported: int) -> None:
+        """Record the session's new token ratio from the first call's reported input."""
+        ratio = context.calibrated(claim.token_ratio, reported, window.estimated)
+        session.set_token_ratio(ratio)
+
+
+def _tools_tokens(agent: Agent[None]) -> int:
+    schemas = [
+        {
+            "name": getattr(tool, "name", ""),
+            "description": getattr(tool, "description", ""),
+            "parameters": getattr(tool, "params_json_schema", {}),
+        }
+        for tool in agent.tools
+    ]
+    return context.estimate_text(json.dumps(schemas)) if schemas else 0
