@@ -21,6 +21,7 @@ ModelApi = Literal["responses", "chat_completions"]
 ModelProvider = Literal["openai", "vertex"]
 VERTEX_DEFAULT_MODEL = "google/gemini-2.5-flash"
 AuthMode = Literal["iam", "api_key", "none"]
+TraceExport = Literal["none", "cloud_trace", "otlp"]
 GOOGLE_ID_TOKEN_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 RESULT_INLINE_LIMIT_BYTES = 2 * 1024 * 1024
@@ -119,6 +120,24 @@ class Settings:
     tracing_enabled: bool = False
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
     otherwise upload every conversation as soon as any key is configured."""
+
+    trace_export: TraceExport = "none"
+    """Where OpenTelemetry spans of each request go: ``none`` (no OpenTelemetry SDK is
+    even imported), ``cloud_trace`` (Cloud Trace, as the runtime's credentials) or
+    ``otlp`` (OTLP/HTTP to ``TRACE_OTLP_ENDPOINT``). Independent of ``TRACING_ENABLED``."""
+
+    trace_content: bool = False
+    """Put prompt, reply and tool argument text in spans. Off: spans carry names,
+    models, token counts and timings, never what anyone wrote."""
+
+    trace_otlp_endpoint: str = "http://localhost:4318/v1/traces"
+    """The OTLP/HTTP traces URL for ``TRACE_EXPORT=otlp`` (an OpenTelemetry Collector)."""
+
+    trace_flush_seconds: float = 2.0
+    """Bound on exporting a request's spans before its response completes (0-30). The
+    platform throttles the CPU once the response is sent, so spans left to a background
+    exporter may wait until the next request; 0 leaves them to it (for CPU always
+    allocated)."""
 
     # --- Large results in Cloud Storage --------------------------------------------
     results_bucket: str | None = None
@@ -242,6 +261,7 @@ class Settings:
         if self.model_api not in ("responses", "chat_completions"):
             raise SettingsError("MODEL_API must be 'responses' or 'chat_completions'")
         self._validate_vertex()
+        self._validate_tracing()
         self._validate_results()
         self._validate_access()
 
@@ -314,6 +334,13 @@ class Settings:
         if self.vertex_endpoint is not None and not https_or_loopback(self.vertex_endpoint):
             # The call carries an access token: never in clear text off this machine.
             raise SettingsError("VERTEX_ENDPOINT must be https:// (or http on loopback)")
+
+    def _validate_tracing(self) -> None:
+        if self.trace_export not in ("none", "cloud_trace", "otlp"):
+            raise SettingsError("TRACE_EXPORT must be 'none', 'cloud_trace' or 'otlp'")
+        _check_range("trace_flush_seconds", self.trace_flush_seconds, 0, 30)
+        if not self.trace_otlp_endpoint.startswith(("http://", "https://")):
+            raise SettingsError("TRACE_OTLP_ENDPOINT must be an http:// or https:// URL")
 
     def _validate_access(self) -> None:
         if self.auth_mode not in ("iam", "api_key", "none"):

@@ -75,6 +75,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from agent.base import tracing
 from agent.base.clock import retry_after
 from agent.store.calls import bounded_retry, outage_as_unavailable
 from agent.store.schema import (
@@ -245,13 +246,15 @@ class HistoryStore:
                     created_at=now,
                 )
             tail = bytes(data[TAIL])
-            stream = self._read_chunks(session_id, data[CHUNK_COUNT]) + tail
+            with tracing.span("load_history", **{"agent.history_chunks": data[CHUNK_COUNT]}):
+                stream = self._read_chunks(session_id, data[CHUNK_COUNT]) + tail
+                history = decode(stream)
         return Claim(
             session_id,
             token,
             claimed_at,
             new_session=False,
-            history=decode(stream),
+            history=history,
             turns=data[TURNS],
             tail=tail,
             chunks=data[CHUNK_COUNT],

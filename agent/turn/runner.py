@@ -25,7 +25,7 @@ from agents import Agent, MaxTurnsExceeded, ModelBehaviorError, Runner
 from agents.exceptions import ModelTimeoutError
 from agents.result import RunResultBase
 
-from agent.base import errors
+from agent.base import errors, tracing
 from agent.base.clock import utc_now
 from agent.base.settings import Settings
 from agent.results.policy import Delivery, OffloadPolicy, shrink_answer
@@ -154,8 +154,10 @@ class TurnRunner:
         deadline = started + self._settings.turn_budget_seconds
         session = FirestoreSession(session_id, self._store, owner=owner)
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
-        with store_errors_as_api_errors():
-            claim = session.begin_turn(claim_until)
+        with store_errors_as_api_errors(), tracing.span("claim") as span:
+            claim = session.begin_turn(claim_until)  # reads the history too
+            span.set("agent.new_session", claim.new_session)
+            span.set("agent.history_items", len(claim.history))
         run_deadline = deadline - self._commit_reserve - self._offload_reserve
         return _OpenTurn(session, claim, deadline, run_deadline)
 
@@ -183,7 +185,8 @@ class TurnRunner:
                     outcome = _outcome(session.session_id, result, new_session, expire_at, delivery)
                     done(batch, outcome)
 
-            history = session.commit_turn(extra_writes=extra)
+            with tracing.span("commit"):
+                history = session.commit_turn(extra_writes=extra)
         except BaseException as exc:
             error = self._fail(turn, exc)
             if delivery is not None and delivery.object_name:
