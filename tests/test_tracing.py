@@ -203,7 +203,7 @@ class OtlpReceiver(http.server.ThreadingHTTPServer):
 class _OtlpHandler(http.server.BaseHTTPRequestHandler):
     server: OtlpReceiver
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         request = ExportTraceServiceRequest.FromString(body)
         with self.server.received:
