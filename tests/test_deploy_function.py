@@ -145,6 +145,7 @@ def test_deploy_env_vars_are_settings_the_service_reads(scenario: Scenario) -> N
     assert env["SIGNING_SERVICE_ACCOUNT"] == sa_email("RUNTIME_SA_NAME")
     assert env["RESULTS_BUCKET"] == expanded("RESULTS_BUCKET")
     assert "OPENAI_BASE_URL" not in env and "MODEL_API" not in env, "empty values are left out"
+    assert env["TRACE_EXPORT"] == "cloud_trace"  # spans to Cloud Trace once deployed
 
 
 def test_timeout_override_moves_flag_and_setting_together(tmp_path: Path) -> None:

@@ -33,8 +33,10 @@ def expected_bindings() -> set[tuple[str, str, str, str, str | None]]:
         "title=gcf-v2-sources-only"
     )
     return {
-        # runtime: Firestore project-wide, one bucket, one secret, token creator on itself
+        # runtime: Firestore and Cloud Trace project-wide, one bucket, one secret, token
+        # creator on itself
         ("projects", PROJECT, runtime, "roles/datastore.user", None),
+        ("projects", PROJECT, runtime, "roles/cloudtrace.agent", None),
         ("buckets", results, runtime, "roles/storage.objectUser", None),
         (
             "secrets",
@@ -112,14 +114,14 @@ def test_iam_roles_are_exactly_these_and_granted_where_expected(
     assert set(recorded) == expected_bindings()
 
 
-def test_runtime_account_has_nothing_project_wide_beyond_firestore(
+def test_runtime_account_has_nothing_project_wide_beyond_firestore_and_traces(
     scenario: Scenario,
 ) -> None:
     runtime = "serviceAccount:" + sa_email("RUNTIME_SA_NAME")
     project_roles = {
         b[3] for b in recorded_bindings(scenario.setup) if b[0] == "projects" and b[2] == runtime
     }
-    assert project_roles == {"roles/datastore.user"}
+    assert project_roles == {"roles/datastore.user", "roles/cloudtrace.agent"}
     for binding in recorded_bindings(scenario.setup):
         assert not binding[3].startswith(("roles/owner", "roles/editor", "roles/viewer")), binding
 
