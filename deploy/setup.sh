@@ -29,7 +29,8 @@ APIS=(
   secretmanager.googleapis.com      # the model API key
   iamcredentials.googleapis.com     # signBlob, for signed URLs without a private key
   logging.googleapis.com            # function and build logs
-  cloudtrace.googleapis.com         # the function's spans (TRACE_EXPORT=cloud_trace)
+  telemetry.googleapis.com          # the function's spans, over OTLP (TRACE_EXPORT=cloud_trace)
+  cloudtrace.googleapis.com         # where those spans are read
   iam.googleapis.com                # creating the service accounts below
 )
 
@@ -186,11 +187,11 @@ grant_roles() {
   local deployer="serviceAccount:$DEPLOYER_SA_EMAIL"
   local builder="serviceAccount:$BUILDER_SA_EMAIL"
 
-  # Runtime: Firestore on the project, writing spans to Cloud Trace (the only project-wide
+  # Runtime: Firestore on the project, writing spans (Telemetry API; the only project-wide
   # roles; neither has a narrower scope), objects in the results bucket alone, the one
   # secret, and Token Creator on itself so it can sign URLs (signBlob).
   grant projects "$PROJECT_ID" "$runtime" roles/datastore.user
-  grant projects "$PROJECT_ID" "$runtime" roles/cloudtrace.agent
+  grant projects "$PROJECT_ID" "$runtime" roles/telemetry.tracesWriter
   grant buckets "gs://$RESULTS_BUCKET" "$runtime" roles/storage.objectUser
   grant secrets "$SECRET_NAME" "$runtime" roles/secretmanager.secretAccessor
   grant service-accounts "$RUNTIME_SA_EMAIL" "$runtime" roles/iam.serviceAccountTokenCreator

@@ -33,10 +33,10 @@ def expected_bindings() -> set[tuple[str, str, str, str, str | None]]:
         "title=gcf-v2-sources-only"
     )
     return {
-        # runtime: Firestore and Cloud Trace project-wide, one bucket, one secret, token
+        # runtime: Firestore and trace writing project-wide, one bucket, one secret, token
         # creator on itself
         ("projects", PROJECT, runtime, "roles/datastore.user", None),
-        ("projects", PROJECT, runtime, "roles/cloudtrace.agent", None),
+        ("projects", PROJECT, runtime, "roles/telemetry.tracesWriter", None),
         ("buckets", results, runtime, "roles/storage.objectUser", None),
         (
             "secrets",
@@ -121,7 +121,7 @@ def test_runtime_account_has_nothing_project_wide_beyond_firestore_and_traces(
     project_roles = {
         b[3] for b in recorded_bindings(scenario.setup) if b[0] == "projects" and b[2] == runtime
     }
-    assert project_roles == {"roles/datastore.user", "roles/cloudtrace.agent"}
+    assert project_roles == {"roles/datastore.user", "roles/telemetry.tracesWriter"}
     for binding in recorded_bindings(scenario.setup):
         assert not binding[3].startswith(("roles/owner", "roles/editor", "roles/viewer")), binding
 

@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +21,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agent.base import otel, tracing
 from agent.base.logs import JsonFormatter
-from agent.base.settings import Settings
+from agent.base.settings import Settings, SettingsError
 from local.demo_model import DemoModelServer
 from local.server import LiveServer
-from tests.support.constants import PROJECT
+from local.throwaway_key import new_key
+from tests.support.constants import PROJECT, service_account_email
+from tests.support.google_metadata_and_iam import Standin
 from tests.support.storage_fixtures import StorageEmulator
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -193,6 +196,8 @@ class OtlpReceiver(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _OtlpHandler)
         self.spans: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []
+        self.resources: list[dict[str, str]] = []
         self.received = threading.Condition()
 
     @property
@@ -207,7 +212,11 @@ class _OtlpHandler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         request = ExportTraceServiceRequest.FromString(body)
         with self.server.received:
+            self.server.authorizations.append(self.headers["Authorization"])
             for resource in request.resource_spans:
+                self.server.resources.append(
+                    {a.key: a.value.string_value for a in resource.resource.attributes}
+                )
                 for scope in resource.scope_spans:
                     for span in scope.spans:
                         self.server.spans.append(
@@ -270,3 +279,37 @@ def test_otlp_spans_reach_a_collector_before_the_response_completes(
     trace_id = requests[1]["trace_id"]
     assert chat_lines[1]["logging.googleapis.com/trace"] == f"projects/{PROJECT}/traces/{trace_id}"
     assert chat_lines[1]["logging.googleapis.com/spanId"] == requests[1]["span_id"]
+
+
+def test_cloud_trace_sends_otlp_with_the_runtimes_own_token(
+    make_client: Callable[..., FlaskClient],
+    receiver: OtlpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Application Default Credentials as on Cloud Functions: the metadata server's.
+    standin = Standin(new_key(service_account_email("agent-runtime"))).start()
+    monkeypatch.setenv("GCE_METADATA_HOST", standin.host)
+    monkeypatch.setenv("GCE_METADATA_IP", standin.host)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no developer ADC file
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    try:
+        client = make_client(trace_export="cloud_trace", trace_otlp_endpoint=receiver.endpoint)
+        assert standin.token_requests == 0  # nothing fetched at startup
+        for _ in range(2):
+            assert client.get("/healthz").status_code == 200
+    finally:
+        tracing.configure(Settings())
+        standin.stop()
+    assert len(receiver.authorizations) == 2
+    assert all(standin.token_is_valid(a or "") for a in receiver.authorizations)
+    assert standin.token_requests == 1  # one token serves both exports
+    assert receiver.resources[0]["gcp.project_id"] == PROJECT
+
+
+def test_cloud_trace_refuses_to_send_its_token_in_clear_text() -> None:
+    with pytest.raises(SettingsError, match="TRACE_OTLP_ENDPOINT must be https"):
+        Settings.from_env(
+            {"TRACE_EXPORT": "cloud_trace", "TRACE_OTLP_ENDPOINT": "http://collector:4318/"}
+        )
+    assert Settings(trace_export="cloud_trace").traces_url.startswith("https://telemetry.")

@@ -1,8 +1,8 @@
 """The OpenTelemetry side of ``tracing.py``, imported only when ``TRACE_EXPORT`` is on.
 
 One TracerProvider of our own (not the global one: nothing else in the process should
-start exporting because we did), a batch span processor and the chosen exporter:
-Google's Cloud Trace exporter, or the standard OTLP/HTTP one.
+start exporting because we did), a batch span processor and the standard OTLP/HTTP
+exporter, to a collector or, for Cloud Trace, to Google's Telemetry API.
 
 When spans leave the process: Cloud Functions throttles the CPU once a response is
 sent, so the batch processor's background thread, which exports every few seconds,
@@ -19,8 +19,13 @@ import random
 import threading
 from collections.abc import Iterator, Mapping
 
+import google.auth
+import google.auth.transport.requests
+import requests
+from google.auth.credentials import Credentials
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -77,8 +82,11 @@ class OtelSpan:
 
 class OtelBackend:
     def __init__(self, settings: Settings) -> None:
-        service = settings.k_service or "agent-cloud-function"
-        self._provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        resource = {"service.name": settings.k_service or "agent-cloud-function"}
+        if settings.google_cloud_project:
+            # The Telemetry API files spans under the project this attribute names.
+            resource["gcp.project_id"] = settings.google_cloud_project
+        self._provider = TracerProvider(resource=Resource.create(resource))
         self._provider.add_span_processor(BatchSpanProcessor(build_exporter(settings)))
         self._tracer = self._provider.get_tracer("agent")
         self._flush_seconds = settings.trace_flush_seconds
@@ -129,17 +137,36 @@ class OtelBackend:
 
 
 def build_exporter(settings: Settings) -> SpanExporter:
-    """The exporter ``TRACE_EXPORT`` names (tests replace this function)."""
+    """The OTLP/HTTP exporter for ``TRACE_EXPORT`` (tests replace this function).
+
+    Cloud Trace is reached through Google's Telemetry API, which takes OTLP as is: the
+    standard exporter with the runtime's access token (Google deprecated the Cloud Trace
+    exporter package in its favour)."""
+    session = requests.Session()
     if settings.trace_export == "cloud_trace":
-        from opentelemetry.exporter.cloud_trace import CloudTraceSpanExporter
-
-        # Builds a gRPC client with the runtime's credentials; no call until an export.
-        exporter: SpanExporter = CloudTraceSpanExporter(  # type: ignore[no-untyped-call]
-            project_id=settings.google_cloud_project
-        )
-        return exporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
+        session.auth = GoogleAuth()
     # Each export is bounded too: a collector that hangs must not pile up flushes.
     timeout = max(settings.trace_flush_seconds, 1.0)
-    return OTLPSpanExporter(endpoint=settings.trace_otlp_endpoint, timeout=timeout)
+    return OTLPSpanExporter(endpoint=settings.traces_url, timeout=timeout, session=session)
+
+
+class GoogleAuth(requests.auth.AuthBase):
+    """The runtime's own access token (Application Default Credentials) on each export:
+    found on the first export, not at startup, and refreshed by google-auth before it
+    expires. A user's credentials also name their quota project, as the API wants."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._credentials: Credentials | None = None
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        with self._lock:
+            if self._credentials is None:
+                self._credentials, _ = google.auth.default(scopes=[TRACE_SCOPE])
+            if not self._credentials.valid:
+                self._credentials.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+            self._credentials.apply(request.headers)  # type: ignore[no-untyped-call]
+        return request
+
+
+TRACE_SCOPE = "https://www.googleapis.com/auth/trace.append"

@@ -123,15 +123,18 @@ class Settings:
 
     trace_export: TraceExport = "none"
     """Where OpenTelemetry spans of each request go: ``none`` (no OpenTelemetry SDK is
-    even imported), ``cloud_trace`` (Cloud Trace, as the runtime's credentials) or
-    ``otlp`` (OTLP/HTTP to ``TRACE_OTLP_ENDPOINT``). Independent of ``TRACING_ENABLED``."""
+    even imported), ``cloud_trace`` (Cloud Trace, through Google's Telemetry API, as the
+    runtime's credentials) or ``otlp`` (OTLP/HTTP to a collector). Independent of
+    ``TRACING_ENABLED``."""
 
     trace_content: bool = False
     """Put prompt, reply and tool argument text in spans. Off: spans carry names,
     models, token counts and timings, never what anyone wrote."""
 
-    trace_otlp_endpoint: str = "http://localhost:4318/v1/traces"
-    """The OTLP/HTTP traces URL for ``TRACE_EXPORT=otlp`` (an OpenTelemetry Collector)."""
+    trace_otlp_endpoint: str | None = None
+    """The OTLP/HTTP traces URL. Unset: ``http://localhost:4318/v1/traces`` (a collector
+    beside the process) for ``otlp``, ``https://telemetry.googleapis.com/v1/traces`` for
+    ``cloud_trace``, which sends a bearer token and so needs https (or loopback http)."""
 
     trace_flush_seconds: float = 2.0
     """Bound on exporting a request's spans before its response completes (0-30). The
@@ -339,8 +342,21 @@ class Settings:
         if self.trace_export not in ("none", "cloud_trace", "otlp"):
             raise SettingsError("TRACE_EXPORT must be 'none', 'cloud_trace' or 'otlp'")
         _check_range("trace_flush_seconds", self.trace_flush_seconds, 0, 30)
-        if not self.trace_otlp_endpoint.startswith(("http://", "https://")):
+        endpoint = self.trace_otlp_endpoint
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
             raise SettingsError("TRACE_OTLP_ENDPOINT must be an http:// or https:// URL")
+        if self.trace_export == "cloud_trace" and not https_or_loopback(self.traces_url):
+            # The export carries an access token: never in clear text off this machine.
+            raise SettingsError("TRACE_OTLP_ENDPOINT must be https:// (or http on loopback)")
+
+    @property
+    def traces_url(self) -> str:
+        """Where spans are sent (``TRACE_OTLP_ENDPOINT`` or its default)."""
+        if self.trace_otlp_endpoint is not None:
+            return self.trace_otlp_endpoint
+        if self.trace_export == "cloud_trace":
+            return "https://telemetry.googleapis.com/v1/traces"
+        return "http://localhost:4318/v1/traces"
 
     def _validate_access(self) -> None:
         if self.auth_mode not in ("iam", "api_key", "none"):
