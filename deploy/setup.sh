@@ -29,7 +29,7 @@ APIS=(
   secretmanager.googleapis.com      # the model API key
   iamcredentials.googleapis.com     # signBlob, for signed URLs without a private key
   logging.googleapis.com            # function and build logs
-  telemetry.googleapis.com          # the function's spans, over OTLP (TRACE_EXPORT=cloud_trace)
+  telemetry.googleapis.com          # the function's spans, sent over OTLP
   cloudtrace.googleapis.com         # where those spans are read
   iam.googleapis.com                # creating the service accounts below
 )

@@ -59,6 +59,7 @@ def test_every_config_value_can_be_overridden_from_the_environment(
         "OPENAI_BASE_URL": "http://llm.example:8000/v1",
         "MODEL_API": "chat_completions",
         "LOG_LEVEL": "DEBUG",
+        "TRACE_EXPORT": "otlp",
         "SIGNED_URL_TTL_SECONDS": "777",
         "RESULT_INLINE_MAX_BYTES": "99999",
     }
@@ -79,6 +80,7 @@ def test_every_config_value_can_be_overridden_from_the_environment(
         "RESULTS_RETENTION_DAYS": '"age": 11',
         "BUILD_SOURCE_RETENTION_DAYS": '"age": 13',
         "SESSION_TTL_SECONDS": "SESSION_TTL_SECONDS=4321",
+        "TRACE_EXPORT": "TRACE_EXPORT=otlp",
         "SIGNED_URL_TTL_SECONDS": "SIGNED_URL_TTL_SECONDS=777",
         "RESULT_INLINE_MAX_BYTES": "RESULT_INLINE_MAX_BYTES=99999",
     }
