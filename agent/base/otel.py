@@ -163,9 +163,11 @@ class GoogleAuth(requests.auth.AuthBase):
         with self._lock:
             if self._credentials is None:
                 self._credentials, _ = google.auth.default(scopes=[TRACE_SCOPE])
-            if not self._credentials.valid:
-                self._credentials.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
-            self._credentials.apply(request.headers)  # type: ignore[no-untyped-call]
+            credentials = self._credentials
+            if not credentials.valid:
+                http = google.auth.transport.requests.Request()
+                credentials.refresh(http)  # type: ignore[no-untyped-call]
+            credentials.apply(request.headers)  # type: ignore[no-untyped-call]
         return request
 
 

@@ -11,8 +11,8 @@ reply and tool text are copied only with ``TRACE_CONTENT=true``.
 A hand-written bridge rather than an instrumentation package: the maintained ones
 (``opentelemetry-instrumentation-openai-agents``, ``-openai-agents-v2``) decide about
 message content from environment variables of their own (one captures it by
-default), are each about 2,000 lines with more dependencies, and predate SDK 0.24's
-span types; this needs the five span types below and ``TRACE_CONTENT``.
+default), are each about 2,000 lines with more dependencies, and neither knows SDK
+0.24's task and turn spans; this needs the five span types below and ``TRACE_CONTENT``.
 """
 
 from __future__ import annotations
