@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -282,26 +283,28 @@ def test_otlp_spans_reach_a_collector_before_the_response_completes(
 
 
 def test_cloud_trace_sends_otlp_with_the_runtimes_own_token(
-    make_client: Callable[..., FlaskClient],
-    receiver: OtlpReceiver,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    settings_env: dict[str, str], receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
-    # Application Default Credentials as on Cloud Functions: the metadata server's.
+    # Application Default Credentials as on Cloud Functions: the metadata server's. In a
+    # process of its own: google-auth reads GCE_METADATA_HOST once per process.
     standin = Standin(new_key(service_account_email("agent-runtime"))).start()
-    monkeypatch.setenv("GCE_METADATA_HOST", standin.host)
-    monkeypatch.setenv("GCE_METADATA_IP", standin.host)
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no developer ADC file
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env |= settings_env | {
+        "TRACE_EXPORT": "cloud_trace",
+        "TRACE_OTLP_ENDPOINT": receiver.endpoint,  # loopback http: the tests' stand-in
+        "GCE_METADATA_HOST": standin.host,
+        "GCE_METADATA_IP": standin.host,
+        "CLOUDSDK_CONFIG": str(tmp_path),  # no developer ADC file
+    }
+    server = LiveServer(env)
     try:
-        client = make_client(trace_export="cloud_trace", trace_otlp_endpoint=receiver.endpoint)
         assert standin.token_requests == 0  # nothing fetched at startup
         for _ in range(2):
-            assert client.get("/healthz").status_code == 200
+            assert server.call("GET", "/healthz")[0] == 200
     finally:
-        tracing.configure(Settings())
+        server.stop()
         standin.stop()
-    assert len(receiver.authorizations) == 2
+    assert len(receiver.authorizations) == 2  # each flushed before its response
     assert all(standin.token_is_valid(a or "") for a in receiver.authorizations)
     assert standin.token_requests == 1  # one token serves both exports
     assert receiver.resources[0]["gcp.project_id"] == PROJECT
