@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from google.cloud import firestore
 
 from agent.auth.modes import Authenticator, build_authenticator
+from agent.base import tracing
 from agent.base.settings import Settings, redact_url
 from agent.results.bucket import ResultBucket
 from agent.results.policy import OffloadPolicy
@@ -57,6 +58,7 @@ class Service:
 def build_service(settings: Settings) -> Service:
     """Build every process-wide object from ``settings``; makes no network call."""
     prices = parse_prices(settings.model_prices)  # first: a bad table starts nothing
+    tracing.configure(settings)
     client = firestore.Client(
         project=settings.google_cloud_project, database=settings.firestore_database
     )
@@ -76,12 +78,13 @@ def build_service(settings: Settings) -> Service:
     # No network, no storage import: the bucket's client is made on the first offload.
     results = OffloadPolicy(settings, ResultBucket(settings) if settings.results_bucket else None)
     log.info(
-        "agent %r ready: model %s via %s (%s API); tracing upload %s",
+        "agent %r ready: model %s via %s (%s API); tracing upload %s; trace export %s",
         settings.agent_name,
         settings.agent_model,
         redact_url(settings.openai_base_url) or "OpenAI",  # never its credentials
         settings.model_api,
         "on" if settings.tracing_enabled else "off",
+        settings.trace_export,
     )
     idempotency = IdempotencyStore(
         client,

@@ -18,10 +18,10 @@ from google.cloud import firestore
 from agent.base.settings import Settings
 from agent.store.history import Claim, HistoryStore
 from bench.load import Client, closed_loop, median, percentile
-from bench.servers import FLOOR, NAIVE, ROOT, SERVICE, FunctionServer, ModelProcess
+from bench.servers import FLOOR, NAIVE, ROOT, SERVICE, FunctionServer, ModelProcess, OtlpSink
 from bench.storage_cost import measure as storage_cost
 
-SECTIONS = ["imports", "cold_start", "warm", "storage", "throughput", "streaming"]
+SECTIONS = ["imports", "cold_start", "warm", "storage", "throughput", "streaming", "tracing"]
 VARIANTS = {"service": SERVICE, "floor": FLOOR, "naive": NAIVE}
 # What the service cannot do without; the floor imports exactly these.
 LIBRARIES = ["functions_framework", "flask", "openai", "agents", "google.cloud.firestore"]
@@ -43,6 +43,7 @@ def run_all(
         "storage": lambda: storage(env),
         "throughput": lambda: throughput(env, model, helpers),
         "streaming": lambda: streaming(env, model),
+        "tracing": lambda: tracing(env, model),
     }
     for name in SECTIONS:
         if name in sections:
@@ -278,6 +279,57 @@ def streaming(
         "overhead_p90_ms": round(percentile(overheads, 90) * 1000, 1),
         "claim_p50_ms": round(median(claims) * 1000, 1),
     }
+
+
+TRACE_VARIANTS = {
+    "none": {"TRACE_EXPORT": "none"},
+    "otlp, flush per request": {"TRACE_EXPORT": "otlp"},
+    "otlp, background only": {"TRACE_EXPORT": "otlp", "TRACE_FLUSH_SECONDS": "0"},
+}
+
+
+def tracing(env: dict[str, str], model: ModelProcess, requests: int = 200) -> dict[str, Any]:
+    """Warm turns with one tool call (two model calls, about 13 spans) with tracing off
+    and exporting over OTLP/HTTP to a loopback receiver, with and without the flush at
+    the end of each request; the servers run side by side, requests interleaved."""
+    model.reset()
+    sink = OtlpSink()
+    servers = {
+        name: FunctionServer(SERVICE, env | extra | {"TRACE_OTLP_ENDPOINT": sink.endpoint})
+        for name, extra in TRACE_VARIANTS.items()
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in servers}
+    errors = dict.fromkeys(servers, 0)
+    try:
+        clients = {}
+        for name, server in servers.items():
+            server.wait_listening()
+            clients[name] = Client(server.port)
+        for n in range(20 + requests):  # 20 to warm up
+            for name, client in clients.items():
+                body = {"message": f"What is {n} + 1?", "session_id": f"t{n % 30}"}
+                started = time.monotonic()
+                status, _ = client.post("/chat", body)
+                if n >= 20:
+                    if status == 200:
+                        latencies[name].append(time.monotonic() - started)
+                    else:
+                        errors[name] += 1
+    finally:
+        for server in servers.values():
+            server.stop()
+        sink.stop()
+    results: dict[str, Any] = {"requests": requests, "exports": sink.requests}
+    base = median(latencies["none"])
+    for name, samples in latencies.items():
+        results[name] = {
+            "p50_ms": round(median(samples) * 1000, 2),
+            "p99_ms": round(percentile(samples, 99) * 1000, 2),
+            "over_none_p50_ms": round((median(samples) - base) * 1000, 2),
+            "ratio_p50": round(median(samples) / base, 3),
+            "errors": errors[name],
+        }
+    return results
 
 
 class _ClaimProbe:

@@ -20,6 +20,7 @@ def markdown(results: dict[str, Any]) -> str:
         ("storage", _storage),
         ("throughput", _throughput),
         ("streaming", _streaming),
+        ("tracing", _tracing),
     ):
         if name in results:
             parts.append(render(results[name]))
@@ -193,4 +194,27 @@ def _streaming(data: dict[str, Any]) -> str:
         f"(target < 20 ms: {_met(data['overhead_p50_ms'] < 20)}). Of it, the Firestore claim "
         f"that must precede the model call (a read and a conditional write): p50 "
         f"{data['claim_p50_ms']} ms, measured alone on the same emulator."
+    )
+
+
+def _tracing(data: dict[str, Any]) -> str:
+    names = [name for name in data if isinstance(data[name], dict)]
+    rows = [
+        [
+            name,
+            data[name]["p50_ms"],
+            data[name]["p99_ms"],
+            data[name]["over_none_p50_ms"],
+            f"{data[name]['ratio_p50']:.2f}x",
+            f"{data[name]['errors']}/{data['requests']}",
+        ]
+        for name in names
+    ]
+    return (
+        "**7. Tracing**: warm turns with one tool call (two model calls), servers side by"
+        f" side, requests interleaved; {data['exports']} OTLP exports received\n\n"
+        + _table(
+            ["TRACE_EXPORT", "p50 (ms)", "p99 (ms)", "p50 over none (ms)", "p50 ratio", "errors"],
+            rows,
+        )
     )

@@ -3,7 +3,8 @@
 Measures, side by side in one run, on the Firestore emulator and the demo model:
 cold start against a floor and a naive handler, warm overhead per turn, Firestore
 documents per turn by history length and layout, throughput and errors of one
-instance at several concurrencies, its peak memory, and streaming overhead. Prints
+instance at several concurrencies, its peak memory, streaming overhead, and the latency
+of tracing (TRACE_EXPORT none vs otlp to a loopback receiver). Prints
 markdown tables and writes them and the JSON (``--out``, default
 ``bench/results.json`` and ``bench/results.md``). Not part of the test run.
 """

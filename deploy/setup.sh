@@ -29,6 +29,8 @@ APIS=(
   secretmanager.googleapis.com      # the model API key
   iamcredentials.googleapis.com     # signBlob, for signed URLs without a private key
   logging.googleapis.com            # function and build logs
+  telemetry.googleapis.com          # the function's spans, sent over OTLP
+  cloudtrace.googleapis.com         # where those spans are read
   iam.googleapis.com                # creating the service accounts below
 )
 
@@ -263,9 +265,11 @@ grant_roles() {
 
   # Runtime: Firestore in the service's database only (an IAM condition on the database's
   # resource name), objects in the results bucket alone, the one secret, and signBlob as
-  # itself (signed URLs without a private key), through the custom role.
+  # itself (signed URLs without a private key), through the custom role; and writing
+  # spans (Telemetry API, TRACE_EXPORT=cloud_trace), a project-wide role only.
   grant projects "$PROJECT_ID" "$runtime" roles/datastore.user \
     "expression=resource.name == \"$database\",title=agent-database-only"
+  grant projects "$PROJECT_ID" "$runtime" roles/telemetry.tracesWriter
   grant buckets "gs://$RESULTS_BUCKET" "$runtime" roles/storage.objectUser
   grant secrets "$SECRET_NAME" "$runtime" roles/secretmanager.secretAccessor
   grant service-accounts "$RUNTIME_SA_EMAIL" "$runtime" "projects/$PROJECT_ID/roles/$SIGNER_ROLE_ID"

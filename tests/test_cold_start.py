@@ -18,16 +18,25 @@ import json, sys
 import main
 from agents.tracing import get_trace_provider
 provider = get_trace_provider()
+processors = getattr(provider, "_multi_processor")._processors
 print(json.dumps({
     "storage_imported": any(m.startswith("google.cloud.storage") for m in sys.modules),
-    "trace_processors": len(getattr(provider, "_multi_processor")._processors),
+    "trace_processors": [type(p).__name__ for p in processors],
+    "opentelemetry": sorted(m for m in sys.modules if m.startswith("opentelemetry")),
+}))
+"""
+LIBRARIES = """
+import json, sys
+import functions_framework, flask, openai, agents, google.cloud.firestore
+print(json.dumps({
+    "opentelemetry": sorted(m for m in sys.modules if m.startswith("opentelemetry")),
 }))
 """
 
 
-def probe(**env: str) -> dict[str, object]:
+def probe(code: str = PROBE, **env: str) -> dict[str, object]:
     result = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", code],
         cwd=REPO_ROOT,
         env=os.environ
         | {"OPENAI_BASE_URL": UNREACHABLE_MODEL_URL, "GOOGLE_CLOUD_PROJECT": "p"}
@@ -48,8 +57,24 @@ def test_import_builds_no_trace_exporter_and_no_storage_client() -> None:
     assert found["storage_imported"] is False
     # The SDK's default processor builds an HTTP exporter (about 40 ms) that tracing
     # off would never use.
-    assert found["trace_processors"] == 0
+    assert found["trace_processors"] == []
 
 
 def test_tracing_on_keeps_the_sdks_exporter() -> None:
-    assert probe(TRACING_ENABLED="true", OPENAI_API_KEY="sk-test")["trace_processors"] == 1
+    found = probe(TRACING_ENABLED="true", OPENAI_API_KEY="sk-test")
+    assert found["trace_processors"] == ["BatchTraceProcessor"]
+
+
+def test_trace_export_none_imports_no_opentelemetry_of_its_own() -> None:
+    # google.api_core and the SDK's mcp import the OpenTelemetry *API* themselves when
+    # it is installed; the service with TRACE_EXPORT=none must add nothing to that.
+    assert probe()["opentelemetry"] == probe(LIBRARIES)["opentelemetry"]
+
+
+def test_trace_export_sends_sdk_spans_to_opentelemetry_only() -> None:
+    found = probe(TRACE_EXPORT="otlp", OPENAI_API_KEY="sk-test")
+    # A key is configured, yet nothing goes to OpenAI: only the bridge is registered.
+    assert found["trace_processors"] == ["OpenTelemetryBridge"]
+    assert "opentelemetry.sdk.trace" in found["opentelemetry"]
+    both = probe(TRACE_EXPORT="otlp", TRACING_ENABLED="true", OPENAI_API_KEY="sk-test")
+    assert both["trace_processors"] == ["BatchTraceProcessor", "OpenTelemetryBridge"]

@@ -162,6 +162,7 @@ def test_deploy_env_vars_are_settings_the_service_reads(scenario: Scenario) -> N
     assert env["SIGNING_SERVICE_ACCOUNT"] == sa_email("RUNTIME_SA_NAME")
     assert env["RESULTS_BUCKET"] == expanded("RESULTS_BUCKET")
     assert "OPENAI_BASE_URL" not in env and "MODEL_API" not in env, "empty values are left out"
+    assert env["TRACE_EXPORT"] == "cloud_trace"  # spans to Cloud Trace once deployed
     # Issue 10 items 1 and 2: behind the front end, with the function's own URLs.
     region, name = expanded("REGION"), expanded("FUNCTION_NAME")
     assert env["AUTH_PLATFORM_VERIFIED"] == "true"

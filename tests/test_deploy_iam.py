@@ -45,6 +45,7 @@ def expected_bindings(function_exists: bool = True) -> set[tuple[str, str, str, 
             "roles/datastore.user",
             f'expression=resource.name == "{database}",title=agent-database-only',
         ),
+        ("projects", PROJECT, runtime, "roles/telemetry.tracesWriter", None),
         ("buckets", results, runtime, "roles/storage.objectUser", None),
         ("secrets", expanded("SECRET_NAME"), runtime, "roles/secretmanager.secretAccessor", None),
         ("service-accounts", sa_email("RUNTIME_SA_NAME"), runtime, signer, None),
@@ -180,14 +181,14 @@ def test_least_privilege(scenario: Scenario) -> None:
     assert datastore[4] is not None and "databases/" in datastore[4]
 
 
-def test_runtime_account_has_nothing_project_wide_beyond_firestore(
+def test_runtime_account_has_nothing_project_wide_beyond_firestore_and_traces(
     scenario: Scenario,
 ) -> None:
     runtime = "serviceAccount:" + sa_email("RUNTIME_SA_NAME")
     project_roles = {
         b[3] for b in recorded_bindings(scenario.setup) if b[0] == "projects" and b[2] == runtime
     }
-    assert project_roles == {"roles/datastore.user"}
+    assert project_roles == {"roles/datastore.user", "roles/telemetry.tracesWriter"}
     for binding in recorded_bindings(scenario.setup):
         assert not binding[3].startswith(("roles/owner", "roles/editor", "roles/viewer")), binding
 

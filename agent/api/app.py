@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Generator
 
 from flask import Flask, Request, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
@@ -27,14 +28,17 @@ from agent.api.requests import (
     parse_key,
 )
 from agent.api.responses import chat_response, rfc3339
-from agent.base import errors
+from agent.base import errors, tracing
 from agent.base.logs import bind_request, trace_fields, unbind
 from agent.base.settings import csv
+from agent.runtime.streaming import RunEvent
 from agent.service import Service
 from agent.turn.idempotency import run_once, stream_once
-from agent.turn.outcome import Usage
+from agent.turn.outcome import TurnOutcome, Usage
 
 log = logging.getLogger(__name__)
+
+Events = Generator[RunEvent | TurnOutcome | None, None, None]
 
 BODY_UNREAD = "agent.body_unread"
 """WSGI environ key set on a request answered before its body was read (a 401, 403, 404,
@@ -61,8 +65,19 @@ def create_app(service: Service) -> Flask:
 
     @app.before_request
     def _identify() -> None:
-        request_fields = {"request_id": g.request_id}
-        g.log_token = bind_request(request_fields | trace_fields(request.headers, service.project))
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        g.span = tracing.start_request(
+            f"{request.method} {rule or 'unmatched'}",
+            request.headers,
+            **{"http.request.method": request.method, "url.path": request.path},
+        )
+        g.span.set("http.route", rule)
+        g.span.set("agent.request_id", g.request_id)
+        g.span.attach()
+        # With export on, the request span's trace (the caller's, or a new one) names
+        # the log lines' trace too, so Cloud Logging shows them beside the spans.
+        trace = g.span.log_fields(service.project) or trace_fields(request.headers, service.project)
+        g.log_token = bind_request({"request_id": g.request_id} | trace)
         if request.routing_exception is not None or request.method == "OPTIONS":
             return  # unknown routes and methods answer 404/405 before any identity
         if request.endpoint != "healthz":
@@ -73,12 +88,24 @@ def create_app(service: Service) -> Flask:
         token = g.pop("log_token", None)
         if token is not None:
             unbind(token)
+        span = g.pop("span", None)
+        if span is not None:
+            span.detach()
+            if not g.get("streaming"):  # a stream's span ends with the stream
+                span.end()
+                # Runs before the server writes the body: after it, the CPU is throttled.
+                tracing.flush()
 
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         if _sent_a_body(request) and not g.get("body_used"):
             request.environ[BODY_UNREAD] = True
+        span = g.get("span", tracing.NO_SPAN)
+        span.set("http.response.status_code", response.status_code)
+        span.set("agent.session_id", g.get("session_id"))
+        if response.status_code >= 500:
+            span.fail(str(g.get("outcome") or response.status_code))
         log.info(
             "%s %s %s",
             request.method,
@@ -169,16 +196,23 @@ def create_app(service: Service) -> Flask:
                 idle_seconds=sse.KEEPALIVE_SECONDS,
             )
         g.outcome = "replayed" if replayed else "streamed"
+        g.streaming, span = True, g.span
 
         def on_end(ending: str, usage: Usage | None) -> None:
             # The request line was logged when the headers went out; this is the outcome.
             fields = {"request_id": request_id, "session_id": session_id, "ending": ending}
             spent = None if replayed else usage  # a replay spent nothing on the model
             fields |= {"usage": spent, "latency_ms": round((time.monotonic() - started) * 1000, 1)}
+            fields |= span.log_fields(service.project)
             log.info("stream ended: %s", ending, extra={"fields": fields})
+            span.set("agent.stream_ending", ending)
+            if ending == "internal_error":
+                span.fail(ending)
+            span.end()
+            tracing.flush()  # before the stream's last chunk: the CPU is throttled after
 
         response = sse.sse_response(
-            events,
+            _in_span(span, events),
             max_event_bytes=sse.event_budget(settings),
             request_id=request_id,
             on_end=on_end,
@@ -246,6 +280,22 @@ def create_app(service: Service) -> Flask:
 def _sent_a_body(req: Request) -> bool:
     chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
     return chunked or bool(req.content_length)
+
+
+def _in_span(span: tracing.Span, events: Events) -> Events:
+    """A streamed body is read after the request's context is gone: its span is made
+    current again while each of the turn's events is produced, and at its close."""
+    try:
+        while True:
+            with span.made_current():
+                try:
+                    item = next(events)
+                except StopIteration:
+                    return
+            yield item
+    finally:
+        with span.made_current():
+            events.close()  # on a disconnect: cancels the run and releases the session
 
 
 def _error_response(error: errors.ApiError, request_id: str | None = None) -> Response:

@@ -6,9 +6,10 @@ Message text and replies are never logged: a conversation can hold anything a us
 told the agent. Neither are tokens or keys.
 
 Every line written while a request is handled also carries that request's fields
-(``bind_request``): its id and, when the caller sent ``X-Cloud-Trace-Context`` (or
-``traceparent``), the trace as ``logging.googleapis.com/trace``, which makes Cloud
-Logging group the request's lines under its trace.
+(``bind_request``): its id and, when the caller sent ``traceparent`` (or
+``X-Cloud-Trace-Context``), the trace as ``logging.googleapis.com/trace``, which makes Cloud
+Logging group the request's lines under its trace. With ``TRACE_EXPORT`` on, the trace
+and span are the request span's (``tracing.py``), header or not.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import sys
 import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from werkzeug.datastructures import Headers
@@ -67,14 +69,21 @@ def unbind(token: contextvars.Token[Mapping[str, object]]) -> None:
     _REQUEST_FIELDS.reset(token)
 
 
-def trace_fields(headers: Headers, project: str | None) -> dict[str, object]:
-    """Cloud Logging's trace fields from W3C ``traceparent`` or, when that is absent or
-    malformed, the legacy ``X-Cloud-Trace-Context`` ("TRACE/SPAN;o=1"); none without a
-    project or a well-formed header. ``traceparent`` wins when both arrive: it is the
-    standard header, and the one a caller's own tracing sets."""
-    if not project:
-        return {}
-    trace = span = sampled = None
+@dataclass(frozen=True)
+class IncomingTrace:
+    """The trace a request arrived in: 32 hex digits, its parent span (16 hex digits,
+    or None) and whether the caller sampled it (None: it did not say)."""
+
+    trace_id: str
+    span_id: str | None
+    sampled: bool | None
+
+
+def incoming_trace(headers: Headers) -> IncomingTrace | None:
+    """The W3C ``traceparent``, else ``X-Cloud-Trace-Context`` ("TRACE/SPAN;o=1"); the
+    standard header wins when both arrive. None when neither is well-formed."""
+    trace = span = None
+    sampled: bool | None = None
     if match := _TRACEPARENT.fullmatch((headers.get("traceparent") or "").strip()):
         trace, span, flags = match.groups()
         sampled = bool(int(flags, 16) & 1)
@@ -83,12 +92,32 @@ def trace_fields(headers: Headers, project: str | None) -> dict[str, object]:
         span = f"{int(span_decimal):016x}" if span_decimal else None
         sampled = flag == "1" if flag else None
     if trace is None or int(trace, 16) == 0:
+        return None
+    if span is not None and (len(span) != 16 or int(span, 16) == 0):
+        span = None
+    return IncomingTrace(trace.lower(), span, sampled)
+
+
+def trace_fields(headers: Headers, project: str | None) -> dict[str, object]:
+    """Cloud Logging's trace fields from the request's trace headers (``incoming_trace``);
+    none without a project or a well-formed header."""
+    trace = incoming_trace(headers)
+    if trace is None:
+        return {}
+    return cloud_logging_trace(project, trace.trace_id, trace.span_id, trace.sampled)
+
+
+def cloud_logging_trace(
+    project: str | None, trace_id: str, span_id: str | None, sampled: bool | None
+) -> dict[str, object]:
+    """The fields that make Cloud Logging file a line under a trace (and span)."""
+    if not project:
         return {}
     fields: dict[str, object] = {
-        "logging.googleapis.com/trace": f"projects/{project}/traces/{trace.lower()}"
+        "logging.googleapis.com/trace": f"projects/{project}/traces/{trace_id}"
     }
-    if span and int(span, 16) != 0 and len(span) == 16:
-        fields["logging.googleapis.com/spanId"] = span
+    if span_id is not None:
+        fields["logging.googleapis.com/spanId"] = span_id
     if sampled is not None:
         fields["logging.googleapis.com/trace_sampled"] = sampled
     return fields

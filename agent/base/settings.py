@@ -21,6 +21,7 @@ ModelApi = Literal["responses", "chat_completions"]
 ModelProvider = Literal["openai", "vertex"]
 VERTEX_DEFAULT_MODEL = "google/gemini-2.5-flash"
 AuthMode = Literal["iam", "api_key", "none"]
+TraceExport = Literal["none", "cloud_trace", "otlp"]
 GOOGLE_ID_TOKEN_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 RESULT_INLINE_LIMIT_BYTES = 2 * 1024 * 1024
@@ -140,6 +141,27 @@ class Settings:
     tracing_enabled: bool = False
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
     otherwise upload every conversation as soon as any key is configured."""
+
+    trace_export: TraceExport = "none"
+    """Where OpenTelemetry spans of each request go: ``none`` (no OpenTelemetry SDK is
+    even imported), ``cloud_trace`` (Cloud Trace, through Google's Telemetry API, as the
+    runtime's credentials) or ``otlp`` (OTLP/HTTP to a collector). Independent of
+    ``TRACING_ENABLED``."""
+
+    trace_content: bool = False
+    """Put prompt, reply and tool argument text in spans. Off: spans carry names,
+    models, token counts and timings, never what anyone wrote."""
+
+    trace_otlp_endpoint: str | None = None
+    """The OTLP/HTTP traces URL. Unset: ``http://localhost:4318/v1/traces`` (a collector
+    beside the process) for ``otlp``, ``https://telemetry.googleapis.com/v1/traces`` for
+    ``cloud_trace``, which sends a bearer token and so needs https (or loopback http)."""
+
+    trace_flush_seconds: float = 2.0
+    """Bound on exporting a request's spans before its response completes (0-30). The
+    platform throttles the CPU once the response is sent, so spans left to a background
+    exporter may wait until the next request; 0 leaves them to it (for CPU always
+    allocated)."""
 
     # --- Large results in Cloud Storage --------------------------------------------
     results_bucket: str | None = None
@@ -285,6 +307,7 @@ class Settings:
         if self.model_api not in ("responses", "chat_completions"):
             raise SettingsError("MODEL_API must be 'responses' or 'chat_completions'")
         self._validate_vertex()
+        self._validate_tracing()
         self._validate_results()
         self._validate_access()
 
@@ -355,6 +378,26 @@ class Settings:
         if self.vertex_endpoint is not None and not https_or_loopback(self.vertex_endpoint):
             # The call carries an access token: never in clear text off this machine.
             raise SettingsError("VERTEX_ENDPOINT must be https:// (or http on loopback)")
+
+    def _validate_tracing(self) -> None:
+        if self.trace_export not in ("none", "cloud_trace", "otlp"):
+            raise SettingsError("TRACE_EXPORT must be 'none', 'cloud_trace' or 'otlp'")
+        _check_range("trace_flush_seconds", self.trace_flush_seconds, 0, 30)
+        endpoint = self.trace_otlp_endpoint
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise SettingsError("TRACE_OTLP_ENDPOINT must be an http:// or https:// URL")
+        if self.trace_export == "cloud_trace" and not https_or_loopback(self.traces_url):
+            # The export carries an access token: never in clear text off this machine.
+            raise SettingsError("TRACE_OTLP_ENDPOINT must be https:// (or http on loopback)")
+
+    @property
+    def traces_url(self) -> str:
+        """Where spans are sent (``TRACE_OTLP_ENDPOINT`` or its default)."""
+        if self.trace_otlp_endpoint is not None:
+            return self.trace_otlp_endpoint
+        if self.trace_export == "cloud_trace":
+            return "https://telemetry.googleapis.com/v1/traces"
+        return "http://localhost:4318/v1/traces"
 
     def _validate_access(self) -> None:
         if self.auth_mode not in ("iam", "api_key", "none"):

@@ -38,7 +38,7 @@ from typing import Any
 
 import pydantic_core
 
-from agent.base import errors
+from agent.base import errors, tracing
 from agent.base.settings import Settings
 from agent.results.bucket import TURN_ID, BucketUnavailable, ResultBucket, StoredResult, object_name
 from agent.results.signing import SigningError
@@ -140,9 +140,11 @@ class OffloadPolicy:
             timeout = min(self._settings.storage_timeout_seconds, time_left)
             if timeout < 0.5:
                 raise BucketUnavailable("no time left before the deadline")
-            self._store.put(stored, data, timeout=timeout)
+            with tracing.span("offload", **{"agent.result_bytes": len(data)}):
+                self._store.put(stored, data, timeout=timeout)
             uploaded = True
-            url, expires_at = self._store.sign(stored)
+            with tracing.span("sign"):
+                url, expires_at = self._store.sign(stored)
         except (BucketUnavailable, SigningError) as failure:
             log.warning("result of %d bytes not offloaded: %s", len(data), failure)
             if uploaded:
@@ -174,7 +176,8 @@ class OffloadPolicy:
             stored = self._store.find(session_id, turn_id)
             if stored is None or stored.generation != generation:
                 raise errors.result_not_found()
-            url, expires_at = self._store.sign(stored)
+            with tracing.span("sign"):
+                url, expires_at = self._store.sign(stored)
         except BucketUnavailable:
             raise errors.result_storage_unavailable() from None
         except SigningError as failure:

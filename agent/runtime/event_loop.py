@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import os
 import threading
 from collections.abc import Coroutine
@@ -89,8 +90,12 @@ class LoopTask(Generic[T]):
         self._loop = loop
         self._future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._task: asyncio.Task[T] | None = None
+        # The coroutine runs in a copy of the submitting thread's context, as it would
+        # on that thread: the request's current span (base/tracing.py) and log fields
+        # reach the run.
+        context = contextvars.copy_context()
         # Both callbacks run on the loop in the order scheduled: start before cancel.
-        loop.call_soon_threadsafe(self._start, coro)
+        loop.call_soon_threadsafe(self._start, coro, context)
 
     def result(self, timeout: float | None = None) -> T:
         """The coroutine's value; raises what it raised, or concurrent.futures errors."""
@@ -102,8 +107,8 @@ class LoopTask(Generic[T]):
             self._loop.call_soon_threadsafe(self._cancel)
             self.finished.wait(grace)
 
-    def _start(self, coro: Coroutine[Any, Any, T]) -> None:
-        self._task = self._loop.create_task(coro)
+    def _start(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> None:
+        self._task = self._loop.create_task(coro, context=context)
         self._task.add_done_callback(self._done)
 
     def _cancel(self) -> None:

@@ -23,6 +23,7 @@ from agents.tracing.provider import DefaultTraceProvider
 from openai import AsyncOpenAI
 
 from agent.base.settings import Settings
+from agent.runtime import sdk_traces
 from agent.runtime.deadline import DeadlineBoundModel
 from agent.runtime.openai_client import ChatCompletionsClient
 from agent.runtime.vertex_tokens import AccessTokens
@@ -36,6 +37,22 @@ class ModelConfigError(ValueError):
     the provider is not Vertex AI."""
 
 
+def _route_sdk_traces(settings: Settings) -> None:
+    """The SDK's traces go to OpenAI only with TRACING_ENABLED, and to OpenTelemetry
+    (the request's trace) only with TRACE_EXPORT; with neither, it makes none."""
+    # The SDK uploads traces as soon as a key exists; never unless asked for.
+    if not settings.tracing_enabled and trace_setup.GLOBAL_TRACE_PROVIDER is None:
+        # A provider without processors: the SDK's default one, built on first use,
+        # would make an HTTP exporter (about 40 ms at startup) just to be disabled, or
+        # upload what only OpenTelemetry should get. A provider someone already set up
+        # (processors of their own) is kept.
+        set_trace_provider(DefaultTraceProvider())
+    exporting = settings.trace_export != "none"
+    if exporting:
+        sdk_traces.install(settings.model_provider)
+    set_tracing_disabled(not (settings.tracing_enabled or exporting))
+
+
 def build_model(settings: Settings, name: str | None = None) -> Model:
     """The agent's model (or the model ``name`` on the same provider): OpenAI or any
     OpenAI-compatible server, bounded by the turn's deadline. Raises ModelConfigError
@@ -46,13 +63,7 @@ def build_model(settings: Settings, name: str | None = None) -> Model:
         raise ModelConfigError(
             "set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (a compatible server)"
         )
-    # The SDK uploads traces as soon as a key exists; never unless asked for.
-    if not settings.tracing_enabled and trace_setup.GLOBAL_TRACE_PROVIDER is None:
-        # A provider without processors: the SDK's default one, built on first use,
-        # would make an HTTP exporter (about 40 ms at startup) just to be disabled. A
-        # provider someone already set up (processors of their own) is kept.
-        set_trace_provider(DefaultTraceProvider())
-    set_tracing_disabled(not settings.tracing_enabled)
+    _route_sdk_traces(settings)
     chat = settings.model_api == "chat_completions"
     api_key: str | AccessTokens = settings.openai_api_key or _PLACEHOLDER_KEY
     base_url = settings.openai_base_url

@@ -110,6 +110,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from agent.base import tracing
 from agent.base.clock import retry_after, utc_now
 from agent.store.calls import OUTAGE, bounded_retry, outage_as_unavailable
 from agent.store.schema import (
@@ -460,10 +461,11 @@ class HistoryStore:
         # Nobody else writes the session while we hold it: the snapshot we claimed is current.
         offset = summary.offset if summary else 0
         first = min(offset // CHUNK_BYTES, data[CHUNK_COUNT])
-        stream = (
-            self._read_chunks(session_id, data[CHUNK_COUNT], snap.read_time, first=first) + tail
-        )
-        items, ends = decode_from(stream, offset - first * CHUNK_BYTES, first * CHUNK_BYTES)
+        with tracing.span("load_history", **{"agent.history_chunks": data[CHUNK_COUNT] - first}):
+            stream = (
+                self._read_chunks(session_id, data[CHUNK_COUNT], snap.read_time, first=first) + tail
+            )
+            items, ends = decode_from(stream, offset - first * CHUNK_BYTES, first * CHUNK_BYTES)
         return Claim(
             session_id,
             token,

@@ -35,7 +35,7 @@ from agents import Agent, MaxTurnsExceeded, ModelBehaviorError, RunConfig, Runne
 from agents.exceptions import ModelTimeoutError
 from agents.result import RunResultBase
 
-from agent.base import errors
+from agent.base import errors, tracing
 from agent.base.clock import utc_now
 from agent.base.settings import Settings
 from agent.results.policy import Delivery, OffloadPolicy, shrink_answer
@@ -206,8 +206,10 @@ class TurnRunner:
         deadline = started + self._settings.turn_budget_seconds
         session = FirestoreSession(session_id, self._store, owner=owner)
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
-        with store_errors_as_api_errors():
-            claim = session.begin_turn(claim_until)
+        with store_errors_as_api_errors(), tracing.span("claim") as span:
+            claim = session.begin_turn(claim_until)  # reads the history too
+            span.set("agent.new_session", claim.new_session)
+            span.set("agent.history_items", len(claim.history))
         if claim.replaced:
             self._sweep_previous_life(claim)
         run_deadline = deadline - self._commit_reserve - self._offload_reserve
@@ -250,9 +252,10 @@ class TurnRunner:
                     outcome = _outcome(session.session_id, usage, new_session, expire_at, delivery)
                     done(batch, outcome, turn.claim.generation)
 
-            history = session.commit_turn(
-                extra_writes=extra, time_left=turn.deadline - time.monotonic()
-            )
+            with tracing.span("commit"):
+                history = session.commit_turn(
+                    extra_writes=extra, time_left=turn.deadline - time.monotonic()
+                )
         except BaseException as exc:
             error = self._fail(turn, exc)
             # Deleted only when the turn is known not to be stored: a stored turn never

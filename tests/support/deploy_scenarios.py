@@ -45,6 +45,8 @@ EXPECTED_APIS = {
     "secretmanager.googleapis.com",
     "iamcredentials.googleapis.com",
     "logging.googleapis.com",
+    "telemetry.googleapis.com",
+    "cloudtrace.googleapis.com",
     "iam.googleapis.com",
 }
 
