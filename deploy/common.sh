@@ -30,6 +30,10 @@ load_config() {
   [[ "$PROJECT_ID" =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "PROJECT_ID '$PROJECT_ID' is not a plain project id"
   # shellcheck source=deploy/config.env
   source "$DEPLOY_DIR/config.env"
+  case "$MODEL_PROVIDER" in
+    openai | vertex) ;;
+    *) die "MODEL_PROVIDER=$MODEL_PROVIDER: use openai (OpenAI, key in Secret Manager) or vertex (Gemini on Vertex AI, no key)" ;;
+  esac
   # shellcheck disable=SC2034  # used by the scripts that source this file
   RUNTIME_SA_EMAIL="$RUNTIME_SA_NAME@$PROJECT_ID.iam.gserviceaccount.com"
   # shellcheck disable=SC2034

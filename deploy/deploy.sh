@@ -44,10 +44,20 @@ if ! is_int "$MIN_INSTANCES" || ! is_int "$MAX_INSTANCES"; then die "MIN_INSTANC
 if ! is_int "$FUNCTION_TIMEOUT_SECONDS" || ((FUNCTION_TIMEOUT_SECONDS < 1 || FUNCTION_TIMEOUT_SECONDS > 3600)); then
   die "FUNCTION_TIMEOUT_SECONDS must be 1-3600 (gen2 HTTP functions stop at 3600 s)"
 fi
+# The model: AGENT_MODEL, or the provider's default from config.env. The service would
+# refuse to start with these (agent/base/settings.py); refuse them here, before the deploy.
+if [[ "$MODEL_PROVIDER" == vertex ]]; then
+  AGENT_MODEL="${AGENT_MODEL:-$VERTEX_DEFAULT_MODEL}"
+  [[ -z "$MODEL_API" || "$MODEL_API" == chat_completions ]] || die "MODEL_PROVIDER=vertex speaks Chat Completions only: unset MODEL_API"
+  [[ "$VERTEX_LOCATION" =~ ^[a-z][a-z0-9-]{1,62}$ ]] || die "VERTEX_LOCATION=$VERTEX_LOCATION is not a location: lower-case letters, digits and dashes"
+else
+  AGENT_MODEL="${AGENT_MODEL:-$OPENAI_DEFAULT_MODEL}"
+fi
 
 # The service reads these (agent/base/settings.py); the model key is not among them: it comes
-# from Secret Manager only. THREADS sizes gunicorn's thread pool to the concurrency, and the
-# service learns the platform timeout from the same variable that sets --timeout.
+# from Secret Manager only (with MODEL_PROVIDER=vertex there is none). THREADS sizes
+# gunicorn's thread pool to the concurrency, and the service learns the platform timeout
+# from the same variable that sets --timeout.
 # AUTH_PLATFORM_VERIFIED: Google's front end verifies identity tokens and forwards them
 # with the signature removed; AUTH_AUDIENCE: the service checks signed tokens against the
 # function's own URLs, never against the request's Host.
@@ -69,6 +79,7 @@ env_vars=(
 # Empty means "use the service's default"; leave those out rather than pass "".
 [[ -z "$OPENAI_BASE_URL" ]] || env_vars+=("OPENAI_BASE_URL=$OPENAI_BASE_URL")
 [[ -z "$MODEL_API" ]] || env_vars+=("MODEL_API=$MODEL_API")
+[[ "$MODEL_PROVIDER" != vertex ]] || env_vars+=("MODEL_PROVIDER=vertex" "VERTEX_LOCATION=$VERTEX_LOCATION")
 join_env "${env_vars[@]}" >/dev/null # refuses a value it cannot carry, before any gcloud call
 
 # The function's two URLs, the tokens' audiences (AUTH_AUDIENCE): the cloudfunctions.net
@@ -87,12 +98,17 @@ audiences="https://$REGION-$PROJECT_ID.cloudfunctions.net/$FUNCTION_NAME,https:/
 # The secret's version is pinned here: with ":latest", instances started after a new version
 # was added would use it while the warm ones keep the old one. A new key takes effect with
 # the next deploy, for every instance at once.
-if [[ "$DRY_RUN" == 1 ]]; then
-  secret_version=LATEST_ENABLED_VERSION
+# Vertex AI needs no secret: --clear-secrets, since without a secrets flag gcloud keeps the
+# ones of the function's current revision (a project that used a key before).
+if [[ "$MODEL_PROVIDER" == vertex ]]; then
+  secrets_flag="--clear-secrets"
+elif [[ "$DRY_RUN" == 1 ]]; then
+  secrets_flag="--set-secrets=OPENAI_API_KEY=$SECRET_NAME:LATEST_ENABLED_VERSION"
 else
   secret_version="$(gcloud secrets versions list "$SECRET_NAME" --filter=state=ENABLED \
     --sort-by=~createTime --limit=1 --format='value(name.basename())' --project="$PROJECT_ID")"
   [[ "$secret_version" =~ ^[0-9]+$ ]] || die "secret $SECRET_NAME has no enabled version (deploy/setup.sh adds one)"
+  secrets_flag="--set-secrets=OPENAI_API_KEY=$SECRET_NAME:$secret_version"
 fi
 
 env_vars+=("AUTH_AUDIENCE=$audiences")
@@ -124,7 +140,7 @@ run gcloud functions deploy "$FUNCTION_NAME" \
   --max-instances="$MAX_INSTANCES" \
   --timeout="${FUNCTION_TIMEOUT_SECONDS}s" \
   --set-env-vars="$env_list" \
-  --set-secrets="OPENAI_API_KEY=$SECRET_NAME:$secret_version" \
+  "$secrets_flag" \
   --serve-all-traffic-latest-revision \
   --quiet
 

@@ -3,10 +3,14 @@
 # what exists and creates only what is missing, so a second run changes nothing.
 #
 #   PROJECT_ID=my-project deploy/setup.sh [--dry-run] < model-api-key-file
+#   PROJECT_ID=my-project MODEL_PROVIDER=vertex deploy/setup.sh [--dry-run]
 #
 # The model API key is read from standard input (or prompted for, without echo, on a
 # terminal) and streamed to Secret Manager; it never appears in a command line or a log.
-# It is only asked for while the secret has no version yet.
+# It is only asked for while the secret has no version yet. With MODEL_PROVIDER=vertex there
+# is no key: the runtime account calls Gemini on Vertex AI with its own access token, so
+# setup enables the Vertex AI API, grants that account roles/aiplatform.user, and creates
+# no secret.
 # --dry-run prints the commands a setup of an empty project would run and calls nothing.
 # Every value in deploy/config.env can be overridden from the environment.
 set -euo pipefail
@@ -26,13 +30,15 @@ APIS=(
   artifactregistry.googleapis.com   # where that image is stored
   firestore.googleapis.com          # conversation history
   storage.googleapis.com            # large results
-  secretmanager.googleapis.com      # the model API key
+  secretmanager.googleapis.com      # the model API key (replaced below for vertex)
   iamcredentials.googleapis.com     # signBlob, for signed URLs without a private key
   logging.googleapis.com            # function and build logs
   telemetry.googleapis.com          # the function's spans, sent over OTLP
   cloudtrace.googleapis.com         # where those spans are read
   iam.googleapis.com                # creating the service accounts below
 )
+# Vertex AI instead of the key's Secret Manager: Gemini, called with the runtime's own token.
+[[ "$MODEL_PROVIDER" != vertex ]] || APIS=("${APIS[@]/#secretmanager.googleapis.com/aiplatform.googleapis.com}")
 
 enable_apis() {
   log "APIs"
@@ -187,6 +193,10 @@ add_secret_version() {
 }
 
 create_secret() {
+  if [[ "$MODEL_PROVIDER" == vertex ]]; then
+    log "MODEL_PROVIDER=vertex: no model secret (the runtime account's own token calls Vertex AI); secret $SECRET_NAME is neither created nor granted"
+    return
+  fi
   log "Secret $SECRET_NAME"
   if [[ "$DRY_RUN" == 1 ]]; then
     run gcloud secrets create "$SECRET_NAME" --replication-policy=automatic --project="$PROJECT_ID" --quiet
@@ -266,12 +276,18 @@ grant_roles() {
   # Runtime: Firestore in the service's database only (an IAM condition on the database's
   # resource name), objects in the results bucket alone, the one secret, and signBlob as
   # itself (signed URLs without a private key), through the custom role; and writing
-  # spans (Telemetry API, TRACE_EXPORT=cloud_trace), a project-wide role only.
+  # spans (Telemetry API, TRACE_EXPORT=cloud_trace), a project-wide role only. With
+  # MODEL_PROVIDER=vertex no secret, but calling Gemini: roles/aiplatform.user, on the
+  # project (calls to Google's models are authorised there, not on a resource of their own).
   grant projects "$PROJECT_ID" "$runtime" roles/datastore.user \
     "expression=resource.name == \"$database\",title=agent-database-only"
   grant projects "$PROJECT_ID" "$runtime" roles/telemetry.tracesWriter
   grant buckets "gs://$RESULTS_BUCKET" "$runtime" roles/storage.objectUser
-  grant secrets "$SECRET_NAME" "$runtime" roles/secretmanager.secretAccessor
+  if [[ "$MODEL_PROVIDER" == vertex ]]; then
+    grant projects "$PROJECT_ID" "$runtime" roles/aiplatform.user
+  else
+    grant secrets "$SECRET_NAME" "$runtime" roles/secretmanager.secretAccessor
+  fi
   grant service-accounts "$RUNTIME_SA_EMAIL" "$runtime" "projects/$PROJECT_ID/roles/$SIGNER_ROLE_ID"
 
   # Deployer (runs cloudbuild.yaml, no package code): Cloud Functions Developer on the one
@@ -288,7 +304,7 @@ grant_roles() {
   grant service-accounts "$RUNTIME_SA_EMAIL" "$deployer" roles/iam.serviceAccountUser
   grant service-accounts "$BUILDER_SA_EMAIL" "$deployer" roles/iam.serviceAccountUser
   grant buckets "gs://$BUILD_SOURCE_BUCKET" "$deployer" roles/storage.objectViewer
-  grant secrets "$SECRET_NAME" "$deployer" roles/secretmanager.viewer
+  [[ "$MODEL_PROVIDER" == vertex ]] || grant secrets "$SECRET_NAME" "$deployer" roles/secretmanager.viewer
 
   # Builder (builds the function's image): write its log and the image into the one
   # repository, and read the function source that Cloud Functions stages in its

@@ -163,3 +163,18 @@ def test_build_test_step_requires_the_pinned_firestore_emulator() -> None:
     assert "bookworm" in expanded("TEST_IMAGE")  # Debian 12: OpenJDK 17
     step = cloudbuild("cloudbuild-test.yaml")["steps"][0]
     assert step["env"] == ["EMULATOR_SDK_VERSION=${_EMULATOR_SDK_VERSION}"]
+
+
+def test_the_model_provider_reaches_the_deploy_step(vertex_scenario: Scenario) -> None:
+    """MODEL_PROVIDER and VERTEX_LOCATION travel pipeline.sh -> substitutions -> the deploy
+    step's environment, where deploy.sh reads them; the defaults keep OpenAI with the key."""
+    config = cloudbuild("cloudbuild.yaml")
+    (step,) = config["steps"]
+    assert "MODEL_PROVIDER=${_MODEL_PROVIDER}" in step["env"]
+    assert "VERTEX_LOCATION=${_VERTEX_LOCATION}" in step["env"]
+    assert config["substitutions"]["_MODEL_PROVIDER"] == "openai"
+    assert config["substitutions"]["_VERTEX_LOCATION"] == "global"
+    _, deploy = calls_of(vertex_scenario.pipeline, "builds", "submit")
+    passed = dict(item.split("=", 1) for item in flags_of(deploy)["substitutions"].split(","))
+    assert passed["_MODEL_PROVIDER"] == "vertex"
+    assert passed["_VERTEX_LOCATION"] == expanded("VERTEX_LOCATION")

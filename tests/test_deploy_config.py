@@ -26,8 +26,10 @@ from tests.support.deploy_scenarios import (
 pytestmark = pytest.mark.usefixtures("repo_on_path")
 
 
-def test_every_call_names_the_project_explicitly(scenario: Scenario) -> None:
-    for argv in scenario.all_argvs():
+def test_every_call_names_the_project_explicitly(
+    scenario: Scenario, vertex_scenario: Scenario
+) -> None:
+    for argv in scenario.all_argvs() + vertex_scenario.all_argvs():
         assert f"--project={PROJECT}" in argv, argv
 
 
@@ -55,6 +57,10 @@ def test_every_config_value_can_be_overridden_from_the_environment(
         "DEPLOYER_SA_NAME": "dp-override",
         "BUILDER_SA_NAME": "bd-override",
         "SECRET_NAME": "secret-override",
+        "MODEL_PROVIDER": "vertex",
+        "VERTEX_LOCATION": "europe-west4",
+        "OPENAI_DEFAULT_MODEL": "openai-default-override",
+        "VERTEX_DEFAULT_MODEL": "vertex-default-override",
         "SESSION_TTL_SECONDS": "4321",
         "AGENT_MODEL": "model-override",
         "OPENAI_BASE_URL": "http://llm.example:8000/v1",
@@ -72,10 +78,16 @@ def test_every_config_value_can_be_overridden_from_the_environment(
         "EMULATOR_SDK_VERSION": "527.0.0-0",
     }
     assert set(overrides) == set(CONFIG), "keep this list in step with config.env"
+    # Some values are read by one provider only, and the providers' default models only
+    # while AGENT_MODEL is empty: each script runs once per provider, and the deploy once
+    # more per provider without AGENT_MODEL.
     out = ""
-    for script in ("setup.sh", "deploy.sh", "pipeline.sh"):
-        run = run_script(script, tmp_path, "--dry-run", env=overrides)
-        out += run.output()
+    default_provider = overrides | {"MODEL_PROVIDER": CONFIG["MODEL_PROVIDER"]}
+    for env in (overrides, default_provider):
+        for script in ("setup.sh", "deploy.sh", "pipeline.sh"):
+            out += run_script(script, tmp_path, "--dry-run", env=env).output()
+        without_model = {k: v for k, v in env.items() if k != "AGENT_MODEL"}
+        out += run_script("deploy.sh", tmp_path, "--dry-run", env=without_model).output()
     # Short numbers would match anywhere; look for them where they belong.
     expected = {
         **overrides,
@@ -92,9 +104,30 @@ def test_every_config_value_can_be_overridden_from_the_environment(
         "SIGNED_URL_TTL_SECONDS": "SIGNED_URL_TTL_SECONDS=777",
         "RESULT_INLINE_MAX_BYTES": "RESULT_INLINE_MAX_BYTES=99999",
         "EMULATOR_SDK_VERSION": "_EMULATOR_SDK_VERSION=527.0.0-0",
+        "MODEL_PROVIDER": "MODEL_PROVIDER=vertex",
+        "VERTEX_LOCATION": "VERTEX_LOCATION=europe-west4",
+        "OPENAI_DEFAULT_MODEL": "AGENT_MODEL=openai-default-override",
+        "VERTEX_DEFAULT_MODEL": "AGENT_MODEL=vertex-default-override",
     }
     for name, text in expected.items():
         assert text in out, f"override of {name} ({text}) did not reach any command"
+
+
+def test_model_defaults_equal_the_services() -> None:
+    """Whichever provider the deploy picks, it hands the service the model and location the
+    service itself would default to."""
+    from agent.base.settings import VERTEX_DEFAULT_MODEL, Settings
+
+    assert CONFIG["MODEL_PROVIDER"] == Settings.model_provider == "openai"
+    assert CONFIG["OPENAI_DEFAULT_MODEL"] == Settings.agent_model
+    assert CONFIG["VERTEX_DEFAULT_MODEL"] == VERTEX_DEFAULT_MODEL
+    assert CONFIG["VERTEX_LOCATION"] == Settings.vertex_location == "global"
+    assert CONFIG["AGENT_MODEL"] == "", "empty: the provider's default model"
+
+
+# Defaults that are also one of the values a script names on purpose: MODEL_PROVIDER's
+# default is one of the two providers common.sh accepts.
+NAMED_CHOICES = {"MODEL_PROVIDER"}
 
 
 def test_defaults_live_only_in_config_env() -> None:
@@ -105,7 +138,12 @@ def test_defaults_live_only_in_config_env() -> None:
         config = cloudbuild(build)
         texts[build] = yaml.safe_dump({k: v for k, v in config.items() if k != "substitutions"})
     for name, value in CONFIG.items():
+        for where, text in texts.items():
+            own = re.search(rf"\$\{{{name}:-[^$}}]", text)
+            assert not own, f"{where} gives {name} a default of its own"
         if len(value) < 4 or value.isdigit() or "$" in value or value == "(default)":
+            continue
+        if name in NAMED_CHOICES:
             continue
         token = re.compile(rf"(?<![\w.-]){re.escape(value)}(?![\w-])")
         for where, text in texts.items():

@@ -3,7 +3,9 @@ function with a current Python runtime, a size Cloud Run accepts, THREADS equal 
 concurrency, the platform timeout equal to the service's own deadline, the model key from
 Secret Manager and only environment variables the service reads, all taken from
 deploy/config.env. Inconsistent settings are refused before any gcloud call, and the rules
-themselves are shown to catch each kind of bad deploy.
+themselves are shown to catch each kind of bad deploy. With ``MODEL_PROVIDER=vertex`` the
+function gets no secret at all (and loses one an earlier deploy gave it), and the service
+starts with the Vertex AI environment it is handed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 
 from tests.support.deploy_scenarios import (
     PROJECT,
+    VERTEX,
     Run,
     Scenario,
     calls_of,
@@ -103,8 +106,18 @@ def deploy_problems(argv: list[str]) -> list[str]:
         problems.append("--min-instances above --max-instances")
     if "OPENAI_API_KEY" in env:
         problems.append("the model key must come from Secret Manager, not --set-env-vars")
-    if not flags.get("set-secrets", "").startswith("OPENAI_API_KEY="):
-        problems.append("--set-secrets must provide OPENAI_API_KEY")
+    if env.get("MODEL_PROVIDER") == "vertex":
+        if "set-secrets" in flags:
+            problems.append("MODEL_PROVIDER=vertex needs no secret: no --set-secrets")
+        if "clear-secrets" not in flags:
+            problems.append("--clear-secrets missing: an earlier revision's key would stay")
+        if not env.get("VERTEX_LOCATION"):
+            problems.append("VERTEX_LOCATION missing")
+    else:
+        if not flags.get("set-secrets", "").startswith("OPENAI_API_KEY="):
+            problems.append("--set-secrets must provide OPENAI_API_KEY")
+        if "MODEL_PROVIDER" in env or "VERTEX_LOCATION" in env:
+            problems.append("the default provider takes no MODEL_PROVIDER or VERTEX_LOCATION")
     return problems
 
 
@@ -162,6 +175,9 @@ def test_deploy_env_vars_are_settings_the_service_reads(scenario: Scenario) -> N
     assert env["SIGNING_SERVICE_ACCOUNT"] == sa_email("RUNTIME_SA_NAME")
     assert env["RESULTS_BUCKET"] == expanded("RESULTS_BUCKET")
     assert "OPENAI_BASE_URL" not in env and "MODEL_API" not in env, "empty values are left out"
+    # The default provider: OpenAI with the key, as before Vertex AI was an option.
+    assert "MODEL_PROVIDER" not in env and "VERTEX_LOCATION" not in env
+    assert env["AGENT_MODEL"] == expanded("OPENAI_DEFAULT_MODEL") == "gpt-4o-mini"
     assert env["TRACE_EXPORT"] == "cloud_trace"  # spans to Cloud Trace once deployed
     # Issue 10 items 1 and 2: behind the front end, with the function's own URLs.
     region, name = expanded("REGION"), expanded("FUNCTION_NAME")
@@ -289,3 +305,116 @@ def test_the_rules_catch_a_bad_deploy(
 ) -> None:
     bad = change(the_deploy(scenario.deploy))
     assert any(problem in p for p in deploy_problems(bad)), deploy_problems(bad)
+
+
+def test_vertex_deploy_passes_every_rule_and_carries_no_secret(
+    vertex_scenario: Scenario,
+) -> None:
+    for run in (vertex_scenario.deploy, vertex_scenario.redeploy):
+        argv = the_deploy(run)
+        assert deploy_problems(argv) == []
+        assert not any(a.startswith("--set-secrets") for a in argv)
+        assert "--clear-secrets" in argv
+        # No secret version is looked up: there is no secret to pin.
+        assert not [a for a in run.argvs if a[0] == "secrets"], run.argvs
+        assert "is private" in run.output()
+
+
+def test_vertex_deploy_env_is_what_the_service_starts_with(vertex_scenario: Scenario) -> None:
+    from agent.base.settings import VERTEX_DEFAULT_MODEL, Settings
+
+    env = env_of(flags_of(the_deploy(vertex_scenario.deploy)))
+    assert env["MODEL_PROVIDER"] == "vertex"
+    assert env["VERTEX_LOCATION"] == expanded("VERTEX_LOCATION") == "global"
+    # AGENT_MODEL was not set: the Vertex AI default, from config.env.
+    assert env["AGENT_MODEL"] == expanded("VERTEX_DEFAULT_MODEL") == VERTEX_DEFAULT_MODEL
+    assert "OPENAI_API_KEY" not in env and "MODEL_API" not in env
+    settings = Settings.from_env(env | {"K_SERVICE": expanded("FUNCTION_NAME")})
+    assert settings.model_provider == "vertex"
+    assert settings.vertex_location == "global"
+    assert settings.agent_model == VERTEX_DEFAULT_MODEL
+    assert settings.model_api == "chat_completions"
+    assert settings.vertex_base_url == (
+        f"https://aiplatform.googleapis.com/v1/projects/{PROJECT}/locations/global"
+        "/endpoints/openapi"
+    )
+
+
+def test_vertex_overrides_reach_the_service(tmp_path: Path) -> None:
+    from agent.base.settings import Settings
+
+    model = "google/gemini-2.5-pro"
+    run = run_script(
+        "deploy.sh",
+        tmp_path,
+        env=VERTEX | {"VERTEX_LOCATION": "europe-west4", "AGENT_MODEL": model},
+    )
+    argv = the_deploy(run)
+    env = env_of(flags_of(argv))
+    assert (env["VERTEX_LOCATION"], env["AGENT_MODEL"]) == ("europe-west4", model)
+    assert deploy_problems(argv) == []
+    settings = Settings.from_env(env | {"K_SERVICE": expanded("FUNCTION_NAME")})
+    assert settings.vertex_base_url.startswith(
+        "https://europe-west4-aiplatform.googleapis.com/v1/projects/"
+    )
+
+
+def test_switching_to_vertex_drops_the_functions_secret(tmp_path: Path) -> None:
+    """gcloud keeps the current revision's secrets when no secrets flag is given: a function
+    deployed with the key and then with Vertex AI must not keep OPENAI_API_KEY."""
+    import json
+
+    fake = seed_secret(tmp_path)
+    name = expanded("FUNCTION_NAME")
+    pinned = {name: f"OPENAI_API_KEY={expanded('SECRET_NAME')}:1"}
+
+    def function_secrets() -> dict[str, str]:
+        state: dict[str, dict[str, str]] = json.loads((fake / "state.json").read_text())
+        return state["function_secrets"]
+
+    run_script("deploy.sh", fake)
+    assert function_secrets() == pinned
+    run_script("deploy.sh", fake, env=VERTEX)
+    assert function_secrets() == {}
+    run_script("deploy.sh", fake)  # and back: the key again, pinned
+    assert function_secrets() == pinned
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (VERTEX | {"MODEL_API": "responses"}, "Chat Completions only"),
+        (VERTEX | {"VERTEX_LOCATION": "Europe West"}, "is not a location"),
+        (VERTEX | {"VERTEX_LOCATION": "a;b"}, "is not a location"),
+    ],
+)
+def test_vertex_deploy_refuses_what_the_service_would(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    run = run_script("deploy.sh", tmp_path, env=env, check=False)
+    assert run.result.returncode != 0
+    assert message in run.result.stderr
+    assert run.calls == []
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda a: [*a, "--set-secrets=OPENAI_API_KEY=openai-api-key:1"], "no --set-secrets"),
+        (lambda a: [x for x in a if x != "--clear-secrets"], "--clear-secrets missing"),
+        (lambda a: [re.sub(r";VERTEX_LOCATION=[^;]*", "", x) for x in a], "VERTEX_LOCATION"),
+    ],
+)
+def test_the_rules_catch_a_bad_vertex_deploy(
+    vertex_scenario: Scenario, change: Callable[[list[str]], list[str]], problem: str
+) -> None:
+    bad = change(the_deploy(vertex_scenario.deploy))
+    assert any(problem in p for p in deploy_problems(bad)), deploy_problems(bad)
+
+
+def test_the_rules_catch_vertex_settings_on_the_default_provider(scenario: Scenario) -> None:
+    bad = [
+        a.replace("AUTH_PLATFORM_VERIFIED=true", "AUTH_PLATFORM_VERIFIED=true;VERTEX_LOCATION=x")
+        for a in the_deploy(scenario.deploy)
+    ]
+    assert any("takes no MODEL_PROVIDER" in p for p in deploy_problems(bad))

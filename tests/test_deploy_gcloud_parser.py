@@ -57,12 +57,17 @@ def readme_commands() -> list[list[str]]:
 
 
 def test_every_recorded_command_passes_the_real_gcloud_parser(
-    scenario: Scenario, tmp_path: Path
+    scenario: Scenario, vertex_scenario: Scenario, tmp_path: Path
 ) -> None:
     if REAL_GCLOUD is None:
         pytest.skip("gcloud CLI not installed: recorded commands cannot be replayed")
     unique: dict[str, tuple[list[str], Any]] = {}
-    for run in (scenario.setup, scenario.second, scenario.deploy, scenario.pipeline):
+    runs = [
+        run
+        for s in (scenario, vertex_scenario)
+        for run in (s.setup, s.second, s.deploy, s.after_deploy, s.pipeline)
+    ]
+    for run in runs:
         for call in run.calls:
             argv = list(call["argv"])
             unique.setdefault(json.dumps(normalized(argv)), (argv, call.get("lifecycle")))

@@ -2,7 +2,9 @@
 runtime, deployer and builder accounts each get the listed roles on the listed resources and
 nothing else (the runtime account nothing project-wide beyond Firestore, nobody a basic role),
 project bindings state their condition so gcloud accepts them non-interactively, and a binding
-refused while a new account propagates is retried until it holds.
+refused while a new account propagates is retried until it holds. With
+``MODEL_PROVIDER=vertex`` the runtime account calls Gemini (``roles/aiplatform.user``) and
+nobody gets a role on a secret, since there is none.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from tests.support.deploy_scenarios import (
 pytestmark = pytest.mark.usefixtures("repo_on_path")
 
 
-def expected_bindings(function_exists: bool = True) -> set[tuple[str, str, str, str, str | None]]:
+def expected_bindings(
+    function_exists: bool = True, provider: str = "openai"
+) -> set[tuple[str, str, str, str, str | None]]:
     runtime = "serviceAccount:" + sa_email("RUNTIME_SA_NAME")
     deployer = "serviceAccount:" + sa_email("DEPLOYER_SA_NAME")
     builder = "serviceAccount:" + sa_email("BUILDER_SA_NAME")
@@ -83,6 +87,10 @@ def expected_bindings(function_exists: bool = True) -> set[tuple[str, str, str, 
         ("projects", PROJECT, tester, "roles/logging.logWriter", None),
         ("buckets", source, tester, "roles/storage.objectViewer", None),
     }
+    if provider == "vertex":
+        # No secret to read or to list; Gemini on Vertex AI with the runtime's own token.
+        bindings = {b for b in bindings if b[0] != "secrets"}
+        bindings.add(("projects", PROJECT, runtime, "roles/aiplatform.user", None))
     if function_exists:
         # Cloud Functions Developer on the one function, never on the project
         bindings.add(
@@ -208,3 +216,32 @@ def test_iam_bindings_retry_while_a_new_account_propagates(
     assert binding_calls[0]["exit"] == 1 and binding_calls[1]["exit"] == 0
     assert binding_calls[0]["argv"] == binding_calls[1]["argv"]
     assert set(recorded_bindings(partial_project)) == expected_bindings(function_exists=False)
+
+
+def test_vertex_iam_roles_are_exactly_these(vertex_scenario: Scenario) -> None:
+    recorded = recorded_bindings(vertex_scenario.setup)
+    assert len(recorded) == len(set(recorded)), "a binding was added twice"
+    assert set(recorded) == expected_bindings(function_exists=False, provider="vertex")
+    added = set(recorded_bindings(vertex_scenario.after_deploy))
+    assert added == expected_bindings(provider="vertex") - expected_bindings(
+        function_exists=False, provider="vertex"
+    )
+    assert not [b for b in recorded if b[0] == "secrets" or "secretmanager" in b[3]]
+
+
+def test_vertex_runtime_account_calls_gemini_and_nothing_more(vertex_scenario: Scenario) -> None:
+    runtime = "serviceAccount:" + sa_email("RUNTIME_SA_NAME")
+    project_roles = {
+        (b[3], b[4])
+        for b in recorded_bindings(vertex_scenario.setup)
+        if b[0] == "projects" and b[2] == runtime
+    }
+    assert {role for role, _ in project_roles} == {
+        "roles/datastore.user",
+        "roles/telemetry.tracesWriter",
+        "roles/aiplatform.user",
+    }
+    assert ("roles/aiplatform.user", None) in project_roles
+    for argv in vertex_scenario.setup.argvs:
+        if command(argv) == ("projects", "add-iam-policy-binding"):
+            assert "condition" in flags_of(argv), argv

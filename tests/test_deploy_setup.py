@@ -3,12 +3,14 @@ needs, a native Firestore database where the config says, the results bucket loc
 its retention rule, and the model key stored in Secret Manager from stdin only, never in an
 argument, a log or the output. A second run changes nothing, a run on a partly provisioned
 project adds only what is missing and corrects what is there, and ``--dry-run`` calls nothing
-and prints exactly what a first run does.
+and prints exactly what a first run does. With ``MODEL_PROVIDER=vertex`` there is no key:
+Vertex AI's API instead of Secret Manager's, and no secret created, filled or asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import pytest
 from tests.support.deploy_scenarios import (
     CONFIG,
     EXPECTED_APIS,
+    VERTEX,
+    VERTEX_APIS,
     Run,
     Scenario,
     calls_of,
@@ -155,3 +159,50 @@ def test_dry_run_calls_nothing_and_prints_what_a_first_run_does(
     assert all(line[:1] != ["gcloud"] for line in printed)
     performed = [normalized(argv) for argv in scenario.setup.argvs if is_mutating(argv)]
     assert printed == performed
+
+
+def test_vertex_enables_vertex_ai_instead_of_secret_manager(vertex_scenario: Scenario) -> None:
+    (enable,) = calls_of(vertex_scenario.setup, "services", "enable")
+    apis = [arg for arg in enable[2:] if not arg.startswith("--")]
+    assert len(apis) == len(set(apis))
+    assert set(apis) == VERTEX_APIS
+    assert "aiplatform.googleapis.com" in apis and "secretmanager.googleapis.com" not in apis
+
+
+def test_vertex_creates_no_secret_and_says_so(vertex_scenario: Scenario) -> None:
+    """No key was piped in and none is asked for: setup never touches Secret Manager, not
+    even to look, and the log says why."""
+    for run in vertex_scenario.runs():
+        assert not [argv for argv in run.argvs if argv[0] == "secrets"], run.argvs
+    state = json.loads((vertex_scenario.fake_dir / "state.json").read_text())
+    assert state["secrets"] == {} and state["function_secrets"] == {}
+    assert "MODEL_PROVIDER=vertex: no model secret" in vertex_scenario.setup.result.stderr
+    assert "pipe the model API key" not in vertex_scenario.setup.output()
+
+
+def test_vertex_second_run_changes_nothing(vertex_scenario: Scenario) -> None:
+    assert vertex_scenario.state_after_second == vertex_scenario.state_after_setup
+    changing = [argv for argv in vertex_scenario.second.argvs if is_mutating(argv)]
+    assert all(command(argv) == ("storage", "buckets", "update") for argv in changing), changing
+
+
+def test_vertex_dry_run_prints_what_a_first_run_does(
+    vertex_scenario: Scenario, tmp_path: Path
+) -> None:
+    run = run_script("setup.sh", tmp_path, "--dry-run", env=VERTEX)
+    assert run.calls == []
+    printed = [normalized(shlex.split(line)[1:]) for line in run.result.stdout.splitlines()]
+    performed = [normalized(argv) for argv in vertex_scenario.setup.argvs if is_mutating(argv)]
+    assert printed == performed
+    assert not any(argv[0] == "secrets" for argv in printed)
+
+
+@pytest.mark.parametrize("script", ["setup.sh", "deploy.sh", "pipeline.sh"])
+@pytest.mark.parametrize("provider", ["Vertex", "gemini"])
+def test_an_unknown_model_provider_is_refused_before_any_call(
+    tmp_path: Path, script: str, provider: str
+) -> None:
+    run = run_script(script, tmp_path, stdin="key", env={"MODEL_PROVIDER": provider}, check=False)
+    assert run.result.returncode != 0
+    assert f"MODEL_PROVIDER={provider}: use openai" in run.result.stderr
+    assert run.calls == []

@@ -6,8 +6,9 @@ first created; each call it receives is logged with its argv (and, where it matt
 reached its stdin and the lifecycle rules it was given). A pytest plugin, listed in
 ``pytest_plugins`` of tests/conftest.py: ``scenario`` (setup twice, deploy, pipeline on one
 fake project) and ``partial_project`` are run once per test run and shared by the
-tests/test_deploy_*.py modules, which only read them; ``repo_on_path`` puts the repository
-first on ``sys.path`` for a module.
+tests/test_deploy_*.py modules, which only read them; ``vertex_scenario`` is the same
+sequence with ``MODEL_PROVIDER=vertex`` (no key piped, none asked for); ``repo_on_path``
+puts the repository first on ``sys.path`` for a module.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ EXPECTED_APIS = {
     "cloudtrace.googleapis.com",
     "iam.googleapis.com",
 }
+# With MODEL_PROVIDER=vertex: Vertex AI instead of Secret Manager (there is no key).
+VERTEX_APIS = EXPECTED_APIS - {"secretmanager.googleapis.com"} | {"aiplatform.googleapis.com"}
+VERTEX = {"MODEL_PROVIDER": "vertex"}
 
 # Verbs after which a call has changed the project.
 MUTATING = (
@@ -229,7 +233,8 @@ def env_of(flags: dict[str, str]) -> dict[str, str]:
 @dataclass
 class Scenario:
     """One fake project taken through setup, setup again (no key piped), deploy, deploy
-    again (an update), setup after the first deploy, and pipeline."""
+    again (an update), setup after the first deploy, and pipeline, all with one environment
+    (``env``: empty for the default provider, ``VERTEX`` for Vertex AI)."""
 
     fake_dir: Path
     secret: str
@@ -241,6 +246,17 @@ class Scenario:
     redeploy: Run
     after_deploy: Run
     pipeline: Run
+    env: dict[str, str]
+
+    def runs(self) -> list[Run]:
+        return [
+            self.setup,
+            self.second,
+            self.deploy,
+            self.redeploy,
+            self.after_deploy,
+            self.pipeline,
+        ]
 
     def all_argvs(self) -> list[list[str]]:
         return (
@@ -253,18 +269,17 @@ class Scenario:
         )
 
 
-@pytest.fixture(scope="session")
-def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    fake_dir = tmp_path_factory.mktemp("fake-gcloud")
-    secret = "sk-test-" + secrets.token_hex(16)
-    setup = run_script("setup.sh", fake_dir, stdin=secret + "\n")
+def take_through(fake_dir: Path, secret: str, env: dict[str, str]) -> Scenario:
+    """Setup (``secret`` piped in; empty: nothing), setup again, deploy twice, setup
+    after the first deploy, pipeline: each with ``env`` on top of the defaults."""
+    setup = run_script("setup.sh", fake_dir, stdin=secret + "\n" if secret else "", env=env)
     state_after_setup = (fake_dir / "state.json").read_text()
-    second = run_script("setup.sh", fake_dir, stdin="")
+    second = run_script("setup.sh", fake_dir, stdin="", env=env)
     state_after_second = (fake_dir / "state.json").read_text()
-    deploy = run_script("deploy.sh", fake_dir)
-    redeploy = run_script("deploy.sh", fake_dir)
-    after_deploy = run_script("setup.sh", fake_dir, stdin="")
-    pipeline = run_script("pipeline.sh", fake_dir)
+    deploy = run_script("deploy.sh", fake_dir, env=env)
+    redeploy = run_script("deploy.sh", fake_dir, env=env)
+    after_deploy = run_script("setup.sh", fake_dir, stdin="", env=env)
+    pipeline = run_script("pipeline.sh", fake_dir, env=env)
     return Scenario(
         fake_dir,
         secret,
@@ -276,7 +291,20 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
         redeploy,
         after_deploy,
         pipeline,
+        env,
     )
+
+
+@pytest.fixture(scope="session")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    fake_dir = tmp_path_factory.mktemp("fake-gcloud")
+    return take_through(fake_dir, "sk-test-" + secrets.token_hex(16), {})
+
+
+@pytest.fixture(scope="session")
+def vertex_scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    """The same sequence with MODEL_PROVIDER=vertex, and no key piped in anywhere."""
+    return take_through(tmp_path_factory.mktemp("fake-gcloud-vertex"), "", dict(VERTEX))
 
 
 @pytest.fixture(scope="session")
