@@ -44,7 +44,13 @@ def main() -> int:
     key_dir = tempfile.TemporaryDirectory(prefix="agent-run-")
     try:
         if not env.get("FIRESTORE_EMULATOR_HOST"):
-            emulator = FirestoreEmulator(port=int(env.get("FIRESTORE_EMULATOR_PORT", "0"))).start()
+            try:
+                emulator = FirestoreEmulator(
+                    port=int(env.get("FIRESTORE_EMULATOR_PORT", "0"))
+                ).start()
+            except RuntimeError as exc:  # not installed, or would not start: said in one line
+                _say(str(exc))
+                return 1
             env["FIRESTORE_EMULATOR_HOST"] = emulator.host
             _say(f"Firestore emulator on {emulator.host} (in memory; data is lost on exit)")
         if not env.get("RESULTS_BUCKET"):
