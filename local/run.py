@@ -72,6 +72,8 @@ def main() -> int:
                 f""" 400 kB: curl -d '{{"reply_bytes": 400000}}' {control}"""
             )
         _say(f"agent service on http://127.0.0.1:{port}  (Ctrl-C stops everything)")
+        if env.get("PLAYGROUND_ENABLED", "true").strip().lower() not in ("0", "false", "no", "off"):
+            _say(f"chat page: open http://127.0.0.1:{port}/ in a browser")
         server = subprocess.Popen(
             [
                 sys.executable,

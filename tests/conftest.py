@@ -50,6 +50,15 @@ def firestore(firestore_emulator: FirestoreEmulator) -> FirestoreEmulator:
     return firestore_emulator
 
 
+@pytest.fixture
+def store_env(firestore: FirestoreEmulator) -> dict[str, str]:
+    """Environment for a service on an empty history store."""
+    return {
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "FIRESTORE_EMULATOR_HOST": firestore.host,
+    }
+
+
 @pytest.fixture(scope="session")
 def model_server() -> Iterator[DemoModelServer]:
     server = DemoModelServer()

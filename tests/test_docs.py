@@ -20,6 +20,9 @@ SETTINGS_HEADER = "| Variable | Default | Meaning |"
 SEE_BELOW = "`(see below)`"
 # Defaults too long for a table cell: the table says (see below) and the text must quote them.
 SPELLED_OUT_BELOW = frozenset({"agent_instructions"})
+# Defaults that depend on where the process runs: the cell states both, and
+# test_conditional_defaults_are_what_the_code_does checks each.
+CONDITIONAL = {"playground_enabled": "`true`; `false` where `K_SERVICE` is set"}
 
 _ROW = re.compile(r"^\|\s*`(?P<name>[A-Z0-9_]+)`\s*\|\s*(?P<default>[^|]*?)\s*\|[^|]*\|$")
 _FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
@@ -72,6 +75,9 @@ def test_every_setting_is_documented_with_its_default() -> None:
         cell = documented.pop(name, None)
         if cell is None:
             problems.append(f"{name} is missing (default `{default}`)")
+        elif field.name in CONDITIONAL:
+            if cell != CONDITIONAL[field.name] or not cell.startswith(f"`{default}`"):
+                problems.append(f"{name}: documented {cell}, want {CONDITIONAL[field.name]}")
         elif field.name in SPELLED_OUT_BELOW and cell == SEE_BELOW:
             if default not in text:
                 problems.append(f"{name}: the text does not quote its default {default!r}")
@@ -79,6 +85,15 @@ def test_every_setting_is_documented_with_its_default() -> None:
             problems.append(f"{name}: documented {cell}, but the default is `{default}`")
     problems += [f"{name} is documented but is not a field of Settings" for name in documented]
     assert not problems, f"{CONFIGURATION.relative_to(ROOT)}:\n" + "\n".join(problems)
+
+
+def test_conditional_defaults_are_what_the_code_does() -> None:
+    # On the platform, AUTH_MODE=iam needs its audience (issue 10): give it one.
+    platform = {"K_SERVICE": "agent", "AUTH_AUDIENCE": "https://agent.example"}
+    here, deployed = Settings.from_env({}), Settings.from_env(platform)
+    assert (here.playground_enabled, deployed.playground_enabled) == (True, False)
+    opted_in = Settings.from_env(platform | {"PLAYGROUND_ENABLED": "true"})
+    assert opted_in.playground_enabled is True
 
 
 def relative_link_targets(text: str) -> list[str]:

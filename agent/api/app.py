@@ -4,7 +4,9 @@
 ``/chat``, ``/sessions/<id>`` and ``/healthz`` are real routes with method handling,
 and the same app runs under the functions-framework local server.
 
-Every route but ``/healthz`` (and CORS preflights) first authenticates the caller
+``GET /`` is the chat page (``playground.py``) when ``PLAYGROUND_ENABLED``.
+
+Every route but ``/healthz`` and ``/`` (and CORS preflights) first authenticates the caller
 (``agent/auth``); the principal then scopes every session operation
 (``agent/turn/ownership.py``).
 """
@@ -19,7 +21,7 @@ from collections.abc import Generator
 from flask import Flask, Request, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from agent.api import cors, sse
+from agent.api import cors, playground, sse
 from agent.api.requests import (
     REPLAYED_HEADER,
     ChatRequest,
@@ -44,6 +46,10 @@ BODY_UNREAD = "agent.body_unread"
 """WSGI environ key set on a request answered before its body was read (a 401, 403, 404,
 405, 413 or 415 to a request that sent one): main.py then keeps functions-framework from
 reading that body, and the connection is closed after the reply."""
+
+PUBLIC_ENDPOINTS = frozenset({"healthz", "playground"})
+"""Routes that need no credential: the liveness check, and the chat page (which holds
+no data; its calls to the API carry the credential)."""
 
 _HTTP_CODES = {
     404: ("not_found", "No such route."),
@@ -80,7 +86,7 @@ def create_app(service: Service) -> Flask:
         g.log_token = bind_request({"request_id": g.request_id} | trace)
         if request.routing_exception is not None or request.method == "OPTIONS":
             return  # unknown routes and methods answer 404/405 before any identity
-        if request.endpoint != "healthz":
+        if request.endpoint not in PUBLIC_ENDPOINTS:
             g.principal = service.auth.authenticate(request.headers, request.host)
 
     @app.teardown_request
@@ -273,6 +279,7 @@ def create_app(service: Service) -> Flask:
         )
         return _error_response(errors.internal_error(), request_id=g.get("request_id"))
 
+    playground.install(app, settings)
     cors.install(app, csv(settings.cors_allowed_origins))
     return app
 

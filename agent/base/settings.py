@@ -247,6 +247,12 @@ class Settings:
     """Browser origins allowed to call the API, comma-separated
     (``https://app.example.com``). Unset: no cross-origin access."""
 
+    # --- The chat page (agent/api/playground.py) -------------------------------------
+    playground_enabled: bool = True
+    """Serve the chat page at ``GET /``. Unset: true on a developer's machine, false
+    where ``K_SERVICE`` is set (a deployed function serves only its API unless the
+    operator opts in)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -273,6 +279,8 @@ class Settings:
             values["model_call_min_seconds"] = min(
                 cls.model_call_min_seconds, max(0.0, (timeout - margin) / 2)
             )
+        if "playground_enabled" not in values and values.get("k_service"):
+            values["playground_enabled"] = False
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
