@@ -1,8 +1,13 @@
-"""Shared fixtures: the real Firestore emulator, the HTTP model, and app builders.
+"""Shared fixtures: the history store, the HTTP model, and app builders.
 
-The emulator starts once per run on free ports and is wiped before each test. Where
-it is not installed, tests that need it skip with the reason and the run ends with
-a warning line; with REQUIRE_FIRESTORE_EMULATOR=1 (CI, Cloud Build) they fail instead.
+The history store of the tests (``store_env``, and every app and server built on it)
+is Firestore on the real emulator when the emulator is installed, and the SQLite store
+otherwise (``TEST_HISTORY_BACKEND=sqlite|firestore`` chooses explicitly). Tests that
+need Firestore itself request the ``firestore`` fixture, which also puts their service
+on Firestore. The emulator starts once per run on free ports and is wiped before each
+test. Where it is not installed, those tests skip with the reason and the run's last
+line says how many were skipped and why; with REQUIRE_FIRESTORE_EMULATOR=1 (CI, Cloud
+Build) they fail instead.
 More fixtures come from the plugins in ``pytest_plugins`` (tests/support/): the storage
 emulator and signing keys for results, and the deploy scripts' runs for the deploy tests.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +25,7 @@ from flask.testing import FlaskClient
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator, firestore_emulator_missing
 from tests.support.constants import MODEL, PROJECT
+from tests.support.stores import backend_under_test
 
 pytest_plugins = [
     "tests.support.storage_fixtures",
@@ -26,6 +33,7 @@ pytest_plugins = [
 ]
 
 _skipped_for_emulator: list[str] = []
+_firestore_only_skipped: set[str] = set()
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +59,21 @@ def firestore(firestore_emulator: FirestoreEmulator) -> FirestoreEmulator:
 
 
 @pytest.fixture
-def store_env(firestore: FirestoreEmulator) -> dict[str, str]:
-    """Environment for a service on an empty history store."""
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """Environment for a service on an empty history store: Firestore on the emulator
+    or a fresh SQLite file (``backend_under_test``); Firestore whenever the test also
+    requests the ``firestore`` fixture (it looks at Firestore itself)."""
+    if backend_under_test() == "firestore" or "firestore" in request.fixturenames:
+        emulator: FirestoreEmulator = request.getfixturevalue("firestore")
+        return {
+            "HISTORY_BACKEND": "firestore",
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "FIRESTORE_EMULATOR_HOST": emulator.host,
+        }
     return {
+        "HISTORY_BACKEND": "sqlite",
+        "SQLITE_PATH": str(tmp_path / "history.sqlite3"),
         "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "FIRESTORE_EMULATOR_HOST": firestore.host,
     }
 
 
@@ -74,11 +92,9 @@ def model(model_server: DemoModelServer) -> DemoModelServer:
 
 
 @pytest.fixture
-def settings_env(firestore: FirestoreEmulator, model: DemoModelServer) -> dict[str, str]:
-    """Environment for a service on the emulator and the HTTP model."""
-    return {
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "FIRESTORE_EMULATOR_HOST": firestore.host,
+def settings_env(store_env: dict[str, str], model: DemoModelServer) -> dict[str, str]:
+    """Environment for a service on the history store and the HTTP model."""
+    return store_env | {
         "OPENAI_BASE_URL": model.base_url,
         "AGENT_MODEL": MODEL,
         "MODEL_MAX_RETRIES": "0",
@@ -113,10 +129,31 @@ def client(make_client: Callable[..., FlaskClient]) -> FlaskClient:
     return make_client()
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if (
+        report.skipped
+        and _skipped_for_emulator
+        and _skipped_for_emulator[0] in str(report.longrepr)
+    ):
+        _firestore_only_skipped.add(report.nodeid)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _skipped_for_emulator:
-        terminalreporter.write_line(
-            f"WARNING: Firestore tests were SKIPPED, not passed: {_skipped_for_emulator[0]}",
+    terminalreporter.write_line(f"history store of the tests: {backend_under_test()}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    """After the terminal's own summary line, so that this is the run's last line."""
+    result = yield
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if _skipped_for_emulator and reporter is not None:
+        count = len(_firestore_only_skipped)
+        reporter.write_line(
+            f"WARNING: {count} Firestore-only tests were SKIPPED, not passed:"
+            f" {_skipped_for_emulator[0]}. Every other test ran on the"
+            f" {backend_under_test()} store.",
             yellow=True,
             bold=True,
         )
+    return result
