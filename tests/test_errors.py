@@ -94,7 +94,7 @@ def test_body_over_the_limit_is_413(client: FlaskClient, model: DemoModelServer)
 
 
 def test_unknown_route_is_404(client: FlaskClient) -> None:
-    for path in ("/nope", "/chat/extra", "/sessions/a/b", "/"):
+    for path in ("/nope", "/chat/extra", "/sessions/a/b"):  # "/" is the chat page
         check_error(client.get(path), "GET", path, 404, "not_found")
 
 
