@@ -33,7 +33,6 @@ pytest_plugins = [
     "tests.support.deploy_scenarios",
 ]
 
-_skipped_for_emulator: list[str] = []
 _firestore_only_skipped: set[str] = set()
 
 
@@ -43,7 +42,6 @@ def firestore_emulator() -> Iterator[FirestoreEmulator]:
     if reason:
         if os.environ.get("REQUIRE_FIRESTORE_EMULATOR") == "1":
             pytest.fail(f"REQUIRE_FIRESTORE_EMULATOR=1 but {reason}")
-        _skipped_for_emulator.append(reason)
         pytest.skip(reason)
     emulator = FirestoreEmulator().start()
     os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
@@ -137,11 +135,9 @@ def client(make_client: Callable[..., FlaskClient]) -> FlaskClient:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if (
-        report.skipped
-        and _skipped_for_emulator
-        and _skipped_for_emulator[0] in str(report.longrepr)
-    ):
+    # By the reason, so that tests skipping on their own (the benchmark's) count too.
+    reason = firestore_emulator_missing() if report.skipped else None
+    if reason and reason in str(report.longrepr):
         _firestore_only_skipped.add(report.nodeid)
 
 
@@ -154,11 +150,11 @@ def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
     """After the terminal's own summary line, so that this is the run's last line."""
     result = yield
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if _skipped_for_emulator and reporter is not None:
+    if _firestore_only_skipped and reporter is not None:
         count = len(_firestore_only_skipped)
         reporter.write_line(
             f"WARNING: {count} Firestore-only tests were SKIPPED, not passed:"
-            f" {_skipped_for_emulator[0]}. Every other test ran on the"
+            f" {firestore_emulator_missing()}. Every other test ran on the"
             f" {backend_under_test()} store.",
             yellow=True,
             bold=True,
