@@ -171,3 +171,15 @@ def test_the_deployed_function_refuses_sqlite() -> None:
     with pytest.raises(SettingsError, match="HISTORY_BACKEND must be"):
         Settings.from_env({"HISTORY_BACKEND": "postgres"})
     assert Settings.from_env({}).history_backend == "firestore"
+
+
+def test_a_file_of_another_schema_version_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:  # the tables of version 1: no generation column
+        conn.execute("CREATE TABLE agent_sessions (id TEXT PRIMARY KEY)")
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version 0, this code needs 2"):
+        Database(str(path), timeout_seconds=3)
+    fresh = Database(str(tmp_path / "new.sqlite3"), timeout_seconds=3)
+    fresh.close()
+    Database(str(tmp_path / "new.sqlite3"), timeout_seconds=3).close()  # its own version: fine

@@ -122,6 +122,10 @@ SEQ: Final = "seq"
 ITEM: Final = "item"
 VERSION: Final = "version"
 
+SQLITE_SCHEMA_VERSION: Final = 2
+"""The tables' version (``PRAGMA user_version``); 2 added generations, summaries and the
+token ratio."""
+
 SQLITE_TABLES: Final = f"""
 CREATE TABLE IF NOT EXISTS {SESSIONS} (
     {ID} TEXT PRIMARY KEY,

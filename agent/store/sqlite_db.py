@@ -8,10 +8,12 @@ disk, so settings refuse it where ``K_SERVICE`` is set.
 Layout
 ------
 Three tables (``schema.SQLITE_TABLES``): ``agent_sessions`` (one row per conversation:
-owner, counts, claim, times), ``agent_history_items`` (one row per history item, keyed
-by session and sequence number) and ``agent_idempotency`` (one row per Idempotency-Key,
-with a ``version`` that later writes are conditioned on). Times are integer
-microseconds since the epoch.
+owner, counts, claim, generation, running summary, token ratio, times),
+``agent_history_items`` (one row per history item, keyed by session and sequence number)
+and ``agent_idempotency`` (one row per Idempotency-Key, with a ``version`` that later
+writes are conditioned on). Times are integer microseconds since the epoch.
+``PRAGMA user_version`` holds ``SQLITE_SCHEMA_VERSION``: a file of another version is
+refused with the reason, never misread.
 
 Size bounds
 -----------
@@ -62,6 +64,7 @@ from agent.store.schema import (
     RUNNING_UNTIL,
     SESSION_ID,
     SESSIONS,
+    SQLITE_SCHEMA_VERSION,
     SQLITE_TABLES,
     STATE,
     TTL_FIELD,
@@ -101,7 +104,18 @@ class Database:
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_seconds * 1000)}")
             self._conn.execute("PRAGMA journal_mode = WAL")  # stays "memory" for :memory:
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.executescript(SQLITE_TABLES)
+            self._conn.execute("BEGIN IMMEDIATE")
+            (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+            tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if version != SQLITE_SCHEMA_VERSION and tables:
+                self._conn.execute("ROLLBACK")
+                self._conn.close()
+                raise RuntimeError(
+                    f"{path}: SQLite history of schema version {version}, this code needs"
+                    f" {SQLITE_SCHEMA_VERSION}; move the file away (or set SQLITE_PATH)"
+                )
+            self._conn.executescript(SQLITE_TABLES)  # commits the transaction
+            self._conn.execute(f"PRAGMA user_version = {SQLITE_SCHEMA_VERSION}")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
