@@ -2,7 +2,8 @@
 
 Nothing here touches the network: clients connect on first use, so building the
 service at import time costs only the imports, and ``/healthz`` answers without
-Firestore or the model.
+Firestore or the model. ``HISTORY_BACKEND`` picks the store: Firestore, or SQLite (a
+local file, opened here; no Google client is built then, so no credentials are needed).
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.model import build_model
 from agent.runtime.pricing import parse_prices
+from agent.store.backend import HistoryBackend, IdempotencyBackend
 from agent.store.history import HistoryStore
 from agent.store.idempotency_records import IdempotencyStore
+from agent.store.sqlite_db import Database
+from agent.store.sqlite_history import SqliteHistoryStore
+from agent.store.sqlite_idempotency import SqliteIdempotencyStore
 from agent.turn.context_window import ContextKeeper
 from agent.turn.runner import TurnRunner
 from agent.turn.sessions import Sessions
@@ -37,12 +42,12 @@ class Service:
     """The process-wide objects the HTTP layer uses, built once by ``build_service``."""
 
     settings: Settings
-    store: HistoryStore
+    store: HistoryBackend
     turns: TurnRunner
     loop: BackgroundLoop
     results: OffloadPolicy
     auth: Authenticator
-    idempotency: IdempotencyStore
+    idempotency: IdempotencyBackend
     sessions: Sessions
     project: str | None
     """The Google Cloud project, for the trace field of the logs."""
@@ -59,14 +64,7 @@ def build_service(settings: Settings) -> Service:
     """Build every process-wide object from ``settings``; makes no network call."""
     prices = parse_prices(settings.model_prices)  # first: a bad table starts nothing
     tracing.configure(settings)
-    client = firestore.Client(
-        project=settings.google_cloud_project, database=settings.firestore_database
-    )
-    store = HistoryStore(
-        client,
-        ttl_seconds=settings.session_ttl_seconds,
-        timeout_seconds=settings.firestore_timeout_seconds,
-    )
+    store, idempotency, project = _stores(settings)
     model = build_model(settings)
     agent = build_agent(settings, model)
     summarizer = model
@@ -86,11 +84,6 @@ def build_service(settings: Settings) -> Service:
         "on" if settings.tracing_enabled else "off",
         settings.trace_export,
     )
-    idempotency = IdempotencyStore(
-        client,
-        ttl_seconds=settings.session_ttl_seconds,
-        timeout_seconds=settings.firestore_timeout_seconds,
-    )
     return Service(
         settings,
         store,
@@ -100,5 +93,26 @@ def build_service(settings: Settings) -> Service:
         auth=build_authenticator(settings),
         idempotency=idempotency,
         sessions=Sessions(store, results, idempotency),
-        project=settings.google_cloud_project or client.project,
+        project=project,
+    )
+
+
+def _stores(settings: Settings) -> tuple[HistoryBackend, IdempotencyBackend, str | None]:
+    """The history and idempotency stores of ``HISTORY_BACKEND``, and the project."""
+    ttl, timeout = settings.session_ttl_seconds, settings.firestore_timeout_seconds
+    if settings.history_backend == "sqlite":
+        database = Database(settings.sqlite_path, timeout_seconds=timeout)
+        log.info("history store: SQLite at %s", settings.sqlite_path)
+        return (
+            SqliteHistoryStore(database, ttl_seconds=ttl),
+            SqliteIdempotencyStore(database, ttl_seconds=ttl),
+            settings.google_cloud_project,
+        )
+    client = firestore.Client(
+        project=settings.google_cloud_project, database=settings.firestore_database
+    )
+    return (
+        HistoryStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
+        IdempotencyStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
+        settings.google_cloud_project or client.project,
     )

@@ -7,6 +7,12 @@ MODEL_PROVIDER=vertex: then Gemini on Vertex AI as the developer's Application D
 Credentials, from ``gcloud auth application-default login``), then
 ``functions-framework --target=agent_http``. Ctrl-C stops all of it.
 
+Where no Firestore emulator is installed (or FIRESTORE_EMULATOR_HOST names one that
+does not answer), conversations go to the SQLite store instead, in
+``.local/history.sqlite3`` (kept across runs), and the banner says so; with
+``HISTORY_BACKEND=firestore`` set explicitly, it stops with the reason instead.
+``HISTORY_BACKEND=sqlite`` skips the emulator altogether.
+
 Result URLs are signed with a throw-away key made for this run and point at the
 storage emulator on 127.0.0.1, so they open in a browser on this machine.
 """
@@ -21,7 +27,13 @@ import tempfile
 from pathlib import Path
 
 from .demo_model import DemoModelServer
-from .emulators import FirestoreEmulator, StorageEmulator, free_port, storage_emulator_missing
+from .emulators import (
+    FirestoreEmulator,
+    StorageEmulator,
+    free_port,
+    storage_emulator_missing,
+    wait_for_port,
+)
 from .throwaway_key import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,16 +55,19 @@ def main() -> int:
     storage: StorageEmulator | None = None
     key_dir = tempfile.TemporaryDirectory(prefix="agent-run-")
     try:
-        if not env.get("FIRESTORE_EMULATOR_HOST"):
-            try:
-                emulator = FirestoreEmulator(
-                    port=int(env.get("FIRESTORE_EMULATOR_PORT", "0"))
-                ).start()
-            except RuntimeError as exc:  # not installed, or would not start: said in one line
-                _say(str(exc))
+        emulator, reason = _firestore(env)
+        if reason is not None:
+            if env.get("HISTORY_BACKEND") == "firestore":  # asked for explicitly
+                _say(f"{reason}; HISTORY_BACKEND=firestore, so nothing to run on")
                 return 1
-            env["FIRESTORE_EMULATOR_HOST"] = emulator.host
-            _say(f"Firestore emulator on {emulator.host} (in memory; data is lost on exit)")
+            env["HISTORY_BACKEND"] = "sqlite"
+            _say(f"{reason}. Falling back to the embedded SQLite store.")
+        if env["HISTORY_BACKEND"] == "sqlite":
+            env.setdefault("SQLITE_PATH", str(ROOT / ".local" / "history.sqlite3"))
+            _say(
+                f"history store: SQLite at {env['SQLITE_PATH']} (HISTORY_BACKEND=sqlite:"
+                " conversations are kept across runs; Firestore is not used)"
+            )
         if not env.get("RESULTS_BUCKET"):
             storage = _start_storage(env, Path(key_dir.name))
         if vertex:
@@ -104,6 +119,32 @@ def main() -> int:
             storage.stop()
         key_dir.cleanup()
         _say("stopped")
+
+
+def _firestore(env: dict[str, str]) -> tuple[FirestoreEmulator | None, str | None]:
+    """Start the Firestore emulator, or use the one at FIRESTORE_EMULATOR_HOST; sets
+    HISTORY_BACKEND=firestore in ``env``. (emulator we started or None, why Firestore
+    cannot be used or None). Nothing to do with HISTORY_BACKEND=sqlite."""
+    if env.get("HISTORY_BACKEND") == "sqlite":
+        return None, None
+    host = env.get("FIRESTORE_EMULATOR_HOST")
+    if host:
+        name, _, port = host.rpartition(":")
+        try:
+            wait_for_port(name, int(port), timeout=2)
+        except (TimeoutError, ValueError):
+            return None, f"no Firestore emulator answers at FIRESTORE_EMULATOR_HOST={host}"
+        env["HISTORY_BACKEND"] = "firestore"
+        _say(f"Firestore emulator at {host} (yours)")
+        return None, None
+    try:
+        emulator = FirestoreEmulator(port=int(env.get("FIRESTORE_EMULATOR_PORT", "0"))).start()
+    except RuntimeError as exc:  # not installed, or would not start: said in one line
+        return None, str(exc)
+    env["FIRESTORE_EMULATOR_HOST"] = emulator.host
+    env["HISTORY_BACKEND"] = "firestore"
+    _say(f"Firestore emulator on {emulator.host} (in memory; data is lost on exit)")
+    return emulator, None
 
 
 def _start_storage(env: dict[str, str], key_dir: Path) -> StorageEmulator | None:

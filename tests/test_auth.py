@@ -19,7 +19,7 @@ from agent.auth import google_tokens
 from agent.auth.modes import parse_api_keys
 from agent.base.settings import Settings, SettingsError
 from local.demo_model import DemoModelServer
-from tests.support.constants import ALICE_KEY, BOB_KEY, REPO_ROOT, UNREACHABLE_MODEL_URL
+from tests.support.constants import ALICE_KEY, BOB_KEY, LOOPBACK, REPO_ROOT, UNREACHABLE_MODEL_URL
 from tests.support.google_id_tokens import (
     CertsServer,
     SigningKey,
@@ -515,6 +515,9 @@ def run_main(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     code = "import main; print('STARTED')"
     full = {k: v for k, v in os.environ.items() if k not in ("K_SERVICE", "AUTH_MODE")}
     full |= {"OPENAI_BASE_URL": UNREACHABLE_MODEL_URL, "GOOGLE_CLOUD_PROJECT": "p", **env}
+    # Only startup is under test: a Firestore client pointed at a port nobody answers is
+    # built without credentials, which a machine without the emulator does not have.
+    full.setdefault("FIRESTORE_EMULATOR_HOST", f"{LOOPBACK}:9")
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO_ROOT,

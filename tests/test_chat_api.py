@@ -114,7 +114,7 @@ def test_delete_removes_every_document(client: FlaskClient, firestore) -> None:
     assert remaining == ["agent_sessions/kept"]
 
 
-def test_known_id_after_expiry_starts_a_new_session(make_client, firestore) -> None:
+def test_known_id_after_expiry_starts_a_new_session(make_client) -> None:
     import time
 
     client = make_client(session_ttl_seconds=1)

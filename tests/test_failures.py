@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
 from local.server import LiveServer as Server
-from tests.support.constants import MODEL, PROJECT
+from tests.support.constants import MODEL
 from tests.support.openapi_contract import assert_conforms
 
 
@@ -136,18 +136,21 @@ def test_firestore_down_is_503_and_the_service_recovers_by_itself(
 
 
 def test_an_instance_killed_mid_turn_leaves_no_partial_turn(
-    firestore: FirestoreEmulator, model: DemoModelServer
+    store_env: dict[str, str], model: DemoModelServer
 ) -> None:
-    env = os.environ | {
-        "FIRESTORE_EMULATOR_HOST": firestore.host,
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "OPENAI_BASE_URL": model.base_url,
-        "AGENT_MODEL": MODEL,
-        "AUTH_MODE": "none",
-        "FUNCTION_TIMEOUT_SECONDS": "4",
-        "DEADLINE_MARGIN_SECONDS": "0.5",
-        "MODEL_MAX_RETRIES": "0",
-    }
+    # Two server processes on one store: on SQLite, two processes on one file.
+    env = (
+        os.environ
+        | store_env
+        | {
+            "OPENAI_BASE_URL": model.base_url,
+            "AGENT_MODEL": MODEL,
+            "AUTH_MODE": "none",
+            "FUNCTION_TIMEOUT_SECONDS": "4",
+            "DEADLINE_MARGIN_SECONDS": "0.5",
+            "MODEL_MAX_RETRIES": "0",
+        }
+    )
     # The second instance starts first: how long a server takes to start must not
     # decide whether the first one's claim is still held when it is asked.
     second = Server(env)

@@ -53,6 +53,11 @@ def start_server(settings_env: dict[str, str], certs: CertsServer, verified: boo
         "AUTH_CERTS_URL": certs.url,
         "AUTH_PLATFORM_VERIFIED": "true" if verified else "false",
     }
+    if env.get("HISTORY_BACKEND") == "sqlite":
+        # A deploy refuses SQLite (tests/test_sqlite_store.py checks that), and this server
+        # is a real process, out of conftest's reach: without K_SERVICE here. AUTH_AUDIENCE
+        # lists the function's URLs anyway, so what is under test is the same.
+        del env["K_SERVICE"]
     return LiveServer(env)
 
 

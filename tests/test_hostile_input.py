@@ -28,6 +28,7 @@ from local.emulators import FirestoreEmulator
 from local.server import LiveServer as Server
 from tests.support.constants import LOOPBACK, MODEL
 from tests.support.openapi_contract import SPEC_PATH, assert_conforms
+from tests.support.stores import backend_under_test
 
 KEY = "fuzz-key-0123456789abcdef"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
@@ -46,16 +47,29 @@ schema.config.checks.negative_data_rejection.expected_statuses.append("413")
 
 
 @pytest.fixture(scope="module")
-def live(firestore_emulator: FirestoreEmulator, model_server: DemoModelServer) -> Iterator[Server]:
-    env = os.environ | {
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-        "GOOGLE_CLOUD_PROJECT": "agent-fuzz",  # its own project: wipes of others don't matter
-        "OPENAI_BASE_URL": model_server.base_url,
-        "AGENT_MODEL": MODEL,
-        "AUTH_MODE": "api_key",
-        "AUTH_API_KEYS": f"fuzzer:{KEY}",
-        "MODEL_MAX_RETRIES": "0",
-    }
+def live(
+    request: pytest.FixtureRequest,
+    model_server: DemoModelServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    if backend_under_test() == "firestore":
+        emulator: FirestoreEmulator = request.getfixturevalue("firestore_emulator")
+        store = {"HISTORY_BACKEND": "firestore", "FIRESTORE_EMULATOR_HOST": emulator.host}
+    else:
+        path = tmp_path_factory.mktemp("fuzz") / "history.sqlite3"
+        store = {"HISTORY_BACKEND": "sqlite", "SQLITE_PATH": str(path)}
+    env = (
+        os.environ
+        | store
+        | {
+            "GOOGLE_CLOUD_PROJECT": "agent-fuzz",  # its own project: wipes of others don't matter
+            "OPENAI_BASE_URL": model_server.base_url,
+            "AGENT_MODEL": MODEL,
+            "AUTH_MODE": "api_key",
+            "AUTH_API_KEYS": f"fuzzer:{KEY}",
+            "MODEL_MAX_RETRIES": "0",
+        }
+    )
     server = Server(env)
     yield server
     output = server.stop()

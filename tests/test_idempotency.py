@@ -9,15 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from flask.testing import FlaskClient
-from google.cloud import firestore as fs
 
 from agent.base.clock import utc_now
-from agent.store.idempotency_records import IdempotencyStore
-from agent.store.schema import COLLECTION_GROUPS, IDEMPOTENCY, SESSIONS, TTL_FIELD
+from agent.store.schema import COLLECTION_GROUPS, IDEMPOTENCY, TTL_FIELD
 from agent.turn.idempotency import fingerprint
 from local.demo_model import DemoModelServer
 from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY
 from tests.support.openapi_contract import assert_conforms
+from tests.support.stores import idempotency_records, service_of, session_expiry
 
 
 def post(client: FlaskClient, key: str | None, headers: dict[str, str] | None = None, **body):
@@ -30,10 +29,6 @@ def post(client: FlaskClient, key: str | None, headers: dict[str, str] | None = 
 def user_messages(client: FlaskClient, session_id: str, headers=None) -> list[str]:
     items = client.get(f"/sessions/{session_id}", headers=headers or {}).get_json()["items"]
     return [i["content"] for i in items if i.get("role") == "user"]
-
-
-def records() -> list[dict]:
-    return [s.to_dict() for s in fs.Client().collection(IDEMPOTENCY).stream()]
 
 
 def test_the_new_collection_group_is_exported_for_ttl_policies() -> None:
@@ -99,7 +94,7 @@ def test_a_failed_first_call_stores_nothing_so_the_retry_runs(
 ) -> None:
     model.control(fail_status=500, fail_count=1)
     assert post(client, "k-5", message="try", session_id="i5").status_code == 502
-    assert records() == []
+    assert idempotency_records(client) == []
     retry = post(client, "k-5", message="try", session_id="i5")
     assert retry.status_code == 200 and "Idempotent-Replayed" not in retry.headers
     assert user_messages(client, "i5") == ["try"]
@@ -135,9 +130,8 @@ def test_a_malformed_key_is_400(client: FlaskClient, model: DemoModelServer, key
 
 def test_the_key_expires_with_the_session(client: FlaskClient) -> None:
     response = post(client, "k-6", message="hello", session_id="i6")
-    (record,) = records()
-    session = fs.Client().collection(SESSIONS).document("i6").get().to_dict()
-    assert record[TTL_FIELD] == session[TTL_FIELD]
+    (record,) = idempotency_records(client)
+    assert record[TTL_FIELD] == session_expiry(client, "i6")
     assert record["state"] == "done" and record["owner"] == "local"
     expires = dt.datetime.fromisoformat(response.get_json()["expires_at"].replace("Z", "+00:00"))
     assert record[TTL_FIELD] == expires
@@ -147,9 +141,9 @@ def test_deleting_the_session_deletes_its_keys(client: FlaskClient) -> None:
     post(client, "k-7", message="hello", session_id="i7")
     post(client, "k-8", message="again", session_id="i7")
     post(client, "k-9", message="elsewhere", session_id="other")
-    assert len(records()) == 3
+    assert len(idempotency_records(client)) == 3
     assert client.delete("/sessions/i7").status_code == 204
-    assert [r["session_id"] for r in records()] == ["other"]
+    assert [r["session_id"] for r in idempotency_records(client)] == ["other"]
     rerun = post(client, "k-7", message="hello", session_id="i7")
     assert rerun.get_json()["new_session"] is True  # ran again: nothing of i7 kept
 
@@ -158,7 +152,7 @@ def test_a_turn_whose_instance_died_runs_once_after_its_claim_lapses(
     client: FlaskClient, model: DemoModelServer
 ) -> None:
     # The first attempt registered its key and died before committing anything.
-    store = IdempotencyStore(fs.Client(), ttl_seconds=60, timeout_seconds=3)
+    store = service_of(client).idempotency
     until = utc_now() + dt.timedelta(seconds=1)
     store.begin("local", "k-10", fingerprint("hello", "i8"), "i8", until)
     during = post(client, "k-10", message="hello", session_id="i8")
@@ -177,6 +171,6 @@ def test_a_reply_too_large_to_store_fails_the_turn_and_stores_nothing(
     model.control(reply_bytes=800 * 1024)
     response = post(client, "k-11", message="big", session_id="i9")
     assert response.status_code == 502
-    assert client.get("/sessions/i9").status_code == 404 and records() == []
+    assert client.get("/sessions/i9").status_code == 404 and idempotency_records(client) == []
     # Without a key the same reply is fine: the limit is the stored response's.
     assert post(client, None, message="big", session_id="i9").status_code == 200

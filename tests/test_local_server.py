@@ -9,22 +9,23 @@ from collections.abc import Iterator
 import pytest
 
 from local.demo_model import DemoModelServer
-from local.emulators import FirestoreEmulator
 from local.server import LiveServer as Server
-from tests.support.constants import MODEL, PROJECT
+from tests.support.constants import MODEL
 from tests.support.openapi_contract import assert_conforms
 
 
 @pytest.fixture
-def server_env(firestore: FirestoreEmulator, model: DemoModelServer) -> dict[str, str]:
-    return os.environ | {
-        "FIRESTORE_EMULATOR_HOST": firestore.host,
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "OPENAI_BASE_URL": model.base_url,
-        "AGENT_MODEL": MODEL,
-        "OPENAI_API_KEY": "sk-test-must-never-be-logged",
-        "AUTH_MODE": "none",
-    }
+def server_env(store_env: dict[str, str], model: DemoModelServer) -> dict[str, str]:
+    return (
+        os.environ
+        | store_env
+        | {
+            "OPENAI_BASE_URL": model.base_url,
+            "AGENT_MODEL": MODEL,
+            "OPENAI_API_KEY": "sk-test-must-never-be-logged",
+            "AUTH_MODE": "none",
+        }
+    )
 
 
 @pytest.fixture

@@ -8,16 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from flask.testing import FlaskClient
-from google.cloud import firestore as fs
 
 from agent.base import errors
 from agent.base.clock import utc_now
-from agent.store.history import HistoryStore
-from agent.store.schema import SESSIONS
 from agent.turn.ownership import require_owner
 from local.demo_model import DemoModelServer
 from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY
 from tests.support.openapi_contract import assert_conforms
+from tests.support.stores import service_of
 
 ALICE = {"X-API-Key": ALICE_KEY}
 BOB = {"X-API-Key": BOB_KEY}
@@ -39,8 +37,7 @@ def comparable(response) -> tuple[int, dict, set[str]]:
 
 def test_the_owner_is_recorded(two: FlaskClient) -> None:
     assert say(two, ALICE, "mine", "a1").status_code == 200
-    doc = fs.Client().collection(SESSIONS).document("a1").get().to_dict()
-    assert doc["owner"] == "alice"
+    assert service_of(two).store.owner_of("a1", utc_now()) == "alice"
 
 
 def test_reading_someone_elses_session_looks_exactly_like_absence(two: FlaskClient) -> None:
@@ -99,9 +96,9 @@ def test_an_expired_session_is_free_for_anyone(make_client: Callable[..., FlaskC
     assert [i["content"] for i in items if i.get("role") == "user"] == ["new"]
 
 
-def test_a_session_without_owner_belongs_to_nobody(two: FlaskClient, firestore) -> None:
+def test_a_session_without_owner_belongs_to_nobody(two: FlaskClient) -> None:
     # Written by library use of the store (or before owners existed).
-    store = HistoryStore(fs.Client(), ttl_seconds=60, timeout_seconds=3)
+    store = service_of(two).store
     now = utc_now()
     claim = store.claim("legacy", now, now.replace(year=now.year + 1))
     store.commit(claim, [{"role": "user", "content": "old"}], now)
@@ -111,7 +108,7 @@ def test_a_session_without_owner_belongs_to_nobody(two: FlaskClient, firestore) 
 
 def test_require_owner_is_the_check_for_other_routes(two: FlaskClient) -> None:
     assert say(two, ALICE, "hello", "a7").status_code == 200
-    store = HistoryStore(fs.Client(), ttl_seconds=60, timeout_seconds=3)
+    store = service_of(two).store
     require_owner(store, "a7", "alice")  # no error
     for principal, session_id in (("bob", "a7"), ("alice", "never-used")):
         with pytest.raises(errors.ApiError) as caught:

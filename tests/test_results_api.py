@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from agent.base.clock import utc_now
 from agent.results.policy import INLINE_FALLBACK_MAX_BYTES, PREVIEW_BYTES
 from agent.store.history import MAX_TURN_BYTES
 from local.demo_model import DemoModelServer, decide_reply, fit_to_bytes
@@ -32,6 +33,7 @@ from local.throwaway_key import ThrowawayKey
 from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY, LOOPBACK, PROJECT, REPO_ROOT
 from tests.support.openapi_contract import assert_conforms
 from tests.support.signed_url_verifier import verify
+from tests.support.stores import service_of
 
 MESSAGE = "Write me the long report."
 
@@ -114,16 +116,13 @@ def test_object_metadata_links_the_result_to_its_session(
         .get_blob(f"results/linked/{result['turn_id']}.md")
     )
     assert blob is not None
-    from google.cloud import firestore as fs
-
-    from agent.store.schema import GENERATION, SESSIONS
-
-    session = fs.Client().collection(SESSIONS).document("linked").get().to_dict()
+    generation = service_of(results_client).store.current_generation("linked", utc_now())
+    assert generation is not None
     assert blob.metadata == {
         "session_id": "linked",
         "turn_id": result["turn_id"],
         "sha256": result["sha256"],
-        "generation": session[GENERATION],  # the life of the session it belongs to
+        "generation": generation,  # the life of the session it belongs to
     }
     assert blob.content_disposition == f'attachment; filename="result-{result["turn_id"]}.md"'
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from local.demo_model import DemoModelServer
-from local.emulators import FirestoreEmulator, StorageEmulator
+from local.emulators import StorageEmulator
 from local.server import LiveServer as Server
 from local.throwaway_key import new_key
-from tests.support.constants import MODEL, PROJECT, service_account_email
+from tests.support.constants import MODEL, service_account_email
 from tests.support.google_metadata_and_iam import Standin
 from tests.support.openapi_contract import assert_conforms
 from tests.support.signed_url_verifier import verify
@@ -37,17 +37,15 @@ def standin() -> Iterator[Standin]:
 
 @pytest.fixture
 def keyless_server(
-    firestore: FirestoreEmulator,
+    store_env: dict[str, str],
     storage: StorageEmulator,
     model: DemoModelServer,
     standin: Standin,
     tmp_path: Path,
 ) -> Iterator[Server]:
     env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
-    env |= {
-        "FIRESTORE_EMULATOR_HOST": firestore.host,
+    env |= store_env | {
         "STORAGE_EMULATOR_HOST": storage.url,
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
         "OPENAI_BASE_URL": model.base_url,
         "AGENT_MODEL": MODEL,
         "AUTH_MODE": "none",  # authentication is tests/test_auth.py's area

@@ -13,9 +13,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from local.demo_model import DemoModelServer
-from local.emulators import FirestoreEmulator
 from local.server import LiveServer as Server
-from tests.support.constants import MODEL, PROJECT
+from tests.support.constants import MODEL
 from tests.support.openapi_contract import assert_conforms, assert_stream_conforms
 from tests.support.sse_client import Event, events_of, open_stream, parse_body
 
@@ -43,12 +42,11 @@ def text_of(events: list[Event]) -> str:
 
 
 @pytest.fixture
-def server(firestore: FirestoreEmulator, model: DemoModelServer) -> Iterator[Server]:
+def server(store_env: dict[str, str], model: DemoModelServer) -> Iterator[Server]:
     running = Server(
         os.environ
+        | store_env
         | {
-            "FIRESTORE_EMULATOR_HOST": firestore.host,
-            "GOOGLE_CLOUD_PROJECT": PROJECT,
             "OPENAI_BASE_URL": model.base_url,
             "AGENT_MODEL": MODEL,
             "AUTH_MODE": "none",

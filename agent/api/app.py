@@ -61,6 +61,7 @@ _HTTP_CODES = {
 def create_app(service: Service) -> Flask:
     """The Flask app serving the API over ``service`` (see ``build_service``)."""
     app = Flask(__name__)
+    app.extensions["agent.service"] = service  # for tests and tools holding only the app
     settings = service.settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
 

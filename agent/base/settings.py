@@ -22,6 +22,7 @@ ModelProvider = Literal["openai", "vertex"]
 VERTEX_DEFAULT_MODEL = "google/gemini-2.5-flash"
 AuthMode = Literal["iam", "api_key", "none"]
 TraceExport = Literal["none", "cloud_trace", "otlp"]
+HistoryBackendName = Literal["firestore", "sqlite"]
 GOOGLE_ID_TOKEN_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 RESULT_INLINE_LIMIT_BYTES = 2 * 1024 * 1024
@@ -51,7 +52,16 @@ class Settings:
 
     firestore_timeout_seconds: float = 5.0
     """Upper bound for each Firestore call, retries included (0.5-60). With Firestore
-    down a request gets 503 within about this time instead of hanging."""
+    down a request gets 503 within about this time instead of hanging. With
+    ``HISTORY_BACKEND=sqlite``, the longest wait for the database's write lock."""
+
+    history_backend: HistoryBackendName = "firestore"
+    """Where conversations are kept: ``firestore``, or ``sqlite`` (one local file, for a
+    machine without the Firestore emulator; refused where ``K_SERVICE`` is set, since
+    instances share no disk)."""
+
+    sqlite_path: str = ".local/history.sqlite3"
+    """The SQLite store's file (relative to the working directory), or ``:memory:``."""
 
     # --- Conversations ------------------------------------------------------------
     session_ttl_seconds: int = 3600
@@ -312,6 +322,14 @@ class Settings:
         )
         _check_range("tool_timeout_seconds", self.tool_timeout_seconds, 0.1, 3600)
         _check_range("stream_max_delta_bytes", self.stream_max_delta_bytes, 65536, 6 * 1024 * 1024)
+        if self.history_backend not in ("firestore", "sqlite"):
+            raise SettingsError("HISTORY_BACKEND must be 'firestore' or 'sqlite'")
+        if self.history_backend == "sqlite" and self.k_service:
+            raise SettingsError(
+                f"HISTORY_BACKEND=sqlite refused: K_SERVICE={self.k_service!r} says this runs"
+                " on Cloud Functions/Run, whose instances share no disk: each would keep its"
+                " own conversations, and lose them when it stops. Use HISTORY_BACKEND=firestore."
+            )
         if self.model_api not in ("responses", "chat_completions"):
             raise SettingsError("MODEL_API must be 'responses' or 'chat_completions'")
         self._validate_vertex()

@@ -1,6 +1,10 @@
-"""Firestore: the schema, bounded calls, conversation histories, the SDK's Session
-adapter and Idempotency-Key records.
+"""The history store: its interface (``backend.py``), and two backends behind it.
 
-Imports ``agent.base`` only. ``schema.py`` is the one place a collection or field
-name is spelled.
+Firestore (deployed): the schema, bounded calls, conversation histories, the SDK's
+Session adapter and Idempotency-Key records. SQLite (``HISTORY_BACKEND=sqlite``, a
+developer's machine without the Firestore emulator): the database, histories and
+Idempotency-Key records, with the same guarantees.
+
+Imports ``agent.base`` only. ``schema.py`` is the one place a collection, table or
+field name is spelled.
 """

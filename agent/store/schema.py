@@ -110,3 +110,61 @@ class KeyDoc(TypedDict):
 
 def chunk_id(index: int) -> str:
     return f"{index:06d}"
+
+
+# -- the SQLite backend (HISTORY_BACKEND=sqlite; store/sqlite_db.py) -----------------------
+# Its tables reuse the names above (SESSIONS, IDEMPOTENCY and their fields); a history is
+# rows of one more table instead of a tail and chunk documents. Not in COLLECTION_GROUPS:
+# nothing of it is deployed.
+HISTORY_ITEMS: Final = "agent_history_items"
+ID: Final = "id"
+SEQ: Final = "seq"
+ITEM: Final = "item"
+VERSION: Final = "version"
+
+SQLITE_SCHEMA_VERSION: Final = 2
+"""The tables' version (``PRAGMA user_version``); 2 added generations, summaries and the
+token ratio."""
+
+SQLITE_TABLES: Final = f"""
+CREATE TABLE IF NOT EXISTS {SESSIONS} (
+    {ID} TEXT PRIMARY KEY,
+    {OWNER} TEXT,
+    {TURNS} INTEGER NOT NULL,
+    {ITEMS} INTEGER NOT NULL,
+    {BYTES} INTEGER NOT NULL,
+    {CLAIM_TOKEN} TEXT,
+    {CLAIM_UNTIL} INTEGER,
+    {GENERATION} TEXT NOT NULL,
+    {SUMMARY} TEXT,
+    {SUMMARY_ITEMS} INTEGER NOT NULL DEFAULT 0,
+    {SUMMARY_OFFSET} INTEGER NOT NULL DEFAULT 0,
+    {TOKEN_RATIO} REAL,
+    {CREATED_AT} INTEGER NOT NULL,
+    {UPDATED_AT} INTEGER NOT NULL,
+    {TTL_FIELD} INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {SESSIONS}_{TTL_FIELD} ON {SESSIONS} ({TTL_FIELD});
+CREATE TABLE IF NOT EXISTS {HISTORY_ITEMS} (
+    {SESSION_ID} TEXT NOT NULL,
+    {SEQ} INTEGER NOT NULL,
+    {ITEM} TEXT NOT NULL,
+    PRIMARY KEY ({SESSION_ID}, {SEQ})
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {IDEMPOTENCY} (
+    {ID} TEXT PRIMARY KEY,
+    {OWNER} TEXT NOT NULL,
+    {FINGERPRINT} TEXT NOT NULL,
+    {SESSION_ID} TEXT NOT NULL,
+    {STATE} TEXT NOT NULL,
+    {RUNNING_UNTIL} INTEGER NOT NULL,
+    {RESPONSE} TEXT,
+    {TTL_FIELD} INTEGER NOT NULL,
+    {GENERATION} TEXT,
+    {VERSION} INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {IDEMPOTENCY}_{SESSION_ID} ON {IDEMPOTENCY} ({SESSION_ID});
+CREATE INDEX IF NOT EXISTS {IDEMPOTENCY}_{TTL_FIELD} ON {IDEMPOTENCY} ({TTL_FIELD});
+"""
+"""The SQLite backend's tables. Times are INTEGER microseconds since the Unix epoch (UTC),
+exact and comparable in SQL; items and responses are compact JSON text."""

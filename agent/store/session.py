@@ -30,13 +30,13 @@ from agents.memory import SessionSettings
 from agents.memory.session_settings import resolve_session_limit
 
 from agent.base.clock import utc_now
+from agent.store.backend import HistoryBackend
 from agent.store.history import (
     Claim,
     ClaimLost,
     CommitFailed,
     CommitUnknown,
     History,
-    HistoryStore,
     Item,
     SessionBusy,
     Summary,
@@ -49,7 +49,7 @@ class FirestoreSession:
     def __init__(
         self,
         session_id: str,
-        store: HistoryStore,
+        store: HistoryBackend,
         *,
         claim_seconds: float = 60.0,
         clock: Callable[[], dt.datetime] = utc_now,

@@ -16,7 +16,8 @@ from collections.abc import Generator
 from typing import Any
 
 from agent.runtime.streaming import RunEvent
-from agent.store.idempotency_records import IdempotencyStore, KeyClaim, StoredResponse
+from agent.store.backend import IdempotencyBackend
+from agent.store.idempotency_records import KeyClaim, StoredResponse
 from agent.turn.outcome import TurnOutcome
 from agent.turn.runner import TurnRunner
 from agent.turn.store_errors import store_errors_as_api_errors
@@ -31,7 +32,7 @@ def fingerprint(message: str, session_id: str | None) -> str:
 
 
 def run_once(
-    store: IdempotencyStore,
+    store: IdempotencyBackend,
     turns: TurnRunner,
     *,
     principal: str,
@@ -66,7 +67,7 @@ def run_once(
 
 
 def stream_once(
-    store: IdempotencyStore,
+    store: IdempotencyBackend,
     turns: TurnRunner,
     *,
     principal: str,
@@ -103,7 +104,7 @@ def stream_once(
 
 
 def _begin(
-    store: IdempotencyStore,
+    store: IdempotencyBackend,
     principal: str,
     key: str,
     message: str,
@@ -123,7 +124,7 @@ def _begin(
     return found
 
 
-def _completion(store: IdempotencyStore, claim: KeyClaim) -> Any:
+def _completion(store: IdempotencyBackend, claim: KeyClaim) -> Any:
     def write(batch: Any, outcome: TurnOutcome, generation: str) -> None:
         store.completion(claim, outcome.stored(), outcome.expire_at, generation)(batch)
 
@@ -131,7 +132,7 @@ def _completion(store: IdempotencyStore, claim: KeyClaim) -> Any:
 
 
 def _abandon_unless_done(
-    events: TurnEvents, store: IdempotencyStore, claim: KeyClaim, deadline: float
+    events: TurnEvents, store: IdempotencyBackend, claim: KeyClaim, deadline: float
 ) -> TurnEvents:
     done = False
     try:

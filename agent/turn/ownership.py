@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from agent.base import errors
 from agent.base.clock import utc_now
-from agent.store.history import HistoryStore
+from agent.store.backend import HistoryBackend
 from agent.turn.store_errors import store_errors_as_api_errors
 
 
-def require_owner(store: HistoryStore, session_id: str, principal: str) -> str | None:
+def require_owner(store: HistoryBackend, session_id: str, principal: str) -> str | None:
     """404 ``session_not_found`` unless ``principal`` owns the live session
     ``session_id``; for routes that act on a session without running a turn (such
     as re-signing a stored result). The session's generation (its current life).

@@ -43,11 +43,11 @@ from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.pricing import DEFAULT_PRICES, Price, cost_usd
 from agent.runtime.streaming import RunEvent, StreamedRun
+from agent.store.backend import HistoryBackend
 from agent.store.history import (
     Claim,
     ClaimLost,
     CommitUnknown,
-    HistoryStore,
     TurnTooLarge,
 )
 from agent.store.session import FirestoreSession
@@ -68,7 +68,7 @@ class TurnRunner:
     def __init__(
         self,
         agent: Agent[None],
-        store: HistoryStore,
+        store: HistoryBackend,
         loop: BackgroundLoop,
         settings: Settings,
         results: OffloadPolicy | None = None,

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from agent.base import errors
 from agent.base.clock import utc_now
 from agent.results.policy import OffloadPolicy, ResultLink
-from agent.store.history import Deletion, History, HistoryStore
-from agent.store.idempotency_records import IdempotencyStore
+from agent.store.backend import HistoryBackend, IdempotencyBackend
+from agent.store.history import Deletion, History
 from agent.turn.ownership import require_owner
 from agent.turn.store_errors import store_errors_as_api_errors
 
@@ -19,9 +19,9 @@ from agent.turn.store_errors import store_errors_as_api_errors
 class Sessions:
     """Session reads, deletes and re-signs for the routes, errors already mapped."""
 
-    store: HistoryStore
+    store: HistoryBackend
     results: OffloadPolicy
-    idempotency: IdempotencyStore
+    idempotency: IdempotencyBackend
 
     def load(self, session_id: str, owner: str) -> History:
         """The caller's live history; 404 ``session_not_found`` otherwise."""

@@ -1,0 +1,84 @@
+"""The store's interface: what the turn and the routes need of a history backend.
+
+Two backends satisfy it: Firestore (``history.py``, ``idempotency_records.py``), the
+deployed one, and SQLite (``sqlite_history.py``, ``sqlite_idempotency.py``), a single
+file for a developer's machine without the Firestore emulator. ``agent/service.py``
+picks one by ``HISTORY_BACKEND``; nothing else knows which it got.
+
+Both keep the same promises, checked by one contract test suite run against each
+(``tests/test_store_contract.py``): a turn claims its session (a concurrent claim gets
+``SessionBusy`` at once), commits all its items atomically or nothing, and a claim lapses
+at the turn's deadline; expired sessions read as absent; a live session of another owner
+is absent to everyone else (``SessionTaken`` on claim); each life of an id has its own
+``generation`` (deletes report the one they removed); a running summary and the token
+calibration are stored with the history; an Idempotency-Key's record is marked done,
+with the turn's generation, in the turn's own commit (``extra_writes``). The data types
+and errors are the Firestore module's (``History``, ``Claim``, ``Deleted``,
+``SessionBusy``, ...), shared as they are.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary
+from agent.store.idempotency_records import KeyClaim, StoredResponse
+
+
+class HistoryBackend(Protocol):
+    """Conversation histories: read, claim for a turn, commit or release, delete."""
+
+    def load(
+        self, session_id: str, now: dt.datetime, owner: str | None = None
+    ) -> History | None: ...
+
+    def info(self, session_id: str, now: dt.datetime) -> SessionInfo | None: ...
+
+    def owner_of(self, session_id: str, now: dt.datetime) -> str | None: ...
+
+    def current_generation(self, session_id: str, now: dt.datetime) -> str | None: ...
+
+    def claim(
+        self, session_id: str, now: dt.datetime, until: dt.datetime, owner: str | None = None
+    ) -> Claim: ...
+
+    def commit(
+        self,
+        claim: Claim,
+        new_items: Sequence[Item],
+        now: dt.datetime,
+        *,
+        replace: bool = False,
+        count_turn: bool = True,
+        extra_writes: Callable[[Any, dt.datetime], None] | None = None,
+        time_left: float | None = None,
+        summary: Summary | None = None,
+        token_ratio: float | None = None,
+    ) -> History:
+        """``extra_writes(batch, expire_at)`` joins the commit: ``batch`` is whatever the
+        backend commits with, and only the same backend's IdempotencyBackend writes to it.
+        Raises ClaimLost, CommitFailed or CommitUnknown (never on SQLite, whose commits
+        are local and atomic), TurnTooLarge."""
+        ...
+
+    def release(self, claim: Claim) -> None: ...
+
+    def delete(self, session_id: str, now: dt.datetime, owner: str | None = None) -> Deleted: ...
+
+
+class IdempotencyBackend(Protocol):
+    """Idempotency-Key records (the promises: ``idempotency_records.py``'s header)."""
+
+    def begin(
+        self, principal: str, key: str, fingerprint: str, session_id: str, until: dt.datetime
+    ) -> KeyClaim | StoredResponse: ...
+
+    def completion(
+        self, claim: KeyClaim, response: dict[str, Any], expire_at: dt.datetime, generation: str
+    ) -> Callable[[Any], None]: ...
+
+    def abandon(self, claim: KeyClaim, time_left: float | None = None) -> None: ...
+
+    def forget_session(self, session_id: str, owner: str, generation: str | None) -> None: ...

@@ -1,0 +1,380 @@
+"""Conversation histories in SQLite (``HISTORY_BACKEND=sqlite``): ``SqliteHistoryStore``.
+
+The same promises as the Firestore store (``history.py``), kept with SQLite
+transactions on the database of ``sqlite_db.py`` (whose header states the layout, size
+bounds, locking and expiry):
+
+* A turn claims its session first: in one write transaction, read the row, refuse
+  (``SessionBusy`` with the seconds left, or ``SessionTaken`` for another owner's live
+  session), and write a fresh ``claim_token`` with ``claim_until`` (the turn's deadline).
+  The write lock makes two claims strictly ordered, so exactly one wins and the other is
+  refused at once; nobody waits for a turn to finish. A claim lapses at ``claim_until``,
+  so a crashed process never locks a session for good.
+* A turn's items are written in one transaction, together with the session's counts,
+  the claim's release and the caller's ``extra_writes`` (the Idempotency-Key record),
+  only if the row still holds this turn's ``claim_token``: if the claim lapsed and
+  another turn took the session, or it was deleted, nothing is written (``ClaimLost``).
+  A failed run writes nothing and leaves the history exactly as it was. The
+  transaction is local and atomic: it landed or it did not, so ``CommitUnknown`` and
+  ``CommitFailed`` never arise here.
+* Generations: a claim that starts a new life of an id (absent, expired, or a first
+  turn that never committed) gives it a new random ``generation`` and drops the dead
+  life's items in the same transaction; deletes report the generation they removed.
+* The running summary (``summary``, ``summary_items``, ``summary_offset``) and the
+  session's ``token_ratio`` are columns of the session row, written by the turn's
+  commit. A claim loads the whole history (a local read is cheap) and hands the turn
+  the items the summary does not cover, with their byte offsets in the encoded history
+  (``item_ends``, as on Firestore: each item as compact JSON and a newline).
+* Ownership: ``load``, ``claim`` and ``delete`` take the caller's principal, as on
+  Firestore: another owner's live session is absent, cannot be deleted or claimed; an
+  expired one is taken over like an absent one.
+* Expiry: ``expire_at`` slides to now + ``SESSION_TTL_SECONDS`` at every commit; reads
+  treat an expired session as absent, and expired rows are deleted (``purge_expired``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent.base.clock import retry_after
+from agent.store.calls import StoreUnavailable
+from agent.store.history import (
+    MAX_TURN_BYTES,
+    Claim,
+    ClaimLost,
+    Deleted,
+    Deletion,
+    History,
+    Item,
+    SessionBusy,
+    SessionInfo,
+    SessionTaken,
+    Summary,
+    TurnTooLarge,
+    new_generation,
+)
+from agent.store.schema import (
+    BYTES,
+    CLAIM_TOKEN,
+    CLAIM_UNTIL,
+    CREATED_AT,
+    GENERATION,
+    HISTORY_ITEMS,
+    ID,
+    ITEM,
+    ITEMS,
+    OWNER,
+    SEQ,
+    SESSION_ID,
+    SESSIONS,
+    SUMMARY,
+    SUMMARY_ITEMS,
+    SUMMARY_OFFSET,
+    TOKEN_RATIO,
+    TTL_FIELD,
+    TURNS,
+    UPDATED_AT,
+)
+from agent.store.sqlite_db import Database, from_micros, to_micros
+
+_COLUMNS = (
+    *(OWNER, TURNS, ITEMS, BYTES, CLAIM_TOKEN, CLAIM_UNTIL, GENERATION),
+    *(SUMMARY, SUMMARY_ITEMS, SUMMARY_OFFSET, TOKEN_RATIO, CREATED_AT, TTL_FIELD),
+)
+_SELECT_SESSION = f"SELECT {', '.join(_COLUMNS)} FROM {SESSIONS} WHERE {ID} = ?"
+_SELECT_ITEMS = f"SELECT {ITEM} FROM {HISTORY_ITEMS} WHERE {SESSION_ID} = ? ORDER BY {SEQ}"
+_DELETE_ITEMS = f"DELETE FROM {HISTORY_ITEMS} WHERE {SESSION_ID} = ?"
+_MIN_COMMIT_SECONDS = 0.05
+
+
+def _encode(item: Item) -> str:
+    # As history.encode: the byte offsets (item_ends, a summary's offset) match Firestore's.
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+
+
+class _Row:
+    """A session row, its times as datetimes."""
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        named = dict(zip(_COLUMNS, values, strict=True))
+        self.owner: str | None = named[OWNER]
+        self.turns: int = named[TURNS]
+        self.items: int = named[ITEMS]
+        self.bytes: int = named[BYTES]
+        self.claim_token: str | None = named[CLAIM_TOKEN]
+        self.claim_until = None if named[CLAIM_UNTIL] is None else from_micros(named[CLAIM_UNTIL])
+        self.generation: str = named[GENERATION]
+        self.summary = (
+            None
+            if named[SUMMARY] is None
+            else Summary(named[SUMMARY], named[SUMMARY_ITEMS], named[SUMMARY_OFFSET])
+        )
+        self.token_ratio: float = float(named[TOKEN_RATIO] or 1.0)
+        self.created_at = from_micros(named[CREATED_AT])
+        self.expire_at = from_micros(named[TTL_FIELD])
+
+    def live(self, now: dt.datetime) -> bool:
+        return self.turns > 0 and self.expire_at > now
+
+    def owned_by(self, owner: str | None) -> bool:
+        # A row without an owner (library use) belongs to no principal of the service.
+        return owner is None or self.owner == owner
+
+    def held(self, now: dt.datetime) -> bool:
+        return bool(self.claim_token and self.claim_until and self.claim_until > now)
+
+
+class SqliteHistoryStore:
+    """Reads and writes conversation histories in SQLite. Thread-safe; synchronous."""
+
+    def __init__(self, database: Database, *, ttl_seconds: int) -> None:
+        self._db = database
+        self._ttl = dt.timedelta(seconds=ttl_seconds)
+
+    # -- reading -------------------------------------------------------------------
+
+    def load(self, session_id: str, now: dt.datetime, owner: str | None = None) -> History | None:
+        """The live history of a session, or None when absent, expired or (with
+        ``owner``) someone else's. One snapshot."""
+        with self._db.read() as conn:
+            row = _row(conn, session_id)
+            if row is None or not row.live(now) or not row.owned_by(owner):
+                return None
+            items = [json.loads(text) for text in _texts(conn, session_id)]
+        summary = row.summary
+        return History(
+            session_id,
+            items,
+            row.turns,
+            row.expire_at,
+            summary.text if summary else None,
+            summary.items if summary else 0,
+        )
+
+    def info(self, session_id: str, now: dt.datetime) -> SessionInfo | None:
+        """Owner and generation of the live session ``session_id``; None when absent or
+        expired."""
+        with self._db.read() as conn:
+            row = _row(conn, session_id)
+        if row is None or not row.live(now):
+            return None
+        return SessionInfo(row.owner, row.generation)
+
+    def owner_of(self, session_id: str, now: dt.datetime) -> str | None:
+        found = self.info(session_id, now)
+        return found.owner if found else None
+
+    def current_generation(self, session_id: str, now: dt.datetime) -> str | None:
+        """The generation of the id's current life: a live session's, or that of a first
+        turn still holding its claim; None when no life is current."""
+        with self._db.read() as conn:
+            row = _row(conn, session_id)
+        if row is None or not (row.live(now) or row.held(now)):
+            return None
+        return row.generation
+
+    # -- a turn: claim, then commit or release ---------------------------------------
+
+    def claim(
+        self, session_id: str, now: dt.datetime, until: dt.datetime, owner: str | None = None
+    ) -> Claim:
+        """Take the session for one turn until ``until``; raises SessionBusy, and with
+        ``owner`` SessionTaken when someone else's live session has this id."""
+        self._db.purge_expired(now)
+        token = secrets.token_urlsafe(16)
+        with self._db.write() as conn:
+            row = _row(conn, session_id)
+            if row is not None:
+                if not row.owned_by(owner) and (row.live(now) or row.held(now)):
+                    raise SessionTaken("the id names a live session of another principal")
+                if row.held(now):
+                    assert row.claim_until is not None
+                    raise SessionBusy(retry_after(row.claim_until, now))
+            if row is None or not row.live(now):
+                # A new life: a fresh row under a new generation (a dead life's row and
+                # items go now). Until its first commit it expires with its claim.
+                generation = new_generation()
+                if row is not None:
+                    conn.execute(_DELETE_ITEMS, (session_id,))
+                    conn.execute(f"DELETE FROM {SESSIONS} WHERE {ID} = ?", (session_id,))
+                kept_owner = owner if owner is not None or row is None else row.owner
+                conn.execute(
+                    f"INSERT INTO {SESSIONS} ({ID}, {OWNER}, {TURNS}, {ITEMS}, {BYTES},"
+                    f" {CLAIM_TOKEN}, {CLAIM_UNTIL}, {GENERATION}, {CREATED_AT},"
+                    f" {UPDATED_AT}, {TTL_FIELD}) VALUES (:id, :owner, 0, 0, 0, :token,"
+                    " :until, :generation, :now, :now, :until)",
+                    {"id": session_id, "owner": kept_owner, "token": token}
+                    | {"until": to_micros(until), "now": to_micros(now)}
+                    | {"generation": generation},
+                )
+                return Claim(
+                    session_id,
+                    token,
+                    token,
+                    new_session=True,
+                    history=[],
+                    turns=0,
+                    tail=b"",
+                    chunks=0,
+                    stale_chunks=0,
+                    total_bytes=0,
+                    created_at=now,
+                    until=until,
+                    generation=generation,
+                    replaced=row is not None,
+                )
+            conn.execute(
+                f"UPDATE {SESSIONS} SET {CLAIM_TOKEN} = ?, {CLAIM_UNTIL} = ?,"
+                f" {OWNER} = COALESCE(?, {OWNER}), {TTL_FIELD} = MAX({TTL_FIELD}, ?)"
+                f" WHERE {ID} = ?",
+                (token, to_micros(until), owner, to_micros(until), session_id),
+            )
+            texts = _texts(conn, session_id)
+        # The items the summary does not cover, and where each ends in the encoded history.
+        covered = row.summary.items if row.summary else 0
+        position, ends = 0, []
+        for text in texts:
+            position += len(text.encode()) + 1
+            ends.append(position)
+        return Claim(
+            session_id,
+            token,
+            token,
+            new_session=False,
+            history=[json.loads(text) for text in texts[covered:]],
+            turns=row.turns,
+            tail=b"",
+            chunks=0,
+            stale_chunks=0,
+            total_bytes=row.bytes,
+            created_at=row.created_at,
+            until=until,
+            generation=row.generation,
+            summary=row.summary,
+            item_count=row.items,
+            item_ends=tuple(ends[covered:]),
+            token_ratio=row.token_ratio,
+        )
+
+    def commit(
+        self,
+        claim: Claim,
+        new_items: Sequence[Item],
+        now: dt.datetime,
+        *,
+        replace: bool = False,
+        count_turn: bool = True,
+        extra_writes: Callable[[Any, dt.datetime], None] | None = None,
+        time_left: float | None = None,
+        summary: Summary | None = None,
+        token_ratio: float | None = None,
+    ) -> History:
+        """Append ``new_items`` (with ``replace``, make them the whole history) and
+        release the claim, in one transaction, only if the row still holds this claim.
+        Raises ClaimLost (nothing written), TurnTooLarge.
+
+        ``extra_writes(connection, expire_at)`` runs inside that transaction, so its
+        writes land if and only if the turn does (the idempotency record). ``summary``
+        replaces the running summary and ``token_ratio`` the calibration, in the same
+        transaction. ``time_left`` (seconds): with too little left the claim is left to
+        lapse unused, as on Firestore."""
+        encoded = [_encode(item) for item in new_items]
+        added = sum(len(text.encode()) + 1 for text in encoded)  # JSON lines, as on Firestore
+        if added > MAX_TURN_BYTES:
+            raise TurnTooLarge(f"{added} bytes in one turn")
+        if replace and claim.summary is not None:
+            raise ValueError("cannot replace a summarised history")
+        if time_left is not None and time_left < _MIN_COMMIT_SECONDS:
+            raise ClaimLost(claim.session_id)
+        expire_at = now + self._ttl
+        before = claim.item_count or len(claim.history)
+        items = len(new_items) if replace else before + len(new_items)
+        total = added if replace else claim.total_bytes + added
+        turns = claim.turns + (1 if count_turn else 0)
+        kept = summary or claim.summary
+        with self._db.write() as conn:
+            found = conn.execute(
+                f"SELECT {CLAIM_TOKEN}, {GENERATION} FROM {SESSIONS} WHERE {ID} = ?",
+                (claim.session_id,),
+            ).fetchone()
+            if found is None or tuple(found) != (claim.token, claim.generation):
+                raise ClaimLost(claim.session_id)
+            if replace:
+                conn.execute(_DELETE_ITEMS, (claim.session_id,))
+            first = 0 if replace else before
+            conn.executemany(
+                f"INSERT INTO {HISTORY_ITEMS} ({SESSION_ID}, {SEQ}, {ITEM}) VALUES (?, ?, ?)",
+                [(claim.session_id, first + n, text) for n, text in enumerate(encoded)],
+            )
+            conn.execute(
+                f"UPDATE {SESSIONS} SET {TURNS} = :turns, {ITEMS} = :items, {BYTES} = :bytes,"
+                f" {CLAIM_TOKEN} = NULL, {CLAIM_UNTIL} = NULL, {CREATED_AT} = :created,"
+                f" {SUMMARY} = :summary, {SUMMARY_ITEMS} = :summary_items,"
+                f" {SUMMARY_OFFSET} = :summary_offset,"
+                f" {TOKEN_RATIO} = COALESCE(:ratio, {TOKEN_RATIO}),"
+                f" {UPDATED_AT} = :now, {TTL_FIELD} = :expire WHERE {ID} = :id",
+                {"turns": turns, "items": items, "bytes": total}
+                | {"created": to_micros(claim.created_at), "ratio": token_ratio}
+                | {"summary": kept.text if kept else None}
+                | {"summary_items": kept.items if kept else 0}
+                | {"summary_offset": kept.offset if kept else 0}
+                | {"now": to_micros(now), "expire": to_micros(expire_at), "id": claim.session_id},
+            )
+            if extra_writes is not None:
+                extra_writes(conn, expire_at)
+        history = [] if replace else claim.history
+        return History(
+            claim.session_id,
+            [*history, *new_items],
+            turns,
+            expire_at,
+            kept.text if kept else None,
+            kept.items if kept else 0,
+        )
+
+    def release(self, claim: Claim) -> None:
+        """Give the session back after a failed turn; the history stays untouched.
+        Best effort: if this fails too, the claim lapses at its deadline."""
+        ours = f"{ID} = ? AND {CLAIM_TOKEN} = ?"
+        if claim.turns == 0:  # the placeholder row of a new life's first turn goes
+            statement = f"DELETE FROM {SESSIONS} WHERE {ours}"
+        else:
+            statement = (
+                f"UPDATE {SESSIONS} SET {CLAIM_TOKEN} = NULL, {CLAIM_UNTIL} = NULL WHERE {ours}"
+            )
+        with contextlib.suppress(StoreUnavailable, sqlite3.Error), self._db.write() as conn:
+            conn.execute(statement, (claim.session_id, claim.token))
+
+    # -- deleting ----------------------------------------------------------------
+
+    def delete(self, session_id: str, now: dt.datetime, owner: str | None = None) -> Deleted:
+        """Delete a session and its items (an expired one's too), unless ``owner`` is
+        given and someone else owns it. Raises SessionBusy while a turn holds it."""
+        with self._db.write() as conn:
+            row = _row(conn, session_id)
+            if row is None:
+                return Deleted(Deletion.ABSENT)
+            if not row.owned_by(owner):
+                return Deleted(Deletion.NOT_YOURS)
+            if row.held(now):
+                assert row.claim_until is not None
+                raise SessionBusy(retry_after(row.claim_until, now))
+            conn.execute(_DELETE_ITEMS, (session_id,))
+            conn.execute(f"DELETE FROM {SESSIONS} WHERE {ID} = ?", (session_id,))
+        outcome = Deletion.DELETED if row.live(now) else Deletion.ABSENT
+        return Deleted(outcome, row.generation)
+
+
+def _row(conn: sqlite3.Connection, session_id: str) -> _Row | None:
+    found = conn.execute(_SELECT_SESSION, (session_id,)).fetchone()
+    return None if found is None else _Row(tuple(found))
+
+
+def _texts(conn: sqlite3.Connection, session_id: str) -> list[str]:
+    return [text for (text,) in conn.execute(_SELECT_ITEMS, (session_id,))]

@@ -1,0 +1,185 @@
+"""What only the SQLite store has to prove (its shared promises are
+``test_store_contract.py``'s): two processes on one file lose no turn and never both
+win a claim, expired rows are deleted, a database another process keeps locked is a
+503 within the timeout, ``:memory:`` works, and the deployed function refuses it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from agent.base.clock import utc_now
+from agent.base.settings import Settings, SettingsError
+from agent.store.calls import StoreUnavailable
+from agent.store.history import SessionBusy
+from agent.store.schema import HISTORY_ITEMS, IDEMPOTENCY, SESSIONS
+from agent.store.sqlite_db import Database
+from agent.store.sqlite_history import SqliteHistoryStore
+from agent.store.sqlite_idempotency import SqliteIdempotencyStore
+from tests.support.constants import REPO_ROOT
+from tests.support.openapi_contract import assert_conforms
+
+SECOND = dt.timedelta(seconds=1)
+
+# One process's share of the work: TURNS turns on the shared session, each holding its
+# claim a few milliseconds (a turn's run) and retried while the other process holds it.
+# Prints the claims it lost to the other, and when its turns began and ended.
+WORKER = """
+import datetime, sys, time
+from agent.base.clock import utc_now
+from agent.store.history import SessionBusy
+from agent.store.sqlite_db import Database
+from agent.store.sqlite_history import SqliteHistoryStore
+store = SqliteHistoryStore(Database(sys.argv[1], timeout_seconds=5), ttl_seconds=600)
+time.sleep(max(0.0, float(sys.argv[4]) - time.time()))  # both start together
+busy, began = 0, time.time()
+for n in range(int(sys.argv[3])):
+    while True:
+        now = utc_now()
+        try:
+            claim = store.claim("shared", now, now + datetime.timedelta(seconds=5))
+        except SessionBusy:
+            busy += 1
+            time.sleep(0.001)
+            continue
+        time.sleep(0.003)
+        store.commit(claim, [{"role": "user", "content": f"{sys.argv[2]}-{n}"}], utc_now())
+        break
+print(busy, began, time.time())
+"""
+
+
+def test_two_processes_on_one_file_lose_no_turn(tmp_path: Path) -> None:
+    path, turns = str(tmp_path / "shared.sqlite3"), 150
+    Database(path, timeout_seconds=5).close()  # the tables exist before the race
+    start_at = time.time() + 3  # after both have imported
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, path, name, str(turns), str(start_at)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    reports = [w.communicate(timeout=120)[0].split() for w in workers]
+    assert [w.returncode for w in workers] == [0, 0]
+    history = SqliteHistoryStore(Database(path, timeout_seconds=5), ttl_seconds=600).load(
+        "shared", utc_now()
+    )
+    assert history is not None and history.turns == 2 * turns
+    for name in ("a", "b"):  # none lost, duplicated or reordered
+        mine = [i["content"] for i in history.items if i["content"].startswith(name)]
+        assert mine == [f"{name}-{n}" for n in range(turns)]
+    # A commit by a process whose claim was not its own would have raised ClaimLost and
+    # failed the worker. Where the two ran side by side, they did refuse each other.
+    (busy_a, began_a, ended_a), (busy_b, began_b, ended_b) = (map(float, r) for r in reports)
+    if min(ended_a, ended_b) - max(began_a, began_b) > 0.5:
+        assert busy_a + busy_b > 0
+
+
+def test_expired_rows_are_deleted(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.sqlite3")
+    database = Database(path, timeout_seconds=3)
+    history = SqliteHistoryStore(database, ttl_seconds=1)
+    keys = SqliteIdempotencyStore(database, ttl_seconds=1)
+    now = utc_now()
+    for session_id in ("old", "held"):
+        history.commit(history.claim(session_id, now, now + SECOND), [{"content": "x"}], now)
+    keys.begin("p", "k", "fp", "old", now + SECOND)
+    later = now + 3 * SECOND
+    # Expired, but a turn runs on it: a new life, whose claim dropped the old items.
+    history.claim("held", later, later + 10 * SECOND)
+    database._next_purge = 0.0  # the next claim purges (once a minute otherwise)
+    history.claim("new", later, later + 10 * SECOND)
+    with sqlite3.connect(path) as conn:
+        sessions = {row[0] for row in conn.execute(f"SELECT id FROM {SESSIONS}")}
+        items = {row[0] for row in conn.execute(f"SELECT session_id FROM {HISTORY_ITEMS}")}
+        records = conn.execute(f"SELECT count(*) FROM {IDEMPOTENCY}").fetchone()[0]
+    assert sessions == {"held", "new"} and items == set() and records == 0
+
+
+def test_a_database_locked_by_another_process_is_unavailable_within_the_timeout(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "h.sqlite3")
+    history = SqliteHistoryStore(Database(path, timeout_seconds=1), ttl_seconds=60)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # as another process stuck mid-write would
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            history.claim("s", utc_now(), utc_now() + SECOND)
+        assert time.monotonic() - started < 3
+    finally:
+        other.execute("ROLLBACK")
+    history.claim("s", utc_now(), utc_now() + SECOND)  # and it recovers
+
+
+def test_a_locked_database_is_503_over_the_api(
+    make_client: Callable[..., FlaskClient], tmp_path: Path
+) -> None:
+    path = str(tmp_path / "locked.sqlite3")
+    client = make_client(history_backend="sqlite", sqlite_path=path, firestore_timeout_seconds=1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        for method, route, body in (
+            ("POST", "/chat", {"message": "hi", "session_id": "x"}),
+            ("DELETE", "/sessions/x", None),
+        ):
+            started = time.monotonic()
+            response = client.open(route, method=method, json=body)
+            assert response.status_code == 503, response.get_json()
+            assert response.get_json()["error"]["code"] == "storage_unavailable"
+            assert time.monotonic() - started < 4
+            assert_conforms(method, route, 503, response.get_json(), response.headers)
+    finally:
+        other.execute("ROLLBACK")
+    assert client.post("/chat", json={"message": "hi", "session_id": "x"}).status_code == 200
+
+
+def test_memory_database_works_across_threads() -> None:
+    history = SqliteHistoryStore(Database(":memory:", timeout_seconds=3), ttl_seconds=60)
+    now = utc_now()
+    claim = history.claim("m", now, now + SECOND)
+    with pytest.raises(SessionBusy):
+        history.claim("m", now, now + SECOND)
+    history.commit(claim, [{"content": "kept"}], now)
+    loaded = history.load("m", now)
+    assert loaded is not None and loaded.items == [{"content": "kept"}]
+
+
+def test_wal_mode_and_busy_timeout_are_set(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.sqlite3")
+    Database(path, timeout_seconds=2).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_deployed_function_refuses_sqlite() -> None:
+    with pytest.raises(SettingsError, match="HISTORY_BACKEND=sqlite refused"):
+        Settings.from_env({"HISTORY_BACKEND": "sqlite", "K_SERVICE": "agent"})
+    with pytest.raises(SettingsError, match="HISTORY_BACKEND must be"):
+        Settings.from_env({"HISTORY_BACKEND": "postgres"})
+    assert Settings.from_env({}).history_backend == "firestore"
+
+
+def test_a_file_of_another_schema_version_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:  # the tables of version 1: no generation column
+        conn.execute("CREATE TABLE agent_sessions (id TEXT PRIMARY KEY)")
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version 0, this code needs 2"):
+        Database(str(path), timeout_seconds=3)
+    fresh = Database(str(tmp_path / "new.sqlite3"), timeout_seconds=3)
+    fresh.close()
+    Database(str(tmp_path / "new.sqlite3"), timeout_seconds=3).close()  # its own version: fine

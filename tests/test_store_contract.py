@@ -1,0 +1,302 @@
+"""The store's interface (``agent/store/backend.py``), one contract for both backends:
+Firestore on the real emulator (skipped where it is not installed) and SQLite (always).
+
+Each test gets a fresh store of each kind and checks a promise the turn and the routes
+rely on: claims refuse concurrent turns at once and lapse at their deadline, a commit is
+all or nothing and conditioned on its claim, expired sessions read as absent, owners,
+deletion, and the Idempotency-Key records that ride in the turn's commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.base import errors
+from agent.base.clock import utc_now
+from agent.store.backend import HistoryBackend, IdempotencyBackend
+from agent.store.history import (
+    MAX_TURN_BYTES,
+    ClaimLost,
+    Deleted,
+    Deletion,
+    SessionBusy,
+    SessionInfo,
+    SessionTaken,
+    Summary,
+    TurnTooLarge,
+    encode,
+)
+from agent.store.idempotency_records import KeyClaim, StoredResponse
+
+TTL = 60
+SECOND = dt.timedelta(seconds=1)
+
+
+@dataclass
+class Stores:
+    history: HistoryBackend
+    keys: IdempotencyBackend
+
+
+@pytest.fixture(params=["firestore", "sqlite"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
+    if request.param == "firestore":
+        from google.cloud import firestore as fs
+
+        from agent.store.history import HistoryStore
+        from agent.store.idempotency_records import IdempotencyStore
+
+        request.getfixturevalue("firestore")  # the emulator, wiped; skips where absent
+        client = fs.Client()
+        yield Stores(
+            HistoryStore(client, ttl_seconds=TTL, timeout_seconds=3),
+            IdempotencyStore(client, ttl_seconds=TTL, timeout_seconds=3),
+        )
+        return
+    from agent.store.sqlite_db import Database
+    from agent.store.sqlite_history import SqliteHistoryStore
+    from agent.store.sqlite_idempotency import SqliteIdempotencyStore
+
+    database = Database(str(tmp_path / "history.sqlite3"), timeout_seconds=3)
+    yield Stores(
+        SqliteHistoryStore(database, ttl_seconds=TTL),
+        SqliteIdempotencyStore(database, ttl_seconds=TTL),
+    )
+    database.close()
+
+
+def item(text: str, role: str = "user") -> dict[str, Any]:
+    return {"role": role, "content": text}
+
+
+def turn(
+    store: HistoryBackend,
+    session_id: str,
+    *texts: str,
+    now: dt.datetime | None = None,
+    owner: str | None = None,
+) -> None:
+    now = now or utc_now()
+    claim = store.claim(session_id, now, now + 10 * SECOND, owner)
+    store.commit(claim, [item(t) for t in texts], now)
+
+
+def test_a_turn_is_claimed_committed_and_read_back(stores: Stores) -> None:
+    now = utc_now()
+    claim = stores.history.claim("s", now, now + 10 * SECOND)
+    assert claim.new_session and claim.history == [] and claim.turns == 0
+    assert stores.history.load("s", now) is None  # claimed, nothing committed: absent
+    history = stores.history.commit(claim, [item("a"), item("b", "assistant")], now)
+    assert history.turns == 1 and history.expire_at == now + TTL * SECOND
+    turn(stores.history, "s", "c", now=now + SECOND)
+    loaded = stores.history.load("s", now + 2 * SECOND)
+    assert loaded is not None and loaded.turns == 2
+    assert [i["content"] for i in loaded.items] == ["a", "b", "c"]
+    assert loaded.expire_at == now + SECOND + TTL * SECOND  # slid by the last turn
+
+
+def test_a_held_session_is_refused_at_once_and_a_lapsed_claim_is_taken(stores: Stores) -> None:
+    # In the past: a commit whose claim lapsed by the real clock is lost (Firestore
+    # finds out a refused commit's outcome by the real clock).
+    now = utc_now() - 20 * SECOND
+    turn(stores.history, "s", "first", now=now)
+    first = stores.history.claim("s", now, now + 5 * SECOND)
+    with pytest.raises(SessionBusy) as busy:
+        stores.history.claim("s", now + SECOND, now + 10 * SECOND)
+    assert 1 <= busy.value.retry_after <= 5
+    with pytest.raises(SessionBusy):
+        stores.history.delete("s", now + SECOND)
+    later = now + 6 * SECOND  # the first claim has lapsed
+    second = stores.history.claim("s", later, later + 5 * SECOND)
+    with pytest.raises(ClaimLost):  # a turn whose claim was taken writes nothing
+        stores.history.commit(first, [item("lost")], later)
+    stores.history.commit(second, [item("kept")], later)
+    loaded = stores.history.load("s", later)
+    assert loaded is not None and [i["content"] for i in loaded.items] == ["first", "kept"]
+
+
+def test_racing_claims_exactly_one_wins(stores: Stores) -> None:
+    now = utc_now()
+    start = threading.Barrier(6)
+
+    def race(_: int) -> str:
+        start.wait()
+        try:
+            stores.history.claim("race", now, now + 10 * SECOND)
+        except SessionBusy:
+            return "busy"
+        return "won"
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = sorted(pool.map(race, range(6)))
+    assert outcomes == ["busy"] * 5 + ["won"]
+
+
+def test_a_commit_is_all_or_nothing(stores: Stores) -> None:
+    now = utc_now()
+    turn(stores.history, "s", "before", now=now)
+    claim = stores.history.claim("s", now, now + 10 * SECOND)
+
+    def fail(batch: Any, expire_at: dt.datetime) -> None:
+        raise RuntimeError("the caller's own write failed")
+
+    with pytest.raises(RuntimeError):
+        stores.history.commit(claim, [item("never")], now, extra_writes=fail)
+    stores.history.release(claim)
+    loaded = stores.history.load("s", now)
+    assert loaded is not None and [i["content"] for i in loaded.items] == ["before"]
+    with pytest.raises(TurnTooLarge):
+        claim = stores.history.claim("s", now, now + 10 * SECOND)
+        stores.history.commit(claim, [item("x" * MAX_TURN_BYTES)], now)
+    stores.history.release(claim)
+    turn(stores.history, "s", "after", now=now)  # released: the next turn runs
+
+
+def test_a_released_first_turn_leaves_nothing(stores: Stores) -> None:
+    now = utc_now()
+    stores.history.release(stores.history.claim("s", now, now + 10 * SECOND))
+    assert stores.history.load("s", now) is None
+    assert stores.history.delete("s", now).outcome is Deletion.ABSENT
+    assert stores.history.claim("s", now, now + 10 * SECOND).new_session
+
+
+def test_expired_sessions_read_as_absent_and_restart_empty(stores: Stores) -> None:
+    now = utc_now()
+    turn(stores.history, "s", "old", now=now, owner="alice")
+    later = now + (TTL + 1) * SECOND
+    assert stores.history.load("s", later) is None
+    assert stores.history.owner_of("s", later) is None
+    claim = stores.history.claim("s", later, later + 10 * SECOND, "bob")  # taken over
+    assert claim.new_session and claim.history == []
+    stores.history.commit(claim, [item("new")], later)
+    loaded = stores.history.load("s", later, "bob")
+    assert loaded is not None and [i["content"] for i in loaded.items] == ["new"]
+    assert loaded.turns == 1
+
+
+def test_owners(stores: Stores) -> None:
+    now = utc_now()
+    turn(stores.history, "s", "mine", now=now, owner="alice")
+    assert stores.history.owner_of("s", now) == "alice"
+    assert stores.history.load("s", now, "bob") is None
+    assert stores.history.load("s", now, "alice") is not None
+    with pytest.raises(SessionTaken):
+        stores.history.claim("s", now, now + 10 * SECOND, "bob")
+    assert stores.history.delete("s", now, "bob").outcome is Deletion.NOT_YOURS
+    generation = stores.history.current_generation("s", now)
+    assert generation is not None
+    assert stores.history.info("s", now) == SessionInfo("alice", generation)
+    assert stores.history.delete("s", now, "alice") == Deleted(Deletion.DELETED, generation)
+    assert stores.history.load("s", now, "alice") is None
+    assert stores.history.info("s", now) is None
+    assert stores.history.delete("s", now, "alice") == Deleted(Deletion.ABSENT)
+
+
+def test_replace_rewrites_the_whole_history(stores: Stores) -> None:
+    now = utc_now()
+    turn(stores.history, "s", "a", "b", now=now)
+    claim = stores.history.claim("s", now, now + 10 * SECOND)
+    stores.history.commit(claim, [item("only")], now, replace=True, count_turn=False)
+    loaded = stores.history.load("s", now)
+    assert loaded is not None and [i["content"] for i in loaded.items] == ["only"]
+    assert loaded.turns == 1
+
+
+def test_idempotency_records(stores: Stores) -> None:
+    keys, now = stores.keys, utc_now()
+    until = now + 10 * SECOND
+    first = keys.begin("alice", "k", "fp", "s", until)
+    assert isinstance(first, KeyClaim) and first.session_id == "s"
+    with pytest.raises(errors.ApiError) as running:
+        keys.begin("alice", "k", "fp", "other", until)
+    assert running.value.code == "idempotency_key_in_progress"
+    with pytest.raises(errors.ApiError) as reused:
+        keys.begin("alice", "k", "another body", "s", until)
+    assert reused.value.code == "idempotency_key_reused"
+    assert isinstance(keys.begin("bob", "k", "fp", "s2", until), KeyClaim)  # per principal
+    claim = stores.history.claim("s", now, until, "alice")
+    response = {"session_id": "s", "reply": "hi"}
+    done = keys.completion(first, response, now + TTL * SECOND, claim.generation)
+    stores.history.commit(claim, [item("hi")], now, extra_writes=lambda batch, _: done(batch))
+    replay = keys.begin("alice", "k", "fp", "ignored", until)
+    assert isinstance(replay, StoredResponse) and replay.response == response
+    keys.forget_session("s", "alice", "another life")  # not this life's: kept
+    assert isinstance(keys.begin("alice", "k", "fp", "ignored", until), StoredResponse)
+    keys.forget_session("s", "alice", claim.generation)
+    assert isinstance(keys.begin("alice", "k", "fp", "s", until), KeyClaim)  # forgotten
+
+
+def test_an_abandoned_or_lapsed_key_runs_again(stores: Stores) -> None:
+    keys, now = stores.keys, utc_now()
+    first = keys.begin("alice", "k", "fp", "s", now + 10 * SECOND)
+    assert isinstance(first, KeyClaim)
+    keys.abandon(first)
+    again = keys.begin("alice", "k", "fp", "s-new", utc_now() + SECOND)
+    assert isinstance(again, KeyClaim) and again.session_id == "s-new"
+    time.sleep(1.1)  # its turn's claim lapsed without a commit (a dead instance)
+    taken = keys.begin("alice", "k", "fp", "ignored", utc_now() + 10 * SECOND)
+    assert isinstance(taken, KeyClaim) and taken.session_id == "s-new"  # the same session
+    # The lapsed holder's completion must not land: its turn's commit fails whole.
+    claim = stores.history.claim("s-new", utc_now(), utc_now() + 10 * SECOND, "alice")
+    stale = keys.completion(again, {"reply": "late"}, utc_now() + TTL * SECOND, claim.generation)
+    with pytest.raises(ClaimLost):
+        stores.history.commit(
+            claim, [item("late")], utc_now(), extra_writes=lambda batch, _: stale(batch)
+        )
+    stores.history.release(claim)
+    assert stores.history.load("s-new", utc_now()) is None
+
+
+def test_each_life_of_an_id_has_its_own_generation(stores: Stores) -> None:
+    now = utc_now()
+    first = stores.history.claim("s", now, now + 10 * SECOND, "alice")
+    assert stores.history.current_generation("s", now) == first.generation  # held
+    assert stores.history.info("s", now) is None  # nothing committed: not live
+    stores.history.commit(first, [item("a")], now)
+    second = stores.history.claim("s", now, now + 10 * SECOND, "alice")
+    assert second.generation == first.generation and not second.replaced
+    stores.history.release(second)
+    later = now + (TTL + 1) * SECOND  # expired: the next claim starts a new life
+    assert stores.history.current_generation("s", later) is None
+    third = stores.history.claim("s", later, later + 10 * SECOND, "alice")
+    assert third.replaced and third.new_session and third.generation != first.generation
+    stores.history.commit(third, [item("b")], later)
+    deleted = stores.history.delete("s", later, "alice")
+    assert deleted == Deleted(Deletion.DELETED, third.generation)
+    assert stores.history.current_generation("s", later) is None
+
+
+def test_a_summary_and_the_token_ratio_are_stored_with_the_turn(stores: Stores) -> None:
+    now = utc_now()
+    texts = ["one", "two", "three", "four"]
+    turn(stores.history, "s", *texts, now=now)
+    claim = stores.history.claim("s", now, now + 10 * SECOND)
+    assert claim.summary is None and claim.token_ratio == 1.0 and claim.item_count == 4
+    ends = [len(encode([item(t) for t in texts[: n + 1]])) for n in range(4)]
+    assert list(claim.item_ends) == ends
+    summary = Summary("one and two", 2, ends[1])
+    stored = stores.history.commit(claim, [item("five")], now, summary=summary, token_ratio=1.25)
+    assert stored.summary == "one and two" and stored.summary_items == 2
+    loaded = stores.history.load("s", now)
+    assert loaded is not None and loaded.summary == "one and two" and loaded.summary_items == 2
+    assert [i["content"] for i in loaded.items] == [*texts, "five"]  # all items kept
+    claim = stores.history.claim("s", now, now + 10 * SECOND)
+    assert claim.summary == summary and claim.token_ratio == 1.25 and claim.item_count == 5
+    assert [i["content"] for i in claim.history] == ["three", "four", "five"]
+    all_ends = [len(encode([item(t) for t in [*texts, "five"][: n + 1]])) for n in range(5)]
+    assert list(claim.item_ends) == all_ends[2:]
+    with pytest.raises(ValueError):
+        stores.history.commit(claim, [item("x")], now, replace=True)
+    stores.history.commit(claim, [item("six")], now)  # no new summary: the old one stays
+    claim = stores.history.claim("s", now, now + 10 * SECOND)
+    assert claim.summary == summary and claim.token_ratio == 1.25 and claim.item_count == 6
+    stores.history.release(claim)
