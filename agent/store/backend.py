@@ -11,10 +11,12 @@ Both keep the same promises, checked by one contract test suite run against each
 at the turn's deadline; expired sessions read as absent; a live session of another owner
 is absent to everyone else (``SessionTaken`` on claim); each life of an id has its own
 ``generation`` (deletes report the one they removed); a running summary and the token
-calibration are stored with the history; an Idempotency-Key's record is marked done,
-with the turn's generation, in the turn's own commit (``extra_writes``). The data types
-and errors are the Firestore module's (``History``, ``Claim``, ``Deleted``,
-``SessionBusy``, ...), shared as they are.
+calibration are stored with the history; so is a run paused for approval, which
+blocks other turns until a claim naming it resumes it (``paused_runs.py``); an
+approved tool call is recorded before it runs, once (``tool_runs.py``); an
+Idempotency-Key's record is marked done, with the turn's generation, in the turn's own
+commit (``extra_writes``). The data types and errors are the Firestore module's
+(``History``, ``Claim``, ``Deleted``, ``SessionBusy``, ...), shared as they are.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any, Protocol
 
 from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary
 from agent.store.idempotency_records import KeyClaim, StoredResponse
+from agent.store.paused_runs import Decision, PausedRun
+from agent.store.tool_runs import EarlierRun
 
 
 class HistoryBackend(Protocol):
@@ -40,8 +44,18 @@ class HistoryBackend(Protocol):
 
     def current_generation(self, session_id: str, now: dt.datetime) -> str | None: ...
 
+    def paused_run(
+        self, session_id: str, now: dt.datetime, owner: str | None = None
+    ) -> PausedRun | None: ...
+
     def claim(
-        self, session_id: str, now: dt.datetime, until: dt.datetime, owner: str | None = None
+        self,
+        session_id: str,
+        now: dt.datetime,
+        until: dt.datetime,
+        owner: str | None = None,
+        *,
+        resume: str | None = None,
     ) -> Claim: ...
 
     def commit(
@@ -56,6 +70,8 @@ class HistoryBackend(Protocol):
         time_left: float | None = None,
         summary: Summary | None = None,
         token_ratio: float | None = None,
+        paused: PausedRun | None = None,
+        decisions: Sequence[Decision] = (),
     ) -> History:
         """``extra_writes(batch, expire_at)`` joins the commit: ``batch`` is whatever the
         backend commits with, and only the same backend's IdempotencyBackend writes to it.
@@ -82,3 +98,13 @@ class IdempotencyBackend(Protocol):
     def abandon(self, claim: KeyClaim, time_left: float | None = None) -> None: ...
 
     def forget_session(self, session_id: str, owner: str, generation: str | None) -> None: ...
+
+
+class ToolRunBackend(Protocol):
+    """The at-most-once guard of approved tool calls (``tool_runs.py``)."""
+
+    def start(
+        self, session_id: str, generation: str, call_id: str, now: dt.datetime
+    ) -> EarlierRun | None: ...
+
+    def finish(self, session_id: str, generation: str, call_id: str, output: str) -> None: ...

@@ -25,11 +25,17 @@ names and document shapes: ``schema.py``)::
                                 not cover
         token_ratio  float      the provider's token counts over our estimate, calibrated
                                 turn by turn
+        paused       map|null   a run waiting for a person's approval: the pending calls and
+                                the SDK's run state (``paused_runs.py`` has its bounds)
+        approvals    array      the last approval decisions (who, when, which call, why)
         created_at, updated_at  Timestamp
         expire_at    Timestamp  TTL field
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
         data         bytes      exactly CHUNK_BYTES of the encoded history
         expire_at    Timestamp  TTL field, kept equal to the session's
+    agent_sessions/{doc_id}/agent_tool_runs/{generation}~{call_id}
+                                                     one approved tool call's run, written
+                                                     by store/tool_runs.py
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key's record,
                                                      written by store/idempotency_records.py
                                                      (its header has the fields)
@@ -113,7 +119,18 @@ from google.cloud import firestore
 from agent.base import tracing
 from agent.base.clock import retry_after, utc_now
 from agent.store.calls import OUTAGE, bounded_retry, outage_as_unavailable
+from agent.store.paused_runs import (
+    Decision,
+    PauseChanged,
+    PausedRun,
+    PendingCall,
+    RunPaused,
+    logged,
+    paused_fields,
+    paused_from,
+)
 from agent.store.schema import (
+    APPROVALS,
     BYTES,
     CHUNK_COUNT,
     CHUNKS,
@@ -125,12 +142,19 @@ from agent.store.schema import (
     ITEMS,
     LAST_COMMIT,
     OWNER,
+    PAUSE_ATTEMPTS,
+    PAUSE_FINGERPRINT,
+    PAUSE_ID,
+    PAUSE_PENDING,
+    PAUSED,
+    PAUSED_AT,
     SESSIONS,
     SUMMARY,
     SUMMARY_ITEMS,
     SUMMARY_OFFSET,
     TAIL,
     TOKEN_RATIO,
+    TOOL_RUNS,
     TTL_FIELD,
     TURNS,
     UPDATED_AT,
@@ -216,6 +240,10 @@ class History:
     summary: str | None = None
     summary_items: int = 0
     """How many leading items ``summary`` covers (they are still in ``items``)."""
+    pending: tuple[PendingCall, ...] = ()
+    """Tool calls of a paused run waiting for approval."""
+    approvals: tuple[Decision, ...] = ()
+    """The last approval decisions, oldest first."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +293,9 @@ class Claim:
     item_ends: tuple[int, ...] = ()
     """Byte offset, in the whole encoded history, just past each item of ``history``."""
     token_ratio: float = 1.0
+    paused: PausedRun | None = None
+    """The paused run this claim resumes (``claim(resume=...)``), with its state."""
+    approvals: tuple[Decision, ...] = ()
 
 
 def doc_id(session_id: str) -> str:
@@ -326,6 +357,7 @@ class HistoryStore:
                 return None
             stream = self._read_chunks(session_id, data[CHUNK_COUNT], snap.read_time)
         summary = _summary_of(data)
+        paused = paused_from(data.get(PAUSED))
         return History(
             session_id,
             decode(stream + bytes(data[TAIL])),
@@ -333,7 +365,27 @@ class HistoryStore:
             data[TTL_FIELD],
             summary.text if summary else None,
             summary.items if summary else 0,
+            paused.pending if paused else (),
+            tuple(data.get(APPROVALS) or ()),
         )
+
+    def paused_run(
+        self, session_id: str, now: dt.datetime, owner: str | None = None
+    ) -> PausedRun | None:
+        """The live session's paused run, without its state (None: the session is absent,
+        someone else's, or not paused). What an approval checks before it claims."""
+        fields = [OWNER, TURNS, TTL_FIELD] + [
+            f"{PAUSED}.{name}"
+            for name in (PAUSE_ID, PAUSE_PENDING, PAUSE_FINGERPRINT, PAUSED_AT, PAUSE_ATTEMPTS)
+        ]
+        with outage_as_unavailable():
+            snap = self._session_ref(session_id).get(
+                fields, retry=self._retry, timeout=self._timeout
+            )
+            data = snap.to_dict() if snap.exists else None
+        if data is None or not _is_live(data, now) or not _owned_by(data, owner):
+            return None
+        return paused_from(data.get(PAUSED))
 
     def info(self, session_id: str, now: dt.datetime) -> SessionInfo | None:
         """Owner and generation of the live session ``session_id``; None when absent or
@@ -375,17 +427,25 @@ class HistoryStore:
     # -- a turn: claim, then commit or release ---------------------------------------
 
     def claim(
-        self, session_id: str, now: dt.datetime, until: dt.datetime, owner: str | None = None
+        self,
+        session_id: str,
+        now: dt.datetime,
+        until: dt.datetime,
+        owner: str | None = None,
+        *,
+        resume: str | None = None,
     ) -> Claim:
         """Take the session for one turn until ``until``; raises SessionBusy, and with
-        ``owner`` SessionTaken when someone else's live session has this id."""
+        ``owner`` SessionTaken when someone else's live session has this id. A paused
+        session is taken only by ``resume`` naming its paused run (else RunPaused), and
+        ``resume`` naming any other is PauseChanged (``paused_runs.py``)."""
         ref = self._session_ref(session_id)
         token = secrets.token_urlsafe(16)
         with outage_as_unavailable():
             for _ in range(_ATTEMPTS):
                 snap = ref.get(retry=self._retry, timeout=self._timeout)
                 try:
-                    return self._claim(session_id, ref, snap, token, now, until, owner)
+                    return self._claim(session_id, ref, snap, token, now, until, owner, resume)
                 except (gexc.AlreadyExists, gexc.Conflict, *_REFUSED):
                     # The document changed since we read it: another claim won (the next
                     # read says busy), or a delete or a first turn's release removed it.
@@ -401,6 +461,7 @@ class HistoryStore:
         now: dt.datetime,
         until: dt.datetime,
         owner: str | None,
+        resume: str | None,
     ) -> Claim:
         data: dict[str, Any] | None = snap.to_dict() if snap.exists else None
         hold: dict[str, Any] = {CLAIM_TOKEN: token, CLAIM_UNTIL: until}
@@ -411,6 +472,11 @@ class HistoryStore:
         if data is not None:
             _raise_if_taken(data, now, owner)
             _raise_if_held(data, now)
+        paused = paused_from(data.get(PAUSED)) if data is not None and live else None
+        _check_pause(paused, resume)
+        if resume is not None:
+            # Counted in the claim's own write: a later resume knows this one began.
+            hold[f"{PAUSED}.{PAUSE_ATTEMPTS}"] = firestore.Increment(1)
         if data is None:
             generation = new_generation()
             batch.create(ref, _empty_session(now, until, 0) | hold | {GENERATION: generation})
@@ -484,6 +550,8 @@ class HistoryStore:
             item_count=int(data.get(ITEMS, len(items))),
             item_ends=ends,
             token_ratio=float(data.get(TOKEN_RATIO) or 1.0),
+            paused=paused,
+            approvals=tuple(data.get(APPROVALS) or ()),
         )
 
     def commit(
@@ -498,6 +566,8 @@ class HistoryStore:
         time_left: float | None = None,
         summary: Summary | None = None,
         token_ratio: float | None = None,
+        paused: PausedRun | None = None,
+        decisions: Sequence[Decision] = (),
     ) -> History:
         """Append ``new_items`` (or, with ``replace``, make them the whole history)
         and release the claim, in one atomic commit.
@@ -508,7 +578,9 @@ class HistoryStore:
         finding out whether it landed; without it each call gets the store's timeout.
         ``summary`` replaces the running summary in the same commit (a summary covers
         only stored items, so it lands with them or not at all); ``token_ratio`` updates
-        the session's calibration.
+        the session's calibration. ``paused`` is the run the turn paused (None: the
+        session has none after this commit, so a resumed run's state goes with it);
+        ``decisions`` join the decision log.
 
         Returns when the turn is stored, also when the reply was lost but the turn
         landed. Raises ClaimLost (the claim had lapsed; nothing written),
@@ -555,6 +627,8 @@ class HistoryStore:
             CREATED_AT: claim.created_at,
             **_summary_fields(summary or claim.summary),
             **({TOKEN_RATIO: token_ratio} if token_ratio is not None else {}),
+            PAUSED: paused_fields(paused) if paused is not None else None,
+            **({APPROVALS: logged(claim.approvals, decisions)} if decisions else {}),
             UPDATED_AT: now,
             TTL_FIELD: expire_at,
         }
@@ -570,6 +644,8 @@ class HistoryStore:
             expire_at,
             kept.text if kept else None,
             kept.items if kept else 0,
+            paused.pending if paused else (),
+            tuple(logged(claim.approvals, decisions)),
         )
         # Half of the time left for the commit, half for finding out its outcome.
         ends = time.monotonic() + (time_left if time_left is not None else 3 * self._timeout)
@@ -670,6 +746,10 @@ class HistoryStore:
                 batch = self._client.batch()
                 for index in range(data.get(CHUNK_COUNT, 0)):
                     batch.delete(self._chunk_ref(session_id, index))
+                for run in ref.collection(TOOL_RUNS).list_documents(
+                    retry=self._retry, timeout=self._timeout
+                ):
+                    batch.delete(run)
                 batch.delete(ref, option=self._precondition(snap.update_time))
                 try:
                     batch.commit(retry=self._retry, timeout=self._timeout)
@@ -716,6 +796,13 @@ class HistoryStore:
                 raise RuntimeError(f"chunk {ref.id} of a session missing at its read time")
             parts.append(bytes((snap.to_dict() or {})[DATA]))
         return b"".join(parts)
+
+
+def _check_pause(paused: PausedRun | None, resume: str | None) -> None:
+    if paused is not None and resume is None:
+        raise RunPaused([call.call_id for call in paused.pending])
+    if resume is not None and (paused is None or paused.pause_id != resume):
+        raise PauseChanged("the paused run is no longer the session's")
 
 
 def _summary_of(data: dict[str, Any]) -> Summary | None:

@@ -11,9 +11,13 @@ Layout::
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
                                                      sealed parts of its history (ChunkDoc)
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key (KeyDoc)
+    agent_sessions/{doc_id}/agent_tool_runs/{generation}~{call_id}
+                                                     one approved tool call (ToolRunDoc)
 
 ``store/history.py`` states the size bounds and consistency guarantees of the first
-two, ``store/idempotency_records.py`` those of the third.
+two, ``store/idempotency_records.py`` those of the third, ``store/paused_runs.py`` those
+of a paused run (a field of the session document) and ``store/tool_runs.py`` those of
+the last.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any, Final, NotRequired, TypedDict
 SESSIONS: Final = "agent_sessions"
 CHUNKS: Final = "agent_history_chunks"
 IDEMPOTENCY: Final = "agent_idempotency"
-COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY)
+TOOL_RUNS: Final = "agent_tool_runs"
+COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY, TOOL_RUNS)
 """Every collection group the service writes; each needs a TTL policy on TTL_FIELD."""
 
 TTL_FIELD: Final = "expire_at"
@@ -52,9 +57,25 @@ TOKEN_RATIO: Final = "token_ratio"
 commit reply was lost finds out whether it landed."""
 CREATED_AT: Final = "created_at"
 UPDATED_AT: Final = "updated_at"
+PAUSED: Final = "paused"
+"""A run waiting for approval (PausedDoc), or null."""
+APPROVALS: Final = "approvals"
+"""The log of approval decisions (a list of maps)."""
+
+# -- the paused run (a map on the session document) -------------------------------------
+PAUSE_ID: Final = "id"
+PAUSE_PENDING: Final = "pending"
+PAUSE_FINGERPRINT: Final = "fingerprint"
+PAUSED_AT: Final = "paused_at"
+PAUSE_STATE: Final = "state"
+PAUSE_ATTEMPTS: Final = "attempts"
 
 # -- agent_history_chunks --------------------------------------------------------------
 DATA: Final = "data"
+
+# -- agent_tool_runs -----------------------------------------------------------------
+OUTPUT: Final = "output"
+STARTED_AT: Final = "started_at"
 
 # -- agent_idempotency ---------------------------------------------------------------
 FINGERPRINT: Final = "fingerprint"
@@ -86,6 +107,29 @@ class SessionDoc(TypedDict, total=False):
     summary_items: int  # how many leading items it covers
     summary_offset: int  # byte offset in the encoded history of the first item it does not
     token_ratio: float  # provider's token count over the local estimate, per session
+    paused: PausedDoc | None  # a run waiting for approval
+    approvals: list[dict[str, Any]]  # the last decisions: call_id, tool, approved, reason, by, at
+
+
+class PausedDoc(TypedDict):
+    """``paused`` on a session document (``store/paused_runs.py``)."""
+
+    id: str  # what a resume names
+    pending: list[dict[str, str]]  # call_id, tool, arguments
+    fingerprint: str  # of the agent definition that paused
+    paused_at: dt.datetime
+    state: bytes  # the SDK's RunState JSON, zlib-compressed
+    attempts: int  # resumes that claimed the session
+
+
+class ToolRunDoc(TypedDict):
+    """``.../agent_tool_runs/{generation}~{call_id}``: one approved call, created before
+    it runs (``store/tool_runs.py``)."""
+
+    state: str  # RUNNING or DONE
+    output: str | None  # the tool's result, once DONE
+    started_at: dt.datetime
+    expire_at: dt.datetime  # the session's at the time
 
 
 class ChunkDoc(TypedDict):
@@ -122,9 +166,11 @@ SEQ: Final = "seq"
 ITEM: Final = "item"
 VERSION: Final = "version"
 
-SQLITE_SCHEMA_VERSION: Final = 2
+SQLITE_SCHEMA_VERSION: Final = 3
 """The tables' version (``PRAGMA user_version``); 2 added generations, summaries and the
-token ratio."""
+token ratio, 3 paused runs, the decision log and tool runs."""
+PAUSED_STATE: Final = f"{PAUSED}_{PAUSE_STATE}"
+"""SQLite: the paused run's compressed state, apart from its JSON (column ``paused``)."""
 
 SQLITE_TABLES: Final = f"""
 CREATE TABLE IF NOT EXISTS {SESSIONS} (
@@ -140,6 +186,9 @@ CREATE TABLE IF NOT EXISTS {SESSIONS} (
     {SUMMARY_ITEMS} INTEGER NOT NULL DEFAULT 0,
     {SUMMARY_OFFSET} INTEGER NOT NULL DEFAULT 0,
     {TOKEN_RATIO} REAL,
+    {PAUSED} TEXT,
+    {PAUSED_STATE} BLOB,
+    {APPROVALS} TEXT,
     {CREATED_AT} INTEGER NOT NULL,
     {UPDATED_AT} INTEGER NOT NULL,
     {TTL_FIELD} INTEGER NOT NULL
@@ -165,6 +214,15 @@ CREATE TABLE IF NOT EXISTS {IDEMPOTENCY} (
 );
 CREATE INDEX IF NOT EXISTS {IDEMPOTENCY}_{SESSION_ID} ON {IDEMPOTENCY} ({SESSION_ID});
 CREATE INDEX IF NOT EXISTS {IDEMPOTENCY}_{TTL_FIELD} ON {IDEMPOTENCY} ({TTL_FIELD});
+CREATE TABLE IF NOT EXISTS {TOOL_RUNS} (
+    {ID} TEXT PRIMARY KEY,
+    {SESSION_ID} TEXT NOT NULL,
+    {STATE} TEXT NOT NULL,
+    {OUTPUT} TEXT,
+    {STARTED_AT} INTEGER NOT NULL,
+    {TTL_FIELD} INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {TOOL_RUNS}_{SESSION_ID} ON {TOOL_RUNS} ({SESSION_ID});
 """
 """The SQLite backend's tables. Times are INTEGER microseconds since the Unix epoch (UTC),
 exact and comparable in SQL; items and responses are compact JSON text."""

@@ -67,6 +67,7 @@ from agent.store.schema import (
     SQLITE_SCHEMA_VERSION,
     SQLITE_TABLES,
     STATE,
+    TOOL_RUNS,
     TTL_FIELD,
 )
 
@@ -150,6 +151,7 @@ class Database:
                 f" AND ({STATE} = :done OR {RUNNING_UNTIL} <= :at)",
                 {"at": at, "done": DONE},
             )
+            conn.execute(f"DELETE FROM {TOOL_RUNS} WHERE {TTL_FIELD} <= :at", {"at": at})
 
     def close(self) -> None:
         with self._lock:
