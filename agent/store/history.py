@@ -144,6 +144,7 @@ from agent.store.schema import (
     OWNER,
     PAUSE_ATTEMPTS,
     PAUSE_FINGERPRINT,
+    PAUSE_FOLDED,
     PAUSE_ID,
     PAUSE_PENDING,
     PAUSED,
@@ -376,7 +377,14 @@ class HistoryStore:
         someone else's, or not paused). What an approval checks before it claims."""
         fields = [OWNER, TURNS, TTL_FIELD] + [
             f"{PAUSED}.{name}"
-            for name in (PAUSE_ID, PAUSE_PENDING, PAUSE_FINGERPRINT, PAUSED_AT, PAUSE_ATTEMPTS)
+            for name in (
+                PAUSE_ID,
+                PAUSE_PENDING,
+                PAUSE_FINGERPRINT,
+                PAUSED_AT,
+                PAUSE_ATTEMPTS,
+                PAUSE_FOLDED,
+            )
         ]
         with outage_as_unavailable():
             snap = self._session_ref(session_id).get(

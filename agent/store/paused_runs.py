@@ -33,6 +33,7 @@ from typing import Any
 from agent.store.schema import (
     PAUSE_ATTEMPTS,
     PAUSE_FINGERPRINT,
+    PAUSE_FOLDED,
     PAUSE_ID,
     PAUSE_PENDING,
     PAUSE_STATE,
@@ -89,6 +90,9 @@ class PausedRun:
     """The compressed run state; empty when read without it (``paused_run``)."""
     attempts: int = 0
     """Resumes that claimed the session before this one."""
+    folded: int = 0
+    """Leading items of the run's input that the session's summary covers (the paused
+    turn folded them): a resume's model calls skip them, as the paused turn's did."""
 
     @staticmethod
     def compress(state_json: str) -> bytes:
@@ -110,6 +114,7 @@ def paused_fields(paused: PausedRun) -> dict[str, Any]:
         PAUSED_AT: paused.paused_at,
         PAUSE_STATE: paused.state,
         PAUSE_ATTEMPTS: paused.attempts,
+        PAUSE_FOLDED: paused.folded,
     }
 
 
@@ -126,6 +131,7 @@ def paused_from(fields: Mapping[str, Any] | None) -> PausedRun | None:
         paused_at=fields[PAUSED_AT],
         state=bytes(fields.get(PAUSE_STATE) or b""),
         attempts=int(fields.get(PAUSE_ATTEMPTS) or 0),
+        folded=int(fields.get(PAUSE_FOLDED) or 0),
     )
 
 

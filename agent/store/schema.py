@@ -69,6 +69,7 @@ PAUSE_FINGERPRINT: Final = "fingerprint"
 PAUSED_AT: Final = "paused_at"
 PAUSE_STATE: Final = "state"
 PAUSE_ATTEMPTS: Final = "attempts"
+PAUSE_FOLDED: Final = "folded"
 
 # -- agent_history_chunks --------------------------------------------------------------
 DATA: Final = "data"
@@ -120,6 +121,7 @@ class PausedDoc(TypedDict):
     paused_at: dt.datetime
     state: bytes  # the SDK's RunState JSON, zlib-compressed
     attempts: int  # resumes that claimed the session
+    folded: int  # leading items of the run's input the summary covers
 
 
 class ToolRunDoc(TypedDict):
