@@ -24,12 +24,14 @@ from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.model import build_model
 from agent.runtime.pricing import parse_prices
-from agent.store.backend import HistoryBackend, IdempotencyBackend
+from agent.store.backend import HistoryBackend, IdempotencyBackend, ToolRunBackend
 from agent.store.history import HistoryStore
 from agent.store.idempotency_records import IdempotencyStore
 from agent.store.sqlite_db import Database
 from agent.store.sqlite_history import SqliteHistoryStore
 from agent.store.sqlite_idempotency import SqliteIdempotencyStore
+from agent.store.sqlite_tool_runs import SqliteToolRunStore
+from agent.store.tool_runs import ToolRunStore
 from agent.turn.context_window import ContextKeeper
 from agent.turn.runner import TurnRunner
 from agent.turn.sessions import Sessions
@@ -64,7 +66,7 @@ def build_service(settings: Settings) -> Service:
     """Build every process-wide object from ``settings``; makes no network call."""
     prices = parse_prices(settings.model_prices)  # first: a bad table starts nothing
     tracing.configure(settings)
-    store, idempotency, project = _stores(settings)
+    store, idempotency, tool_runs, project = _stores(settings)
     model = build_model(settings)
     agent = build_agent(settings, model)
     summarizer = model
@@ -87,7 +89,7 @@ def build_service(settings: Settings) -> Service:
     return Service(
         settings,
         store,
-        TurnRunner(agent, store, loop, settings, results, prices, context),
+        TurnRunner(agent, store, loop, settings, results, prices, context, tool_runs),
         loop,
         results=results,
         auth=build_authenticator(settings),
@@ -97,8 +99,11 @@ def build_service(settings: Settings) -> Service:
     )
 
 
-def _stores(settings: Settings) -> tuple[HistoryBackend, IdempotencyBackend, str | None]:
-    """The history and idempotency stores of ``HISTORY_BACKEND``, and the project."""
+def _stores(
+    settings: Settings,
+) -> tuple[HistoryBackend, IdempotencyBackend, ToolRunBackend, str | None]:
+    """The history, idempotency and tool-run stores of ``HISTORY_BACKEND``, and the
+    project."""
     ttl, timeout = settings.session_ttl_seconds, settings.firestore_timeout_seconds
     if settings.history_backend == "sqlite":
         database = Database(settings.sqlite_path, timeout_seconds=timeout)
@@ -106,6 +111,7 @@ def _stores(settings: Settings) -> tuple[HistoryBackend, IdempotencyBackend, str
         return (
             SqliteHistoryStore(database, ttl_seconds=ttl),
             SqliteIdempotencyStore(database, ttl_seconds=ttl),
+            SqliteToolRunStore(database, ttl_seconds=ttl),
             settings.google_cloud_project,
         )
     client = firestore.Client(
@@ -114,5 +120,6 @@ def _stores(settings: Settings) -> tuple[HistoryBackend, IdempotencyBackend, str
     return (
         HistoryStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
         IdempotencyStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
+        ToolRunStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
         settings.google_cloud_project or client.project,
     )

@@ -39,9 +39,10 @@ from agents import Agent, RunState, ToolApprovalItem
 
 from agent.base import errors
 from agent.base.clock import utc_now
-from agent.store.backend import ToolRunBackend
+from agent.store.backend import HistoryBackend, ToolRunBackend
 from agent.store.history import Item
 from agent.store.paused_runs import Decision, PausedRun, PendingCall
+from agent.turn.store_errors import store_errors_as_api_errors
 
 UNKNOWN_OUTCOME = (
     "error: an earlier attempt to run this approved call was interrupted; it may or may"
@@ -63,12 +64,28 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Resume:
-    """What a decision request asks: continue ``pause`` with ``verdicts``."""
+    """What a decision request asks: continue the session's paused run with ``verdicts``."""
 
-    pause: PausedRun
     verdicts: tuple[Verdict, ...]
     by: str
     """The principal deciding."""
+
+    def fingerprint(self) -> dict[str, object]:
+        """What makes two decision requests the same request (for Idempotency-Key)."""
+        return {"decisions": [[v.call_id, v.approve, v.reason] for v in self.verdicts]}
+
+
+def paused_run(store: HistoryBackend, session_id: str, owner: str | None) -> PausedRun:
+    """The paused run of the caller's live session (without its state): 404
+    ``session_not_found`` when there is no such session, 409 ``approval_not_pending``
+    when it waits for nothing. One read; a second only on the way to a 404."""
+    with store_errors_as_api_errors():
+        pause = store.paused_run(session_id, utc_now(), owner)
+        if pause is None and (owner is None or store.owner_of(session_id, utc_now()) != owner):
+            raise errors.session_not_found()
+    if pause is None:
+        raise errors.approval_not_pending()
+    return pause
 
 
 def fingerprint(agent: Agent[Any], model: str) -> str:
@@ -94,10 +111,8 @@ def fingerprint(agent: Agent[Any], model: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def check(pause: PausedRun | None, verdicts: Sequence[Verdict]) -> PausedRun:
-    """The paused run the verdicts decide, all of it; raises ApiError otherwise."""
-    if pause is None:
-        raise errors.approval_not_pending()
+def check(pause: PausedRun, verdicts: Sequence[Verdict]) -> None:
+    """Raises ApiError unless ``verdicts`` decide every call of ``pause``, each once."""
     ids = [v.call_id for v in verdicts]
     if len(set(ids)) != len(ids):
         raise errors.bad_request("decisions_invalid", "Each call_id may be decided once.")
@@ -111,7 +126,6 @@ def check(pause: PausedRun | None, verdicts: Sequence[Verdict]) -> PausedRun:
             "Decide every pending call in one request.",
             details={"pending_call_ids": sorted(pending - set(ids))},
         )
-    return pause
 
 
 def pending_of(interruptions: Sequence[ToolApprovalItem]) -> tuple[PendingCall, ...]:

@@ -243,9 +243,14 @@ class TurnRunner:
         session = FirestoreSession(session_id, self._store, owner=owner)
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
         resume = message if isinstance(message, Resume) else None
+        pause_id = None
+        if resume is not None:
+            pause = approvals.paused_run(self._store, session_id, owner)
+            approvals.check(pause, resume.verdicts)
+            pause_id = pause.pause_id
         with store_errors_as_api_errors(), tracing.span("claim") as span:
             # Reads the history too; a paused session is taken only by its resume.
-            claim = session.begin_turn(claim_until, resume.pause.pause_id if resume else None)
+            claim = session.begin_turn(claim_until, pause_id)
             span.set("agent.new_session", claim.new_session)
             span.set("agent.history_items", len(claim.history))
         if claim.replaced:
