@@ -25,6 +25,7 @@ CHAT_OK: dict[str, Any] = {
     "new_session": True,
     "usage": {"requests": 1, "input_tokens": 52, "output_tokens": 9, "total_tokens": 61},
     "expires_at": EXPIRES,
+    "status": "completed",
 }
 SESSION_OK: dict[str, Any] = {
     "session_id": "abc_-1",
