@@ -50,6 +50,7 @@ class Service:
     results: OffloadPolicy
     auth: Authenticator
     idempotency: IdempotencyBackend
+    tool_runs: ToolRunBackend
     sessions: Sessions
     project: str | None
     """The Google Cloud project, for the trace field of the logs."""
@@ -94,6 +95,7 @@ def build_service(settings: Settings) -> Service:
         results=results,
         auth=build_authenticator(settings),
         idempotency=idempotency,
+        tool_runs=tool_runs,
         sessions=Sessions(store, results, idempotency),
         project=project,
     )
