@@ -68,6 +68,8 @@ def test_pause_then_approve_runs_the_tool_once(
     assert_conforms("POST", "/sessions/{session_id}/approvals", 200, done, response.headers)
     assert done["status"] == "completed"
     assert "sent to alice" in done["reply"]
+    # The paused turn reported its model call; the resumed turn reports only its own.
+    assert body["usage"]["requests"] == done["usage"]["requests"] == 1
     assert sent(outbox) == [{"to": "alice", "text": "hi there"}]
     session = acting.get("/sessions/ap-1").get_json()
     assert session["pending_approvals"] == []

@@ -139,9 +139,28 @@ def pending_of(interruptions: Sequence[ToolApprovalItem]) -> tuple[PendingCall, 
     )
 
 
-async def restore(agent: Agent[Any], pause: PausedRun, resume: Resume) -> RunState[Any, Any]:
+@dataclass(frozen=True)
+class Spent:
+    requests: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Restored:
+    state: RunState[Any, Any]
+    """The paused run, every decision applied."""
+    spent: Spent
+    """What the run had used when it paused: reported by the turn that paused, so the
+    resumed turn reports only what it adds."""
+
+
+async def restore(agent: Agent[Any], pause: PausedRun, resume: Resume) -> Restored:
     """The paused run's state with every decision applied."""
-    state: RunState[Any, Any] = await RunState.from_json(agent, json.loads(pause.state_json()))
+    data = json.loads(pause.state_json())
+    state: RunState[Any, Any] = await RunState.from_json(agent, data)
     verdicts = {v.call_id: v for v in resume.verdicts}
     for item in state.get_interruptions():
         verdict = verdicts[str(_field(item.raw_item, "call_id"))]
@@ -149,7 +168,21 @@ async def restore(agent: Agent[Any], pause: PausedRun, resume: Resume) -> RunSta
             state.approve(item)
         else:
             state.reject(item, rejection_message=rejection(verdict))
-    return state
+    return Restored(state, _usage_in(data))
+
+
+def _usage_in(data: dict[str, Any]) -> Spent:
+    """The usage in a serialised run state (the SDK's ``context.usage``)."""
+    usage = (data.get("context") or {}).get("usage") or {}
+    details = usage.get("input_tokens_details") or [{}]
+    first = details[0] if isinstance(details, list) and details else details
+    return Spent(
+        requests=int(usage.get("requests") or 0),
+        input_tokens=int(usage.get("input_tokens") or 0),
+        cached_input_tokens=int((first or {}).get("cached_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        total_tokens=int(usage.get("total_tokens") or 0),
+    )
 
 
 def rejection(verdict: Verdict) -> str:

@@ -69,7 +69,7 @@ from agent.store.history import (
 from agent.store.paused_runs import Decision, PausedRun
 from agent.store.session import FirestoreSession
 from agent.turn import approvals
-from agent.turn.approvals import Resume, StoreGuard
+from agent.turn.approvals import Resume, Spent, StoreGuard
 from agent.turn.context_window import ContextKeeper, Window
 from agent.turn.outcome import TurnOutcome
 from agent.turn.outcome import Usage as UsageBody
@@ -284,13 +284,15 @@ class TurnRunner:
             summary = turn.claim.summary.text if turn.claim.summary else None
             window = Window(summary, pause.folded, 0, compacted=False)
         try:
-            state = self._loop.run(
+            restored = self._loop.run(
                 approvals.restore(self._agent, pause, resume),
                 timeout=turn.run_deadline - time.monotonic(),
             )
         except BaseException as exc:
             raise self._fail(turn, exc) from exc
-        return dataclasses.replace(turn, input=state, window=window, resume=resume)
+        return dataclasses.replace(
+            turn, input=restored.state, window=window, resume=resume, spent=restored.spent
+        )
 
     def _drop(self, turn: _OpenTurn, pause: PausedRun) -> None:
         log.warning("paused run dropped: the agent definition changed")
@@ -308,7 +310,7 @@ class TurnRunner:
         """Deliver the answer (inline, or offloaded) and commit the turn, with the
         paused run when it paused."""
         session, new_session = turn.session, turn.claim.new_session
-        usage = self._usage(result, turn.window)
+        usage = self._usage(result, turn.window, turn.spent)
         if turn.window and turn.window.estimated and self._context and result.raw_responses:
             reported = result.raw_responses[0].usage.input_tokens
             self._context.calibrate(session, turn.claim, turn.window, reported)
@@ -371,11 +373,21 @@ class TurnRunner:
             folded=turn.window.keep_from if turn.window else 0,
         )
 
-    def _usage(self, result: RunResultBase, window: Window | None) -> UsageBody:
+    def _usage(
+        self, result: RunResultBase, window: Window | None, spent_before: Spent | None
+    ) -> UsageBody:
         """The turn's usage summed over its model calls, and what it cost; with
-        ``summary`` what summarising the history spent, when it did."""
+        ``summary`` what summarising the history spent, when it did. A resumed run's
+        usage less ``spent_before``: the turn that paused it reported that part."""
         usage = result.context_wrapper.usage
-        cached = usage.input_tokens_details.cached_tokens or 0
+        before = spent_before or Spent()
+        requests = usage.requests - before.requests
+        input_tokens = usage.input_tokens - before.input_tokens
+        output_tokens = usage.output_tokens - before.output_tokens
+        total_tokens = usage.total_tokens - before.total_tokens
+        cached = max(
+            0, (usage.input_tokens_details.cached_tokens or 0) - before.cached_input_tokens
+        )
         summary: dict[str, Any] = {}
         if window is not None and window.summary_usage is not None:
             spent = window.summary_usage
@@ -387,16 +399,16 @@ class TurnRunner:
                 }
             }
         return summary | {
-            "requests": usage.requests,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "total_tokens": usage.total_tokens,
+            "requests": requests,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": total_tokens,
             "cost_usd": cost_usd(
                 self._prices,
                 self._settings.agent_model,
-                input_tokens=usage.input_tokens,
+                input_tokens=input_tokens,
                 cached_input_tokens=cached,
-                output_tokens=usage.output_tokens,
+                output_tokens=output_tokens,
             ),
         }
 
@@ -437,6 +449,8 @@ class _OpenTurn:
     input: str | RunState[Any, Any] = ""
     """What the run starts from: the user's message, or a paused run's decided state."""
     resume: Resume | None = None
+    spent: Spent | None = None
+    """A resumed run's usage when it paused (already reported)."""
 
 
 def _is_overflow(exc: openai.BadRequestError) -> bool:
