@@ -88,9 +88,7 @@ def main() -> int:
             )
         env.setdefault("OUTBOX_PATH", str(ROOT / ".local" / "outbox.jsonl"))
         Path(env["OUTBOX_PATH"]).parent.mkdir(parents=True, exist_ok=True)
-        _say(
-            f"outbox of the send_message tool (it runs only once approved): {env['OUTBOX_PATH']}"
-        )
+        _say(f"outbox of the send_message tool (it runs only once approved): {env['OUTBOX_PATH']}")
         _say(f"agent service on http://127.0.0.1:{port}  (Ctrl-C stops everything)")
         if env.get("PLAYGROUND_ENABLED", "true").strip().lower() not in ("0", "false", "no", "off"):
             _say(f"chat page: open http://127.0.0.1:{port}/ in a browser")
