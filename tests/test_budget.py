@@ -198,24 +198,26 @@ def run_concurrently(
         return list(pool.map(one, range(count)))
 
 
+@pytest.mark.parametrize("stagger", [0.0, 0.06], ids=["burst", "spread"])
 def test_fifty_concurrent_turns_of_one_principal_see_no_contention(
-    build: Build, model: DemoModelServer, capsys: pytest.CaptureFixture[str]
+    build: Build, model: DemoModelServer, capsys: pytest.CaptureFixture[str], stagger: float
 ) -> None:
     cost = one_turn_cost(build)
     clock = Clock(utc_now())
     budget = 20.5 * cost
     client, service = build(clock, budget_usd_per_principal_per_day=budget)
     began = time.monotonic()
-    # Overlapping, but spread enough that the later ones start after the budget is
-    # reached: both outcomes occur.
-    responses = run_concurrently(client, 50, "many", stagger=0.06)
+    # All at once; or overlapping but spread, so that (as a rule) the later ones start
+    # after the budget is reached and both outcomes occur.
+    responses = run_concurrently(client, 50, "many", stagger)
     seconds = time.monotonic() - began
     statuses = sorted(r.status_code for r in responses)
     passed = [r.get_json()["usage"]["cost_usd"] for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]
     with capsys.disabled():
         print(
-            f"\n50 concurrent turns: {len(passed)} x 200, {len(refused)} x 429 in {seconds:.1f} s"
+            f"\n50 turns {stagger} s apart: {len(passed)} x 200, {len(refused)} x 429"
+            f" in {seconds:.1f} s"
         )
     assert set(statuses) <= {200, 429}, statuses  # never 409, 500, 503
     for response in refused:
