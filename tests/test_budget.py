@@ -248,3 +248,27 @@ def test_overshoot_is_at_most_the_turns_already_running(
     calls = model.request_count
     assert chat(client).status_code == 429
     assert model.request_count == calls
+
+
+def test_the_firestore_spend_is_sharded_and_expires(firestore: Any) -> None:
+    """The emulator does not enforce Firestore's write rate per document, so that a
+    principal's turns spread over several documents is checked here, with what TTL
+    needs on each."""
+    from google.cloud import firestore as fs
+
+    from agent.store.schema import DAY, OWNER, SPEND, TTL_FIELD
+    from agent.store.spend import SHARDS, SpendStore
+
+    client = fs.Client()
+    spend = SpendStore(client, timeout_seconds=3)
+    day = dt.date(2031, 5, 6)
+    for _ in range(32):
+        batch = client.batch()
+        spend.recording("alice@example.com", day, 0.25)(batch)
+        batch.commit()
+    docs = [snap.to_dict() or {} for snap in client.collection(SPEND).stream()]
+    assert 1 < len(docs) <= SHARDS
+    for doc in docs:
+        assert doc[OWNER] == "alice@example.com" and doc[DAY] == "2031-05-06"
+        assert doc[TTL_FIELD] == dt.datetime(2031, 5, 9, tzinfo=dt.UTC)  # a Timestamp
+    assert spend.spent("alice@example.com", day) == 8.0

@@ -330,6 +330,8 @@ def test_usage_totals_ride_in_the_turns_commit(stores: Stores) -> None:
     assert loaded is not None and loaded.totals == first  # a failed turn adds nothing
     claim = stores.history.claim("s", now, now + 10 * SECOND, "alice")
     stores.history.commit(claim, [item("c")], now)  # library use: totals left as they were
+    loaded = stores.history.load("s", now, "alice")
+    assert loaded is not None and loaded.totals == first
     both = first.plus(UsageTotals(1, 10, 0, 5, 0.0001))
     claim = stores.history.claim("s", now, now + 10 * SECOND, "alice")
     stores.history.commit(claim, [item("d")], now, totals=both)
