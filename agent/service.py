@@ -8,14 +8,17 @@ local file, opened here; no Google client is built then, so no credentials are n
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.cloud import firestore
 
 from agent.auth.modes import Authenticator, build_authenticator
 from agent.base import tracing
+from agent.base.clock import utc_now
 from agent.base.settings import Settings, redact_url
 from agent.results.bucket import ResultBucket
 from agent.results.policy import OffloadPolicy
@@ -24,12 +27,15 @@ from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.model import build_model
 from agent.runtime.pricing import parse_prices
-from agent.store.backend import HistoryBackend, IdempotencyBackend
+from agent.store.backend import HistoryBackend, IdempotencyBackend, SpendBackend
 from agent.store.history import HistoryStore
 from agent.store.idempotency_records import IdempotencyStore
+from agent.store.spend import SpendStore
 from agent.store.sqlite_db import Database
 from agent.store.sqlite_history import SqliteHistoryStore
 from agent.store.sqlite_idempotency import SqliteIdempotencyStore
+from agent.store.sqlite_spend import SqliteSpendStore
+from agent.turn.budget import Budget
 from agent.turn.context_window import ContextKeeper
 from agent.turn.runner import TurnRunner
 from agent.turn.sessions import Sessions
@@ -51,6 +57,8 @@ class Service:
     sessions: Sessions
     project: str | None
     """The Google Cloud project, for the trace field of the logs."""
+    spend: SpendBackend
+    """Principals' daily spend (written only when a budget is set)."""
 
     @staticmethod
     def new_session_id() -> str:
@@ -60,11 +68,20 @@ class Service:
         self.loop.close()
 
 
-def build_service(settings: Settings) -> Service:
-    """Build every process-wide object from ``settings``; makes no network call."""
+def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_now) -> Service:
+    """Build every process-wide object from ``settings``; makes no network call.
+    ``clock`` tells the budget which UTC day it is (tests move it)."""
     prices = parse_prices(settings.model_prices)  # first: a bad table starts nothing
     tracing.configure(settings)
-    store, idempotency, project = _stores(settings)
+    store, idempotency, spend, project = _stores(settings)
+    limit = settings.budget_usd_per_principal_per_day
+    spending = None if limit is None else Budget(spend, limit, clock)
+    if spending is not None and settings.agent_model not in prices:
+        log.warning(
+            "BUDGET_USD_PER_PRINCIPAL_PER_DAY is set but %s has no price (MODEL_PRICES):"
+            " its turns cost nothing against the budget",
+            settings.agent_model,
+        )
     model = build_model(settings)
     agent = build_agent(settings, model)
     summarizer = model
@@ -87,18 +104,21 @@ def build_service(settings: Settings) -> Service:
     return Service(
         settings,
         store,
-        TurnRunner(agent, store, loop, settings, results, prices, context),
+        TurnRunner(agent, store, loop, settings, results, prices, context, spending),
         loop,
         results=results,
         auth=build_authenticator(settings),
         idempotency=idempotency,
         sessions=Sessions(store, results, idempotency),
         project=project,
+        spend=spend,
     )
 
 
-def _stores(settings: Settings) -> tuple[HistoryBackend, IdempotencyBackend, str | None]:
-    """The history and idempotency stores of ``HISTORY_BACKEND``, and the project."""
+def _stores(
+    settings: Settings,
+) -> tuple[HistoryBackend, IdempotencyBackend, SpendBackend, str | None]:
+    """The history, idempotency and spend stores of ``HISTORY_BACKEND``, and the project."""
     ttl, timeout = settings.session_ttl_seconds, settings.firestore_timeout_seconds
     if settings.history_backend == "sqlite":
         database = Database(settings.sqlite_path, timeout_seconds=timeout)
@@ -106,6 +126,7 @@ def _stores(settings: Settings) -> tuple[HistoryBackend, IdempotencyBackend, str
         return (
             SqliteHistoryStore(database, ttl_seconds=ttl),
             SqliteIdempotencyStore(database, ttl_seconds=ttl),
+            SqliteSpendStore(database),
             settings.google_cloud_project,
         )
     client = firestore.Client(
@@ -114,5 +135,6 @@ def _stores(settings: Settings) -> tuple[HistoryBackend, IdempotencyBackend, str
     return (
         HistoryStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
         IdempotencyStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
+        SpendStore(client, timeout_seconds=timeout),
         settings.google_cloud_project or client.project,
     )

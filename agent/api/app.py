@@ -242,6 +242,7 @@ def create_app(service: Service) -> Flask:
             turns=history.turns,
             expires_at=rfc3339(history.expire_at),
             summary=summary,
+            usage=history.totals.as_doc(),
         )
 
     @app.delete("/sessions/<session_id>")

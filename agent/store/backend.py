@@ -1,7 +1,8 @@
 """The store's interface: what the turn and the routes need of a history backend.
 
-Two backends satisfy it: Firestore (``history.py``, ``idempotency_records.py``), the
-deployed one, and SQLite (``sqlite_history.py``, ``sqlite_idempotency.py``), a single
+Two backends satisfy it: Firestore (``history.py``, ``idempotency_records.py``,
+``spend.py``), the deployed one, and SQLite (``sqlite_history.py``,
+``sqlite_idempotency.py``, ``sqlite_spend.py``), a single
 file for a developer's machine without the Firestore emulator. ``agent/service.py``
 picks one by ``HISTORY_BACKEND``; nothing else knows which it got.
 
@@ -11,8 +12,10 @@ Both keep the same promises, checked by one contract test suite run against each
 at the turn's deadline; expired sessions read as absent; a live session of another owner
 is absent to everyone else (``SessionTaken`` on claim); each life of an id has its own
 ``generation`` (deletes report the one they removed); a running summary and the token
-calibration are stored with the history; an Idempotency-Key's record is marked done,
-with the turn's generation, in the turn's own commit (``extra_writes``). The data types
+calibration are stored with the history, and so are its usage totals, written by the
+turn's commit; an Idempotency-Key's record is marked done, with the turn's generation,
+and the principal's spend of the day grows by the turn's cost, both in the turn's own
+commit (``extra_writes``). The data types
 and errors are the Firestore module's (``History``, ``Claim``, ``Deleted``,
 ``SessionBusy``, ...), shared as they are.
 """
@@ -23,7 +26,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary
+from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary, UsageTotals
 from agent.store.idempotency_records import KeyClaim, StoredResponse
 
 
@@ -56,6 +59,7 @@ class HistoryBackend(Protocol):
         time_left: float | None = None,
         summary: Summary | None = None,
         token_ratio: float | None = None,
+        totals: UsageTotals | None = None,
     ) -> History:
         """``extra_writes(batch, expire_at)`` joins the commit: ``batch`` is whatever the
         backend commits with, and only the same backend's IdempotencyBackend writes to it.
@@ -82,3 +86,16 @@ class IdempotencyBackend(Protocol):
     def abandon(self, claim: KeyClaim, time_left: float | None = None) -> None: ...
 
     def forget_session(self, session_id: str, owner: str, generation: str | None) -> None: ...
+
+
+class SpendBackend(Protocol):
+    """A principal's spend per UTC day (the promises: ``spend.py``'s header)."""
+
+    def spent(self, principal: str, day: dt.date) -> float:
+        """US dollars of the principal's committed turns of ``day``."""
+        ...
+
+    def recording(self, principal: str, day: dt.date, cost_usd: float) -> Callable[[Any], None]:
+        """A write adding ``cost_usd`` to that spend, for the turn's own commit (the
+        same backend's ``extra_writes`` batch or connection)."""
+        ...

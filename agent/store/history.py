@@ -25,6 +25,11 @@ names and document shapes: ``schema.py``)::
                                 not cover
         token_ratio  float      the provider's token counts over our estimate, calibrated
                                 turn by turn
+        usage        map        running totals of this life's committed turns: requests,
+                                input_tokens, cached_input_tokens, output_tokens (ints),
+                                cost_usd (float; the summariser's calls included, a model
+                                without a known price adds nothing); rewritten whole, as
+                                absolute values, by each turn's commit
         created_at, updated_at  Timestamp
         expire_at    Timestamp  TTL field
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
@@ -32,6 +37,9 @@ names and document shapes: ``schema.py``)::
         expire_at    Timestamp  TTL field, kept equal to the session's
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key's record,
                                                      written by store/idempotency_records.py
+                                                     (its header has the fields)
+    agent_spend/{sha256(principal)}_{day}_{shard}    a principal's spend per UTC day, in
+                                                     shards, written by store/spend.py
                                                      (its header has the fields)
 
 The encoded history is one byte stream: each item as compact JSON and a newline.
@@ -63,6 +71,11 @@ Consistency
 * All items of a turn are written in one atomic commit, conditioned on the claim
   write's ``update_time``: if the claim was lost, nothing is written. A run that
   fails leaves the history exactly as it was.
+* The usage totals ride in that commit as absolute values: the totals the claim read
+  plus the turn's own usage. Nobody else writes the document while the claim is held,
+  so no increment is needed and none is lost; a failed turn adds nothing. Whatever
+  else must land with the turn and only with it (the Idempotency-Key record, the
+  principal's spend) joins the same commit through ``extra_writes``.
 * A commit whose reply is lost (a reset, a timeout, a retry refused because the first
   attempt landed) has an unknown outcome, and ``commit`` finds it out before it
   answers: the commit writes its claim token as ``last_commit``, so a re-read tells
@@ -115,16 +128,21 @@ from agent.base.clock import retry_after, utc_now
 from agent.store.calls import OUTAGE, bounded_retry, outage_as_unavailable
 from agent.store.schema import (
     BYTES,
+    CACHED_INPUT_TOKENS,
     CHUNK_COUNT,
     CHUNKS,
     CLAIM_TOKEN,
     CLAIM_UNTIL,
+    COST_USD,
     CREATED_AT,
     DATA,
     GENERATION,
+    INPUT_TOKENS,
     ITEMS,
     LAST_COMMIT,
+    OUTPUT_TOKENS,
     OWNER,
+    REQUESTS,
     SESSIONS,
     SUMMARY,
     SUMMARY_ITEMS,
@@ -134,6 +152,8 @@ from agent.store.schema import (
     TTL_FIELD,
     TURNS,
     UPDATED_AT,
+    USAGE,
+    UsageTotalsDoc,
     chunk_id,
 )
 
@@ -208,6 +228,49 @@ class Deleted:
 
 
 @dataclass(frozen=True)
+class UsageTotals:
+    """A session's running totals: what its committed turns spent on the model."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def plus(self, other: UsageTotals) -> UsageTotals:
+        return UsageTotals(
+            self.requests + other.requests,
+            self.input_tokens + other.input_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.output_tokens + other.output_tokens,
+            # Rounded as each cost is: sums of float dollars drift in the last digits.
+            round(self.cost_usd + other.cost_usd, 8),
+        )
+
+    def as_doc(self) -> UsageTotalsDoc:
+        return {
+            REQUESTS: self.requests,
+            INPUT_TOKENS: self.input_tokens,
+            CACHED_INPUT_TOKENS: self.cached_input_tokens,
+            OUTPUT_TOKENS: self.output_tokens,
+            COST_USD: self.cost_usd,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> UsageTotals:
+        """From a stored map; a session written before totals existed has none (zero)."""
+        if not isinstance(doc, dict):
+            return cls()
+        return cls(
+            int(doc.get(REQUESTS) or 0),
+            int(doc.get(INPUT_TOKENS) or 0),
+            int(doc.get(CACHED_INPUT_TOKENS) or 0),
+            int(doc.get(OUTPUT_TOKENS) or 0),
+            float(doc.get(COST_USD) or 0.0),
+        )
+
+
+@dataclass(frozen=True)
 class History:
     session_id: str
     items: list[Item]
@@ -216,6 +279,8 @@ class History:
     summary: str | None = None
     summary_items: int = 0
     """How many leading items ``summary`` covers (they are still in ``items``)."""
+    totals: UsageTotals = UsageTotals()
+    """The running usage totals of the session's committed turns."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +330,9 @@ class Claim:
     item_ends: tuple[int, ...] = ()
     """Byte offset, in the whole encoded history, just past each item of ``history``."""
     token_ratio: float = 1.0
+    totals: UsageTotals = UsageTotals()
+    """The session's usage totals as the claim read them: a turn commits them plus its
+    own usage (nobody else writes them while the claim is held)."""
 
 
 def doc_id(session_id: str) -> str:
@@ -333,6 +401,7 @@ class HistoryStore:
             data[TTL_FIELD],
             summary.text if summary else None,
             summary.items if summary else 0,
+            UsageTotals.from_doc(data.get(USAGE)),
         )
 
     def info(self, session_id: str, now: dt.datetime) -> SessionInfo | None:
@@ -484,6 +553,7 @@ class HistoryStore:
             item_count=int(data.get(ITEMS, len(items))),
             item_ends=ends,
             token_ratio=float(data.get(TOKEN_RATIO) or 1.0),
+            totals=UsageTotals.from_doc(data.get(USAGE)),
         )
 
     def commit(
@@ -498,6 +568,7 @@ class HistoryStore:
         time_left: float | None = None,
         summary: Summary | None = None,
         token_ratio: float | None = None,
+        totals: UsageTotals | None = None,
     ) -> History:
         """Append ``new_items`` (or, with ``replace``, make them the whole history)
         and release the claim, in one atomic commit.
@@ -508,7 +579,8 @@ class HistoryStore:
         finding out whether it landed; without it each call gets the store's timeout.
         ``summary`` replaces the running summary in the same commit (a summary covers
         only stored items, so it lands with them or not at all); ``token_ratio`` updates
-        the session's calibration.
+        the session's calibration; ``totals`` replaces the usage totals (absolute values:
+        the claim's plus this turn's, so a commit that fails adds nothing).
 
         Returns when the turn is stored, also when the reply was lost but the turn
         landed. Raises ClaimLost (the claim had lapsed; nothing written),
@@ -555,6 +627,7 @@ class HistoryStore:
             CREATED_AT: claim.created_at,
             **_summary_fields(summary or claim.summary),
             **({TOKEN_RATIO: token_ratio} if token_ratio is not None else {}),
+            **({USAGE: totals.as_doc()} if totals is not None else {}),
             UPDATED_AT: now,
             TTL_FIELD: expire_at,
         }
@@ -570,6 +643,7 @@ class HistoryStore:
             expire_at,
             kept.text if kept else None,
             kept.items if kept else 0,
+            totals or claim.totals,
         )
         # Half of the time left for the commit, half for finding out its outcome.
         ends = time.monotonic() + (time_left if time_left is not None else 3 * self._timeout)
@@ -747,6 +821,7 @@ def _empty_session(now: dt.datetime, until: dt.datetime, stale_chunks: int) -> d
         SUMMARY_ITEMS: 0,
         SUMMARY_OFFSET: 0,
         TOKEN_RATIO: None,
+        USAGE: UsageTotals().as_doc(),
     }
 
 

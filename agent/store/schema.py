@@ -11,9 +11,13 @@ Layout::
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
                                                      sealed parts of its history (ChunkDoc)
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key (KeyDoc)
+    agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{shard}
+                                                     one shard of a principal's spend on
+                                                     one UTC day (SpendDoc)
 
 ``store/history.py`` states the size bounds and consistency guarantees of the first
-two, ``store/idempotency_records.py`` those of the third.
+two, ``store/idempotency_records.py`` those of the third, ``store/spend.py`` those of
+the fourth.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any, Final, NotRequired, TypedDict
 SESSIONS: Final = "agent_sessions"
 CHUNKS: Final = "agent_history_chunks"
 IDEMPOTENCY: Final = "agent_idempotency"
-COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY)
+SPEND: Final = "agent_spend"
+COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY, SPEND)
 """Every collection group the service writes; each needs a TTL policy on TTL_FIELD."""
 
 TTL_FIELD: Final = "expire_at"
@@ -44,14 +49,23 @@ GENERATION: Final = "generation"
 (and, outside Firestore, on its result objects): what a session's clean-up and re-signs
 check, so that they never touch a later life of the same id."""
 LAST_COMMIT: Final = "last_commit"
+"""The claim token of the turn whose commit wrote the document last: how a turn whose
+commit reply was lost finds out whether it landed."""
 SUMMARY: Final = "summary"
 SUMMARY_ITEMS: Final = "summary_items"
 SUMMARY_OFFSET: Final = "summary_offset"
 TOKEN_RATIO: Final = "token_ratio"
-"""The claim token of the turn whose commit wrote the document last: how a turn whose
-commit reply was lost finds out whether it landed."""
+USAGE: Final = "usage"
+"""The session's running totals (UsageTotalsDoc), rewritten whole by each turn's commit."""
 CREATED_AT: Final = "created_at"
 UPDATED_AT: Final = "updated_at"
+
+# -- usage totals (a map on agent_sessions) -----------------------------------------
+REQUESTS: Final = "requests"
+INPUT_TOKENS: Final = "input_tokens"
+CACHED_INPUT_TOKENS: Final = "cached_input_tokens"
+OUTPUT_TOKENS: Final = "output_tokens"
+COST_USD: Final = "cost_usd"
 
 # -- agent_history_chunks --------------------------------------------------------------
 DATA: Final = "data"
@@ -64,6 +78,10 @@ RUNNING_UNTIL: Final = "running_until"
 RESPONSE: Final = "response"
 RUNNING: Final = "running"
 DONE: Final = "done"
+
+# -- agent_spend ---------------------------------------------------------------------
+DAY: Final = "day"
+"""A UTC day as ``YYYY-MM-DD``."""
 
 
 class SessionDoc(TypedDict, total=False):
@@ -86,6 +104,18 @@ class SessionDoc(TypedDict, total=False):
     summary_items: int  # how many leading items it covers
     summary_offset: int  # byte offset in the encoded history of the first item it does not
     token_ratio: float  # provider's token count over the local estimate, per session
+    usage: UsageTotalsDoc  # running totals of every committed turn of this life
+
+
+class UsageTotalsDoc(TypedDict):
+    """The ``usage`` map of a session: model calls, tokens and dollars of its committed
+    turns, the history summariser's calls included."""
+
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    cost_usd: float  # turns of a model without a known price add nothing
 
 
 class ChunkDoc(TypedDict):
@@ -108,6 +138,15 @@ class KeyDoc(TypedDict):
     generation: NotRequired[str]  # the session life its turn was stored in (set when done)
 
 
+class SpendDoc(TypedDict):
+    """``agent_spend/{sha256(principal)}_{day}_{shard}``: one shard of a day's spend."""
+
+    owner: str
+    day: str  # YYYY-MM-DD (UTC)
+    cost_usd: float  # incremented by each turn's commit that drew this shard
+    expire_at: dt.datetime  # a couple of days after the day ends
+
+
 def chunk_id(index: int) -> str:
     return f"{index:06d}"
 
@@ -122,9 +161,9 @@ SEQ: Final = "seq"
 ITEM: Final = "item"
 VERSION: Final = "version"
 
-SQLITE_SCHEMA_VERSION: Final = 2
+SQLITE_SCHEMA_VERSION: Final = 3
 """The tables' version (``PRAGMA user_version``); 2 added generations, summaries and the
-token ratio."""
+token ratio; 3 the sessions' usage totals and the spend table."""
 
 SQLITE_TABLES: Final = f"""
 CREATE TABLE IF NOT EXISTS {SESSIONS} (
@@ -140,6 +179,7 @@ CREATE TABLE IF NOT EXISTS {SESSIONS} (
     {SUMMARY_ITEMS} INTEGER NOT NULL DEFAULT 0,
     {SUMMARY_OFFSET} INTEGER NOT NULL DEFAULT 0,
     {TOKEN_RATIO} REAL,
+    {USAGE} TEXT,
     {CREATED_AT} INTEGER NOT NULL,
     {UPDATED_AT} INTEGER NOT NULL,
     {TTL_FIELD} INTEGER NOT NULL
@@ -165,6 +205,21 @@ CREATE TABLE IF NOT EXISTS {IDEMPOTENCY} (
 );
 CREATE INDEX IF NOT EXISTS {IDEMPOTENCY}_{SESSION_ID} ON {IDEMPOTENCY} ({SESSION_ID});
 CREATE INDEX IF NOT EXISTS {IDEMPOTENCY}_{TTL_FIELD} ON {IDEMPOTENCY} ({TTL_FIELD});
+CREATE TABLE IF NOT EXISTS {SPEND} (
+    {OWNER} TEXT NOT NULL,
+    {DAY} TEXT NOT NULL,
+    {COST_USD} REAL NOT NULL,
+    {TTL_FIELD} INTEGER NOT NULL,
+    PRIMARY KEY ({OWNER}, {DAY})
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {SPEND}_{TTL_FIELD} ON {SPEND} ({TTL_FIELD});
 """
 """The SQLite backend's tables. Times are INTEGER microseconds since the Unix epoch (UTC),
 exact and comparable in SQL; items and responses are compact JSON text."""
+
+SQLITE_MIGRATIONS: Final = {
+    2: f"ALTER TABLE {SESSIONS} ADD COLUMN {USAGE} TEXT",
+}
+"""Version -> the statements that bring a file of that version to the next one (the new
+tables come from SQLITE_TABLES, which creates what is missing). A version not listed is
+refused."""

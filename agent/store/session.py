@@ -40,6 +40,7 @@ from agent.store.history import (
     Item,
     SessionBusy,
     Summary,
+    UsageTotals,
 )
 
 
@@ -94,9 +95,10 @@ class FirestoreSession:
         self,
         extra_writes: Callable[[Any, dt.datetime], None] | None = None,
         time_left: float | None = None,
+        totals: UsageTotals | None = None,
     ) -> History:
-        """Write the turn's items in one commit (with ``extra_writes`` and
-        ``time_left``, see ``HistoryStore.commit``). If the commit fails before it is
+        """Write the turn's items in one commit (with ``extra_writes``, ``time_left``
+        and ``totals``, see ``HistoryStore.commit``). If the commit fails before it is
         sent, the turn stays open, so that ``abort_turn`` can still release the claim;
         once it was sent and failed (ClaimLost, CommitFailed, CommitUnknown) the claim
         is settled and the turn is closed: released by the store's fence, lost, or
@@ -114,6 +116,7 @@ class FirestoreSession:
                 time_left=time_left,
                 summary=self._summary,
                 token_ratio=self._token_ratio,
+                totals=totals,
             )
         except (ClaimLost, CommitFailed, CommitUnknown):
             self._claim, self._aborted = None, True

@@ -20,9 +20,10 @@ bounds, locking and expiry):
 * Generations: a claim that starts a new life of an id (absent, expired, or a first
   turn that never committed) gives it a new random ``generation`` and drops the dead
   life's items in the same transaction; deletes report the generation they removed.
-* The running summary (``summary``, ``summary_items``, ``summary_offset``) and the
-  session's ``token_ratio`` are columns of the session row, written by the turn's
-  commit. A claim loads the whole history (a local read is cheap) and hands the turn
+* The running summary (``summary``, ``summary_items``, ``summary_offset``), the
+  session's ``token_ratio`` and its usage totals (``usage``, JSON: the claim's totals
+  plus the turn's usage, as absolute values) are columns of the session row, written by
+  the turn's commit. A claim loads the whole history (a local read is cheap) and hands the turn
   the items the summary does not cover, with their byte offsets in the encoded history
   (``item_ends``, as on Firestore: each item as compact JSON and a newline).
 * Ownership: ``load``, ``claim`` and ``delete`` take the caller's principal, as on
@@ -57,6 +58,7 @@ from agent.store.history import (
     SessionTaken,
     Summary,
     TurnTooLarge,
+    UsageTotals,
     new_generation,
 )
 from agent.store.schema import (
@@ -80,12 +82,13 @@ from agent.store.schema import (
     TTL_FIELD,
     TURNS,
     UPDATED_AT,
+    USAGE,
 )
 from agent.store.sqlite_db import Database, from_micros, to_micros
 
 _COLUMNS = (
     *(OWNER, TURNS, ITEMS, BYTES, CLAIM_TOKEN, CLAIM_UNTIL, GENERATION),
-    *(SUMMARY, SUMMARY_ITEMS, SUMMARY_OFFSET, TOKEN_RATIO, CREATED_AT, TTL_FIELD),
+    *(SUMMARY, SUMMARY_ITEMS, SUMMARY_OFFSET, TOKEN_RATIO, USAGE, CREATED_AT, TTL_FIELD),
 )
 _SELECT_SESSION = f"SELECT {', '.join(_COLUMNS)} FROM {SESSIONS} WHERE {ID} = ?"
 _SELECT_ITEMS = f"SELECT {ITEM} FROM {HISTORY_ITEMS} WHERE {SESSION_ID} = ? ORDER BY {SEQ}"
@@ -116,6 +119,7 @@ class _Row:
             else Summary(named[SUMMARY], named[SUMMARY_ITEMS], named[SUMMARY_OFFSET])
         )
         self.token_ratio: float = float(named[TOKEN_RATIO] or 1.0)
+        self.totals = UsageTotals.from_doc(json.loads(named[USAGE] or "null"))
         self.created_at = from_micros(named[CREATED_AT])
         self.expire_at = from_micros(named[TTL_FIELD])
 
@@ -155,6 +159,7 @@ class SqliteHistoryStore:
             row.expire_at,
             summary.text if summary else None,
             summary.items if summary else 0,
+            row.totals,
         )
 
     def info(self, session_id: str, now: dt.datetime) -> SessionInfo | None:
@@ -260,6 +265,7 @@ class SqliteHistoryStore:
             item_count=row.items,
             item_ends=tuple(ends[covered:]),
             token_ratio=row.token_ratio,
+            totals=row.totals,
         )
 
     def commit(
@@ -274,6 +280,7 @@ class SqliteHistoryStore:
         time_left: float | None = None,
         summary: Summary | None = None,
         token_ratio: float | None = None,
+        totals: UsageTotals | None = None,
     ) -> History:
         """Append ``new_items`` (with ``replace``, make them the whole history) and
         release the claim, in one transaction, only if the row still holds this claim.
@@ -281,9 +288,9 @@ class SqliteHistoryStore:
 
         ``extra_writes(connection, expire_at)`` runs inside that transaction, so its
         writes land if and only if the turn does (the idempotency record). ``summary``
-        replaces the running summary and ``token_ratio`` the calibration, in the same
-        transaction. ``time_left`` (seconds): with too little left the claim is left to
-        lapse unused, as on Firestore."""
+        replaces the running summary, ``token_ratio`` the calibration and ``totals``
+        the usage totals, in the same transaction. ``time_left`` (seconds): with too
+        little left the claim is left to lapse unused, as on Firestore."""
         encoded = [_encode(item) for item in new_items]
         added = sum(len(text.encode()) + 1 for text in encoded)  # JSON lines, as on Firestore
         if added > MAX_TURN_BYTES:
@@ -318,9 +325,11 @@ class SqliteHistoryStore:
                 f" {SUMMARY} = :summary, {SUMMARY_ITEMS} = :summary_items,"
                 f" {SUMMARY_OFFSET} = :summary_offset,"
                 f" {TOKEN_RATIO} = COALESCE(:ratio, {TOKEN_RATIO}),"
+                f" {USAGE} = COALESCE(:usage, {USAGE}),"
                 f" {UPDATED_AT} = :now, {TTL_FIELD} = :expire WHERE {ID} = :id",
                 {"turns": turns, "items": items, "bytes": total}
                 | {"created": to_micros(claim.created_at), "ratio": token_ratio}
+                | {"usage": None if totals is None else json.dumps(totals.as_doc())}
                 | {"summary": kept.text if kept else None}
                 | {"summary_items": kept.items if kept else 0}
                 | {"summary_offset": kept.offset if kept else 0}
@@ -336,6 +345,7 @@ class SqliteHistoryStore:
             expire_at,
             kept.text if kept else None,
             kept.items if kept else 0,
+            totals or claim.totals,
         )
 
     def release(self, claim: Claim) -> None:
