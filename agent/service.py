@@ -8,14 +8,17 @@ local file, opened here; no Google client is built then, so no credentials are n
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.cloud import firestore
 
 from agent.auth.modes import Authenticator, build_authenticator
 from agent.base import tracing
+from agent.base.clock import utc_now
 from agent.base.settings import Settings, redact_url
 from agent.results.bucket import ResultBucket
 from agent.results.policy import OffloadPolicy
@@ -24,14 +27,17 @@ from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.model import build_model
 from agent.runtime.pricing import parse_prices
-from agent.store.backend import HistoryBackend, IdempotencyBackend, ToolRunBackend
+from agent.store.backend import HistoryBackend, IdempotencyBackend, SpendBackend, ToolRunBackend
 from agent.store.history import HistoryStore
 from agent.store.idempotency_records import IdempotencyStore
+from agent.store.spend import SpendStore
 from agent.store.sqlite_db import Database
 from agent.store.sqlite_history import SqliteHistoryStore
 from agent.store.sqlite_idempotency import SqliteIdempotencyStore
+from agent.store.sqlite_spend import SqliteSpendStore
 from agent.store.sqlite_tool_runs import SqliteToolRunStore
 from agent.store.tool_runs import ToolRunStore
+from agent.turn.budget import Budget
 from agent.turn.context_window import ContextKeeper
 from agent.turn.runner import TurnRunner
 from agent.turn.sessions import Sessions
@@ -54,6 +60,8 @@ class Service:
     sessions: Sessions
     project: str | None
     """The Google Cloud project, for the trace field of the logs."""
+    spend: SpendBackend
+    """Principals' daily spend (written only when a budget is set)."""
 
     @staticmethod
     def new_session_id() -> str:
@@ -63,11 +71,20 @@ class Service:
         self.loop.close()
 
 
-def build_service(settings: Settings) -> Service:
-    """Build every process-wide object from ``settings``; makes no network call."""
+def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_now) -> Service:
+    """Build every process-wide object from ``settings``; makes no network call.
+    ``clock`` tells the budget which UTC day it is (tests move it)."""
     prices = parse_prices(settings.model_prices)  # first: a bad table starts nothing
     tracing.configure(settings)
-    store, idempotency, tool_runs, project = _stores(settings)
+    store, idempotency, tool_runs, spend, project = _stores(settings)
+    limit = settings.budget_usd_per_principal_per_day
+    spending = None if limit is None else Budget(spend, limit, clock)
+    if spending is not None and settings.agent_model not in prices:
+        log.warning(
+            "BUDGET_USD_PER_PRINCIPAL_PER_DAY is set but %s has no price (MODEL_PRICES):"
+            " its turns cost nothing against the budget",
+            settings.agent_model,
+        )
     model = build_model(settings)
     agent = build_agent(settings, model)
     summarizer = model
@@ -90,7 +107,17 @@ def build_service(settings: Settings) -> Service:
     return Service(
         settings,
         store,
-        TurnRunner(agent, store, loop, settings, results, prices, context, tool_runs),
+        TurnRunner(
+            agent,
+            store,
+            loop,
+            settings,
+            results,
+            prices,
+            context,
+            budget=spending,
+            tool_runs=tool_runs,
+        ),
         loop,
         results=results,
         auth=build_authenticator(settings),
@@ -98,14 +125,15 @@ def build_service(settings: Settings) -> Service:
         tool_runs=tool_runs,
         sessions=Sessions(store, results, idempotency),
         project=project,
+        spend=spend,
     )
 
 
 def _stores(
     settings: Settings,
-) -> tuple[HistoryBackend, IdempotencyBackend, ToolRunBackend, str | None]:
-    """The history, idempotency and tool-run stores of ``HISTORY_BACKEND``, and the
-    project."""
+) -> tuple[HistoryBackend, IdempotencyBackend, ToolRunBackend, SpendBackend, str | None]:
+    """The history, idempotency, tool-run and spend stores of ``HISTORY_BACKEND``, and
+    the project."""
     ttl, timeout = settings.session_ttl_seconds, settings.firestore_timeout_seconds
     if settings.history_backend == "sqlite":
         database = Database(settings.sqlite_path, timeout_seconds=timeout)
@@ -114,6 +142,7 @@ def _stores(
             SqliteHistoryStore(database, ttl_seconds=ttl),
             SqliteIdempotencyStore(database, ttl_seconds=ttl),
             SqliteToolRunStore(database, ttl_seconds=ttl),
+            SqliteSpendStore(database),
             settings.google_cloud_project,
         )
     client = firestore.Client(
@@ -123,5 +152,6 @@ def _stores(
         HistoryStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
         IdempotencyStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
         ToolRunStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
+        SpendStore(client, timeout_seconds=timeout),
         settings.google_cloud_project or client.project,
     )

@@ -181,12 +181,14 @@ def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
     return text + ".", None
 
 
-def prompt_tokens(messages: list[Json]) -> int:
+def prompt_tokens(messages: list[Json], tools: Any = None) -> int:
     """The prompt's size as this model counts it: a quarter of its text, tool call
-    arguments included."""
+    arguments and the tools' definitions included (OpenAI counts those too)."""
     calls = [c for m in messages for c in m.get("tool_calls") or [] if isinstance(c, dict)]
     arguments = sum(len(str((c.get("function") or {}).get("arguments", ""))) for c in calls)
-    return math.ceil((sum(len(_text_of(m.get("content"))) for m in messages) + arguments) / 4)
+    schemas = len(json.dumps(tools, separators=(",", ":"))) if tools else 0
+    text = sum(len(_text_of(m.get("content"))) for m in messages)
+    return math.ceil((text + arguments + schemas) / 4)
 
 
 def order_error(messages: list[Json]) -> str | None:
@@ -234,8 +236,8 @@ def summarize(messages: list[Json]) -> str:
     return " ".join(kept)
 
 
-def usage_for(messages: list[Json], reply: str) -> dict[str, int]:
-    prompt = prompt_tokens(messages)
+def usage_for(messages: list[Json], reply: str, tools: Any = None) -> dict[str, int]:
+    prompt = prompt_tokens(messages, tools)
     completion = math.ceil(len(reply) / 4)
     return {
         "prompt_tokens": prompt,
@@ -365,10 +367,11 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"Simulated failure (HTTP {fail_status})."
             return self._json(fail_status, error_body(fail_status, message))
         window = controls.context_tokens or demo.context_tokens
-        if window is not None and prompt_tokens(messages) > window:
+        prompt = prompt_tokens(messages, body.get("tools"))
+        if window is not None and prompt > window:
             message = (
                 f"This model's maximum context length is {window} tokens. However, your"
-                f" messages resulted in {prompt_tokens(messages)} tokens. Please reduce the"
+                f" messages resulted in {prompt} tokens. Please reduce the"
                 " length of the messages."
             )
             return self._json(400, error_body(400, message, "context_length_exceeded"))
@@ -384,7 +387,7 @@ class _Handler(BaseHTTPRequestHandler):
             text, call = decide_reply(messages, body.get("tools"))
         if call is None and controls.reply_bytes is not None:
             text = fit_to_bytes(text, controls.reply_bytes)
-        usage = usage_for(messages, call["arguments"] if call else text)
+        usage = usage_for(messages, call["arguments"] if call else text, body.get("tools"))
         digest = zlib.crc32(json.dumps(messages, sort_keys=True).encode())
         meta = {
             "id": f"chatcmpl-demo{digest:08x}",

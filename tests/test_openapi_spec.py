@@ -32,13 +32,21 @@ SESSION_OK: dict[str, Any] = {
     "items": [{"role": "user", "content": "Hi"}],
     "turns": 1,
     "expires_at": "2025-01-01T13:00:00.123+00:00",  # "+00:00" is UTC too
+    "usage": {
+        "requests": 1,
+        "input_tokens": 52,
+        "cached_input_tokens": 0,
+        "output_tokens": 9,
+        "cost_usd": 0.0,
+    },
 }
 
 # The route table and error catalogue the rest of the code relies on; a change
 # here is an API change and should be deliberate.
 EXPECTED_STATUSES = {
     ("post", "/chat"): {
-        *("200", "400", "401", "403", "409", "413", "415", "422", "500", "502", "503", "504")
+        *("200", "400", "401", "403", "409", "413", "415", "422", "429", "500", "502", "503"),
+        "504",
     },
     ("post", "/sessions/{session_id}/approvals"): {
         *("200", "400", "401", "403", "404", "409", "413", "415", "422", "500", "502", "503")
@@ -73,6 +81,7 @@ EXPECTED_CODES = {
     "413": {"request_too_large"},
     "415": {"unsupported_media_type"},
     "422": {"max_turns_exceeded", "idempotency_key_reused"},
+    "429": {"budget_exceeded"},
     "500": {"internal_error"},
     "502": {"model_error", "context_overflow", "approval_state_too_large"},
     "503": {
@@ -166,6 +175,7 @@ def test_retry_after_and_allow_are_required_where_promised() -> None:
         expected = {
             "401": {"WWW-Authenticate"},
             "409": {"Retry-After"},
+            "429": {"Retry-After"},
             "503": {"Retry-After"},
             "405": {"Allow"},
         }.get(status, set())

@@ -19,11 +19,12 @@ from flask.testing import FlaskClient
 from agent.base.clock import utc_now
 from agent.base.settings import Settings, SettingsError
 from agent.store.calls import StoreUnavailable
-from agent.store.history import SessionBusy
+from agent.store.history import SessionBusy, UsageTotals
 from agent.store.schema import HISTORY_ITEMS, IDEMPOTENCY, SESSIONS
-from agent.store.sqlite_db import Database
+from agent.store.sqlite_db import Database, to_micros
 from agent.store.sqlite_history import SqliteHistoryStore
 from agent.store.sqlite_idempotency import SqliteIdempotencyStore
+from agent.store.sqlite_spend import SqliteSpendStore
 from tests.support.constants import REPO_ROOT
 from tests.support.openapi_contract import assert_conforms
 
@@ -178,8 +179,60 @@ def test_a_file_of_another_schema_version_is_refused_with_the_reason(tmp_path: P
     with sqlite3.connect(path) as conn:  # the tables of version 1: no generation column
         conn.execute("CREATE TABLE agent_sessions (id TEXT PRIMARY KEY)")
     conn.close()
-    with pytest.raises(RuntimeError, match="schema version 0, this code needs 2"):
+    with pytest.raises(RuntimeError, match="schema version 0, this code needs 4"):
         Database(str(path), timeout_seconds=3)
     fresh = Database(str(tmp_path / "new.sqlite3"), timeout_seconds=3)
     fresh.close()
     Database(str(tmp_path / "new.sqlite3"), timeout_seconds=3).close()  # its own version: fine
+
+
+V2_SESSIONS = """
+CREATE TABLE agent_sessions (
+    id TEXT PRIMARY KEY, owner TEXT, turns INTEGER NOT NULL, items INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, claim_token TEXT, claim_until INTEGER, generation TEXT NOT NULL,
+    summary TEXT, summary_items INTEGER NOT NULL DEFAULT 0,
+    summary_offset INTEGER NOT NULL DEFAULT 0, token_ratio REAL,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, expire_at INTEGER NOT NULL
+);
+CREATE TABLE agent_history_items (
+    session_id TEXT NOT NULL, seq INTEGER NOT NULL, item TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+"""
+"""Version 2's tables as that release created them (before usage totals and spend)."""
+
+
+def test_a_version_2_file_is_upgraded_in_place_and_keeps_its_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite3"
+    now = utc_now()
+    micros = to_micros(now)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V2_SESSIONS)
+        conn.execute(
+            "INSERT INTO agent_sessions (id, owner, turns, items, bytes, generation,"
+            " created_at, updated_at, expire_at) VALUES ('s', 'alice', 1, 1, 10, 'g1', ?, ?, ?)",
+            (micros, micros, micros + 3_600_000_000),
+        )
+        conn.execute("INSERT INTO agent_history_items VALUES ('s', 0, '{\"role\":\"user\"}')")
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    database = Database(str(path), timeout_seconds=3)
+    store = SqliteHistoryStore(database, ttl_seconds=3600)
+    spend = SqliteSpendStore(database)
+    loaded = store.load("s", now, "alice")
+    assert loaded is not None and loaded.items == [{"role": "user"}]
+    assert loaded.totals == UsageTotals()  # written before totals: none yet
+    claim = store.claim("s", now, now + dt.timedelta(seconds=10), "alice")
+    totals = UsageTotals(1, 100, 0, 10, 0.5)
+    record = spend.recording("alice", now.date(), 0.5)
+    store.commit(
+        claim, [{"role": "assistant"}], now, totals=totals, extra_writes=lambda c, _: record(c)
+    )
+    loaded = store.load("s", now, "alice")
+    assert loaded is not None and loaded.totals == totals and loaded.turns == 2
+    assert spend.spent("alice", now.date()) == 0.5
+    database.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    conn.close()
+    Database(str(path), timeout_seconds=3).close()  # opened again: already version 4

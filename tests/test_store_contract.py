@@ -22,7 +22,7 @@ import pytest
 
 from agent.base import errors
 from agent.base.clock import utc_now
-from agent.store.backend import HistoryBackend, IdempotencyBackend
+from agent.store.backend import HistoryBackend, IdempotencyBackend, SpendBackend
 from agent.store.history import (
     MAX_TURN_BYTES,
     ClaimLost,
@@ -33,6 +33,7 @@ from agent.store.history import (
     SessionTaken,
     Summary,
     TurnTooLarge,
+    UsageTotals,
     encode,
 )
 from agent.store.idempotency_records import KeyClaim, StoredResponse
@@ -45,6 +46,7 @@ SECOND = dt.timedelta(seconds=1)
 class Stores:
     history: HistoryBackend
     keys: IdempotencyBackend
+    spend: SpendBackend
 
 
 @pytest.fixture(params=["firestore", "sqlite"])
@@ -54,22 +56,26 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
 
         from agent.store.history import HistoryStore
         from agent.store.idempotency_records import IdempotencyStore
+        from agent.store.spend import SpendStore
 
         request.getfixturevalue("firestore")  # the emulator, wiped; skips where absent
         client = fs.Client()
         yield Stores(
             HistoryStore(client, ttl_seconds=TTL, timeout_seconds=3),
             IdempotencyStore(client, ttl_seconds=TTL, timeout_seconds=3),
+            SpendStore(client, timeout_seconds=3),
         )
         return
     from agent.store.sqlite_db import Database
     from agent.store.sqlite_history import SqliteHistoryStore
     from agent.store.sqlite_idempotency import SqliteIdempotencyStore
+    from agent.store.sqlite_spend import SqliteSpendStore
 
     database = Database(str(tmp_path / "history.sqlite3"), timeout_seconds=3)
     yield Stores(
         SqliteHistoryStore(database, ttl_seconds=TTL),
         SqliteIdempotencyStore(database, ttl_seconds=TTL),
+        SqliteSpendStore(database),
     )
     database.close()
 
@@ -300,3 +306,82 @@ def test_a_summary_and_the_token_ratio_are_stored_with_the_turn(stores: Stores) 
     claim = stores.history.claim("s", now, now + 10 * SECOND)
     assert claim.summary == summary and claim.token_ratio == 1.25 and claim.item_count == 6
     stores.history.release(claim)
+
+
+def test_usage_totals_ride_in_the_turns_commit(stores: Stores) -> None:
+    now = utc_now()
+    claim = stores.history.claim("s", now, now + 10 * SECOND, "alice")
+    assert claim.totals == UsageTotals()
+    first = UsageTotals(2, 300, 100, 40, 0.0012)
+    stored = stores.history.commit(claim, [item("a")], now, totals=first)
+    assert stored.totals == first
+    loaded = stores.history.load("s", now, "alice")
+    assert loaded is not None and loaded.totals == first
+    claim = stores.history.claim("s", now, now + 10 * SECOND, "alice")
+    assert claim.totals == first  # what the next turn adds to
+
+    def fail(batch: Any, expire_at: dt.datetime) -> None:
+        raise RuntimeError("the turn fails at its commit")
+
+    with pytest.raises(RuntimeError):
+        stores.history.commit(claim, [item("b")], now, totals=first.plus(first), extra_writes=fail)
+    stores.history.release(claim)
+    loaded = stores.history.load("s", now, "alice")
+    assert loaded is not None and loaded.totals == first  # a failed turn adds nothing
+    claim = stores.history.claim("s", now, now + 10 * SECOND, "alice")
+    stores.history.commit(claim, [item("c")], now)  # library use: totals left as they were
+    loaded = stores.history.load("s", now, "alice")
+    assert loaded is not None and loaded.totals == first
+    both = first.plus(UsageTotals(1, 10, 0, 5, 0.0001))
+    claim = stores.history.claim("s", now, now + 10 * SECOND, "alice")
+    stores.history.commit(claim, [item("d")], now, totals=both)
+    loaded = stores.history.load("s", now, "alice")
+    assert loaded is not None and loaded.totals == both and loaded.totals.cost_usd == 0.0013
+    later = now + (TTL + 1) * SECOND  # expired: a new life starts from zero
+    claim = stores.history.claim("s", later, later + 10 * SECOND, "alice")
+    assert claim.new_session and claim.totals == UsageTotals()
+    stores.history.commit(claim, [item("e")], later)
+    loaded = stores.history.load("s", later, "alice")
+    assert loaded is not None and loaded.totals == UsageTotals()
+
+
+def test_spend_lands_with_the_turn_and_only_with_it(stores: Stores) -> None:
+    now = utc_now()
+    today, tomorrow = now.date(), now.date() + dt.timedelta(days=1)
+    assert stores.spend.spent("alice", today) == 0
+    claim = stores.history.claim("s", now, now + 10 * SECOND, "alice")
+    record = stores.spend.recording("alice", today, 0.25)
+    stores.history.commit(claim, [item("a")], now, extra_writes=lambda batch, _: record(batch))
+    assert stores.spend.spent("alice", today) == 0.25
+    claim = stores.history.claim("s", now, now + 10 * SECOND, "alice")
+    record = stores.spend.recording("alice", today, 0.5)
+
+    def record_then_fail(batch: Any, expire_at: dt.datetime) -> None:
+        record(batch)
+        raise RuntimeError("the turn fails at its commit")
+
+    with pytest.raises(RuntimeError):
+        stores.history.commit(claim, [item("b")], now, extra_writes=record_then_fail)
+    stores.history.release(claim)
+    assert stores.spend.spent("alice", today) == 0.25  # the failed turn cost nothing here
+    assert stores.spend.spent("bob", today) == 0  # per principal
+    assert stores.spend.spent("alice", tomorrow) == 0  # per UTC day
+
+
+def test_concurrent_turns_of_one_principal_all_count(stores: Stores) -> None:
+    """Many sessions of one principal committing at once: no increment is lost and
+    none of them conflicts (the Firestore counter is sharded, SQLite's is one row)."""
+    now = utc_now()
+    start = threading.Barrier(16)
+
+    def one(n: int) -> None:
+        claim = stores.history.claim(f"s{n}", now, now + 10 * SECOND, "alice")
+        record = stores.spend.recording("alice", now.date(), 0.125)
+        start.wait()
+        stores.history.commit(
+            claim, [item(str(n))], now, extra_writes=lambda batch, _: record(batch)
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(16)))
+    assert stores.spend.spent("alice", now.date()) == 2.0

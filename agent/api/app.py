@@ -262,6 +262,7 @@ def create_app(service: Service) -> Flask:
             summary=summary,
             pending_approvals=[call.as_json() for call in history.pending],
             approvals=list(history.approvals),
+            usage=history.totals.as_doc(),
         )
 
     @app.delete("/sessions/<session_id>")

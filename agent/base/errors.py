@@ -114,6 +114,15 @@ def max_turns_exceeded() -> ApiError:
     return ApiError(422, "max_turns_exceeded", "The agent needed more model turns than allowed.")
 
 
+def budget_exceeded(retry_after: int) -> ApiError:
+    return ApiError(
+        429,
+        "budget_exceeded",
+        "This caller has spent its daily model budget; retry after the UTC day rolls over.",
+        {"Retry-After": str(retry_after)},
+    )
+
+
 def model_error() -> ApiError:
     return ApiError(502, "model_error", "The model provider failed to answer.")
 

@@ -10,6 +10,7 @@ bad deploy never serves a single request.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import urllib.parse
@@ -156,6 +157,12 @@ class Settings:
     """Prices per million tokens as JSON, ``{"model": {"input": 0.15, "cached_input":
     0.075, "output": 0.6}}``, over the built-in table (``agent/runtime/pricing.py``).
     A model in neither gets ``cost_usd: null``."""
+
+    budget_usd_per_principal_per_day: float | None = None
+    """What one principal's turns may cost per UTC day, in US dollars at the price table's
+    rates (> 0). Past it the caller gets 429 ``budget_exceeded`` until midnight UTC, and no
+    model call is made. Unset: no budget. Turns of a model without a known price cost
+    nothing against it."""
 
     tracing_enabled: bool = False
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
@@ -330,6 +337,9 @@ class Settings:
             "model_call_min_seconds", self.model_call_min_seconds, 0, self.turn_budget_seconds / 2
         )
         _check_range("tool_timeout_seconds", self.tool_timeout_seconds, 0.1, 3600)
+        budget = self.budget_usd_per_principal_per_day
+        if budget is not None and not (0 < budget < math.inf):
+            raise SettingsError(f"BUDGET_USD_PER_PRINCIPAL_PER_DAY={budget} must be above 0")
         _check_range("stream_max_delta_bytes", self.stream_max_delta_bytes, 65536, 6 * 1024 * 1024)
         if self.history_backend not in ("firestore", "sqlite"):
             raise SettingsError("HISTORY_BACKEND must be 'firestore' or 'sqlite'")

@@ -1,7 +1,8 @@
 """The store's interface: what the turn and the routes need of a history backend.
 
-Two backends satisfy it: Firestore (``history.py``, ``idempotency_records.py``), the
-deployed one, and SQLite (``sqlite_history.py``, ``sqlite_idempotency.py``), a single
+Two backends satisfy it: Firestore (``history.py``, ``idempotency_records.py``,
+``spend.py``), the deployed one, and SQLite (``sqlite_history.py``,
+``sqlite_idempotency.py``, ``sqlite_spend.py``), a single
 file for a developer's machine without the Firestore emulator. ``agent/service.py``
 picks one by ``HISTORY_BACKEND``; nothing else knows which it got.
 
@@ -11,12 +12,13 @@ Both keep the same promises, checked by one contract test suite run against each
 at the turn's deadline; expired sessions read as absent; a live session of another owner
 is absent to everyone else (``SessionTaken`` on claim); each life of an id has its own
 ``generation`` (deletes report the one they removed); a running summary and the token
-calibration are stored with the history; so is a run paused for approval, which
-blocks other turns until a claim naming it resumes it (``paused_runs.py``); an
-approved tool call is recorded before it runs, once (``tool_runs.py``); an
-Idempotency-Key's record is marked done, with the turn's generation, in the turn's own
-commit (``extra_writes``). The data types and errors are the Firestore module's
-(``History``, ``Claim``, ``Deleted``, ``SessionBusy``, ...), shared as they are.
+calibration are stored with the history, and so are its usage totals, written by the
+turn's commit; so is a run paused for approval, which blocks other turns until a claim
+naming it resumes it (``paused_runs.py``); an approved tool call is recorded before it
+runs, once (``tool_runs.py``); an Idempotency-Key's record is marked done, with the
+turn's generation, and the principal's spend of the day grows by the turn's cost, both
+in the turn's own commit (``extra_writes``). The data types and errors are the Firestore
+module's (``History``, ``Claim``, ``Deleted``, ``SessionBusy``, ...), shared as they are.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary
+from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary, UsageTotals
 from agent.store.idempotency_records import KeyClaim, StoredResponse
 from agent.store.paused_runs import Decision, PausedRun
 from agent.store.tool_runs import EarlierRun
@@ -72,6 +74,7 @@ class HistoryBackend(Protocol):
         token_ratio: float | None = None,
         paused: PausedRun | None = None,
         decisions: Sequence[Decision] = (),
+        totals: UsageTotals | None = None,
     ) -> History:
         """``extra_writes(batch, expire_at)`` joins the commit: ``batch`` is whatever the
         backend commits with, and only the same backend's IdempotencyBackend writes to it.
@@ -108,3 +111,16 @@ class ToolRunBackend(Protocol):
     ) -> EarlierRun | None: ...
 
     def finish(self, session_id: str, generation: str, call_id: str, output: str) -> None: ...
+
+
+class SpendBackend(Protocol):
+    """A principal's spend per UTC day (the promises: ``spend.py``'s header)."""
+
+    def spent(self, principal: str, day: dt.date) -> float:
+        """US dollars of the principal's committed turns of ``day``."""
+        ...
+
+    def recording(self, principal: str, day: dt.date, cost_usd: float) -> Callable[[Any], None]:
+        """A write adding ``cost_usd`` to that spend, for the turn's own commit (the
+        same backend's ``extra_writes`` batch or connection)."""
+        ...

@@ -28,6 +28,11 @@ names and document shapes: ``schema.py``)::
         paused       map|null   a run waiting for a person's approval: the pending calls and
                                 the SDK's run state (``paused_runs.py`` has its bounds)
         approvals    array      the last approval decisions (who, when, which call, why)
+        usage        map        running totals of this life's committed turns: requests,
+                                input_tokens, cached_input_tokens, output_tokens (ints),
+                                cost_usd (float; the summariser's calls included, a model
+                                without a known price adds nothing); rewritten whole, as
+                                absolute values, by each turn's commit
         created_at, updated_at  Timestamp
         expire_at    Timestamp  TTL field
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
@@ -38,6 +43,9 @@ names and document shapes: ``schema.py``)::
                                                      by store/tool_runs.py
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key's record,
                                                      written by store/idempotency_records.py
+                                                     (its header has the fields)
+    agent_spend/{sha256(principal)}_{day}_{shard}    a principal's spend per UTC day, in
+                                                     shards, written by store/spend.py
                                                      (its header has the fields)
 
 The encoded history is one byte stream: each item as compact JSON and a newline.
@@ -69,6 +77,11 @@ Consistency
 * All items of a turn are written in one atomic commit, conditioned on the claim
   write's ``update_time``: if the claim was lost, nothing is written. A run that
   fails leaves the history exactly as it was.
+* The usage totals ride in that commit as absolute values: the totals the claim read
+  plus the turn's own usage. Nobody else writes the document while the claim is held,
+  so no increment is needed and none is lost; a failed turn adds nothing. Whatever
+  else must land with the turn and only with it (the Idempotency-Key record, the
+  principal's spend) joins the same commit through ``extra_writes``.
 * A commit whose reply is lost (a reset, a timeout, a retry refused because the first
   attempt landed) has an unknown outcome, and ``commit`` finds it out before it
   answers: the commit writes its claim token as ``last_commit``, so a re-read tells
@@ -132,15 +145,19 @@ from agent.store.paused_runs import (
 from agent.store.schema import (
     APPROVALS,
     BYTES,
+    CACHED_INPUT_TOKENS,
     CHUNK_COUNT,
     CHUNKS,
     CLAIM_TOKEN,
     CLAIM_UNTIL,
+    COST_USD,
     CREATED_AT,
     DATA,
     GENERATION,
+    INPUT_TOKENS,
     ITEMS,
     LAST_COMMIT,
+    OUTPUT_TOKENS,
     OWNER,
     PAUSE_ATTEMPTS,
     PAUSE_FINGERPRINT,
@@ -149,6 +166,7 @@ from agent.store.schema import (
     PAUSE_PENDING,
     PAUSED,
     PAUSED_AT,
+    REQUESTS,
     SESSIONS,
     SUMMARY,
     SUMMARY_ITEMS,
@@ -159,6 +177,8 @@ from agent.store.schema import (
     TTL_FIELD,
     TURNS,
     UPDATED_AT,
+    USAGE,
+    UsageTotalsDoc,
     chunk_id,
 )
 
@@ -233,6 +253,49 @@ class Deleted:
 
 
 @dataclass(frozen=True)
+class UsageTotals:
+    """A session's running totals: what its committed turns spent on the model."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def plus(self, other: UsageTotals) -> UsageTotals:
+        return UsageTotals(
+            self.requests + other.requests,
+            self.input_tokens + other.input_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.output_tokens + other.output_tokens,
+            # Rounded as each cost is: sums of float dollars drift in the last digits.
+            round(self.cost_usd + other.cost_usd, 8),
+        )
+
+    def as_doc(self) -> UsageTotalsDoc:
+        return {
+            REQUESTS: self.requests,
+            INPUT_TOKENS: self.input_tokens,
+            CACHED_INPUT_TOKENS: self.cached_input_tokens,
+            OUTPUT_TOKENS: self.output_tokens,
+            COST_USD: self.cost_usd,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> UsageTotals:
+        """From a stored map; a session written before totals existed has none (zero)."""
+        if not isinstance(doc, dict):
+            return cls()
+        return cls(
+            int(doc.get(REQUESTS) or 0),
+            int(doc.get(INPUT_TOKENS) or 0),
+            int(doc.get(CACHED_INPUT_TOKENS) or 0),
+            int(doc.get(OUTPUT_TOKENS) or 0),
+            float(doc.get(COST_USD) or 0.0),
+        )
+
+
+@dataclass(frozen=True)
 class History:
     session_id: str
     items: list[Item]
@@ -245,6 +308,8 @@ class History:
     """Tool calls of a paused run waiting for approval."""
     approvals: tuple[Decision, ...] = ()
     """The last approval decisions, oldest first."""
+    totals: UsageTotals = UsageTotals()
+    """The running usage totals of the session's committed turns."""
 
 
 @dataclass(frozen=True)
@@ -297,6 +362,9 @@ class Claim:
     paused: PausedRun | None = None
     """The paused run this claim resumes (``claim(resume=...)``), with its state."""
     approvals: tuple[Decision, ...] = ()
+    totals: UsageTotals = UsageTotals()
+    """The session's usage totals as the claim read them: a turn commits them plus its
+    own usage (nobody else writes them while the claim is held)."""
 
 
 def doc_id(session_id: str) -> str:
@@ -368,6 +436,7 @@ class HistoryStore:
             summary.items if summary else 0,
             paused.pending if paused else (),
             tuple(data.get(APPROVALS) or ()),
+            UsageTotals.from_doc(data.get(USAGE)),
         )
 
     def paused_run(
@@ -560,6 +629,7 @@ class HistoryStore:
             token_ratio=float(data.get(TOKEN_RATIO) or 1.0),
             paused=paused,
             approvals=tuple(data.get(APPROVALS) or ()),
+            totals=UsageTotals.from_doc(data.get(USAGE)),
         )
 
     def commit(
@@ -576,6 +646,7 @@ class HistoryStore:
         token_ratio: float | None = None,
         paused: PausedRun | None = None,
         decisions: Sequence[Decision] = (),
+        totals: UsageTotals | None = None,
     ) -> History:
         """Append ``new_items`` (or, with ``replace``, make them the whole history)
         and release the claim, in one atomic commit.
@@ -586,9 +657,10 @@ class HistoryStore:
         finding out whether it landed; without it each call gets the store's timeout.
         ``summary`` replaces the running summary in the same commit (a summary covers
         only stored items, so it lands with them or not at all); ``token_ratio`` updates
-        the session's calibration. ``paused`` is the run the turn paused (None: the
-        session has none after this commit, so a resumed run's state goes with it);
-        ``decisions`` join the decision log.
+        the session's calibration; ``totals`` replaces the usage totals (absolute values:
+        the claim's plus this turn's, so a commit that fails adds nothing). ``paused`` is
+        the run the turn paused (None: the session has none after this commit, so a
+        resumed run's state goes with it); ``decisions`` join the decision log.
 
         Returns when the turn is stored, also when the reply was lost but the turn
         landed. Raises ClaimLost (the claim had lapsed; nothing written),
@@ -637,6 +709,7 @@ class HistoryStore:
             **({TOKEN_RATIO: token_ratio} if token_ratio is not None else {}),
             PAUSED: paused_fields(paused) if paused is not None else None,
             **({APPROVALS: logged(claim.approvals, decisions)} if decisions else {}),
+            **({USAGE: totals.as_doc()} if totals is not None else {}),
             UPDATED_AT: now,
             TTL_FIELD: expire_at,
         }
@@ -654,6 +727,7 @@ class HistoryStore:
             kept.items if kept else 0,
             paused.pending if paused else (),
             tuple(logged(claim.approvals, decisions)),
+            totals or claim.totals,
         )
         # Half of the time left for the commit, half for finding out its outcome.
         ends = time.monotonic() + (time_left if time_left is not None else 3 * self._timeout)
@@ -842,6 +916,7 @@ def _empty_session(now: dt.datetime, until: dt.datetime, stale_chunks: int) -> d
         SUMMARY_ITEMS: 0,
         SUMMARY_OFFSET: 0,
         TOKEN_RATIO: None,
+        USAGE: UsageTotals().as_doc(),
     }
 
 

@@ -11,13 +11,16 @@ Layout::
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
                                                      sealed parts of its history (ChunkDoc)
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key (KeyDoc)
+    agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{shard}
+                                                     one shard of a principal's spend on
+                                                     one UTC day (SpendDoc)
     agent_sessions/{doc_id}/agent_tool_runs/{generation}~{call_id}
                                                      one approved tool call (ToolRunDoc)
 
 ``store/history.py`` states the size bounds and consistency guarantees of the first
-two, ``store/idempotency_records.py`` those of the third, ``store/paused_runs.py`` those
-of a paused run (a field of the session document) and ``store/tool_runs.py`` those of
-the last.
+two, ``store/idempotency_records.py`` those of the third, ``store/spend.py`` those of
+the fourth, ``store/tool_runs.py`` those of the last, and ``store/paused_runs.py``
+those of a paused run (a field of the session document).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from typing import Any, Final, NotRequired, TypedDict
 SESSIONS: Final = "agent_sessions"
 CHUNKS: Final = "agent_history_chunks"
 IDEMPOTENCY: Final = "agent_idempotency"
+SPEND: Final = "agent_spend"
 TOOL_RUNS: Final = "agent_tool_runs"
-COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY, TOOL_RUNS)
+COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY, SPEND, TOOL_RUNS)
 """Every collection group the service writes; each needs a TTL policy on TTL_FIELD."""
 
 TTL_FIELD: Final = "expire_at"
@@ -49,12 +53,14 @@ GENERATION: Final = "generation"
 (and, outside Firestore, on its result objects): what a session's clean-up and re-signs
 check, so that they never touch a later life of the same id."""
 LAST_COMMIT: Final = "last_commit"
+"""The claim token of the turn whose commit wrote the document last: how a turn whose
+commit reply was lost finds out whether it landed."""
 SUMMARY: Final = "summary"
 SUMMARY_ITEMS: Final = "summary_items"
 SUMMARY_OFFSET: Final = "summary_offset"
 TOKEN_RATIO: Final = "token_ratio"
-"""The claim token of the turn whose commit wrote the document last: how a turn whose
-commit reply was lost finds out whether it landed."""
+USAGE: Final = "usage"
+"""The session's running totals (UsageTotalsDoc), rewritten whole by each turn's commit."""
 CREATED_AT: Final = "created_at"
 UPDATED_AT: Final = "updated_at"
 PAUSED: Final = "paused"
@@ -71,6 +77,13 @@ PAUSE_STATE: Final = "state"
 PAUSE_ATTEMPTS: Final = "attempts"
 PAUSE_FOLDED: Final = "folded"
 
+# -- usage totals (a map on agent_sessions) -----------------------------------------
+REQUESTS: Final = "requests"
+INPUT_TOKENS: Final = "input_tokens"
+CACHED_INPUT_TOKENS: Final = "cached_input_tokens"
+OUTPUT_TOKENS: Final = "output_tokens"
+COST_USD: Final = "cost_usd"
+
 # -- agent_history_chunks --------------------------------------------------------------
 DATA: Final = "data"
 
@@ -86,6 +99,10 @@ RUNNING_UNTIL: Final = "running_until"
 RESPONSE: Final = "response"
 RUNNING: Final = "running"
 DONE: Final = "done"
+
+# -- agent_spend ---------------------------------------------------------------------
+DAY: Final = "day"
+"""A UTC day as ``YYYY-MM-DD``."""
 
 
 class SessionDoc(TypedDict, total=False):
@@ -132,6 +149,18 @@ class ToolRunDoc(TypedDict):
     output: str | None  # the tool's result, once DONE
     started_at: dt.datetime
     expire_at: dt.datetime  # the session's at the time
+    usage: UsageTotalsDoc  # running totals of every committed turn of this life
+
+
+class UsageTotalsDoc(TypedDict):
+    """The ``usage`` map of a session: model calls, tokens and dollars of its committed
+    turns, the history summariser's calls included."""
+
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    cost_usd: float  # turns of a model without a known price add nothing
 
 
 class ChunkDoc(TypedDict):
@@ -154,6 +183,15 @@ class KeyDoc(TypedDict):
     generation: NotRequired[str]  # the session life its turn was stored in (set when done)
 
 
+class SpendDoc(TypedDict):
+    """``agent_spend/{sha256(principal)}_{day}_{shard}``: one shard of a day's spend."""
+
+    owner: str
+    day: str  # YYYY-MM-DD (UTC)
+    cost_usd: float  # incremented by each turn's commit that drew this shard
+    expire_at: dt.datetime  # a couple of days after the day ends
+
+
 def chunk_id(index: int) -> str:
     return f"{index:06d}"
 
@@ -168,9 +206,10 @@ SEQ: Final = "seq"
 ITEM: Final = "item"
 VERSION: Final = "version"
 
-SQLITE_SCHEMA_VERSION: Final = 3
+SQLITE_SCHEMA_VERSION: Final = 4
 """The tables' version (``PRAGMA user_version``); 2 added generations, summaries and the
-token ratio, 3 paused runs, the decision log and tool runs."""
+token ratio; 3 the sessions' usage totals and the spend table; 4 paused runs, the
+decision log and the tool-run table."""
 PAUSED_STATE: Final = f"{PAUSED}_{PAUSE_STATE}"
 """SQLite: the paused run's compressed state, apart from its JSON (column ``paused``)."""
 
@@ -191,6 +230,7 @@ CREATE TABLE IF NOT EXISTS {SESSIONS} (
     {PAUSED} TEXT,
     {PAUSED_STATE} BLOB,
     {APPROVALS} TEXT,
+    {USAGE} TEXT,
     {CREATED_AT} INTEGER NOT NULL,
     {UPDATED_AT} INTEGER NOT NULL,
     {TTL_FIELD} INTEGER NOT NULL
@@ -225,6 +265,26 @@ CREATE TABLE IF NOT EXISTS {TOOL_RUNS} (
     {TTL_FIELD} INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {TOOL_RUNS}_{SESSION_ID} ON {TOOL_RUNS} ({SESSION_ID});
+CREATE TABLE IF NOT EXISTS {SPEND} (
+    {OWNER} TEXT NOT NULL,
+    {DAY} TEXT NOT NULL,
+    {COST_USD} REAL NOT NULL,
+    {TTL_FIELD} INTEGER NOT NULL,
+    PRIMARY KEY ({OWNER}, {DAY})
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {SPEND}_{TTL_FIELD} ON {SPEND} ({TTL_FIELD});
 """
 """The SQLite backend's tables. Times are INTEGER microseconds since the Unix epoch (UTC),
 exact and comparable in SQL; items and responses are compact JSON text."""
+
+SQLITE_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    2: (f"ALTER TABLE {SESSIONS} ADD COLUMN {USAGE} TEXT",),
+    3: (
+        f"ALTER TABLE {SESSIONS} ADD COLUMN {PAUSED} TEXT",
+        f"ALTER TABLE {SESSIONS} ADD COLUMN {PAUSED_STATE} BLOB",
+        f"ALTER TABLE {SESSIONS} ADD COLUMN {APPROVALS} TEXT",
+    ),
+}
+"""Version -> the statements that bring a file of that version to the next one (the new
+tables come from SQLITE_TABLES, which creates what is missing). A version not listed is
+refused."""

@@ -40,6 +40,7 @@ from agent.store.history import (
     Item,
     SessionBusy,
     Summary,
+    UsageTotals,
 )
 from agent.store.paused_runs import Decision, PausedRun
 
@@ -100,9 +101,11 @@ class FirestoreSession:
         time_left: float | None = None,
         paused: PausedRun | None = None,
         decisions: Sequence[Decision] = (),
+        totals: UsageTotals | None = None,
     ) -> History:
         """Write the turn's items in one commit (with ``extra_writes``, ``time_left``,
-        ``paused`` and ``decisions``, see ``HistoryStore.commit``). If the commit fails before it is
+        ``totals``, ``paused`` and ``decisions``, see ``HistoryStore.commit``). If the
+        commit fails before it is
         sent, the turn stays open, so that ``abort_turn`` can still release the claim;
         once it was sent and failed (ClaimLost, CommitFailed, CommitUnknown) the claim
         is settled and the turn is closed: released by the store's fence, lost, or
@@ -122,6 +125,7 @@ class FirestoreSession:
                 token_ratio=self._token_ratio,
                 paused=paused,
                 decisions=decisions,
+                totals=totals,
             )
         except (ClaimLost, CommitFailed, CommitUnknown):
             self._claim, self._aborted = None, True

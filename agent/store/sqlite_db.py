@@ -7,13 +7,16 @@ disk, so settings refuse it where ``K_SERVICE`` is set.
 
 Layout
 ------
-Three tables (``schema.SQLITE_TABLES``): ``agent_sessions`` (one row per conversation:
-owner, counts, claim, generation, running summary, token ratio, times),
-``agent_history_items`` (one row per history item, keyed by session and sequence number)
-and ``agent_idempotency`` (one row per Idempotency-Key, with a ``version`` that later
-writes are conditioned on). Times are integer microseconds since the epoch.
-``PRAGMA user_version`` holds ``SQLITE_SCHEMA_VERSION``: a file of another version is
-refused with the reason, never misread.
+Four tables (``schema.SQLITE_TABLES``): ``agent_sessions`` (one row per conversation:
+owner, counts, claim, generation, running summary, token ratio, usage totals as JSON,
+times), ``agent_history_items`` (one row per history item, keyed by session and sequence
+number), ``agent_idempotency`` (one row per Idempotency-Key, with a ``version`` that later
+writes are conditioned on) and ``agent_spend`` (one row per principal and UTC day:
+``sqlite_spend.py``). Times are integer microseconds since the epoch.
+``PRAGMA user_version`` holds ``SQLITE_SCHEMA_VERSION``. A file of an older version with a
+migration (``schema.SQLITE_MIGRATIONS``: version 2 gains the usage column and the spend
+table) is upgraded when opened, in one transaction; any other version is refused with
+the reason, never misread.
 
 Size bounds
 -----------
@@ -64,6 +67,8 @@ from agent.store.schema import (
     RUNNING_UNTIL,
     SESSION_ID,
     SESSIONS,
+    SPEND,
+    SQLITE_MIGRATIONS,
     SQLITE_SCHEMA_VERSION,
     SQLITE_TABLES,
     STATE,
@@ -77,6 +82,13 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 # SQLite result codes that mean "not now" (another writer, the disk), not a bug here.
 _UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_CANTOPEN")
+
+
+def _migratable(version: int) -> bool:
+    """A file of ``version`` can be brought to SQLITE_SCHEMA_VERSION step by step."""
+    return all(v in SQLITE_MIGRATIONS for v in range(version, SQLITE_SCHEMA_VERSION)) and (
+        version <= SQLITE_SCHEMA_VERSION
+    )
 
 
 def to_micros(moment: dt.datetime) -> int:
@@ -108,15 +120,24 @@ class Database:
             self._conn.execute("BEGIN IMMEDIATE")
             (version,) = self._conn.execute("PRAGMA user_version").fetchone()
             tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if version != SQLITE_SCHEMA_VERSION and tables:
+            if tables and not _migratable(version):
                 self._conn.execute("ROLLBACK")
                 self._conn.close()
                 raise RuntimeError(
                     f"{path}: SQLite history of schema version {version}, this code needs"
                     f" {SQLITE_SCHEMA_VERSION}; move the file away (or set SQLITE_PATH)"
                 )
-            self._conn.executescript(SQLITE_TABLES)  # commits the transaction
+            # One transaction (not executescript, which commits first): an upgrade
+            # that fails halfway leaves the file at its old version, as it was.
+            while tables and version < SQLITE_SCHEMA_VERSION:
+                for statement in SQLITE_MIGRATIONS[version]:
+                    self._conn.execute(statement)
+                version += 1
+            for statement in SQLITE_TABLES.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version = {SQLITE_SCHEMA_VERSION}")
+            self._conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -152,6 +173,7 @@ class Database:
                 {"at": at, "done": DONE},
             )
             conn.execute(f"DELETE FROM {TOOL_RUNS} WHERE {TTL_FIELD} <= :at", {"at": at})
+            conn.execute(f"DELETE FROM {SPEND} WHERE {TTL_FIELD} <= :at", {"at": at})
 
     def close(self) -> None:
         with self._lock:

@@ -20,9 +20,10 @@ bounds, locking and expiry):
 * Generations: a claim that starts a new life of an id (absent, expired, or a first
   turn that never committed) gives it a new random ``generation`` and drops the dead
   life's items in the same transaction; deletes report the generation they removed.
-* The running summary (``summary``, ``summary_items``, ``summary_offset``) and the
-  session's ``token_ratio`` are columns of the session row, written by the turn's
-  commit. A claim loads the whole history (a local read is cheap) and hands the turn
+* The running summary (``summary``, ``summary_items``, ``summary_offset``), the
+  session's ``token_ratio`` and its usage totals (``usage``, JSON: the claim's totals
+  plus the turn's usage, as absolute values) are columns of the session row, written by
+  the turn's commit. A claim loads the whole history (a local read is cheap) and hands the turn
   the items the summary does not cover, with their byte offsets in the encoded history
   (``item_ends``, as on Firestore: each item as compact JSON and a newline).
 * Ownership: ``load``, ``claim`` and ``delete`` take the caller's principal, as on
@@ -61,6 +62,7 @@ from agent.store.history import (
     SessionTaken,
     Summary,
     TurnTooLarge,
+    UsageTotals,
     new_generation,
 )
 from agent.store.paused_runs import (
@@ -100,12 +102,13 @@ from agent.store.schema import (
     TTL_FIELD,
     TURNS,
     UPDATED_AT,
+    USAGE,
 )
 from agent.store.sqlite_db import Database, from_micros, to_micros
 
 _COLUMNS = (
     *(OWNER, TURNS, ITEMS, BYTES, CLAIM_TOKEN, CLAIM_UNTIL, GENERATION),
-    *(SUMMARY, SUMMARY_ITEMS, SUMMARY_OFFSET, TOKEN_RATIO, CREATED_AT, TTL_FIELD),
+    *(SUMMARY, SUMMARY_ITEMS, SUMMARY_OFFSET, TOKEN_RATIO, USAGE, CREATED_AT, TTL_FIELD),
     *(PAUSED, PAUSED_STATE, APPROVALS),
 )
 _SELECT_SESSION = f"SELECT {', '.join(_COLUMNS)} FROM {SESSIONS} WHERE {ID} = ?"
@@ -138,6 +141,7 @@ class _Row:
             else Summary(named[SUMMARY], named[SUMMARY_ITEMS], named[SUMMARY_OFFSET])
         )
         self.token_ratio: float = float(named[TOKEN_RATIO] or 1.0)
+        self.totals = UsageTotals.from_doc(json.loads(named[USAGE] or "null"))
         self.created_at = from_micros(named[CREATED_AT])
         self.expire_at = from_micros(named[TTL_FIELD])
         self.paused = _paused_of(named[PAUSED], named[PAUSED_STATE])
@@ -181,6 +185,7 @@ class SqliteHistoryStore:
             summary.items if summary else 0,
             row.paused.pending if row.paused else (),
             row.approvals,
+            row.totals,
         )
 
     def paused_run(
@@ -318,6 +323,7 @@ class SqliteHistoryStore:
             token_ratio=row.token_ratio,
             paused=paused,
             approvals=row.approvals,
+            totals=row.totals,
         )
 
     def commit(
@@ -334,6 +340,7 @@ class SqliteHistoryStore:
         token_ratio: float | None = None,
         paused: PausedRun | None = None,
         decisions: Sequence[Decision] = (),
+        totals: UsageTotals | None = None,
     ) -> History:
         """Append ``new_items`` (with ``replace``, make them the whole history) and
         release the claim, in one transaction, only if the row still holds this claim.
@@ -341,9 +348,10 @@ class SqliteHistoryStore:
 
         ``extra_writes(connection, expire_at)`` runs inside that transaction, so its
         writes land if and only if the turn does (the idempotency record). ``summary``
-        replaces the running summary and ``token_ratio`` the calibration, in the same
-        transaction, as do ``paused`` (the run the turn paused; None clears it) and
-        ``decisions`` (added to the decision log). ``time_left`` (seconds): with too
+        replaces the running summary, ``token_ratio`` the calibration and ``totals``
+        the usage totals, in the same transaction, as do ``paused`` (the run the turn
+        paused; None clears it) and ``decisions`` (added to the decision log).
+        ``time_left`` (seconds): with too
         little left the claim is left to lapse unused, as on Firestore."""
         encoded = [_encode(item) for item in new_items]
         added = sum(len(text.encode()) + 1 for text in encoded)  # JSON lines, as on Firestore
@@ -381,9 +389,11 @@ class SqliteHistoryStore:
                 f" {SUMMARY_OFFSET} = :summary_offset,"
                 f" {TOKEN_RATIO} = COALESCE(:ratio, {TOKEN_RATIO}),"
                 f" {PAUSED} = :paused, {PAUSED_STATE} = :paused_state, {APPROVALS} = :approvals,"
+                f" {USAGE} = COALESCE(:usage, {USAGE}),"
                 f" {UPDATED_AT} = :now, {TTL_FIELD} = :expire WHERE {ID} = :id",
                 {"turns": turns, "items": items, "bytes": total}
                 | {"created": to_micros(claim.created_at), "ratio": token_ratio}
+                | {"usage": None if totals is None else json.dumps(totals.as_doc())}
                 | {"summary": kept.text if kept else None}
                 | {"summary_items": kept.items if kept else 0}
                 | {"summary_offset": kept.offset if kept else 0}
@@ -403,6 +413,7 @@ class SqliteHistoryStore:
             kept.items if kept else 0,
             paused.pending if paused else (),
             tuple(log),
+            totals or claim.totals,
         )
 
     def release(self, claim: Claim) -> None:

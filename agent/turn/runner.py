@@ -65,11 +65,13 @@ from agent.store.history import (
     ClaimLost,
     CommitUnknown,
     TurnTooLarge,
+    UsageTotals,
 )
 from agent.store.paused_runs import Decision, PausedRun
 from agent.store.session import FirestoreSession
 from agent.turn import approvals
 from agent.turn.approvals import Resume, Spent, StoreGuard
+from agent.turn.budget import Budget
 from agent.turn.context_window import ContextKeeper, Window
 from agent.turn.outcome import TurnOutcome
 from agent.turn.outcome import Usage as UsageBody
@@ -95,12 +97,16 @@ class TurnRunner:
         results: OffloadPolicy | None = None,
         prices: Mapping[str, Price] = DEFAULT_PRICES,
         context: ContextKeeper | None = None,
+        *,
+        budget: Budget | None = None,
         tool_runs: ToolRunBackend | None = None,
     ) -> None:
         """``context`` keeps every model call inside the context budget (None: the
-        whole history is sent, as in library use); ``tool_runs`` guards approved calls
-        (None: unguarded, for library use)."""
+        whole history is sent, as in library use); ``budget`` refuses a principal's
+        turns past its daily spend and records what each turn cost (None: no budget);
+        ``tool_runs`` guards approved calls (None: unguarded, for library use)."""
         self._context = context
+        self._budget = budget
         self._tool_runs = tool_runs
         self._fingerprint = approvals.fingerprint(agent, settings.agent_model)
         self._agent = agent
@@ -240,6 +246,11 @@ class TurnRunner:
         self, session_id: str, message: str | Resume, started: float, owner: str | None
     ) -> _OpenTurn:
         deadline = started + self._settings.turn_budget_seconds
+        # Before the claim: a refused turn writes nothing, not even a claim to release.
+        spend_day = None
+        if self._budget is not None and owner is not None:
+            with tracing.span("budget_check"):
+                spend_day = self._budget.check(owner)
         session = FirestoreSession(session_id, self._store, owner=owner)
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
         resume = message if isinstance(message, Resume) else None
@@ -256,10 +267,11 @@ class TurnRunner:
         if claim.replaced:
             self._sweep_previous_life(claim)
         run_deadline = deadline - self._commit_reserve - self._offload_reserve
+        turn = _OpenTurn(session, claim, deadline, run_deadline, owner=owner, spend_day=spend_day)
         if resume is not None:
-            return self._open_resume(_OpenTurn(session, claim, deadline, run_deadline), resume)
+            return self._open_resume(turn, resume)
         assert isinstance(message, str)
-        turn = _OpenTurn(session, claim, deadline, run_deadline, input=message)
+        turn = dataclasses.replace(turn, input=message)
         if self._context is None:
             return turn
         try:
@@ -311,6 +323,7 @@ class TurnRunner:
         paused run when it paused."""
         session, new_session = turn.session, turn.claim.new_session
         usage = self._usage(result, turn.window, turn.spent)
+        spent = _totals_of(usage)
         if turn.window and turn.window.estimated and self._context and result.raw_responses:
             reported = result.raw_responses[0].usage.input_tokens
             self._context.calibrate(session, turn.claim, turn.window, reported)
@@ -329,16 +342,23 @@ class TurnRunner:
             if delivery.history_text is not None:
                 kept = delivery.history_text
                 session.rewrite_turn(lambda items: shrink_answer(items, kept))
+            record = None
+            budget, owner, day = self._budget, turn.owner, turn.spend_day
+            if budget is not None and owner is not None and day is not None and spent.cost_usd:
+                record = budget.recording(owner, day, spent.cost_usd)
             extra = None
-            if on_commit is not None:
-                done = on_commit
+            if on_commit is not None or record is not None:
 
                 def extra(batch: Any, expire_at: dt.datetime) -> None:
+                    # Both join the turn's commit: they land if and only if it does.
                     assert delivery is not None
-                    outcome = _outcome(
-                        session.session_id, usage, new_session, expire_at, delivery, paused
-                    )
-                    done(batch, outcome, turn.claim.generation)
+                    if on_commit is not None:
+                        outcome = _outcome(
+                            session.session_id, usage, new_session, expire_at, delivery, paused
+                        )
+                        on_commit(batch, outcome, turn.claim.generation)
+                    if record is not None:
+                        record(batch)
 
             decisions: tuple[Decision, ...] = ()
             if turn.resume is not None and turn.claim.paused is not None:
@@ -349,6 +369,7 @@ class TurnRunner:
                     time_left=turn.deadline - time.monotonic(),
                     paused=paused,
                     decisions=decisions,
+                    totals=turn.claim.totals.plus(spent),
                 )
         except BaseException as exc:
             error = self._fail(turn, exc)
@@ -391,16 +412,26 @@ class TurnRunner:
         summary: dict[str, Any] = {}
         if window is not None and window.summary_usage is not None:
             spent = window.summary_usage
+            summary_cached = spent.input_tokens_details.cached_tokens or 0
             summary = {
                 "summary": {
                     "requests": spent.requests,
                     "input_tokens": spent.input_tokens,
+                    "cached_input_tokens": summary_cached,
                     "output_tokens": spent.output_tokens,
+                    "cost_usd": cost_usd(
+                        self._prices,
+                        self._settings.context_summary_model or self._settings.agent_model,
+                        input_tokens=spent.input_tokens,
+                        cached_input_tokens=summary_cached,
+                        output_tokens=spent.output_tokens,
+                    ),
                 }
             }
         return summary | {
             "requests": requests,
             "input_tokens": input_tokens,
+            "cached_input_tokens": cached,
             "output_tokens": output_tokens,
             "total_tokens": total_tokens,
             "cost_usd": cost_usd(
@@ -451,6 +482,29 @@ class _OpenTurn:
     resume: Resume | None = None
     spent: Spent | None = None
     """A resumed run's usage when it paused (already reported)."""
+    owner: str | None = None
+    spend_day: dt.date | None = None
+    """The UTC day the budget was checked on, which the turn's cost counts to (None: no
+    budget)."""
+
+
+def _totals_of(usage: UsageBody) -> UsageTotals:
+    """What a turn adds to its session's totals: its model calls and the summariser's.
+    A cost that is unknown (a model without a price) adds nothing."""
+    spent = UsageTotals()
+    for part in (usage, usage.get("summary")):
+        if part is None:
+            continue
+        spent = spent.plus(
+            UsageTotals(
+                part["requests"],
+                part["input_tokens"],
+                part.get("cached_input_tokens", 0),
+                part["output_tokens"],
+                part.get("cost_usd") or 0.0,
+            )
+        )
+    return spent
 
 
 def _is_overflow(exc: openai.BadRequestError) -> bool:
