@@ -373,3 +373,15 @@ def test_approval_required_tools_gates_any_tool(
     body = gated.post("/chat", json={"message": "12 * (3 + 4)"}).get_json()
     assert body["status"] == "approval_required"
     assert body["pending_approvals"][0]["tool"] == "calculate"
+
+
+def test_deleting_the_session_deletes_its_tool_runs(acting: FlaskClient) -> None:
+    call_id = pause(acting, "ap-del")["pending_approvals"][0]["call_id"]
+    service = service_of(acting)
+    generation = service.store.current_generation("ap-del", utc_now())
+    assert generation is not None
+    assert decide(acting, "ap-del", [{"call_id": call_id, "approve": True}]).status_code == 200
+    ran = service.tool_runs.start("ap-del", generation, call_id, utc_now())
+    assert ran is not None and ran.output == "sent to alice"  # recorded, with its output
+    assert acting.delete("/sessions/ap-del").status_code == 204
+    assert service.tool_runs.start("ap-del", generation, call_id, utc_now()) is None  # gone
