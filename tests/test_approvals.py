@@ -385,3 +385,34 @@ def test_deleting_the_session_deletes_its_tool_runs(acting: FlaskClient) -> None
     assert ran is not None and ran.output == "sent to alice"  # recorded, with its output
     assert acting.delete("/sessions/ap-del").status_code == 204
     assert service.tool_runs.start("ap-del", generation, call_id, utc_now()) is None  # gone
+
+
+def test_a_resume_counts_against_the_budget_and_its_cost_once(
+    make_client: Callable[..., FlaskClient], outbox: Path, model: DemoModelServer
+) -> None:
+    prices = json.dumps({MODEL: {"input": 2.0, "cached_input": 1.0, "output": 8.0}})
+    roomy = make_client(
+        outbox_path=str(outbox), model_prices=prices, budget_usd_per_principal_per_day="100"
+    )
+    body = pause(roomy, "ap-budget")
+    call_id = body["pending_approvals"][0]["call_id"]
+    done = decide(roomy, "ap-budget", [{"call_id": call_id, "approve": True}]).get_json()
+    totals = roomy.get("/sessions/ap-budget").get_json()["usage"]
+    # The session's totals are the two answers' usage: the paused part counted once.
+    assert totals["requests"] == body["usage"]["requests"] + done["usage"]["requests"] == 2
+    assert totals["cost_usd"] == pytest.approx(
+        body["usage"]["cost_usd"] + done["usage"]["cost_usd"]
+    )
+    # Past the budget, a resume is refused before anything runs, and the pause waits.
+    # Room for one more paused turn, not for its resume as well.
+    budget = totals["cost_usd"] + body["usage"]["cost_usd"] / 2
+    tight = make_client(
+        outbox_path=str(outbox), model_prices=prices, budget_usd_per_principal_per_day=str(budget)
+    )
+    call_id = pause(tight, "ap-budget-2")["pending_approvals"][0]["call_id"]
+    calls = model.request_count
+    refused = decide(tight, "ap-budget-2", [{"call_id": call_id, "approve": True}])
+    assert refused.status_code == 429, refused.get_json()
+    assert refused.get_json()["error"]["code"] == "budget_exceeded"
+    assert model.request_count == calls and len(sent(outbox)) == 1
+    assert tight.get("/sessions/ap-budget-2").get_json()["pending_approvals"]
