@@ -19,7 +19,7 @@ from local.demo_model import DemoModelServer
 from local.server import LiveServer as Server
 from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY, MODEL
 from tests.support.openapi_contract import assert_conforms
-from tests.support.sse_client import parse_body
+from tests.support.sse_client import events_of, open_stream, parse_body
 from tests.support.stores import service_of
 
 
@@ -416,3 +416,43 @@ def test_a_resume_counts_against_the_budget_and_its_cost_once(
     assert refused.get_json()["error"]["code"] == "budget_exceeded"
     assert model.request_count == calls and len(sent(outbox)) == 1
     assert tight.get("/sessions/ap-budget-2").get_json()["pending_approvals"]
+
+
+def test_a_client_that_leaves_a_streamed_resume_stores_nothing_and_may_decide_again(
+    store_env: dict[str, str], model: DemoModelServer, outbox: Path
+) -> None:
+    env = (
+        os.environ
+        | store_env
+        | {"OPENAI_BASE_URL": model.base_url, "AGENT_MODEL": MODEL, "AUTH_MODE": "none"}
+        | {"OPENAI_API_KEY": "sk-test", "OUTBOX_PATH": str(outbox)}
+    )
+    server = Server(env)
+    try:
+        status, body, _ = server.call(
+            "POST", "/chat", {"message": 'send "bye" to dan', "session_id": "ap-gone"}
+        )
+        assert status == 200 and body["status"] == "approval_required", body
+        decision = [{"call_id": body["pending_approvals"][0]["call_id"], "approve": True}]
+        model.control(stream_chunk_delay_seconds=0.5)  # the answer after the tool is slow
+        connection, response = open_stream(
+            server.port, {"decisions": decision, "stream": True}, path="/sessions/ap-gone/approvals"
+        )
+        seen = [next(events_of(response)).name for _ in range(2)]
+        assert seen == ["tool_result", "delta"], seen  # the tool ran; the answer is under way
+        connection.close()  # the user closed the tab
+        model.reset()
+        deadline = time.monotonic() + 10
+        while True:  # the server notices at its next write and releases the session
+            status, done, _ = server.call(
+                "POST", "/sessions/ap-gone/approvals", {"decisions": decision}
+            )
+            if status != 409 or done["error"]["code"] != "session_busy":
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert status == 200, done
+        assert "sent to dan" in done["reply"]  # the recorded result, not a second run
+    finally:
+        server.stop()
+    assert sent(outbox) == [{"to": "dan", "text": "bye"}]
