@@ -123,7 +123,7 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
         auth=build_authenticator(settings),
         idempotency=idempotency,
         tool_runs=tool_runs,
-        sessions=Sessions(store, results, idempotency),
+        sessions=Sessions(store, results, idempotency, tool_runs),
         project=project,
         spend=spend,
     )

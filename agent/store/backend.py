@@ -112,6 +112,8 @@ class ToolRunBackend(Protocol):
 
     def finish(self, session_id: str, generation: str, call_id: str, output: str) -> None: ...
 
+    def forget_session(self, session_id: str, generation: str) -> None: ...
+
 
 class SpendBackend(Protocol):
     """A principal's spend per UTC day (the promises: ``spend.py``'s header)."""

@@ -173,7 +173,6 @@ from agent.store.schema import (
     SUMMARY_OFFSET,
     TAIL,
     TOKEN_RATIO,
-    TOOL_RUNS,
     TTL_FIELD,
     TURNS,
     UPDATED_AT,
@@ -828,10 +827,6 @@ class HistoryStore:
                 batch = self._client.batch()
                 for index in range(data.get(CHUNK_COUNT, 0)):
                     batch.delete(self._chunk_ref(session_id, index))
-                for run in ref.collection(TOOL_RUNS).list_documents(
-                    retry=self._retry, timeout=self._timeout
-                ):
-                    batch.delete(run)
                 batch.delete(ref, option=self._precondition(snap.update_time))
                 try:
                     batch.commit(retry=self._retry, timeout=self._timeout)

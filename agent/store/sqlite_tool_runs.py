@@ -48,6 +48,14 @@ class SqliteToolRunStore:
             )
         return None
 
+    def forget_session(self, session_id: str, generation: str) -> None:
+        prefix = f"{session_id}~{generation}~"
+        with self._db.write() as conn:
+            conn.execute(
+                f"DELETE FROM {TOOL_RUNS} WHERE {SESSION_ID} = ? AND substr({ID}, 1, ?) = ?",
+                (session_id, len(prefix), prefix),
+            )
+
     def finish(self, session_id: str, generation: str, call_id: str, output: str) -> None:
         run_id = f"{session_id}~{generation}~{call_id}"
         with contextlib.suppress(StoreUnavailable, sqlite3.Error), self._db.write() as conn:

@@ -13,7 +13,8 @@ which is the safe side of at most once.
 
 The generation in the id keeps a later life of the session id (whose model may well
 produce the same call ids) from meeting an earlier life's runs. Each document expires
-with its session (``expire_at``), and deleting the session deletes them.
+with its session (``expire_at``), and deleting the session deletes those of the life it
+deleted (``forget_session``, after the session's documents, like its keys' records).
 """
 
 from __future__ import annotations
@@ -83,6 +84,22 @@ class ToolRunStore:
         ref = self._ref(session_id, generation, call_id)
         with contextlib.suppress(gexc.GoogleAPIError):
             ref.update({STATE: DONE, OUTPUT: output}, retry=self._retry, timeout=self._timeout)
+
+    def forget_session(self, session_id: str, generation: str) -> None:
+        """Delete the records of one life of the session (their ids start with its
+        generation). Raises StoreUnavailable; a DELETE repeated later finds the rest."""
+        runs = self._client.collection(SESSIONS).document(doc_id(session_id)).collection(TOOL_RUNS)
+        with outage_as_unavailable():
+            refs = [
+                ref
+                for ref in runs.list_documents(retry=self._retry, timeout=self._timeout)
+                if ref.id.startswith(f"{generation}~")
+            ]
+            for start in range(0, len(refs), 500):  # a batch takes at most 500 writes
+                batch = self._client.batch()
+                for ref in refs[start : start + 500]:
+                    batch.delete(ref)
+                batch.commit(retry=self._retry, timeout=self._timeout)
 
     def _ref(self, session_id: str, generation: str, call_id: str) -> firestore.DocumentReference:
         runs = self._client.collection(SESSIONS).document(doc_id(session_id)).collection(TOOL_RUNS)
