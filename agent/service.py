@@ -27,7 +27,7 @@ from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.model import build_model
 from agent.runtime.pricing import parse_prices
-from agent.store.backend import HistoryBackend, IdempotencyBackend, SpendBackend
+from agent.store.backend import HistoryBackend, IdempotencyBackend, SpendBackend, ToolRunBackend
 from agent.store.history import HistoryStore
 from agent.store.idempotency_records import IdempotencyStore
 from agent.store.spend import SpendStore
@@ -35,6 +35,8 @@ from agent.store.sqlite_db import Database
 from agent.store.sqlite_history import SqliteHistoryStore
 from agent.store.sqlite_idempotency import SqliteIdempotencyStore
 from agent.store.sqlite_spend import SqliteSpendStore
+from agent.store.sqlite_tool_runs import SqliteToolRunStore
+from agent.store.tool_runs import ToolRunStore
 from agent.turn.budget import Budget
 from agent.turn.context_window import ContextKeeper
 from agent.turn.runner import TurnRunner
@@ -54,6 +56,7 @@ class Service:
     results: OffloadPolicy
     auth: Authenticator
     idempotency: IdempotencyBackend
+    tool_runs: ToolRunBackend
     sessions: Sessions
     project: str | None
     """The Google Cloud project, for the trace field of the logs."""
@@ -73,7 +76,7 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
     ``clock`` tells the budget which UTC day it is (tests move it)."""
     prices = parse_prices(settings.model_prices)  # first: a bad table starts nothing
     tracing.configure(settings)
-    store, idempotency, spend, project = _stores(settings)
+    store, idempotency, tool_runs, spend, project = _stores(settings)
     limit = settings.budget_usd_per_principal_per_day
     spending = None if limit is None else Budget(spend, limit, clock)
     if spending is not None and settings.agent_model not in prices:
@@ -104,12 +107,23 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
     return Service(
         settings,
         store,
-        TurnRunner(agent, store, loop, settings, results, prices, context, spending),
+        TurnRunner(
+            agent,
+            store,
+            loop,
+            settings,
+            results,
+            prices,
+            context,
+            budget=spending,
+            tool_runs=tool_runs,
+        ),
         loop,
         results=results,
         auth=build_authenticator(settings),
         idempotency=idempotency,
-        sessions=Sessions(store, results, idempotency),
+        tool_runs=tool_runs,
+        sessions=Sessions(store, results, idempotency, tool_runs),
         project=project,
         spend=spend,
     )
@@ -117,8 +131,9 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
 
 def _stores(
     settings: Settings,
-) -> tuple[HistoryBackend, IdempotencyBackend, SpendBackend, str | None]:
-    """The history, idempotency and spend stores of ``HISTORY_BACKEND``, and the project."""
+) -> tuple[HistoryBackend, IdempotencyBackend, ToolRunBackend, SpendBackend, str | None]:
+    """The history, idempotency, tool-run and spend stores of ``HISTORY_BACKEND``, and
+    the project."""
     ttl, timeout = settings.session_ttl_seconds, settings.firestore_timeout_seconds
     if settings.history_backend == "sqlite":
         database = Database(settings.sqlite_path, timeout_seconds=timeout)
@@ -126,6 +141,7 @@ def _stores(
         return (
             SqliteHistoryStore(database, ttl_seconds=ttl),
             SqliteIdempotencyStore(database, ttl_seconds=ttl),
+            SqliteToolRunStore(database, ttl_seconds=ttl),
             SqliteSpendStore(database),
             settings.google_cloud_project,
         )
@@ -135,6 +151,7 @@ def _stores(
     return (
         HistoryStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
         IdempotencyStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
+        ToolRunStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
         SpendStore(client, timeout_seconds=timeout),
         settings.google_cloud_project or client.project,
     )

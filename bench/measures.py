@@ -17,11 +17,21 @@ from google.cloud import firestore
 
 from agent.base.settings import Settings
 from agent.store.history import Claim, HistoryStore
+from bench import context_cost
 from bench.load import Client, closed_loop, median, percentile
 from bench.servers import FLOOR, NAIVE, ROOT, SERVICE, FunctionServer, ModelProcess, OtlpSink
 from bench.storage_cost import measure as storage_cost
 
-SECTIONS = ["imports", "cold_start", "warm", "storage", "throughput", "streaming", "tracing"]
+SECTIONS = [
+    "imports",
+    "cold_start",
+    "warm",
+    "storage",
+    "throughput",
+    "streaming",
+    "tracing",
+    "context",
+]
 VARIANTS = {"service": SERVICE, "floor": FLOOR, "naive": NAIVE}
 # What the service cannot do without; the floor imports exactly these.
 LIBRARIES = ["functions_framework", "flask", "openai", "agents", "google.cloud.firestore"]
@@ -44,6 +54,7 @@ def run_all(
         "throughput": lambda: throughput(env, model, helpers),
         "streaming": lambda: streaming(env, model),
         "tracing": lambda: tracing(env, model),
+        "context": lambda: context(env),
     }
     for name in SECTIONS:
         if name in sections:
@@ -154,6 +165,14 @@ def storage(env: dict[str, str]) -> list[dict[str, Any]]:
     os.environ["FIRESTORE_EMULATOR_HOST"] = env["FIRESTORE_EMULATOR_HOST"]
     os.environ["GOOGLE_CLOUD_PROJECT"] = env["GOOGLE_CLOUD_PROJECT"]
     return storage_cost([1, 10, 100, 1000], Settings.from_env(env))
+
+
+def context(env: dict[str, str]) -> dict[str, Any]:
+    """Long conversations (``bench/context_cost.py``): it starts its own demo models,
+    one with a context window and one without, and reads their request logs."""
+    os.environ["FIRESTORE_EMULATOR_HOST"] = env["FIRESTORE_EMULATOR_HOST"]
+    os.environ["GOOGLE_CLOUD_PROJECT"] = env["GOOGLE_CLOUD_PROJECT"]
+    return context_cost.measure(env)
 
 
 def throughput(

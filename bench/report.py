@@ -21,6 +21,7 @@ def markdown(results: dict[str, Any]) -> str:
         ("throughput", _throughput),
         ("streaming", _streaming),
         ("tracing", _tracing),
+        ("context", _context),
     ):
         if name in results:
             parts.append(render(results[name]))
@@ -218,3 +219,86 @@ def _tracing(data: dict[str, Any]) -> str:
             rows,
         )
     )
+
+
+def _context(data: dict[str, Any]) -> str:
+    """Long conversations: the last turns of each length, then every turn, then the
+    ratios (service over send-everything)."""
+    header = [
+        "turns",
+        "side",
+        "model calls",
+        "tokens per call: mean / max",
+        "input tokens per turn (summaries included)",
+        "summary calls / tokens",
+        "doc reads per turn: mean / max",
+        "CPU ms per turn: mean / max",
+    ]
+    parts = [
+        f"**8. Long conversations**: one conversation of {data['turns_run']} turns "
+        f"({data['tool_turns']} with a tool call) held by both sides, turns interleaved; "
+        f"service: `CONTEXT_MAX_TOKENS={data['budget_tokens']}` and a demo model with a "
+        f"{data['budget_tokens']}-token window; send-everything: no keeper, no window "
+        f"({data['seconds']:.0f} s)"
+        + (f"; not reached in time: {data['not_reached']} turns" if data["not_reached"] else "")
+    ]
+    last = data["last_turns"]
+    for part, title in (
+        ("last", f"The last {last} turns of each length N (turns N-{last - 1} to N)"),
+        ("overall", "All turns of each length N (turns 1 to N)"),
+    ):
+        rows = []
+        for row in data["rows"]:
+            s = row[part]
+            rows.append(
+                [
+                    row["turns"],
+                    row["side"],
+                    f"{s['model_calls']}"
+                    + (f" ({s['refused_calls']} refused)" if s["refused_calls"] else ""),
+                    f"{s['tokens_per_call_mean']:.0f} / {s['tokens_per_call_max']}",
+                    f"{s['input_tokens_per_turn']:.0f}",
+                    f"{s['summary_calls']} / {s['summary_tokens']}",
+                    f"{s['reads_per_turn_mean']:.2f} / {s['reads_per_turn_max']}",
+                    f"{s['cpu_ms_per_turn_mean']:.1f} / {s['cpu_ms_per_turn_max']:.1f}",
+                ]
+            )
+        parts.append(title + "\n\n" + _table(header, rows))
+    ratio_rows = [
+        [
+            entry["turns"],
+            *(
+                _ratio(entry[part][key])
+                for part in ("last", "overall")
+                for key in (
+                    "tokens_per_call_mean",
+                    "input_tokens_per_turn",
+                    "reads_per_turn_mean",
+                    "cpu_ms_per_turn_mean",
+                )
+            ),
+        ]
+        for entry in data["ratios"]
+    ]
+    parts.append(
+        "Service over send-everything (below 1: the service sends, reads or spends less)\n\n"
+        + _table(
+            [
+                "turns",
+                "last: tokens per call",
+                "last: input per turn",
+                "last: reads",
+                "last: CPU",
+                "all: tokens per call",
+                "all: input per turn",
+                "all: reads",
+                "all: CPU",
+            ],
+            ratio_rows,
+        )
+    )
+    return "\n\n".join(parts)
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"

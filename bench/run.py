@@ -4,7 +4,8 @@ Measures, side by side in one run, on the Firestore emulator and the demo model:
 cold start against a floor and a naive handler, warm overhead per turn, Firestore
 documents per turn by history length and layout, throughput and errors of one
 instance at several concurrencies, its peak memory, streaming overhead, and the latency
-of tracing (TRACE_EXPORT none vs otlp to a loopback receiver). Prints
+of tracing (TRACE_EXPORT none vs otlp to a loopback receiver), and long conversations
+with and without the context budget (``bench/context_cost.py``). Prints
 markdown tables and writes them and the JSON (``--out``, default
 ``bench/results.json`` and ``bench/results.md``). Not part of the test run.
 """
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import measures, report
+from bench import context_cost, measures, report
 from bench.servers import ModelProcess
 from local.emulators import FirestoreEmulator, firestore_emulator_missing
 
@@ -42,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"cannot run the benchmark: {reason}", file=sys.stderr)
         return 2
-    emulator = FirestoreEmulator().start()
+    sections = args.only or measures.SECTIONS
+    # The long conversations rewrite large documents a thousand times, and the emulator
+    # keeps every version in its heap (bench/context_cost.py).
+    heap = context_cost.EMULATOR_HEAP_MIB if "context" in sections else FirestoreEmulator.heap_mib
+    emulator = FirestoreEmulator(heap_mib=heap).start()
     model = ModelProcess()
     env = dict(os.environ) | {
         "FIRESTORE_EMULATOR_HOST": emulator.host,
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assert emulator.process is not None
         helpers = {"firestore emulator": emulator.process.pid, "model": model.process.pid}
-        results |= measures.run_all(env, model, args.runs, args.only or measures.SECTIONS, helpers)
+        results |= measures.run_all(env, model, args.runs, sections, helpers)
     finally:
         model.stop()
         emulator.stop()

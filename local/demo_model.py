@@ -15,6 +15,26 @@ tool call, or a tool call left unanswered, gets 400 as well. Asked to summarise 
 system message starting with ``SUMMARIZE_INSTRUCTION``) it summarises extractively:
 it keeps the sentences that carry names and numbers, oldest first.
 
+Its rules, checked against the last message and the tools the request offers:
+
+* A user message that asks to send something, with a ``send_message`` tool offered,
+  gets a call ``send_message(to, text)``. Two phrasings are understood, anywhere in the
+  message and in any case: ``send "hello there" to alice`` (the text in double or
+  single quotes, or bare: then the recipient is the last word) and
+  ``send alice a message saying hello there`` (also ``send a message to alice saying
+  ...``). This rule comes before the calculator's, so a message may contain digits.
+* A user message with an arithmetic expression, with ``calculate`` offered, gets a
+  call ``calculate(expression)``.
+* A tool result gets a sentence about it: for ``send_message`` (found through the
+  ``tool_call_id`` of the call it answers), ``Done: sent to alice.`` when the output
+  starts with "sent", otherwise ``The message was not sent: <output>.`` (the output of
+  a rejected call is the rejection message); for any other tool, ``The calculator
+  says: <output>.``
+* Anything else is echoed with the conversation's length and first message.
+
+Call ids are deterministic (a checksum of the messages), so a retried request gets
+the same id and another position in the conversation gets another.
+
 Run it in the foreground with ``python -m local.demo_model --port 8088``.
 """
 
@@ -47,6 +67,19 @@ SUMMARY_LIMIT = 1200
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
 _FACT = re.compile(r"\d|\s(?!I\b)[A-Z][a-z]+")  # a number, or a name inside the sentence
 _SPEAKER = re.compile(r"^(user|assistant|tool result):\s*")
+_RECIPIENT = r"(?P<to>[\w@+-]+(?:\.[\w@+-]+)*)"  # a name or an address, not a full stop
+_SAYING = r"\s+(?:saying|that says)\s*:?\s*(?P<text>.+)"
+_SEND_PATTERNS = [
+    re.compile(p, re.IGNORECASE | re.DOTALL)
+    for p in (
+        # send "hello there" to alice (or 'hello there')
+        rf"\bsend\s+(?:[\"“](?P<text>[^\"”]+)[\"”]|'(?P<single>[^']+)')\s+to\s+{_RECIPIENT}",
+        rf"\bsend\s+an?\s+(?:message|note)\s+to\s+{_RECIPIENT}{_SAYING}",
+        rf"\bsend\s+{_RECIPIENT}\s+an?\s+(?:message|note){_SAYING}",
+        # unquoted, the text may hold " to ", so the recipient must end the message
+        rf"\bsend\s+(?P<text>.+)\s+to\s+{_RECIPIENT}[\s.!?]*$",
+    )
+]
 
 Json = dict[str, Any]
 
@@ -85,6 +118,27 @@ def find_expression(text: str) -> str | None:
     return None
 
 
+def find_send(text: str) -> tuple[str, str] | None:
+    """(recipient, text) when ``text`` asks to send a message, else None."""
+    for pattern in _SEND_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            said = (match.group("text") or match.groupdict().get("single") or "").strip()
+            if len(said) > 1 and said[0] == said[-1] and said[0] in "\"'":
+                said = said[1:-1]  # saying "hi": the quotes are not part of the message
+            return match.group("to"), said
+    return None
+
+
+def _answered_tool(messages: list[Json], call_id: Any) -> str | None:
+    """The name of the tool whose call ``call_id`` answers, from the assistant's calls."""
+    for message in reversed(messages):
+        for call in message.get("tool_calls") or []:
+            if isinstance(call, dict) and call.get("id") == call_id:
+                return str((call.get("function") or {}).get("name"))
+    return None
+
+
 def fit_to_bytes(text: str, size: int) -> str:
     """Cut or pad ``text`` to exactly ``size`` UTF-8 bytes; the filler is ASCII."""
     text = text.encode()[:size].decode(errors="ignore")  # a cut may split a character
@@ -93,17 +147,28 @@ def fit_to_bytes(text: str, size: int) -> str:
 
 
 def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
-    """(text, None) for a text reply, or ("", tool_call) for a call to ``calculate``."""
+    """(text, None) for a text reply, or ("", tool_call) for a call to a tool."""
     last = messages[-1]
     users = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
     offered = {(t.get("function") or {}).get("name") for t in tools or [] if isinstance(t, dict)}
-    expression = find_expression(_text_of(last.get("content"))) if "calculate" in offered else None
-    if last.get("role") == "user" and expression is not None:
-        call_id = f"call_{zlib.crc32(json.dumps(messages, sort_keys=True).encode())}"
-        arguments = json.dumps({"expression": expression})
-        return "", {"id": call_id, "name": "calculate", "arguments": arguments}
+    call_id = f"call_{zlib.crc32(json.dumps(messages, sort_keys=True).encode())}"
+    if last.get("role") == "user":
+        said = _text_of(last.get("content"))
+        send = find_send(said) if "send_message" in offered else None
+        if send is not None:
+            arguments = json.dumps({"to": send[0], "text": send[1]})
+            return "", {"id": call_id, "name": "send_message", "arguments": arguments}
+        expression = find_expression(said) if "calculate" in offered else None
+        if expression is not None:
+            arguments = json.dumps({"expression": expression})
+            return "", {"id": call_id, "name": "calculate", "arguments": arguments}
     if last.get("role") == "tool":
-        return f"{PREFIX}The calculator says: {_text_of(last.get('content'))}.", None
+        output = _text_of(last.get("content"))
+        if _answered_tool(messages, last.get("tool_call_id")) != "send_message":
+            return f"{PREFIX}The calculator says: {output}.", None
+        if output.startswith("sent"):
+            return f"{PREFIX}Done: {output.rstrip('.')}.", None
+        return f"{PREFIX}The message was not sent: {output.rstrip('.')}.", None
     said = _quote(users[-1]) if users else ""
     text = f'{PREFIX}You said: "{said}". This is message {len(users)} of our conversation'
     if len(users) > 1:
@@ -116,12 +181,14 @@ def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
     return text + ".", None
 
 
-def prompt_tokens(messages: list[Json]) -> int:
+def prompt_tokens(messages: list[Json], tools: Any = None) -> int:
     """The prompt's size as this model counts it: a quarter of its text, tool call
-    arguments included."""
+    arguments and the tools' definitions included (OpenAI counts those too)."""
     calls = [c for m in messages for c in m.get("tool_calls") or [] if isinstance(c, dict)]
     arguments = sum(len(str((c.get("function") or {}).get("arguments", ""))) for c in calls)
-    return math.ceil((sum(len(_text_of(m.get("content"))) for m in messages) + arguments) / 4)
+    schemas = len(json.dumps(tools, separators=(",", ":"))) if tools else 0
+    text = sum(len(_text_of(m.get("content"))) for m in messages)
+    return math.ceil((text + arguments + schemas) / 4)
 
 
 def order_error(messages: list[Json]) -> str | None:
@@ -169,8 +236,8 @@ def summarize(messages: list[Json]) -> str:
     return " ".join(kept)
 
 
-def usage_for(messages: list[Json], reply: str) -> dict[str, int]:
-    prompt = prompt_tokens(messages)
+def usage_for(messages: list[Json], reply: str, tools: Any = None) -> dict[str, int]:
+    prompt = prompt_tokens(messages, tools)
     completion = math.ceil(len(reply) / 4)
     return {
         "prompt_tokens": prompt,
@@ -300,10 +367,11 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"Simulated failure (HTTP {fail_status})."
             return self._json(fail_status, error_body(fail_status, message))
         window = controls.context_tokens or demo.context_tokens
-        if window is not None and prompt_tokens(messages) > window:
+        prompt = prompt_tokens(messages, body.get("tools"))
+        if window is not None and prompt > window:
             message = (
                 f"This model's maximum context length is {window} tokens. However, your"
-                f" messages resulted in {prompt_tokens(messages)} tokens. Please reduce the"
+                f" messages resulted in {prompt} tokens. Please reduce the"
                 " length of the messages."
             )
             return self._json(400, error_body(400, message, "context_length_exceeded"))
@@ -319,7 +387,7 @@ class _Handler(BaseHTTPRequestHandler):
             text, call = decide_reply(messages, body.get("tools"))
         if call is None and controls.reply_bytes is not None:
             text = fit_to_bytes(text, controls.reply_bytes)
-        usage = usage_for(messages, call["arguments"] if call else text)
+        usage = usage_for(messages, call["arguments"] if call else text, body.get("tools"))
         digest = zlib.crc32(json.dumps(messages, sort_keys=True).encode())
         meta = {
             "id": f"chatcmpl-demo{digest:08x}",

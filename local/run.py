@@ -86,6 +86,9 @@ def main() -> int:
                 " set): deterministic replies, not a real model; to make its next replies"
                 f""" 400 kB: curl -d '{{"reply_bytes": 400000}}' {control}"""
             )
+        env.setdefault("OUTBOX_PATH", str(ROOT / ".local" / "outbox.jsonl"))
+        Path(env["OUTBOX_PATH"]).parent.mkdir(parents=True, exist_ok=True)
+        _say(f"outbox of the send_message tool (it runs only once approved): {env['OUTBOX_PATH']}")
         _say(f"agent service on http://127.0.0.1:{port}  (Ctrl-C stops everything)")
         if env.get("PLAYGROUND_ENABLED", "true").strip().lower() not in ("0", "false", "no", "off"):
             _say(f"chat page: open http://127.0.0.1:{port}/ in a browser")

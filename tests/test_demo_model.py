@@ -43,6 +43,19 @@ CALCULATE_TOOL: dict[str, Any] = {
     },
 }
 
+SEND_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "send_message",
+        "description": "Send a message to someone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"to": {"type": "string"}, "text": {"type": "string"}},
+            "required": ["to", "text"],
+        },
+    },
+}
+
 
 @pytest.fixture
 def server() -> Iterator[DemoModelServer]:
@@ -183,6 +196,99 @@ def test_streamed_text_matches_non_streamed(server: DemoModelServer) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
     assert all(c.usage is None for c in ask_streamed(server, messages))  # usage only when asked
+
+
+@pytest.mark.parametrize(
+    ("said", "to", "text"),
+    [
+        ('send "hello there" to alice', "alice", "hello there"),
+        ("Please send 'hi, 2+2 is 4' to Bob.", "Bob", "hi, 2+2 is 4"),
+        ("send hello there to alice!", "alice", "hello there"),
+        ("send the plan to the team to bob", "bob", "the plan to the team"),
+        ("send alice a message saying hello there", "alice", "hello there"),
+        ('send a message to bob@example.com saying: "meet at 5"', "bob@example.com", "meet at 5"),
+    ],
+)
+def test_asked_to_send_it_calls_send_message(
+    server: DemoModelServer, said: str, to: str, text: str
+) -> None:
+    reply = ask(server, [{"role": "user", "content": said}], tools=[CALCULATE_TOOL, SEND_TOOL])
+    assert reply.choices[0].finish_reason == "tool_calls"
+    [call] = reply.choices[0].message.tool_calls
+    assert call.function.name == "send_message"
+    assert json.loads(call.function.arguments) == {"to": to, "text": text}
+
+
+def test_no_send_call_unless_offered_and_asked(server: DemoModelServer) -> None:
+    asked = [{"role": "user", "content": 'send "hi" to alice'}]
+    assert ask(server, asked, tools=[CALCULATE_TOOL]).choices[0].message.tool_calls is None
+    chat = [{"role": "user", "content": "what did alice say?"}]
+    assert ask(server, chat, tools=[SEND_TOOL]).choices[0].message.tool_calls is None
+
+
+def _answer(call: Any, output: str) -> list[dict[str, Any]]:
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": output},
+    ]
+
+
+def test_send_message_round_trip_sent_or_not(server: DemoModelServer) -> None:
+    question = {"role": "user", "content": 'send "hi" to alice'}
+    [call] = ask(server, [question], tools=[SEND_TOOL]).choices[0].message.tool_calls
+    assert re.fullmatch(r"call_\d+", call.id)
+    assert ask(server, [question], tools=[SEND_TOOL]).choices[0].message.tool_calls[0].id == call.id
+
+    sent = ask(server, [question, *_answer(call, "sent to alice")], tools=[SEND_TOOL])
+    assert sent.choices[0].message.content == "[demo model] Done: sent to alice."
+    refused = "Tool call rejected by the user: not now."
+    not_sent = ask(server, [question, *_answer(call, refused)], tools=[SEND_TOOL])
+    assert not_sent.choices[0].message.content == (
+        "[demo model] The message was not sent: Tool call rejected by the user: not now."
+    )
+
+    # The same request later in the conversation is another call.
+    again = [question, *_answer(call, "sent to alice"), question]
+    [later] = ask(server, again, tools=[SEND_TOOL]).choices[0].message.tool_calls
+    assert later.function.name == "send_message" and later.id != call.id
+
+
+def test_a_tool_result_is_matched_to_its_call_by_id(server: DemoModelServer) -> None:
+    def wire(call_id: str, name: str, arguments: dict[str, str]) -> dict[str, Any]:
+        function = {"name": name, "arguments": json.dumps(arguments)}
+        return {"id": call_id, "type": "function", "function": function}
+
+    calls = [
+        wire("c_send", "send_message", {"to": "alice", "text": "hi"}),
+        wire("c_calc", "calculate", {"expression": "2+2"}),
+    ]
+    history: list[dict[str, Any]] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "c_send", "content": "sent to alice"},
+        {"role": "tool", "tool_call_id": "c_calc", "content": "4"},
+    ]
+    tools = [CALCULATE_TOOL, SEND_TOOL]
+    assert ask(server, history, tools=tools).choices[0].message.content == (
+        "[demo model] The calculator says: 4."
+    )
+    history[2:] = history[:1:-1]  # the send result answered last
+    assert ask(server, history, tools=tools).choices[0].message.content == (
+        "[demo model] Done: sent to alice."
+    )
+
+
+def test_streamed_send_call_reassembles(server: DemoModelServer) -> None:
+    messages = [{"role": "user", "content": "send alice a message saying hello there"}]
+    chunks = ask_streamed(server, messages, tools=[SEND_TOOL])
+    names, arguments = "", ""
+    for chunk in chunks:
+        for delta_call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            names += delta_call.function.name or ""
+            arguments += delta_call.function.arguments or ""
+    assert names == "send_message"
+    assert json.loads(arguments) == {"to": "alice", "text": "hello there"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
 def test_fail_status_fails_the_next_request_only(server: DemoModelServer) -> None:
@@ -373,3 +479,38 @@ def test_asked_to_summarize_it_keeps_names_and_numbers(server: DemoModelServer) 
     ]
     summary = ask(server, messages).choices[0].message.content
     assert summary == "My name is Ada and my locker is 4711."
+
+
+def test_agents_sdk_pauses_for_approval_and_resumes(server: DemoModelServer) -> None:
+    """The SDK's own approval flow against this model: approve, then reject."""
+    sent: list[tuple[str, str]] = []
+
+    @function_tool(needs_approval=True)
+    def send_message(to: str, text: str) -> str:
+        """Send a message to someone."""
+        sent.append((to, text))
+        return f"sent to {to}"
+
+    async def go(approve: bool) -> str:
+        before = len(sent)
+        async with client_for(server) as client:
+            model = OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
+            agent = Agent(name="Demo", instructions="Send.", tools=[send_message], model=model)
+            paused = await Runner.run(agent, 'send "hi" to alice')
+            [pending] = paused.interruptions
+            assert pending.name == "send_message" and len(sent) == before
+            state = paused.to_state()
+            if approve:
+                state.approve(pending)
+            else:
+                state.reject(pending, rejection_message="Rejected: not now")
+            return str((await Runner.run(agent, state)).final_output)
+
+    set_tracing_disabled(True)
+    assert asyncio.run(go(approve=True)) == "[demo model] Done: sent to alice."
+    assert sent == [("alice", "hi")]
+    assert (
+        asyncio.run(go(approve=False))
+        == "[demo model] The message was not sent: Rejected: not now."
+    )
+    assert sent == [("alice", "hi")]

@@ -94,7 +94,7 @@ def test_three_hundred_turns_fit_a_small_window_and_lose_nothing(
     assert compacted >= 10  # it folded, again and again
     # Every model call fit: the demo model answers 400 past its window, and each turn
     # above would have failed (or been folded and retried) had one not.
-    assert max(prompt_tokens(r["messages"]) for r in model.requests) <= WINDOW
+    assert max(prompt_tokens(r["messages"], r.get("tools")) for r in model.requests) <= WINDOW
     history = store.load("long", _now())
     assert history is not None and history.summary is not None
     users = [i["content"] for i in history.items if i.get("role") == "user"]

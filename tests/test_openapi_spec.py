@@ -25,6 +25,7 @@ CHAT_OK: dict[str, Any] = {
     "new_session": True,
     "usage": {"requests": 1, "input_tokens": 52, "output_tokens": 9, "total_tokens": 61},
     "expires_at": EXPIRES,
+    "status": "completed",
 }
 SESSION_OK: dict[str, Any] = {
     "session_id": "abc_-1",
@@ -47,6 +48,10 @@ EXPECTED_STATUSES = {
         *("200", "400", "401", "403", "409", "413", "415", "422", "429", "500", "502", "503"),
         "504",
     },
+    ("post", "/sessions/{session_id}/approvals"): {
+        *("200", "400", "401", "403", "404", "409", "413", "415", "422", "500", "502", "503")
+    }
+    | {"504"},
     ("get", "/sessions/{session_id}"): {"200", "400", "401", "403", "404", "500", "503"},
     ("delete", "/sessions/{session_id}"): {"204", "400", "401", "403", "404", "409", "500", "503"},
     ("get", "/sessions/{session_id}/results/{turn_id}"): {
@@ -62,18 +67,23 @@ EXPECTED_CODES = {
         "message_too_long",
         "invalid_session_id",
         "invalid_idempotency_key",
+        "decisions_invalid",
+        "decisions_incomplete",
     },
     "401": {"unauthenticated"},
     "403": {"forbidden"},
     "404": {"not_found", "session_not_found", "result_not_found"},
     "405": {"method_not_allowed"},
-    "409": {"session_busy", "session_id_taken", "idempotency_key_in_progress"},
+    "409": {
+        *("session_busy", "session_id_taken", "idempotency_key_in_progress"),
+        *("approval_pending", "approval_not_pending", "approval_stale"),
+    },
     "413": {"request_too_large"},
     "415": {"unsupported_media_type"},
     "422": {"max_turns_exceeded", "idempotency_key_reused"},
     "429": {"budget_exceeded"},
     "500": {"internal_error"},
-    "502": {"model_error", "context_overflow"},
+    "502": {"model_error", "context_overflow", "approval_state_too_large"},
     "503": {
         "storage_unavailable",
         "auth_unavailable",
@@ -169,8 +179,12 @@ def test_retry_after_and_allow_are_required_where_promised() -> None:
             "503": {"Retry-After"},
             "405": {"Allow"},
         }.get(status, set())
-        if pointer == "/components/responses/ChatConflict":
-            # session_id_taken has no Retry-After: waiting would not help.
+        if pointer in (
+            "/components/responses/ChatConflict",
+            "/components/responses/ApprovalConflict",
+        ):
+            # session_id_taken and the approval conflicts have no Retry-After: waiting
+            # would not help.
             expected = set()
         assert names == expected, pointer
 

@@ -2,7 +2,8 @@
 page itself in a real browser (headless Chromium driven by Selenium) against the real
 server and the demo model: a streamed reply, a tool call, usage, the history after a
 reload, a new conversation, 409 busy as the API states it, model output kept as text,
-an API key typed in and never put in a URL.
+an API key typed in and never put in a URL, a tool that acts waiting for Approve or
+Reject.
 
 Chromium and its driver are Debian packages (``chromium``, ``chromium-driver``): when
 they are missing and the tests run as root with apt-get, they are installed (bounded
@@ -229,6 +230,113 @@ def test_a_conversation_in_the_browser(
     assert "This is message 1 of our conversation." in texts(browser, ".assistant")[-1]
     new_id = browser.execute_script("return sessionStorage.getItem('agent.playground.session')")
     assert new_id and new_id != session_id
+    assert policy_violations(browser) == []
+
+
+def approval_buttons(driver: Any, kind: str) -> list[Any]:
+    """The enabled ``approve`` or ``reject`` buttons of the pending calls."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, f".approval button.{kind}")
+    return [button for button in found if button.is_enabled()]
+
+
+def last_reply_starts(prefix: str) -> Callable[[Any], str | None]:
+    def check(driver: Any) -> str | None:
+        replies = texts(driver, ".assistant")
+        return replies[-1] if replies and replies[-1].startswith(prefix) else None
+
+    return check
+
+
+def test_a_tool_that_acts_waits_for_approve_or_reject(
+    browser: Any, page_server: Callable[..., LiveServer], model: DemoModelServer
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    server = page_server()
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "new-conversation").click()
+    message = browser.find_element(By.ID, "message")
+
+    say(browser, 'send "hi" to alice')
+    [approve] = wait_for(browser, lambda d: approval_buttons(d, "approve"))
+    [card] = browser.find_elements(By.CSS_SELECTOR, ".approval")
+    assert card.get_attribute("data-tool") == "send_message"
+    assert approve.get_attribute("data-call-id") == card.get_attribute("data-call-id")
+    assert texts(browser, ".approval-call") == ['send_message({"to": "alice", "text": "hi"})']
+    assert len(approval_buttons(browser, "reject")) == 1
+    assert not message.is_enabled()  # the server would refuse a message now (409)
+    assert not any("sent to" in reply for reply in texts(browser, ".assistant"))
+    shoot(browser, "approval-asked")
+
+    approve.click()
+    done = wait_for(browser, last_reply_starts("[demo model] Done"))
+    assert done == "[demo model] Done: sent to alice."
+    assert card.get_attribute("data-decision") == "approved"
+    assert approval_buttons(browser, "approve") == approval_buttons(browser, "reject") == []
+    wait_for(browser, lambda d: message.is_enabled())  # once the response has ended
+    shoot(browser, "approval-approved")
+
+    say(browser, "send bob a message saying see you at 5")
+    wait_for(browser, lambda d: approval_buttons(d, "reject"))
+    assert texts(browser, ".approval-call")[-1] == (
+        'send_message({"to": "bob", "text": "see you at 5"})'
+    )
+    browser.find_elements(By.CSS_SELECTOR, ".approval-reason")[-1].send_keys("not today")
+    approval_buttons(browser, "reject")[0].click()
+    refused = wait_for(browser, last_reply_starts("[demo model] The message was not sent: "))
+    assert "rejected" in refused.lower() and "not today" in refused
+    assert (
+        browser.find_elements(By.CSS_SELECTOR, ".approval")[-1].get_attribute("data-decision")
+        == "rejected"
+    )
+    wait_for(browser, lambda d: message.is_enabled())  # once the response has ended
+    # The rejected call never reached the tool: the model saw the rejection, not "sent".
+    outputs = [m["content"] for r in model.requests for m in r["messages"] if m["role"] == "tool"]
+    assert "sent to alice" in outputs and "sent to bob" not in outputs
+    shoot(browser, "approval-rejected")
+
+    say(browser, "hello")  # the conversation goes on after the decisions
+    wait_for(browser, last_reply_starts('[demo model] You said: "hello"'))
+    assert policy_violations(browser) == []
+
+
+def test_a_run_paused_elsewhere_is_offered_for_a_decision(
+    browser: Any, page_server: Callable[..., LiveServer]
+) -> None:
+    """Paused by another client (or before a reload): the page learns it from the 409
+    and from the history, and the decision still completes the run."""
+    from selenium.webdriver.common.by import By
+
+    server = page_server()
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "new-conversation").click()
+    say(browser, "hello")
+    wait_for(browser, lambda d: texts(d, ".usage"))
+    session_id = browser.execute_script("return sessionStorage.getItem('agent.playground.session')")
+    status, paused, _ = server.call(
+        "POST", "/chat", {"message": "send carol a message saying hi", "session_id": session_id}
+    )
+    assert status == 200 and paused["status"] == "approval_required"
+
+    say(browser, "are you there?")
+    error = wait_for(browser, lambda d: texts(d, ".error"))[0]
+    assert error.startswith("HTTP 409 approval_pending: ")
+    wait_for(browser, lambda d: approval_buttons(d, "approve"))
+    assert texts(browser, ".approval-call") == ['send_message({"to": "carol", "text": "hi"})']
+    assert not browser.find_element(By.ID, "message").is_enabled()
+
+    browser.refresh()
+    [approve] = wait_for(browser, lambda d: approval_buttons(d, "approve"))
+    [call_id] = [c["call_id"] for c in paused["pending_approvals"]]
+    assert approve.get_attribute("data-call-id") == call_id
+    assert not browser.find_element(By.ID, "message").is_enabled()
+    approve.click()
+    assert wait_for(browser, last_reply_starts("[demo model] Done")) == (
+        "[demo model] Done: sent to carol."
+    )
+    wait_for(browser, lambda d: d.find_element(By.ID, "message").is_enabled())
     assert policy_violations(browser) == []
 
 

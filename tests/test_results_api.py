@@ -361,6 +361,7 @@ CHAT = {
     "new_session": False,
     "usage": {"requests": 1, "input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
     "expires_at": "2025-01-01T13:00:00Z",
+    "status": "completed",
 }
 WARNING = {"code": "result_not_offloaded", "message": "Returned inline."}
 

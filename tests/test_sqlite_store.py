@@ -179,7 +179,7 @@ def test_a_file_of_another_schema_version_is_refused_with_the_reason(tmp_path: P
     with sqlite3.connect(path) as conn:  # the tables of version 1: no generation column
         conn.execute("CREATE TABLE agent_sessions (id TEXT PRIMARY KEY)")
     conn.close()
-    with pytest.raises(RuntimeError, match="schema version 0, this code needs 3"):
+    with pytest.raises(RuntimeError, match="schema version 0, this code needs 4"):
         Database(str(path), timeout_seconds=3)
     fresh = Database(str(tmp_path / "new.sqlite3"), timeout_seconds=3)
     fresh.close()
@@ -233,6 +233,6 @@ def test_a_version_2_file_is_upgraded_in_place_and_keeps_its_sessions(tmp_path: 
     assert spend.spent("alice", now.date()) == 0.5
     database.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     conn.close()
-    Database(str(path), timeout_seconds=3).close()  # opened again: already version 3
+    Database(str(path), timeout_seconds=3).close()  # opened again: already version 4

@@ -22,7 +22,7 @@ import pytest
 
 from agent.base import errors
 from agent.base.clock import utc_now
-from agent.store.backend import HistoryBackend, IdempotencyBackend, SpendBackend
+from agent.store.backend import HistoryBackend, IdempotencyBackend, SpendBackend, ToolRunBackend
 from agent.store.history import (
     MAX_TURN_BYTES,
     ClaimLost,
@@ -37,6 +37,7 @@ from agent.store.history import (
     encode,
 )
 from agent.store.idempotency_records import KeyClaim, StoredResponse
+from agent.store.paused_runs import PauseChanged, PausedRun, PendingCall, RunPaused
 
 TTL = 60
 SECOND = dt.timedelta(seconds=1)
@@ -47,6 +48,7 @@ class Stores:
     history: HistoryBackend
     keys: IdempotencyBackend
     spend: SpendBackend
+    tool_runs: ToolRunBackend
 
 
 @pytest.fixture(params=["firestore", "sqlite"])
@@ -57,6 +59,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
         from agent.store.history import HistoryStore
         from agent.store.idempotency_records import IdempotencyStore
         from agent.store.spend import SpendStore
+        from agent.store.tool_runs import ToolRunStore
 
         request.getfixturevalue("firestore")  # the emulator, wiped; skips where absent
         client = fs.Client()
@@ -64,18 +67,21 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
             HistoryStore(client, ttl_seconds=TTL, timeout_seconds=3),
             IdempotencyStore(client, ttl_seconds=TTL, timeout_seconds=3),
             SpendStore(client, timeout_seconds=3),
+            ToolRunStore(client, ttl_seconds=TTL, timeout_seconds=3),
         )
         return
     from agent.store.sqlite_db import Database
     from agent.store.sqlite_history import SqliteHistoryStore
     from agent.store.sqlite_idempotency import SqliteIdempotencyStore
     from agent.store.sqlite_spend import SqliteSpendStore
+    from agent.store.sqlite_tool_runs import SqliteToolRunStore
 
     database = Database(str(tmp_path / "history.sqlite3"), timeout_seconds=3)
     yield Stores(
         SqliteHistoryStore(database, ttl_seconds=TTL),
         SqliteIdempotencyStore(database, ttl_seconds=TTL),
         SqliteSpendStore(database),
+        SqliteToolRunStore(database, ttl_seconds=TTL),
     )
     database.close()
 
@@ -385,3 +391,71 @@ def test_concurrent_turns_of_one_principal_all_count(stores: Stores) -> None:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(one, range(16)))
     assert stores.spend.spent("alice", now.date()) == 2.0
+
+
+def paused_run(pause_id: str = "p1") -> PausedRun:
+    return PausedRun(
+        pause_id=pause_id,
+        pending=(PendingCall("call_1", "send_message", '{"to": "bob"}'),),
+        fingerprint="f" * 64,
+        paused_at=utc_now().replace(microsecond=0),
+        state=PausedRun.compress('{"state": "of the run"}'),
+        folded=2,
+    )
+
+
+def test_a_paused_run_blocks_turns_until_its_resume_commits(stores: Stores) -> None:
+    now = utc_now()
+    claim = stores.history.claim("p", now, now + 10 * SECOND, "alice")
+    stores.history.commit(claim, [item("send it")], now, paused=paused_run())
+    loaded = stores.history.load("p", now, "alice")
+    assert loaded is not None and [c.call_id for c in loaded.pending] == ["call_1"]
+    pause = stores.history.paused_run("p", now, "alice")
+    assert pause is not None and pause.pause_id == "p1" and pause.folded == 2
+    assert stores.history.paused_run("p", now, "bob") is None  # someone else's: absent
+    with pytest.raises(RunPaused) as refused:  # a new turn: refused, nothing written
+        stores.history.claim("p", now, now + 10 * SECOND, "alice")
+    assert refused.value.pending == ("call_1",)
+    with pytest.raises(PauseChanged):  # a resume of a pause that is not the session's
+        stores.history.claim("p", now, now + 10 * SECOND, "alice", resume="p0")
+    resume = stores.history.claim("p", now, now + 10 * SECOND, "alice", resume="p1")
+    assert resume.paused is not None and resume.paused.state_json() == '{"state": "of the run"}'
+    assert resume.paused.attempts == 0
+    decision = {"call_id": "call_1", "approved": True, "by": "alice"}
+    stores.history.release(resume)  # a failed resume: the pause stays, counted
+    again = stores.history.claim("p", now, now + 10 * SECOND, "alice", resume="p1")
+    assert again.paused is not None and again.paused.attempts == 1
+    history = stores.history.commit(again, [item("done", "assistant")], now, decisions=[decision])
+    assert history.pending == () and history.approvals == (decision,)
+    loaded = stores.history.load("p", now, "alice")
+    assert loaded is not None and loaded.pending == () and loaded.approvals == (decision,)
+    assert stores.history.paused_run("p", now, "alice") is None
+    turn(stores.history, "p", "next", now=now, owner="alice")  # open again
+    with pytest.raises(PauseChanged):  # the same decision once more: nothing pending
+        stores.history.claim("p", now, now + 10 * SECOND, "alice", resume="p1")
+
+
+def test_a_paused_run_expires_and_goes_with_its_session(stores: Stores) -> None:
+    now = utc_now()
+    claim = stores.history.claim("px", now, now + 10 * SECOND, "alice")
+    stores.history.commit(claim, [item("send it")], now, paused=paused_run())
+    later = now + (TTL + 1) * SECOND
+    assert stores.history.paused_run("px", later, "alice") is None
+    with pytest.raises(PauseChanged):
+        stores.history.claim("px", later, later + 10 * SECOND, "alice", resume="p1")
+    fresh = stores.history.claim("px", later, later + 10 * SECOND, "alice")  # a new life
+    assert fresh.new_session and fresh.paused is None
+
+
+def test_an_approved_call_starts_once(stores: Stores) -> None:
+    now = utc_now()
+    with ThreadPoolExecutor(8) as pool:
+        starts = list(
+            pool.map(lambda _: stores.tool_runs.start("t", "g1", "call_1", now), range(8))
+        )
+    assert starts.count(None) == 1  # exactly one may run it
+    assert all(s is not None and s.output is None for s in starts if s is not None)
+    stores.tool_runs.finish("t", "g1", "call_1", "sent to bob")
+    earlier = stores.tool_runs.start("t", "g1", "call_1", now)
+    assert earlier is not None and earlier.output == "sent to bob"
+    assert stores.tool_runs.start("t", "g2", "call_1", now) is None  # another life's call

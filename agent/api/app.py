@@ -24,9 +24,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 from agent.api import cors, playground, sse
 from agent.api.requests import (
     REPLAYED_HEADER,
-    ChatRequest,
     check_session_id,
     parse_chat,
+    parse_decisions,
     parse_key,
 )
 from agent.api.responses import chat_response, rfc3339
@@ -35,6 +35,7 @@ from agent.base.logs import bind_request, trace_fields, unbind
 from agent.base.settings import csv
 from agent.runtime.streaming import RunEvent
 from agent.service import Service
+from agent.turn.approvals import Resume
 from agent.turn.idempotency import run_once, stream_once
 from agent.turn.outcome import TurnOutcome, Usage
 
@@ -139,8 +140,7 @@ def create_app(service: Service) -> Flask:
     def healthz() -> Response:
         return jsonify(status="ok")
 
-    @app.post("/chat")
-    def chat() -> Response:
+    def _json_body() -> bytes:
         if request.mimetype != "application/json":
             raise errors.ApiError(
                 415, "unsupported_media_type", "Send the body as application/json."
@@ -151,25 +151,41 @@ def create_app(service: Service) -> Flask:
             # A chunked body has no length to check up front, and werkzeug cuts it at
             # the limit silently; a cut body must not be parsed as if it were whole.
             raise RequestEntityTooLarge()
-        chat_request = parse_chat(body, settings.max_message_chars)
-        key = parse_key(request.headers)
+        return body
+
+    @app.post("/chat")
+    def chat() -> Response:
+        chat_request = parse_chat(_json_body(), settings.max_message_chars)
         session_id = chat_request.session_id or service.new_session_id()
+        return _turn(session_id, chat_request.message, chat_request.session_id, chat_request.stream)
+
+    @app.post("/sessions/<session_id>/approvals")
+    def decide(session_id: str) -> Response:
+        check_session_id(session_id)
+        decided = parse_decisions(_json_body())
+        resume = Resume(decided.verdicts, by=g.principal)
+        return _turn(session_id, resume, session_id, decided.stream)
+
+    def _turn(
+        session_id: str, message: str | Resume, requested: str | None, stream: bool | None
+    ) -> Response:
+        """Run a turn (a message, or decisions that resume a paused run) and answer
+        it: JSON or streamed, under the request's Idempotency-Key if it has one."""
+        key = parse_key(request.headers)
         g.session_id = session_id
-        if sse.wants_stream(chat_request.stream, request.accept_mimetypes):
-            return _stream(session_id, chat_request, key)
+        if sse.wants_stream(stream, request.accept_mimetypes):
+            return _stream(session_id, message, requested, key)
         replayed = False
         if key is None:
-            outcome = service.turns.run(
-                session_id, chat_request.message, g.started, owner=g.principal
-            )
+            outcome = service.turns.run(session_id, message, g.started, owner=g.principal)
         else:
             outcome, replayed = run_once(
                 service.idempotency,
                 service.turns,
                 principal=g.principal,
                 key=key,
-                message=chat_request.message,
-                requested_session_id=chat_request.session_id,
+                message=message,
+                requested_session_id=requested,
                 session_id=session_id,
                 started=g.started,
                 budget_seconds=settings.turn_budget_seconds,
@@ -182,12 +198,14 @@ def create_app(service: Service) -> Flask:
             response.headers[REPLAYED_HEADER] = "true"
         return response
 
-    def _stream(session_id: str, chat_request: ChatRequest, key: str | None) -> Response:
+    def _stream(
+        session_id: str, message: str | Resume, requested: str | None, key: str | None
+    ) -> Response:
         started, request_id = g.started, g.request_id
         replayed = False
         if key is None:
             events = service.turns.stream(
-                session_id, chat_request.message, started, sse.KEEPALIVE_SECONDS, owner=g.principal
+                session_id, message, started, sse.KEEPALIVE_SECONDS, owner=g.principal
             )
         else:
             events, replayed = stream_once(
@@ -195,8 +213,8 @@ def create_app(service: Service) -> Flask:
                 service.turns,
                 principal=g.principal,
                 key=key,
-                message=chat_request.message,
-                requested_session_id=chat_request.session_id,
+                message=message,
+                requested_session_id=requested,
                 session_id=session_id,
                 started=started,
                 budget_seconds=settings.turn_budget_seconds,
@@ -242,6 +260,8 @@ def create_app(service: Service) -> Flask:
             turns=history.turns,
             expires_at=rfc3339(history.expire_at),
             summary=summary,
+            pending_approvals=[call.as_json() for call in history.pending],
+            approvals=list(history.approvals),
             usage=history.totals.as_doc(),
         )
 

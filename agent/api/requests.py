@@ -1,5 +1,5 @@
-"""Checking a request before anything is spent on it: the ``POST /chat`` body, session
-ids, the ``Idempotency-Key`` header."""
+"""Checking a request before anything is spent on it: the ``POST /chat`` and
+``POST /sessions/<id>/approvals`` bodies, session ids, the ``Idempotency-Key`` header."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from werkzeug.datastructures import Headers
 
 from agent.base import errors
+from agent.turn.approvals import MAX_REASON_CHARS, Verdict
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -74,6 +75,56 @@ def parse_chat(body: bytes, max_message_chars: int) -> ChatRequest:
     if stream is not None and not isinstance(stream, bool):
         raise errors.bad_request("invalid_request", "'stream' must be true or false.")
     return ChatRequest(message=message, session_id=session_id, stream=stream)
+
+
+@dataclass(frozen=True)
+class DecisionsRequest:
+    verdicts: tuple[Verdict, ...]
+    stream: bool | None
+
+
+MAX_DECISIONS = 64
+
+
+def parse_decisions(body: bytes) -> DecisionsRequest:
+    """``{"decisions": [{"call_id", "approve", "reason"?}], "stream"?}``; 400 otherwise."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise errors.bad_request("invalid_json", "The body is not valid JSON.") from None
+    if not isinstance(data, dict) or set(data) - {"decisions", "stream"}:
+        raise errors.bad_request(
+            "invalid_request", "The body must be an object with 'decisions' (and 'stream')."
+        )
+    decisions = data.get("decisions")
+    if not isinstance(decisions, list) or not 0 < len(decisions) <= MAX_DECISIONS:
+        raise errors.bad_request(
+            "invalid_request", f"'decisions' must be a list of 1-{MAX_DECISIONS} decisions."
+        )
+    verdicts = tuple(_verdict(entry) for entry in decisions)
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise errors.bad_request("invalid_request", "'stream' must be true or false.")
+    return DecisionsRequest(verdicts, stream)
+
+
+def _verdict(entry: object) -> Verdict:
+    shape = "Each decision is {'call_id': str, 'approve': bool, 'reason'?: str}."
+    if not isinstance(entry, dict) or set(entry) - {"call_id", "approve", "reason"}:
+        raise errors.bad_request("invalid_request", shape)
+    call_id, approve, reason = entry.get("call_id"), entry.get("approve"), entry.get("reason")
+    if not isinstance(call_id, str) or not 0 < len(call_id) <= 128 or not isinstance(approve, bool):
+        raise errors.bad_request("invalid_request", shape)
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
+        raise errors.bad_request(
+            "invalid_request",
+            f"'reason' must be a string of at most {MAX_REASON_CHARS} characters.",
+        )
+    try:
+        (reason or "").encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.bad_request("invalid_request", "'reason' is not valid Unicode.") from None
+    return Verdict(call_id, approve, reason or None)
 
 
 def parse_key(headers: Headers) -> str | None:

@@ -18,7 +18,10 @@ def chat_response(outcome: TurnOutcome) -> dict[str, object]:
         "new_session": outcome.new_session,
         "usage": outcome.usage,
         "expires_at": rfc3339(outcome.expire_at),
+        "status": outcome.status,
     }
+    if outcome.pending_approvals:
+        answer["pending_approvals"] = list(outcome.pending_approvals)
     if outcome.result is not None:
         answer["result"] = outcome.result.as_json()
     if outcome.warnings:

@@ -18,9 +18,11 @@ class ApiError(Exception):
     code: str
     message: str
     headers: dict[str, str] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
+    """Fields of the error object beside code and message (what the caller can act on)."""
 
     def body(self, request_id: str | None = None) -> dict[str, object]:
-        error: dict[str, object] = {"code": self.code, "message": self.message}
+        error: dict[str, object] = {"code": self.code, "message": self.message} | self.details
         if request_id is not None:
             error["request_id"] = request_id
         return {"error": error}
@@ -71,6 +73,40 @@ def idempotency_key_reused() -> ApiError:
         422,
         "idempotency_key_reused",
         "This Idempotency-Key was used with a different request body.",
+    )
+
+
+def approval_pending(call_ids: tuple[str, ...]) -> ApiError:
+    return ApiError(
+        409,
+        "approval_pending",
+        "The session's run waits for approval of tool calls; decide them first"
+        " (POST /sessions/<id>/approvals).",
+        details={"pending_call_ids": list(call_ids)},
+    )
+
+
+def approval_not_pending() -> ApiError:
+    return ApiError(
+        409,
+        "approval_not_pending",
+        "No such call waits for approval on this session (already decided, or dropped).",
+    )
+
+
+def approval_stale() -> ApiError:
+    return ApiError(
+        409,
+        "approval_stale",
+        "The agent changed since this run paused; the paused run was dropped.",
+    )
+
+
+def approval_state_too_large() -> ApiError:
+    return ApiError(
+        502,
+        "approval_state_too_large",
+        "The paused run is too large to keep; nothing was stored.",
     )
 
 

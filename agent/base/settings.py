@@ -135,6 +135,15 @@ class Settings:
     the turn goes on. A sync tool's worker thread cannot be killed: the bound stops the
     waiting, not the work, so tools that compute must bound themselves."""
 
+    approval_required_tools: str | None = None
+    """Tools that need a person's approval before each call, comma-separated names, or
+    ``*`` for every tool; on top of those whose code says so (``send_message``). Unset:
+    only those."""
+
+    outbox_path: str | None = None
+    """A file the demo tool ``send_message`` appends each sent message to (JSON lines).
+    Unset: it only logs that it sent one."""
+
     context_max_tokens: int | None = None
     """The most tokens of history (instructions and tool schemas included) one model call
     is sent (1,000 - 10,000,000). Past it the oldest part is folded into a running summary.

@@ -18,14 +18,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from agents import Agent, RunConfig, Runner, RunResultStreaming
+from agents import Agent, RunConfig, Runner, RunResultStreaming, RunState
 from agents.memory import Session
 from agents.stream_events import StreamEvent as SdkEvent
 
 from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.tools import CallGuard, guarded_run
 
 _TEXT_DELTA = "response.output_text.delta"
+RunInput = str | RunState[Any, Any]
+"""What a run starts from: the user's message, or a paused run's state to resume."""
 
 
 @dataclass(frozen=True)
@@ -85,27 +88,40 @@ class StreamedRun:
         self,
         loop: BackgroundLoop,
         agent: Agent[None],
-        message: str,
+        message: RunInput,
         session: Session,
         *,
         max_turns: int,
         deadline: float,
         run_config: RunConfig | None = None,
+        guard: CallGuard | None = None,
     ) -> None:
+        """``message``: the user's message, or a paused run's state to resume;
+        ``guard``: what approved calls run through (``tools.guarded_run``)."""
         self._events: queue.SimpleQueue[RunEvent | _Finished] = queue.SimpleQueue()
         self._deadline = deadline
         self._run_config = run_config
+        self._guard = guard
         self._task = loop.submit(self._run(agent, message, session, max_turns))
 
     async def _run(
-        self, agent: Agent[None], message: str, session: Session, max_turns: int
+        self,
+        agent: Agent[None],
+        message: RunInput,
+        session: Session,
+        max_turns: int,
     ) -> RunResultStreaming:
         # The inner coroutine is created here, on the loop: a run cancelled before it
         # started then leaves no coroutine behind that was never awaited.
-        return await within(self._deadline, self._pump(agent, message, session, max_turns))
+        pump = self._pump(agent, message, session, max_turns)
+        return await within(self._deadline, guarded_run(self._guard, pump))
 
     async def _pump(
-        self, agent: Agent[None], message: str, session: Session, max_turns: int
+        self,
+        agent: Agent[None],
+        message: RunInput,
+        session: Session,
+        max_turns: int,
     ) -> RunResultStreaming:
         result = Runner.run_streamed(
             agent, message, session=session, max_turns=max_turns, run_config=self._run_config

@@ -8,6 +8,10 @@ Guarantees:
   blocks runs in a worker thread (``asyncio.to_thread``). Such a thread cannot be
   killed: the timeout stops the waiting, not the work. A tool that computes must bound
   its own work, as ``calculate`` does.
+* A tool that acts needs a person's approval before each call: ``needs_approval`` in
+  its code (``send_message``), or ``APPROVAL_REQUIRED_TOOLS``. The run then pauses
+  (``agent/turn/approvals.py``). Each approved call goes through the ``CallGuard`` of
+  the run (``GUARD``), which lets it run at most once per call id.
 * ``calculate`` accepts arithmetic only and checks the size of every intermediate
   result (its bits, before computing it), so anything it accepts finishes in well
   under 50 ms with bounded memory; anything else is answered ``error: ...``.
@@ -17,13 +21,23 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
+import json
+import logging
 import math
 import operator
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from agents import FunctionTool, function_tool
+from agents.tool_context import ToolContext
 
 from agent.base.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Number = int | float
 
@@ -141,21 +155,90 @@ async def calculate(expression: str) -> str:
     return await asyncio.to_thread(calculate_text, expression)
 
 
+def send_message_tool(outbox: str | None) -> Callable[..., Awaitable[str]]:
+    """The demo tool that acts: ``send_message`` appends to the outbox file (or only
+    logs). Gated: ``ACTING_TOOLS`` names it."""
+
+    async def send_message(to: str, text: str) -> str:
+        """Send a short text message to someone. Needs a person's approval first.
+
+        Args:
+            to: who receives it (a name or address).
+            text: the message.
+        """
+        if outbox is not None:
+            line = json.dumps({"to": to, "text": text}, ensure_ascii=False) + "\n"
+            await asyncio.to_thread(_append, Path(outbox), line)
+        log.info("outbox: message sent", extra={"fields": {"to": to, "chars": len(text)}})
+        return f"sent to {to}"
+
+    return send_message
+
+
+def _append(path: Path, line: str) -> None:
+    with path.open("a", encoding="utf-8") as file:
+        file.write(line)
+
+
 TOOL_FUNCTIONS: list[Callable[..., Awaitable[str]]] = [calculate]
-"""The agent's tools, as async functions; ``build_tools`` makes them SDK tools."""
+"""The agent's tools, as async functions; ``build_tools`` makes them SDK tools (and adds
+``send_message``)."""
+
+ACTING_TOOLS = frozenset({"send_message"})
+"""Tools that act on the world: they need approval whatever the settings say."""
+
+
+class CallGuard(Protocol):
+    """Runs an approved call at most once per call id (``agent/turn/approvals.py``)."""
+
+    async def run(self, call_id: str, tool: str, invoke: Callable[[], Awaitable[Any]]) -> Any: ...
+
+
+GUARD: ContextVar[CallGuard | None] = ContextVar("agent_tool_guard", default=None)
+"""The guard of the run in this context (``guarded_run``)."""
+
+
+async def guarded_run(guard: CallGuard | None, run: Awaitable[T]) -> T:
+    """Await ``run`` with ``guard`` for its approved calls. Set inside the coroutine:
+    the SDK's tool tasks, created within it, copy this context."""
+    token = GUARD.set(guard)
+    try:
+        return await run
+    finally:
+        GUARD.reset(token)
 
 
 def build_tools(
     settings: Settings, functions: list[Callable[..., Awaitable[str]]] | None = None
 ) -> list[FunctionTool]:
-    """Every tool (``TOOL_FUNCTIONS`` unless given), each call bounded by
-    ``TOOL_TIMEOUT_SECONDS``; a timeout becomes an error result for the model (the SDK's
-    ``error_as_result``), not a failed turn."""
-    return [
-        function_tool(
-            tool,
+    """Every tool (``TOOL_FUNCTIONS`` and ``send_message`` unless given), each call
+    bounded by ``TOOL_TIMEOUT_SECONDS``; a timeout becomes an error result for the model
+    (the SDK's ``error_as_result``), not a failed turn. Tools that need approval (see
+    the header) are marked so and guarded."""
+    if functions is None:
+        functions = [*TOOL_FUNCTIONS, send_message_tool(settings.outbox_path)]
+    gated = {name.strip() for name in (settings.approval_required_tools or "").split(",")}
+    tools = []
+    for function in functions:
+        name = function.__name__
+        needs = name in ACTING_TOOLS or name in gated or "*" in gated
+        tool = function_tool(
+            function,
             timeout=settings.tool_timeout_seconds,
             timeout_behavior="error_as_result",
+            needs_approval=needs,
         )
-        for tool in (TOOL_FUNCTIONS if functions is None else functions)
-    ]
+        tools.append(_guarded(tool) if needs else tool)
+    return tools
+
+
+def _guarded(tool: FunctionTool) -> FunctionTool:
+    invoke = tool.on_invoke_tool
+
+    async def guarded(context: ToolContext[Any], arguments: str) -> Any:
+        guard = GUARD.get()
+        if guard is None:  # library use: no store to guard with
+            return await invoke(context, arguments)
+        return await guard.run(context.tool_call_id, tool.name, lambda: invoke(context, arguments))
+
+    return dataclasses.replace(tool, on_invoke_tool=guarded)

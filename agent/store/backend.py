@@ -13,11 +13,12 @@ at the turn's deadline; expired sessions read as absent; a live session of anoth
 is absent to everyone else (``SessionTaken`` on claim); each life of an id has its own
 ``generation`` (deletes report the one they removed); a running summary and the token
 calibration are stored with the history, and so are its usage totals, written by the
-turn's commit; an Idempotency-Key's record is marked done, with the turn's generation,
-and the principal's spend of the day grows by the turn's cost, both in the turn's own
-commit (``extra_writes``). The data types
-and errors are the Firestore module's (``History``, ``Claim``, ``Deleted``,
-``SessionBusy``, ...), shared as they are.
+turn's commit; so is a run paused for approval, which blocks other turns until a claim
+naming it resumes it (``paused_runs.py``); an approved tool call is recorded before it
+runs, once (``tool_runs.py``); an Idempotency-Key's record is marked done, with the
+turn's generation, and the principal's spend of the day grows by the turn's cost, both
+in the turn's own commit (``extra_writes``). The data types and errors are the Firestore
+module's (``History``, ``Claim``, ``Deleted``, ``SessionBusy``, ...), shared as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any, Protocol
 
 from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary, UsageTotals
 from agent.store.idempotency_records import KeyClaim, StoredResponse
+from agent.store.paused_runs import Decision, PausedRun
+from agent.store.tool_runs import EarlierRun
 
 
 class HistoryBackend(Protocol):
@@ -43,8 +46,18 @@ class HistoryBackend(Protocol):
 
     def current_generation(self, session_id: str, now: dt.datetime) -> str | None: ...
 
+    def paused_run(
+        self, session_id: str, now: dt.datetime, owner: str | None = None
+    ) -> PausedRun | None: ...
+
     def claim(
-        self, session_id: str, now: dt.datetime, until: dt.datetime, owner: str | None = None
+        self,
+        session_id: str,
+        now: dt.datetime,
+        until: dt.datetime,
+        owner: str | None = None,
+        *,
+        resume: str | None = None,
     ) -> Claim: ...
 
     def commit(
@@ -59,6 +72,8 @@ class HistoryBackend(Protocol):
         time_left: float | None = None,
         summary: Summary | None = None,
         token_ratio: float | None = None,
+        paused: PausedRun | None = None,
+        decisions: Sequence[Decision] = (),
         totals: UsageTotals | None = None,
     ) -> History:
         """``extra_writes(batch, expire_at)`` joins the commit: ``batch`` is whatever the
@@ -86,6 +101,18 @@ class IdempotencyBackend(Protocol):
     def abandon(self, claim: KeyClaim, time_left: float | None = None) -> None: ...
 
     def forget_session(self, session_id: str, owner: str, generation: str | None) -> None: ...
+
+
+class ToolRunBackend(Protocol):
+    """The at-most-once guard of approved tool calls (``tool_runs.py``)."""
+
+    def start(
+        self, session_id: str, generation: str, call_id: str, now: dt.datetime
+    ) -> EarlierRun | None: ...
+
+    def finish(self, session_id: str, generation: str, call_id: str, output: str) -> None: ...
+
+    def forget_session(self, session_id: str, generation: str) -> None: ...
 
 
 class SpendBackend(Protocol):

@@ -25,6 +25,9 @@ names and document shapes: ``schema.py``)::
                                 not cover
         token_ratio  float      the provider's token counts over our estimate, calibrated
                                 turn by turn
+        paused       map|null   a run waiting for a person's approval: the pending calls and
+                                the SDK's run state (``paused_runs.py`` has its bounds)
+        approvals    array      the last approval decisions (who, when, which call, why)
         usage        map        running totals of this life's committed turns: requests,
                                 input_tokens, cached_input_tokens, output_tokens (ints),
                                 cost_usd (float; the summariser's calls included, a model
@@ -35,6 +38,9 @@ names and document shapes: ``schema.py``)::
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
         data         bytes      exactly CHUNK_BYTES of the encoded history
         expire_at    Timestamp  TTL field, kept equal to the session's
+    agent_sessions/{doc_id}/agent_tool_runs/{generation}~{call_id}
+                                                     one approved tool call's run, written
+                                                     by store/tool_runs.py
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key's record,
                                                      written by store/idempotency_records.py
                                                      (its header has the fields)
@@ -126,7 +132,18 @@ from google.cloud import firestore
 from agent.base import tracing
 from agent.base.clock import retry_after, utc_now
 from agent.store.calls import OUTAGE, bounded_retry, outage_as_unavailable
+from agent.store.paused_runs import (
+    Decision,
+    PauseChanged,
+    PausedRun,
+    PendingCall,
+    RunPaused,
+    logged,
+    paused_fields,
+    paused_from,
+)
 from agent.store.schema import (
+    APPROVALS,
     BYTES,
     CACHED_INPUT_TOKENS,
     CHUNK_COUNT,
@@ -142,6 +159,13 @@ from agent.store.schema import (
     LAST_COMMIT,
     OUTPUT_TOKENS,
     OWNER,
+    PAUSE_ATTEMPTS,
+    PAUSE_FINGERPRINT,
+    PAUSE_FOLDED,
+    PAUSE_ID,
+    PAUSE_PENDING,
+    PAUSED,
+    PAUSED_AT,
     REQUESTS,
     SESSIONS,
     SUMMARY,
@@ -279,6 +303,10 @@ class History:
     summary: str | None = None
     summary_items: int = 0
     """How many leading items ``summary`` covers (they are still in ``items``)."""
+    pending: tuple[PendingCall, ...] = ()
+    """Tool calls of a paused run waiting for approval."""
+    approvals: tuple[Decision, ...] = ()
+    """The last approval decisions, oldest first."""
     totals: UsageTotals = UsageTotals()
     """The running usage totals of the session's committed turns."""
 
@@ -330,6 +358,9 @@ class Claim:
     item_ends: tuple[int, ...] = ()
     """Byte offset, in the whole encoded history, just past each item of ``history``."""
     token_ratio: float = 1.0
+    paused: PausedRun | None = None
+    """The paused run this claim resumes (``claim(resume=...)``), with its state."""
+    approvals: tuple[Decision, ...] = ()
     totals: UsageTotals = UsageTotals()
     """The session's usage totals as the claim read them: a turn commits them plus its
     own usage (nobody else writes them while the claim is held)."""
@@ -394,6 +425,7 @@ class HistoryStore:
                 return None
             stream = self._read_chunks(session_id, data[CHUNK_COUNT], snap.read_time)
         summary = _summary_of(data)
+        paused = paused_from(data.get(PAUSED))
         return History(
             session_id,
             decode(stream + bytes(data[TAIL])),
@@ -401,8 +433,35 @@ class HistoryStore:
             data[TTL_FIELD],
             summary.text if summary else None,
             summary.items if summary else 0,
+            paused.pending if paused else (),
+            tuple(data.get(APPROVALS) or ()),
             UsageTotals.from_doc(data.get(USAGE)),
         )
+
+    def paused_run(
+        self, session_id: str, now: dt.datetime, owner: str | None = None
+    ) -> PausedRun | None:
+        """The live session's paused run, without its state (None: the session is absent,
+        someone else's, or not paused). What an approval checks before it claims."""
+        fields = [OWNER, TURNS, TTL_FIELD] + [
+            f"{PAUSED}.{name}"
+            for name in (
+                PAUSE_ID,
+                PAUSE_PENDING,
+                PAUSE_FINGERPRINT,
+                PAUSED_AT,
+                PAUSE_ATTEMPTS,
+                PAUSE_FOLDED,
+            )
+        ]
+        with outage_as_unavailable():
+            snap = self._session_ref(session_id).get(
+                fields, retry=self._retry, timeout=self._timeout
+            )
+            data = snap.to_dict() if snap.exists else None
+        if data is None or not _is_live(data, now) or not _owned_by(data, owner):
+            return None
+        return paused_from(data.get(PAUSED))
 
     def info(self, session_id: str, now: dt.datetime) -> SessionInfo | None:
         """Owner and generation of the live session ``session_id``; None when absent or
@@ -444,17 +503,25 @@ class HistoryStore:
     # -- a turn: claim, then commit or release ---------------------------------------
 
     def claim(
-        self, session_id: str, now: dt.datetime, until: dt.datetime, owner: str | None = None
+        self,
+        session_id: str,
+        now: dt.datetime,
+        until: dt.datetime,
+        owner: str | None = None,
+        *,
+        resume: str | None = None,
     ) -> Claim:
         """Take the session for one turn until ``until``; raises SessionBusy, and with
-        ``owner`` SessionTaken when someone else's live session has this id."""
+        ``owner`` SessionTaken when someone else's live session has this id. A paused
+        session is taken only by ``resume`` naming its paused run (else RunPaused), and
+        ``resume`` naming any other is PauseChanged (``paused_runs.py``)."""
         ref = self._session_ref(session_id)
         token = secrets.token_urlsafe(16)
         with outage_as_unavailable():
             for _ in range(_ATTEMPTS):
                 snap = ref.get(retry=self._retry, timeout=self._timeout)
                 try:
-                    return self._claim(session_id, ref, snap, token, now, until, owner)
+                    return self._claim(session_id, ref, snap, token, now, until, owner, resume)
                 except (gexc.AlreadyExists, gexc.Conflict, *_REFUSED):
                     # The document changed since we read it: another claim won (the next
                     # read says busy), or a delete or a first turn's release removed it.
@@ -470,6 +537,7 @@ class HistoryStore:
         now: dt.datetime,
         until: dt.datetime,
         owner: str | None,
+        resume: str | None,
     ) -> Claim:
         data: dict[str, Any] | None = snap.to_dict() if snap.exists else None
         hold: dict[str, Any] = {CLAIM_TOKEN: token, CLAIM_UNTIL: until}
@@ -480,6 +548,11 @@ class HistoryStore:
         if data is not None:
             _raise_if_taken(data, now, owner)
             _raise_if_held(data, now)
+        paused = paused_from(data.get(PAUSED)) if data is not None and live else None
+        _check_pause(paused, resume)
+        if resume is not None:
+            # Counted in the claim's own write: a later resume knows this one began.
+            hold[f"{PAUSED}.{PAUSE_ATTEMPTS}"] = firestore.Increment(1)
         if data is None:
             generation = new_generation()
             batch.create(ref, _empty_session(now, until, 0) | hold | {GENERATION: generation})
@@ -553,6 +626,8 @@ class HistoryStore:
             item_count=int(data.get(ITEMS, len(items))),
             item_ends=ends,
             token_ratio=float(data.get(TOKEN_RATIO) or 1.0),
+            paused=paused,
+            approvals=tuple(data.get(APPROVALS) or ()),
             totals=UsageTotals.from_doc(data.get(USAGE)),
         )
 
@@ -568,6 +643,8 @@ class HistoryStore:
         time_left: float | None = None,
         summary: Summary | None = None,
         token_ratio: float | None = None,
+        paused: PausedRun | None = None,
+        decisions: Sequence[Decision] = (),
         totals: UsageTotals | None = None,
     ) -> History:
         """Append ``new_items`` (or, with ``replace``, make them the whole history)
@@ -580,7 +657,9 @@ class HistoryStore:
         ``summary`` replaces the running summary in the same commit (a summary covers
         only stored items, so it lands with them or not at all); ``token_ratio`` updates
         the session's calibration; ``totals`` replaces the usage totals (absolute values:
-        the claim's plus this turn's, so a commit that fails adds nothing).
+        the claim's plus this turn's, so a commit that fails adds nothing). ``paused`` is
+        the run the turn paused (None: the session has none after this commit, so a
+        resumed run's state goes with it); ``decisions`` join the decision log.
 
         Returns when the turn is stored, also when the reply was lost but the turn
         landed. Raises ClaimLost (the claim had lapsed; nothing written),
@@ -627,6 +706,8 @@ class HistoryStore:
             CREATED_AT: claim.created_at,
             **_summary_fields(summary or claim.summary),
             **({TOKEN_RATIO: token_ratio} if token_ratio is not None else {}),
+            PAUSED: paused_fields(paused) if paused is not None else None,
+            **({APPROVALS: logged(claim.approvals, decisions)} if decisions else {}),
             **({USAGE: totals.as_doc()} if totals is not None else {}),
             UPDATED_AT: now,
             TTL_FIELD: expire_at,
@@ -643,6 +724,8 @@ class HistoryStore:
             expire_at,
             kept.text if kept else None,
             kept.items if kept else 0,
+            paused.pending if paused else (),
+            tuple(logged(claim.approvals, decisions)),
             totals or claim.totals,
         )
         # Half of the time left for the commit, half for finding out its outcome.
@@ -790,6 +873,13 @@ class HistoryStore:
                 raise RuntimeError(f"chunk {ref.id} of a session missing at its read time")
             parts.append(bytes((snap.to_dict() or {})[DATA]))
         return b"".join(parts)
+
+
+def _check_pause(paused: PausedRun | None, resume: str | None) -> None:
+    if paused is not None and resume is None:
+        raise RunPaused([call.call_id for call in paused.pending])
+    if resume is not None and (paused is None or paused.pause_id != resume):
+        raise PauseChanged("the paused run is no longer the session's")
 
 
 def _summary_of(data: dict[str, Any]) -> Summary | None:

@@ -14,10 +14,13 @@ Layout::
     agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{shard}
                                                      one shard of a principal's spend on
                                                      one UTC day (SpendDoc)
+    agent_sessions/{doc_id}/agent_tool_runs/{generation}~{call_id}
+                                                     one approved tool call (ToolRunDoc)
 
 ``store/history.py`` states the size bounds and consistency guarantees of the first
 two, ``store/idempotency_records.py`` those of the third, ``store/spend.py`` those of
-the fourth.
+the fourth, ``store/tool_runs.py`` those of the last, and ``store/paused_runs.py``
+those of a paused run (a field of the session document).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ SESSIONS: Final = "agent_sessions"
 CHUNKS: Final = "agent_history_chunks"
 IDEMPOTENCY: Final = "agent_idempotency"
 SPEND: Final = "agent_spend"
-COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY, SPEND)
+TOOL_RUNS: Final = "agent_tool_runs"
+COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY, SPEND, TOOL_RUNS)
 """Every collection group the service writes; each needs a TTL policy on TTL_FIELD."""
 
 TTL_FIELD: Final = "expire_at"
@@ -59,6 +63,19 @@ USAGE: Final = "usage"
 """The session's running totals (UsageTotalsDoc), rewritten whole by each turn's commit."""
 CREATED_AT: Final = "created_at"
 UPDATED_AT: Final = "updated_at"
+PAUSED: Final = "paused"
+"""A run waiting for approval (PausedDoc), or null."""
+APPROVALS: Final = "approvals"
+"""The log of approval decisions (a list of maps)."""
+
+# -- the paused run (a map on the session document) -------------------------------------
+PAUSE_ID: Final = "id"
+PAUSE_PENDING: Final = "pending"
+PAUSE_FINGERPRINT: Final = "fingerprint"
+PAUSED_AT: Final = "paused_at"
+PAUSE_STATE: Final = "state"
+PAUSE_ATTEMPTS: Final = "attempts"
+PAUSE_FOLDED: Final = "folded"
 
 # -- usage totals (a map on agent_sessions) -----------------------------------------
 REQUESTS: Final = "requests"
@@ -69,6 +86,10 @@ COST_USD: Final = "cost_usd"
 
 # -- agent_history_chunks --------------------------------------------------------------
 DATA: Final = "data"
+
+# -- agent_tool_runs -----------------------------------------------------------------
+OUTPUT: Final = "output"
+STARTED_AT: Final = "started_at"
 
 # -- agent_idempotency ---------------------------------------------------------------
 FINGERPRINT: Final = "fingerprint"
@@ -104,6 +125,30 @@ class SessionDoc(TypedDict, total=False):
     summary_items: int  # how many leading items it covers
     summary_offset: int  # byte offset in the encoded history of the first item it does not
     token_ratio: float  # provider's token count over the local estimate, per session
+    paused: PausedDoc | None  # a run waiting for approval
+    approvals: list[dict[str, Any]]  # the last decisions: call_id, tool, approved, reason, by, at
+
+
+class PausedDoc(TypedDict):
+    """``paused`` on a session document (``store/paused_runs.py``)."""
+
+    id: str  # what a resume names
+    pending: list[dict[str, str]]  # call_id, tool, arguments
+    fingerprint: str  # of the agent definition that paused
+    paused_at: dt.datetime
+    state: bytes  # the SDK's RunState JSON, zlib-compressed
+    attempts: int  # resumes that claimed the session
+    folded: int  # leading items of the run's input the summary covers
+
+
+class ToolRunDoc(TypedDict):
+    """``.../agent_tool_runs/{generation}~{call_id}``: one approved call, created before
+    it runs (``store/tool_runs.py``)."""
+
+    state: str  # RUNNING or DONE
+    output: str | None  # the tool's result, once DONE
+    started_at: dt.datetime
+    expire_at: dt.datetime  # the session's at the time
     usage: UsageTotalsDoc  # running totals of every committed turn of this life
 
 
@@ -161,9 +206,12 @@ SEQ: Final = "seq"
 ITEM: Final = "item"
 VERSION: Final = "version"
 
-SQLITE_SCHEMA_VERSION: Final = 3
+SQLITE_SCHEMA_VERSION: Final = 4
 """The tables' version (``PRAGMA user_version``); 2 added generations, summaries and the
-token ratio; 3 the sessions' usage totals and the spend table."""
+token ratio; 3 the sessions' usage totals and the spend table; 4 paused runs, the
+decision log and the tool-run table."""
+PAUSED_STATE: Final = f"{PAUSED}_{PAUSE_STATE}"
+"""SQLite: the paused run's compressed state, apart from its JSON (column ``paused``)."""
 
 SQLITE_TABLES: Final = f"""
 CREATE TABLE IF NOT EXISTS {SESSIONS} (
@@ -179,6 +227,9 @@ CREATE TABLE IF NOT EXISTS {SESSIONS} (
     {SUMMARY_ITEMS} INTEGER NOT NULL DEFAULT 0,
     {SUMMARY_OFFSET} INTEGER NOT NULL DEFAULT 0,
     {TOKEN_RATIO} REAL,
+    {PAUSED} TEXT,
+    {PAUSED_STATE} BLOB,
+    {APPROVALS} TEXT,
     {USAGE} TEXT,
     {CREATED_AT} INTEGER NOT NULL,
     {UPDATED_AT} INTEGER NOT NULL,
@@ -205,6 +256,15 @@ CREATE TABLE IF NOT EXISTS {IDEMPOTENCY} (
 );
 CREATE INDEX IF NOT EXISTS {IDEMPOTENCY}_{SESSION_ID} ON {IDEMPOTENCY} ({SESSION_ID});
 CREATE INDEX IF NOT EXISTS {IDEMPOTENCY}_{TTL_FIELD} ON {IDEMPOTENCY} ({TTL_FIELD});
+CREATE TABLE IF NOT EXISTS {TOOL_RUNS} (
+    {ID} TEXT PRIMARY KEY,
+    {SESSION_ID} TEXT NOT NULL,
+    {STATE} TEXT NOT NULL,
+    {OUTPUT} TEXT,
+    {STARTED_AT} INTEGER NOT NULL,
+    {TTL_FIELD} INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {TOOL_RUNS}_{SESSION_ID} ON {TOOL_RUNS} ({SESSION_ID});
 CREATE TABLE IF NOT EXISTS {SPEND} (
     {OWNER} TEXT NOT NULL,
     {DAY} TEXT NOT NULL,
@@ -217,8 +277,13 @@ CREATE INDEX IF NOT EXISTS {SPEND}_{TTL_FIELD} ON {SPEND} ({TTL_FIELD});
 """The SQLite backend's tables. Times are INTEGER microseconds since the Unix epoch (UTC),
 exact and comparable in SQL; items and responses are compact JSON text."""
 
-SQLITE_MIGRATIONS: Final = {
-    2: f"ALTER TABLE {SESSIONS} ADD COLUMN {USAGE} TEXT",
+SQLITE_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    2: (f"ALTER TABLE {SESSIONS} ADD COLUMN {USAGE} TEXT",),
+    3: (
+        f"ALTER TABLE {SESSIONS} ADD COLUMN {PAUSED} TEXT",
+        f"ALTER TABLE {SESSIONS} ADD COLUMN {PAUSED_STATE} BLOB",
+        f"ALTER TABLE {SESSIONS} ADD COLUMN {APPROVALS} TEXT",
+    ),
 }
 """Version -> the statements that bring a file of that version to the next one (the new
 tables come from SQLITE_TABLES, which creates what is missing). A version not listed is

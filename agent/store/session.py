@@ -22,7 +22,7 @@ import asyncio
 import datetime as dt
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from agents import TResponseInputItem
@@ -42,6 +42,7 @@ from agent.store.history import (
     Summary,
     UsageTotals,
 )
+from agent.store.paused_runs import Decision, PausedRun
 
 
 class FirestoreSession:
@@ -78,11 +79,14 @@ class FirestoreSession:
 
     # -- turn mode (synchronous: called from the request thread) -------------------
 
-    def begin_turn(self, until: dt.datetime) -> Claim:
-        """Claim the session until ``until``; raises SessionBusy."""
+    def begin_turn(self, until: dt.datetime, resume: str | None = None) -> Claim:
+        """Claim the session until ``until``; raises SessionBusy. ``resume`` names the
+        paused run this turn continues (``HistoryBackend.claim``)."""
         if self._claim is not None:
             raise RuntimeError("a turn is already open on this session object")
-        self._claim = self._store.claim(self.session_id, self._clock(), until, self._owner)
+        self._claim = self._store.claim(
+            self.session_id, self._clock(), until, self._owner, resume=resume
+        )
         self._pending, self._popped, self._aborted = [], False, False
         self._summary, self._token_ratio = None, None
         return self._claim
@@ -95,10 +99,13 @@ class FirestoreSession:
         self,
         extra_writes: Callable[[Any, dt.datetime], None] | None = None,
         time_left: float | None = None,
+        paused: PausedRun | None = None,
+        decisions: Sequence[Decision] = (),
         totals: UsageTotals | None = None,
     ) -> History:
-        """Write the turn's items in one commit (with ``extra_writes``, ``time_left``
-        and ``totals``, see ``HistoryStore.commit``). If the commit fails before it is
+        """Write the turn's items in one commit (with ``extra_writes``, ``time_left``,
+        ``totals``, ``paused`` and ``decisions``, see ``HistoryStore.commit``). If the
+        commit fails before it is
         sent, the turn stays open, so that ``abort_turn`` can still release the claim;
         once it was sent and failed (ClaimLost, CommitFailed, CommitUnknown) the claim
         is settled and the turn is closed: released by the store's fence, lost, or
@@ -116,6 +123,8 @@ class FirestoreSession:
                 time_left=time_left,
                 summary=self._summary,
                 token_ratio=self._token_ratio,
+                paused=paused,
+                decisions=decisions,
                 totals=totals,
             )
         except (ClaimLost, CommitFailed, CommitUnknown):

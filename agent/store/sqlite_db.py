@@ -72,6 +72,7 @@ from agent.store.schema import (
     SQLITE_SCHEMA_VERSION,
     SQLITE_TABLES,
     STATE,
+    TOOL_RUNS,
     TTL_FIELD,
 )
 
@@ -129,7 +130,8 @@ class Database:
             # One transaction (not executescript, which commits first): an upgrade
             # that fails halfway leaves the file at its old version, as it was.
             while tables and version < SQLITE_SCHEMA_VERSION:
-                self._conn.execute(SQLITE_MIGRATIONS[version])
+                for statement in SQLITE_MIGRATIONS[version]:
+                    self._conn.execute(statement)
                 version += 1
             for statement in SQLITE_TABLES.split(";"):
                 if statement.strip():
@@ -170,6 +172,7 @@ class Database:
                 f" AND ({STATE} = :done OR {RUNNING_UNTIL} <= :at)",
                 {"at": at, "done": DONE},
             )
+            conn.execute(f"DELETE FROM {TOOL_RUNS} WHERE {TTL_FIELD} <= :at", {"at": at})
             conn.execute(f"DELETE FROM {SPEND} WHERE {TTL_FIELD} <= :at", {"at": at})
 
     def close(self) -> None:

@@ -29,6 +29,10 @@ bounds, locking and expiry):
 * Ownership: ``load``, ``claim`` and ``delete`` take the caller's principal, as on
   Firestore: another owner's live session is absent, cannot be deleted or claimed; an
   expired one is taken over like an absent one.
+* A paused run (``paused_runs.py``) is two columns of the session row, its JSON
+  (``paused``) and its compressed state (``paused_state``), written and cleared by the
+  turn's commit; the decision log is the ``approvals`` column. A resume's claim counts
+  itself in the paused run's ``attempts`` in the claim's transaction.
 * Expiry: ``expire_at`` slides to now + ``SESSION_TTL_SECONDS`` at every commit; reads
   treat an expired session as absent, and expired rows are deleted (``purge_expired``).
 """
@@ -61,7 +65,17 @@ from agent.store.history import (
     UsageTotals,
     new_generation,
 )
+from agent.store.paused_runs import (
+    Decision,
+    PauseChanged,
+    PausedRun,
+    RunPaused,
+    logged,
+    paused_fields,
+    paused_from,
+)
 from agent.store.schema import (
+    APPROVALS,
     BYTES,
     CLAIM_TOKEN,
     CLAIM_UNTIL,
@@ -72,6 +86,11 @@ from agent.store.schema import (
     ITEM,
     ITEMS,
     OWNER,
+    PAUSE_ATTEMPTS,
+    PAUSE_STATE,
+    PAUSED,
+    PAUSED_AT,
+    PAUSED_STATE,
     SEQ,
     SESSION_ID,
     SESSIONS,
@@ -79,6 +98,7 @@ from agent.store.schema import (
     SUMMARY_ITEMS,
     SUMMARY_OFFSET,
     TOKEN_RATIO,
+    TOOL_RUNS,
     TTL_FIELD,
     TURNS,
     UPDATED_AT,
@@ -89,10 +109,12 @@ from agent.store.sqlite_db import Database, from_micros, to_micros
 _COLUMNS = (
     *(OWNER, TURNS, ITEMS, BYTES, CLAIM_TOKEN, CLAIM_UNTIL, GENERATION),
     *(SUMMARY, SUMMARY_ITEMS, SUMMARY_OFFSET, TOKEN_RATIO, USAGE, CREATED_AT, TTL_FIELD),
+    *(PAUSED, PAUSED_STATE, APPROVALS),
 )
 _SELECT_SESSION = f"SELECT {', '.join(_COLUMNS)} FROM {SESSIONS} WHERE {ID} = ?"
 _SELECT_ITEMS = f"SELECT {ITEM} FROM {HISTORY_ITEMS} WHERE {SESSION_ID} = ? ORDER BY {SEQ}"
 _DELETE_ITEMS = f"DELETE FROM {HISTORY_ITEMS} WHERE {SESSION_ID} = ?"
+_DELETE_TOOL_RUNS = f"DELETE FROM {TOOL_RUNS} WHERE {SESSION_ID} = ?"
 _MIN_COMMIT_SECONDS = 0.05
 
 
@@ -122,6 +144,8 @@ class _Row:
         self.totals = UsageTotals.from_doc(json.loads(named[USAGE] or "null"))
         self.created_at = from_micros(named[CREATED_AT])
         self.expire_at = from_micros(named[TTL_FIELD])
+        self.paused = _paused_of(named[PAUSED], named[PAUSED_STATE])
+        self.approvals: tuple[Decision, ...] = tuple(json.loads(named[APPROVALS] or "[]"))
 
     def live(self, now: dt.datetime) -> bool:
         return self.turns > 0 and self.expire_at > now
@@ -159,8 +183,20 @@ class SqliteHistoryStore:
             row.expire_at,
             summary.text if summary else None,
             summary.items if summary else 0,
+            row.paused.pending if row.paused else (),
+            row.approvals,
             row.totals,
         )
+
+    def paused_run(
+        self, session_id: str, now: dt.datetime, owner: str | None = None
+    ) -> PausedRun | None:
+        """The live session's paused run (None: absent, someone else's, not paused)."""
+        with self._db.read() as conn:
+            row = _row(conn, session_id)
+        if row is None or not row.live(now) or not row.owned_by(owner):
+            return None
+        return row.paused
 
     def info(self, session_id: str, now: dt.datetime) -> SessionInfo | None:
         """Owner and generation of the live session ``session_id``; None when absent or
@@ -187,10 +223,17 @@ class SqliteHistoryStore:
     # -- a turn: claim, then commit or release ---------------------------------------
 
     def claim(
-        self, session_id: str, now: dt.datetime, until: dt.datetime, owner: str | None = None
+        self,
+        session_id: str,
+        now: dt.datetime,
+        until: dt.datetime,
+        owner: str | None = None,
+        *,
+        resume: str | None = None,
     ) -> Claim:
         """Take the session for one turn until ``until``; raises SessionBusy, and with
-        ``owner`` SessionTaken when someone else's live session has this id."""
+        ``owner`` SessionTaken when someone else's live session has this id; RunPaused
+        and PauseChanged as on Firestore (``paused_runs.py``)."""
         self._db.purge_expired(now)
         token = secrets.token_urlsafe(16)
         with self._db.write() as conn:
@@ -201,12 +244,18 @@ class SqliteHistoryStore:
                 if row.held(now):
                     assert row.claim_until is not None
                     raise SessionBusy(retry_after(row.claim_until, now))
+            paused = row.paused if row is not None and row.live(now) else None
+            if paused is not None and resume is None:
+                raise RunPaused([call.call_id for call in paused.pending])
+            if resume is not None and (paused is None or paused.pause_id != resume):
+                raise PauseChanged("the paused run is no longer the session's")
             if row is None or not row.live(now):
                 # A new life: a fresh row under a new generation (a dead life's row and
                 # items go now). Until its first commit it expires with its claim.
                 generation = new_generation()
                 if row is not None:
                     conn.execute(_DELETE_ITEMS, (session_id,))
+                    conn.execute(_DELETE_TOOL_RUNS, (session_id,))
                     conn.execute(f"DELETE FROM {SESSIONS} WHERE {ID} = ?", (session_id,))
                 kept_owner = owner if owner is not None or row is None else row.owner
                 conn.execute(
@@ -240,6 +289,13 @@ class SqliteHistoryStore:
                 f" WHERE {ID} = ?",
                 (token, to_micros(until), owner, to_micros(until), session_id),
             )
+            if paused is not None:
+                # Counted in the claim's own transaction: a later resume knows this one began.
+                count = {PAUSE_ATTEMPTS: paused.attempts + 1}
+                conn.execute(
+                    f"UPDATE {SESSIONS} SET {PAUSED} = json_patch({PAUSED}, ?) WHERE {ID} = ?",
+                    (json.dumps(count), session_id),
+                )
             texts = _texts(conn, session_id)
         # The items the summary does not cover, and where each ends in the encoded history.
         covered = row.summary.items if row.summary else 0
@@ -265,6 +321,8 @@ class SqliteHistoryStore:
             item_count=row.items,
             item_ends=tuple(ends[covered:]),
             token_ratio=row.token_ratio,
+            paused=paused,
+            approvals=row.approvals,
             totals=row.totals,
         )
 
@@ -280,6 +338,8 @@ class SqliteHistoryStore:
         time_left: float | None = None,
         summary: Summary | None = None,
         token_ratio: float | None = None,
+        paused: PausedRun | None = None,
+        decisions: Sequence[Decision] = (),
         totals: UsageTotals | None = None,
     ) -> History:
         """Append ``new_items`` (with ``replace``, make them the whole history) and
@@ -289,7 +349,9 @@ class SqliteHistoryStore:
         ``extra_writes(connection, expire_at)`` runs inside that transaction, so its
         writes land if and only if the turn does (the idempotency record). ``summary``
         replaces the running summary, ``token_ratio`` the calibration and ``totals``
-        the usage totals, in the same transaction. ``time_left`` (seconds): with too
+        the usage totals, in the same transaction, as do ``paused`` (the run the turn
+        paused; None clears it) and ``decisions`` (added to the decision log).
+        ``time_left`` (seconds): with too
         little left the claim is left to lapse unused, as on Firestore."""
         encoded = [_encode(item) for item in new_items]
         added = sum(len(text.encode()) + 1 for text in encoded)  # JSON lines, as on Firestore
@@ -305,6 +367,7 @@ class SqliteHistoryStore:
         total = added if replace else claim.total_bytes + added
         turns = claim.turns + (1 if count_turn else 0)
         kept = summary or claim.summary
+        log = logged(claim.approvals, decisions)
         with self._db.write() as conn:
             found = conn.execute(
                 f"SELECT {CLAIM_TOKEN}, {GENERATION} FROM {SESSIONS} WHERE {ID} = ?",
@@ -325,6 +388,7 @@ class SqliteHistoryStore:
                 f" {SUMMARY} = :summary, {SUMMARY_ITEMS} = :summary_items,"
                 f" {SUMMARY_OFFSET} = :summary_offset,"
                 f" {TOKEN_RATIO} = COALESCE(:ratio, {TOKEN_RATIO}),"
+                f" {PAUSED} = :paused, {PAUSED_STATE} = :paused_state, {APPROVALS} = :approvals,"
                 f" {USAGE} = COALESCE(:usage, {USAGE}),"
                 f" {UPDATED_AT} = :now, {TTL_FIELD} = :expire WHERE {ID} = :id",
                 {"turns": turns, "items": items, "bytes": total}
@@ -333,6 +397,8 @@ class SqliteHistoryStore:
                 | {"summary": kept.text if kept else None}
                 | {"summary_items": kept.items if kept else 0}
                 | {"summary_offset": kept.offset if kept else 0}
+                | _paused_columns(paused)
+                | {"approvals": json.dumps(log) if log else None}
                 | {"now": to_micros(now), "expire": to_micros(expire_at), "id": claim.session_id},
             )
             if extra_writes is not None:
@@ -345,6 +411,8 @@ class SqliteHistoryStore:
             expire_at,
             kept.text if kept else None,
             kept.items if kept else 0,
+            paused.pending if paused else (),
+            tuple(log),
             totals or claim.totals,
         )
 
@@ -376,6 +444,7 @@ class SqliteHistoryStore:
                 assert row.claim_until is not None
                 raise SessionBusy(retry_after(row.claim_until, now))
             conn.execute(_DELETE_ITEMS, (session_id,))
+            conn.execute(_DELETE_TOOL_RUNS, (session_id,))
             conn.execute(f"DELETE FROM {SESSIONS} WHERE {ID} = ?", (session_id,))
         outcome = Deletion.DELETED if row.live(now) else Deletion.ABSENT
         return Deleted(outcome, row.generation)
@@ -388,3 +457,21 @@ def _row(conn: sqlite3.Connection, session_id: str) -> _Row | None:
 
 def _texts(conn: sqlite3.Connection, session_id: str) -> list[str]:
     return [text for (text,) in conn.execute(_SELECT_ITEMS, (session_id,))]
+
+
+def _paused_columns(paused: PausedRun | None) -> dict[str, Any]:
+    if paused is None:
+        return {"paused": None, "paused_state": None}
+    fields = paused_fields(paused)
+    del fields[PAUSE_STATE]
+    fields[PAUSED_AT] = to_micros(paused.paused_at)
+    return {"paused": json.dumps(fields), "paused_state": paused.state}
+
+
+def _paused_of(text: str | None, state: bytes | None) -> PausedRun | None:
+    if text is None:
+        return None
+    fields = json.loads(text)
+    fields[PAUSED_AT] = from_micros(fields[PAUSED_AT])
+    fields[PAUSE_STATE] = state or b""
+    return paused_from(fields)

@@ -18,6 +18,7 @@ from typing import Any
 from agent.runtime.streaming import RunEvent
 from agent.store.backend import IdempotencyBackend
 from agent.store.idempotency_records import KeyClaim, StoredResponse
+from agent.turn.approvals import Resume
 from agent.turn.outcome import TurnOutcome
 from agent.turn.runner import TurnRunner
 from agent.turn.store_errors import store_errors_as_api_errors
@@ -25,9 +26,10 @@ from agent.turn.store_errors import store_errors_as_api_errors
 TurnEvents = Generator[RunEvent | TurnOutcome | None, None, None]
 
 
-def fingerprint(message: str, session_id: str | None) -> str:
-    """SHA-256 of what makes two requests the same request."""
-    canonical = json.dumps({"message": message, "session_id": session_id})
+def fingerprint(message: str | Resume, session_id: str | None) -> str:
+    """SHA-256 of what makes two requests the same request: a message, or decisions."""
+    said: object = message if isinstance(message, str) else message.fingerprint()
+    canonical = json.dumps({"message": said, "session_id": session_id})
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -37,7 +39,7 @@ def run_once(
     *,
     principal: str,
     key: str,
-    message: str,
+    message: str | Resume,
     requested_session_id: str | None,
     session_id: str,
     started: float,
@@ -72,7 +74,7 @@ def stream_once(
     *,
     principal: str,
     key: str,
-    message: str,
+    message: str | Resume,
     requested_session_id: str | None,
     session_id: str,
     started: float,
@@ -107,7 +109,7 @@ def _begin(
     store: IdempotencyBackend,
     principal: str,
     key: str,
-    message: str,
+    message: str | Resume,
     requested_session_id: str | None,
     session_id: str,
     deadline: float,

@@ -25,6 +25,12 @@ class TurnOutcome:
     expire_at: dt.datetime
     result: ResultLink | None = None
     warnings: tuple[dict[str, str], ...] = ()
+    pending_approvals: tuple[dict[str, str], ...] = ()
+    """The tool calls the run paused on (call_id, tool, arguments); none: it completed."""
+
+    @property
+    def status(self) -> str:
+        return "approval_required" if self.pending_approvals else "completed"
 
     def stored(self) -> dict[str, Any]:
         """The form kept in an Idempotency-Key record (``expire_at`` is the record's)."""
@@ -37,6 +43,7 @@ class TurnOutcome:
             # client re-signs through GET /sessions/<id>/results/<turn_id>.
             "result": self.result.as_json() if self.result else None,
             "warnings": list(self.warnings),
+            "pending_approvals": list(self.pending_approvals),
         }
 
     @classmethod
@@ -50,4 +57,5 @@ class TurnOutcome:
             expire_at=expire_at,
             result=ResultLink.from_json(result) if result else None,
             warnings=tuple(response.get("warnings") or ()),
+            pending_approvals=tuple(response.get("pending_approvals") or ()),
         )

@@ -18,22 +18,37 @@ lost, is the 200 the caller earned; not stored is 503 or 504 and the result file
 turn uploaded is deleted; unknown (Firestore could not be asked in time) is 503 and the
 file stays, where the session's clean-up and the bucket's lifecycle rule find it.
 A turn that takes over an expired id first sweeps the previous life's result objects.
+
+A turn's run may pause on tool calls that need approval; its commit then stores the
+paused run with the session, and a later request with the decisions resumes it as a
+turn of its own, with the same claim, deadline and commit (``approvals.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import openai
-from agents import Agent, MaxTurnsExceeded, ModelBehaviorError, RunConfig, Runner, Usage
+from agents import (
+    Agent,
+    ItemHelpers,
+    MaxTurnsExceeded,
+    ModelBehaviorError,
+    RunConfig,
+    Runner,
+    RunState,
+    Usage,
+)
 from agents.exceptions import ModelTimeoutError
-from agents.result import RunResultBase
+from agents.result import RunResult, RunResultStreaming
 
 from agent.base import errors, tracing
 from agent.base.clock import utc_now
@@ -43,7 +58,8 @@ from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.pricing import DEFAULT_PRICES, Price, cost_usd
 from agent.runtime.streaming import RunEvent, StreamedRun
-from agent.store.backend import HistoryBackend
+from agent.runtime.tools import guarded_run
+from agent.store.backend import HistoryBackend, ToolRunBackend
 from agent.store.history import (
     Claim,
     ClaimLost,
@@ -51,7 +67,10 @@ from agent.store.history import (
     TurnTooLarge,
     UsageTotals,
 )
+from agent.store.paused_runs import Decision, PausedRun
 from agent.store.session import FirestoreSession
+from agent.turn import approvals
+from agent.turn.approvals import Resume, Spent, StoreGuard
 from agent.turn.budget import Budget
 from agent.turn.context_window import ContextKeeper, Window
 from agent.turn.outcome import TurnOutcome
@@ -59,6 +78,8 @@ from agent.turn.outcome import Usage as UsageBody
 from agent.turn.store_errors import api_error_of, store_errors_as_api_errors
 
 log = logging.getLogger(__name__)
+
+RunResultBase = RunResult | RunResultStreaming
 
 
 class TurnRunner:
@@ -76,13 +97,18 @@ class TurnRunner:
         results: OffloadPolicy | None = None,
         prices: Mapping[str, Price] = DEFAULT_PRICES,
         context: ContextKeeper | None = None,
+        *,
         budget: Budget | None = None,
+        tool_runs: ToolRunBackend | None = None,
     ) -> None:
         """``context`` keeps every model call inside the context budget (None: the
         whole history is sent, as in library use); ``budget`` refuses a principal's
-        turns past its daily spend and records what each turn cost (None: no budget)."""
+        turns past its daily spend and records what each turn cost (None: no budget);
+        ``tool_runs`` guards approved calls (None: unguarded, for library use)."""
         self._context = context
         self._budget = budget
+        self._tool_runs = tool_runs
+        self._fingerprint = approvals.fingerprint(agent, settings.agent_model)
         self._agent = agent
         self._prices = prices
         self._store = store
@@ -98,45 +124,50 @@ class TurnRunner:
     def run(
         self,
         session_id: str,
-        message: str,
+        message: str | Resume,
         started: float,
         *,
         owner: str | None,
         on_commit: OnCommit | None = None,
     ) -> TurnOutcome:
-        """``started`` is the request's ``time.monotonic()`` at arrival; ``owner`` the
+        """``message``: the user's, or the decisions that resume a paused run.
+        ``started`` is the request's ``time.monotonic()`` at arrival; ``owner`` the
         caller's principal, required so that no route can forget it (None, for library
         use only, skips ownership checks); ``on_commit`` adds writes to the turn's
         commit (the idempotency record)."""
         turn = self._open(session_id, message, started, owner)
         try:
             try:
-                result = self._run_once(turn, message)
+                result = self._run_once(turn)
             except openai.BadRequestError as exc:
-                if not _is_overflow(exc) or turn.window is None:
+                if not _is_overflow(exc) or turn.window is None or turn.resume is not None:
                     raise
                 # The budget was set above what the provider takes: fold harder, once.
                 log.warning("context overflow at the provider; compacting harder")
+                assert isinstance(message, str)
                 turn = self._refit(turn, message)
-                result = self._run_once(turn, message)
+                result = self._run_once(turn)
         except BaseException as exc:
             raise self._fail(turn, exc) from exc
         return self._finish(turn, result, on_commit)
 
-    def _run_once(self, turn: _OpenTurn, message: str) -> RunResultBase:
+    def _run_once(self, turn: _OpenTurn) -> RunResultBase:
+        run = Runner.run(
+            self._agent,
+            turn.input,
+            session=turn.session,
+            max_turns=self._settings.agent_max_turns,
+            run_config=self._run_config(turn),
+        )
         return self._loop.run(
-            within(
-                turn.run_deadline,
-                Runner.run(
-                    self._agent,
-                    message,
-                    session=turn.session,
-                    max_turns=self._settings.agent_max_turns,
-                    run_config=self._run_config(turn),
-                ),
-            ),
+            within(turn.run_deadline, guarded_run(self._guard(turn), run)),
             timeout=turn.run_deadline - time.monotonic(),
         )
+
+    def _guard(self, turn: _OpenTurn) -> StoreGuard | None:
+        if self._tool_runs is None:
+            return None
+        return StoreGuard(self._tool_runs, turn.session.session_id, turn.claim.generation)
 
     def _run_config(self, turn: _OpenTurn) -> RunConfig | None:
         if self._context is None or turn.window is None:
@@ -153,12 +184,12 @@ class TurnRunner:
         window = self._context.prepare(
             turn.session, turn.claim, message, self._loop, turn.run_deadline, room=room
         )
-        return dataclasses.replace(turn, window=_merged(turn.window, window))
+        return dataclasses.replace(turn, window=_merged(turn.window, window), input=message)
 
     def stream(
         self,
         session_id: str,
-        message: str,
+        message: str | Resume,
         started: float,
         idle_seconds: float,
         *,
@@ -175,11 +206,12 @@ class TurnRunner:
             run = StreamedRun(
                 self._loop,
                 self._agent,
-                message,
+                turn.input,
                 turn.session,
                 max_turns=self._settings.agent_max_turns,
                 deadline=turn.run_deadline,
                 run_config=self._run_config(turn),
+                guard=self._guard(turn),
             )
         except BaseException as exc:
             raise self._fail(turn, exc) from exc
@@ -205,9 +237,14 @@ class TurnRunner:
         except BaseException as exc:
             run.cancel()
             raise self._fail(turn, exc) from exc
-        yield self._finish(turn, result, on_commit)
+        outcome = self._finish(turn, result, on_commit)
+        if outcome.pending_approvals:  # stored: the client may decide now
+            yield RunEvent("approval_required", {"pending_approvals": outcome.pending_approvals})
+        yield outcome
 
-    def _open(self, session_id: str, message: str, started: float, owner: str | None) -> _OpenTurn:
+    def _open(
+        self, session_id: str, message: str | Resume, started: float, owner: str | None
+    ) -> _OpenTurn:
         deadline = started + self._settings.turn_budget_seconds
         # Before the claim: a refused turn writes nothing, not even a claim to release.
         spend_day = None
@@ -216,14 +253,25 @@ class TurnRunner:
                 spend_day = self._budget.check(owner)
         session = FirestoreSession(session_id, self._store, owner=owner)
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
+        resume = message if isinstance(message, Resume) else None
+        pause_id = None
+        if resume is not None:
+            pause = approvals.paused_run(self._store, session_id, owner)
+            approvals.check(pause, resume.verdicts)
+            pause_id = pause.pause_id
         with store_errors_as_api_errors(), tracing.span("claim") as span:
-            claim = session.begin_turn(claim_until)  # reads the history too
+            # Reads the history too; a paused session is taken only by its resume.
+            claim = session.begin_turn(claim_until, pause_id)
             span.set("agent.new_session", claim.new_session)
             span.set("agent.history_items", len(claim.history))
         if claim.replaced:
             self._sweep_previous_life(claim)
         run_deadline = deadline - self._commit_reserve - self._offload_reserve
         turn = _OpenTurn(session, claim, deadline, run_deadline, owner=owner, spend_day=spend_day)
+        if resume is not None:
+            return self._open_resume(turn, resume)
+        assert isinstance(message, str)
+        turn = dataclasses.replace(turn, input=message)
         if self._context is None:
             return turn
         try:
@@ -233,21 +281,61 @@ class TurnRunner:
             raise self._fail(turn, exc) from exc
         return dataclasses.replace(turn, window=window)
 
+    def _open_resume(self, turn: _OpenTurn, resume: Resume) -> _OpenTurn:
+        """The paused run's state, decided, as the turn's input; a paused run of another
+        agent definition is dropped instead (409 ``approval_stale``)."""
+        pause = turn.claim.paused
+        assert pause is not None  # the claim named it
+        if pause.fingerprint != self._fingerprint:
+            self._drop(turn, pause)
+        if pause.attempts:
+            log.warning("resuming a paused run that an earlier attempt began")
+        window = None
+        if self._context is not None:
+            # The paused turn's window: the summary it committed covers what it folded.
+            summary = turn.claim.summary.text if turn.claim.summary else None
+            window = Window(summary, pause.folded, 0, compacted=False)
+        try:
+            restored = self._loop.run(
+                approvals.restore(self._agent, pause, resume),
+                timeout=turn.run_deadline - time.monotonic(),
+            )
+        except BaseException as exc:
+            raise self._fail(turn, exc) from exc
+        return dataclasses.replace(
+            turn, input=restored.state, window=window, resume=resume, spent=restored.spent
+        )
+
+    def _drop(self, turn: _OpenTurn, pause: PausedRun) -> None:
+        log.warning("paused run dropped: the agent definition changed")
+        try:
+            turn.session.rewrite_turn(lambda _: approvals.dropped(pause))
+            with tracing.span("commit"):
+                turn.session.commit_turn(time_left=turn.deadline - time.monotonic())
+        except BaseException as exc:
+            raise self._fail(turn, exc) from exc
+        raise errors.approval_stale()
+
     def _finish(
         self, turn: _OpenTurn, result: RunResultBase, on_commit: OnCommit | None
     ) -> TurnOutcome:
-        """Deliver the answer (inline, or offloaded) and commit the turn."""
+        """Deliver the answer (inline, or offloaded) and commit the turn, with the
+        paused run when it paused."""
         session, new_session = turn.session, turn.claim.new_session
-        usage = self._usage(result, turn.window)
+        usage = self._usage(result, turn.window, turn.spent)
         spent = _totals_of(usage)
-        if turn.window is not None and self._context is not None and result.raw_responses:
+        if turn.window and turn.window.estimated and self._context and result.raw_responses:
             reported = result.raw_responses[0].usage.input_tokens
             self._context.calibrate(session, turn.claim, turn.window, reported)
         delivery: Delivery | None = None
         try:
+            paused = self._paused(turn, result)
+            answer = result.final_output
+            if paused is not None:  # what the model wrote before the calls, if anything
+                answer = ItemHelpers.text_message_outputs(result.new_items)
             delivery = self._results.deliver(
                 session.session_id,
-                result.final_output,
+                answer,
                 turn.deadline - self._commit_reserve - time.monotonic(),
                 turn.claim.generation,
             )
@@ -266,16 +354,21 @@ class TurnRunner:
                     assert delivery is not None
                     if on_commit is not None:
                         outcome = _outcome(
-                            session.session_id, usage, new_session, expire_at, delivery
+                            session.session_id, usage, new_session, expire_at, delivery, paused
                         )
                         on_commit(batch, outcome, turn.claim.generation)
                     if record is not None:
                         record(batch)
 
+            decisions: tuple[Decision, ...] = ()
+            if turn.resume is not None and turn.claim.paused is not None:
+                decisions = tuple(approvals.decision_log(turn.resume, turn.claim.paused))
             with tracing.span("commit"):
                 history = session.commit_turn(
                     extra_writes=extra,
                     time_left=turn.deadline - time.monotonic(),
+                    paused=paused,
+                    decisions=decisions,
                     totals=turn.claim.totals.plus(spent),
                 )
         except BaseException as exc:
@@ -285,13 +378,37 @@ class TurnRunner:
             if delivery is not None and delivery.object_name and not isinstance(exc, CommitUnknown):
                 self._results.discard(delivery.object_name)
             raise error from exc
-        return _outcome(session.session_id, usage, new_session, history.expire_at, delivery)
+        return _outcome(session.session_id, usage, new_session, history.expire_at, delivery, paused)
 
-    def _usage(self, result: RunResultBase, window: Window | None) -> UsageBody:
+    def _paused(self, turn: _OpenTurn, result: RunResultBase) -> PausedRun | None:
+        """The paused run to store, when the run stopped for approval."""
+        if not result.interruptions:
+            return None
+        state = json.dumps(result.to_state().to_json())
+        return PausedRun(
+            pause_id=secrets.token_urlsafe(12),
+            pending=approvals.pending_of(result.interruptions),
+            fingerprint=self._fingerprint,
+            paused_at=utc_now(),
+            state=PausedRun.compress(state),
+            folded=turn.window.keep_from if turn.window else 0,
+        )
+
+    def _usage(
+        self, result: RunResultBase, window: Window | None, spent_before: Spent | None
+    ) -> UsageBody:
         """The turn's usage summed over its model calls, and what it cost; with
-        ``summary`` what summarising the history spent, when it did."""
+        ``summary`` what summarising the history spent, when it did. A resumed run's
+        usage less ``spent_before``: the turn that paused it reported that part."""
         usage = result.context_wrapper.usage
-        cached = usage.input_tokens_details.cached_tokens or 0
+        before = spent_before or Spent()
+        requests = usage.requests - before.requests
+        input_tokens = usage.input_tokens - before.input_tokens
+        output_tokens = usage.output_tokens - before.output_tokens
+        total_tokens = usage.total_tokens - before.total_tokens
+        cached = max(
+            0, (usage.input_tokens_details.cached_tokens or 0) - before.cached_input_tokens
+        )
         summary: dict[str, Any] = {}
         if window is not None and window.summary_usage is not None:
             spent = window.summary_usage
@@ -312,17 +429,17 @@ class TurnRunner:
                 }
             }
         return summary | {
-            "requests": usage.requests,
-            "input_tokens": usage.input_tokens,
+            "requests": requests,
+            "input_tokens": input_tokens,
             "cached_input_tokens": cached,
-            "output_tokens": usage.output_tokens,
-            "total_tokens": usage.total_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": total_tokens,
             "cost_usd": cost_usd(
                 self._prices,
                 self._settings.agent_model,
-                input_tokens=usage.input_tokens,
+                input_tokens=input_tokens,
                 cached_input_tokens=cached,
-                output_tokens=usage.output_tokens,
+                output_tokens=output_tokens,
             ),
         }
 
@@ -360,6 +477,11 @@ class _OpenTurn:
     """By which the agent run must end, leaving time to deliver and commit."""
     window: Window | None = None
     """What the model calls are sent of the history (None: all of it)."""
+    input: str | RunState[Any, Any] = ""
+    """What the run starts from: the user's message, or a paused run's decided state."""
+    resume: Resume | None = None
+    spent: Spent | None = None
+    """A resumed run's usage when it paused (already reported)."""
     owner: str | None = None
     spend_day: dt.date | None = None
     """The UTC day the budget was checked on, which the turn's cost counts to (None: no
@@ -409,6 +531,7 @@ def _outcome(
     new_session: bool,
     expire_at: dt.datetime,
     delivery: Delivery,
+    paused: PausedRun | None = None,
 ) -> TurnOutcome:
     return TurnOutcome(
         session_id=session_id,
@@ -418,6 +541,7 @@ def _outcome(
         expire_at=expire_at,
         result=delivery.result,
         warnings=delivery.warnings,
+        pending_approvals=tuple(c.as_json() for c in paused.pending) if paused else (),
     )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from agent.base import errors
 from agent.base.clock import utc_now
 from agent.results.policy import OffloadPolicy, ResultLink
-from agent.store.backend import HistoryBackend, IdempotencyBackend
+from agent.store.backend import HistoryBackend, IdempotencyBackend, ToolRunBackend
 from agent.store.history import Deletion, History
 from agent.turn.ownership import require_owner
 from agent.turn.store_errors import store_errors_as_api_errors
@@ -22,6 +22,7 @@ class Sessions:
     store: HistoryBackend
     results: OffloadPolicy
     idempotency: IdempotencyBackend
+    tool_runs: ToolRunBackend
 
     def load(self, session_id: str, owner: str) -> History:
         """The caller's live history; 404 ``session_not_found`` otherwise."""
@@ -37,8 +38,9 @@ class Sessions:
         runs on it (also a session's first turn, during which a read says 404).
 
         Only what belonged to the deleted life goes: result objects of no current life
-        (the deleted one's, and orphans) and the records of the deleted generation. A
-        session re-created under the id meanwhile keeps its files and keys."""
+        (the deleted one's, and orphans) and the key and tool-run records of the deleted
+        generation. A session re-created under the id meanwhile keeps its files and
+        records."""
         with store_errors_as_api_errors():
             deleted = self.store.delete(session_id, utc_now(), owner)
         if deleted.outcome is Deletion.NOT_YOURS:
@@ -48,6 +50,9 @@ class Sessions:
         if deleted.outcome is not Deletion.DELETED:
             raise errors.session_not_found()
         self.idempotency.forget_session(session_id, owner, deleted.generation)
+        if deleted.generation is not None:
+            with store_errors_as_api_errors():
+                self.tool_runs.forget_session(session_id, deleted.generation)
 
     def resign_result(self, session_id: str, turn_id: str, owner: str) -> ResultLink:
         """A fresh signed URL for a stored result of the caller's live session; 404

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from agent.base import errors
 from agent.store.calls import StoreUnavailable
 from agent.store.history import CommitFailed, CommitUnknown, SessionBusy, SessionTaken
+from agent.store.paused_runs import PauseChanged, RunPaused, StateTooLarge
 
 
 def api_error_of(exc: BaseException) -> errors.ApiError | None:
@@ -30,6 +31,12 @@ def api_error_of(exc: BaseException) -> errors.ApiError | None:
         return errors.session_busy(exc.retry_after)
     if isinstance(exc, SessionTaken):
         return errors.session_id_taken()
+    if isinstance(exc, RunPaused):
+        return errors.approval_pending(exc.pending)
+    if isinstance(exc, PauseChanged):
+        return errors.approval_not_pending()
+    if isinstance(exc, StateTooLarge):
+        return errors.approval_state_too_large()
     return None
 
 
@@ -37,7 +44,7 @@ def api_error_of(exc: BaseException) -> errors.ApiError | None:
 def store_errors_as_api_errors() -> Iterator[None]:
     try:
         yield
-    except (StoreUnavailable, SessionBusy, SessionTaken) as exc:
+    except (StoreUnavailable, SessionBusy, SessionTaken, RunPaused, PauseChanged) as exc:
         error = api_error_of(exc)
         assert error is not None
         raise error from None

@@ -41,13 +41,17 @@ def parse_body(body: bytes) -> list[Event]:
 
 
 def open_stream(
-    port: int, body: dict[str, Any], headers: dict[str, str] | None = None, timeout: float = 30
+    port: int,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+    path: str = "/chat",
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """POST /chat and return once the status and headers have arrived."""
+    """POST ``path`` and return once the status and headers have arrived."""
     connection = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     connection.request(
         "POST",
-        "/chat",
+        path,
         body=json.dumps(body),
         headers={"Content-Type": "application/json"} | (headers or {}),
     )

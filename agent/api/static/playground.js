@@ -7,13 +7,21 @@
   const authMode = document.body.dataset.authMode;
   const $ = (id) => document.getElementById(id);
   const log = $("log"), form = $("composer"), input = $("message"), send = $("send");
+  const typeHere = input.placeholder;
   let busy = false;
+  // The paused run's calls awaiting a decision: { sessionId, calls, decisions, cards }.
+  let pending = null;
 
-  function el(tag, cls, text) {
+  function child(parent, tag, cls, text) {
     const node = document.createElement(tag);
     if (cls) node.className = cls;
     if (text !== undefined) node.textContent = String(text);
-    log.appendChild(node);
+    parent.appendChild(node);
+    return node;
+  }
+
+  function el(tag, cls, text) {
+    const node = child(log, tag, cls, text);
     node.scrollIntoView({ block: "end" });
     return node;
   }
@@ -94,42 +102,205 @@
     }
   }
 
-  async function turn(message) {
-    el("div", "msg user", message);
-    const body = { message, stream: true };
-    const id = sessionId();
-    if (id) body.session_id = id;
-    const response = await fetch("chat", {
+  // While a paused run waits for decisions the server refuses new messages (409
+  // approval_pending), so the composer is locked rather than left to fail.
+  function lockComposer(locked) {
+    input.disabled = locked;
+    send.disabled = locked || busy;
+    input.placeholder = locked ? "Approve or reject the tool call(s) above first" : typeHere;
+  }
+
+  function endApprovals(note) {
+    if (pending) {
+      for (const card of pending.cards) {
+        for (const control of card.querySelectorAll("button, input")) control.disabled = true;
+        if (note && !card.dataset.decision) card.querySelector(".approval-status").textContent = note;
+      }
+    }
+    pending = null;
+    lockComposer(false);
+  }
+
+  // One card per pending call, with Approve and Reject; the server needs a decision for
+  // every pending call, so the decisions go out together once the last one is made.
+  // The cards stay disabled until the request has ended (armApprovals, from run): the
+  // session id comes with the response's end, and one request runs at a time.
+  function askApproval(calls) {
+    endApprovals();
+    if (!calls.length) return;
+    const box = el("div", "approvals");
+    child(box, "div", "approvals-title",
+      calls.length === 1 ? "The agent wants to run a tool that needs your approval:"
+        : "The agent wants to run " + calls.length + " tools that need your approval:");
+    const cards = calls.map((call) => {
+      const card = child(box, "div", "approval");
+      card.dataset.callId = call.call_id;
+      card.dataset.tool = call.tool;
+      child(card, "div", "approval-call", call.tool + "(" + call.arguments + ")");
+      const row = child(card, "div", "approval-row");
+      const approve = child(row, "button", "approve", "Approve");
+      const reject = child(row, "button", "reject", "Reject");
+      const reason = child(row, "input", "approval-reason");
+      reason.placeholder = "reason (optional, sent with Reject)";
+      child(row, "span", "approval-status muted");
+      for (const [button, ok] of [[approve, true], [reject, false]]) {
+        button.type = "button";
+        button.dataset.callId = call.call_id;
+        button.addEventListener("click", () => decide(card, ok));
+      }
+      for (const control of card.querySelectorAll("button, input")) control.disabled = true;
+      return card;
+    });
+    pending = { sessionId: null, calls, decisions: new Map(), cards, armed: false };
+    lockComposer(true);
+    box.scrollIntoView({ block: "end" });
+  }
+
+  function armApprovals() {
+    if (pending.armed) return;
+    pending.armed = true;
+    pending.decisions.clear();
+    for (const card of pending.cards) {
+      delete card.dataset.decision;
+      card.querySelector(".approval-status").textContent = "";
+      for (const control of card.querySelectorAll("button, input")) control.disabled = false;
+    }
+  }
+
+  function decide(card, approve) {
+    if (!pending || !pending.armed || busy) return;
+    const decision = { call_id: card.dataset.callId, approve };
+    const reason = card.querySelector(".approval-reason").value.trim();
+    if (!approve && reason) decision.reason = reason;
+    pending.decisions.set(decision.call_id, decision);
+    card.dataset.decision = approve ? "approved" : "rejected";
+    for (const control of card.querySelectorAll("button, input")) control.disabled = true;
+    card.querySelector(".approval-status").textContent = approve ? "approved" : "rejected";
+    if (pending.decisions.size === pending.calls.length) {
+      pending.armed = false;
+      run(submitDecisions);
+    }
+  }
+
+  async function submitDecisions() {
+    const asked = pending;
+    const decisions = asked.calls.map((call) => asked.decisions.get(call.call_id));
+    const path = "sessions/" + encodeURIComponent(asked.sessionId) + "/approvals";
+    const outcome = await exchange(path, { decisions });
+    if (pending !== asked) return;  // a new approval_required replaced these cards
+    if (outcome.ok) return endApprovals();
+    // A failure that leaves the run paused (nothing was stored): run re-arms the cards.
+    if (!outcome.retry) endApprovals("no longer pending");
+  }
+
+  // POST a message or decisions and render the streamed answer. The outcome says whether
+  // the turn completed (or paused again), and after a failure whether retrying may work.
+  async function exchange(path, body) {
+    const response = await fetch(path, {
       method: "POST",
       headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-      body: JSON.stringify(body),
+      body: JSON.stringify(Object.assign({ stream: true }, body)),
     });
-    if (!response.ok) return showError(response.status, await errorOf(response));
-    let bubble = null;
+    if (!response.ok) {
+      const error = await errorOf(response);
+      showError(response.status, error);
+      const code = (error && error.error && error.error.code) || "";
+      const retry = response.status >= 500 || response.status === 429 || code === "session_busy";
+      return { ok: false, retry, code };
+    }
+    if (!(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
+      return finish(await response.json(), null, false, false);
+    }
+    let bubble = null, streamed = false, asked = false, outcome = { ok: false, retry: true };
     for await (const event of events(response.body)) {
       if (event.name === "delta") {
         if (!bubble) bubble = el("div", "msg assistant streaming");
         bubble.appendChild(document.createTextNode(event.data.text));
         bubble.scrollIntoView({ block: "end" });
+        streamed = true;
       } else if (event.name === "tool_call") {
+        if (bubble) bubble.classList.remove("streaming");
         bubble = null;
         toolCall(event.data.name, event.data.arguments);
       } else if (event.name === "tool_result") {
         toolResult(event.data.output);
+      } else if (event.name === "approval_required") {
+        if (bubble) bubble.classList.remove("streaming");
+        bubble = null;
+        askApproval(event.data.pending_approvals || []);
+        asked = true;
       } else if (event.name === "deltas_stopped") {
         el("div", "note", "(the rest of the answer arrives at the end)");
       } else if (event.name === "error") {
         if (bubble) bubble.classList.remove("streaming");
-        return showError(200, event.data);
+        showError(200, event.data);
+        return { ok: false, retry: true };
       } else if (event.name === "done") {
-        const done = event.data;
-        if (!bubble) bubble = el("div", "msg assistant");
-        // The whole reply (or, when offloaded, its preview) is authoritative.
-        bubble.textContent = done.reply;
-        bubble.classList.remove("streaming");
-        setSession(done.session_id);
-        showUsage(done);
+        outcome = finish(event.data, bubble, streamed, asked);
       }
+    }
+    return outcome;
+  }
+
+  function finish(done, bubble, streamed, asked) {
+    if (done.status === "approval_required") {
+      // The reply is the text written before the call, already streamed if any.
+      if (bubble) bubble.classList.remove("streaming");
+      else if (done.reply && !streamed) el("div", "msg assistant", done.reply);
+      if (!asked) askApproval(done.pending_approvals || []);
+    } else {
+      if (!bubble) bubble = el("div", "msg assistant");
+      // The whole reply (or, when offloaded, its preview) is authoritative.
+      bubble.textContent = done.reply;
+      bubble.classList.remove("streaming");
+    }
+    setSession(done.session_id);
+    showUsage(done);
+    if (done.status === "approval_required" && pending) pending.sessionId = done.session_id;
+    return { ok: true };
+  }
+
+  async function turn(message) {
+    el("div", "msg user", message);
+    const body = { message };
+    const id = sessionId();
+    if (id) body.session_id = id;
+    const outcome = await exchange("chat", body);
+    // Paused elsewhere (another tab, or before a reload): fetch the calls to decide on.
+    if (outcome.code === "approval_pending" && id) await showPending(id, await history(id));
+  }
+
+  async function history(id) {
+    const response = await fetch("sessions/" + encodeURIComponent(id), { headers: headers() });
+    if (response.ok) return response.json();
+    if (response.status !== 404) showError(response.status, await errorOf(response));
+    return null;
+  }
+
+  async function showPending(id, session) {
+    const calls = (session && session.pending_approvals) || [];
+    if (!calls.length || pending) return;
+    askApproval(calls);
+    pending.sessionId = id;
+    if (!busy) armApprovals();
+  }
+
+  // One request at a time: a message or a set of decisions.
+  async function run(work) {
+    busy = true;
+    send.disabled = true;
+    try {
+      await work();
+    } catch (err) {
+      el("div", "msg error", "The request failed: " + err);
+    } finally {
+      busy = false;
+      // Cards without a session id came with a response that never finished: the run
+      // was not stored paused, so there is nothing to decide.
+      if (pending && pending.sessionId) armApprovals();
+      else if (pending) endApprovals("not stored; send the message again");
+      send.disabled = input.disabled;
+      if (!input.disabled) input.focus();
     }
   }
 
@@ -154,32 +325,24 @@
       return;
     }
     if (!response.ok) return showError(response.status, await errorOf(response));
-    const history = await response.json();
-    history.items.forEach(showItem);
-    el("div", "note history-loaded", history.turns + " earlier turn(s) loaded; expires " + history.expires_at);
+    const session = await response.json();
+    session.items.forEach(showItem);
+    el("div", "note history-loaded", session.turns + " earlier turn(s) loaded; expires " + session.expires_at);
+    showPending(id, session);
   }
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const message = input.value.trim();
-    if (!message || busy) return;
-    busy = true;
-    send.disabled = true;
+    if (!message || busy || pending) return;
     input.value = "";
-    try {
-      await turn(message);
-    } catch (err) {
-      el("div", "msg error", "The request failed: " + err);
-    } finally {
-      busy = false;
-      send.disabled = false;
-      input.focus();
-    }
+    await run(() => turn(message));
   });
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
   });
   $("new-conversation").addEventListener("click", () => {
+    endApprovals();
     setSession(null);
     log.replaceChildren();
     el("div", "note", "New conversation.");

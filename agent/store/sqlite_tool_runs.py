@@ -1,0 +1,65 @@
+"""Tool runs in SQLite (``HISTORY_BACKEND=sqlite``): the same at-most-once guard as
+``tool_runs.py``, one row per approved call of the table ``agent_tool_runs``, inserted
+(``INSERT`` on its primary key, so once) before the call runs and marked done with its
+output after. Rows go with their session's delete and at their expiry."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import sqlite3
+
+from agent.store.calls import StoreUnavailable
+from agent.store.schema import (
+    DONE,
+    ID,
+    OUTPUT,
+    RUNNING,
+    SESSION_ID,
+    STARTED_AT,
+    STATE,
+    TOOL_RUNS,
+    TTL_FIELD,
+)
+from agent.store.sqlite_db import Database, to_micros
+from agent.store.tool_runs import EarlierRun
+
+
+class SqliteToolRunStore:
+    def __init__(self, database: Database, *, ttl_seconds: int) -> None:
+        self._db = database
+        self._ttl = dt.timedelta(seconds=ttl_seconds)
+
+    def start(
+        self, session_id: str, generation: str, call_id: str, now: dt.datetime
+    ) -> EarlierRun | None:
+        run_id = f"{session_id}~{generation}~{call_id}"
+        with self._db.write() as conn:
+            found = conn.execute(
+                f"SELECT {STATE}, {OUTPUT} FROM {TOOL_RUNS} WHERE {ID} = ?", (run_id,)
+            ).fetchone()
+            if found is not None:
+                state, output = found
+                return EarlierRun(output if state == DONE else None)
+            conn.execute(
+                f"INSERT INTO {TOOL_RUNS} ({ID}, {SESSION_ID}, {STATE}, {OUTPUT},"
+                f" {STARTED_AT}, {TTL_FIELD}) VALUES (?, ?, ?, NULL, ?, ?)",
+                (run_id, session_id, RUNNING, to_micros(now), to_micros(now + self._ttl)),
+            )
+        return None
+
+    def forget_session(self, session_id: str, generation: str) -> None:
+        prefix = f"{session_id}~{generation}~"
+        with self._db.write() as conn:
+            conn.execute(
+                f"DELETE FROM {TOOL_RUNS} WHERE {SESSION_ID} = ? AND substr({ID}, 1, ?) = ?",
+                (session_id, len(prefix), prefix),
+            )
+
+    def finish(self, session_id: str, generation: str, call_id: str, output: str) -> None:
+        run_id = f"{session_id}~{generation}~{call_id}"
+        with contextlib.suppress(StoreUnavailable, sqlite3.Error), self._db.write() as conn:
+            conn.execute(
+                f"UPDATE {TOOL_RUNS} SET {STATE} = ?, {OUTPUT} = ? WHERE {ID} = ?",
+                (DONE, output, run_id),
+            )
