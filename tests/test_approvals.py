@@ -33,6 +33,17 @@ def acting(make_client: Callable[..., FlaskClient], outbox: Path) -> FlaskClient
     return make_client(outbox_path=str(outbox))
 
 
+@pytest.fixture
+def server_env(store_env: dict[str, str], model: DemoModelServer, outbox: Path) -> dict[str, str]:
+    """The environment of a functions-framework server process with the outbox."""
+    return (
+        os.environ
+        | store_env
+        | {"OPENAI_BASE_URL": model.base_url, "AGENT_MODEL": MODEL, "AUTH_MODE": "none"}
+        | {"OPENAI_API_KEY": "sk-test", "OUTBOX_PATH": str(outbox)}
+    )
+
+
 def sent(outbox: Path) -> list[dict[str, str]]:
     if not outbox.exists():
         return []
@@ -80,15 +91,9 @@ def test_pause_then_approve_runs_the_tool_once(
 
 
 def test_pause_on_one_server_approve_on_another_process(
-    store_env: dict[str, str], model: DemoModelServer, outbox: Path
+    server_env: dict[str, str], model: DemoModelServer, outbox: Path
 ) -> None:
-    env = (
-        os.environ
-        | store_env
-        | {"OPENAI_BASE_URL": model.base_url, "AGENT_MODEL": MODEL, "AUTH_MODE": "none"}
-        | {"OPENAI_API_KEY": "sk-test", "OUTBOX_PATH": str(outbox)}
-    )
-    first = Server(env)
+    first = Server(server_env)
     try:
         status, body, _ = first.call(
             "POST", "/chat", {"message": 'send "from afar" to bob', "session_id": "ap-proc"}
@@ -96,7 +101,7 @@ def test_pause_on_one_server_approve_on_another_process(
         assert status == 200 and body["status"] == "approval_required", body
     finally:
         first.stop()
-    second = Server(env)  # another process: nothing of the run is in memory
+    second = Server(server_env)  # another process: nothing of the run is in memory
     try:
         call_id = body["pending_approvals"][0]["call_id"]
         status, done, _ = second.call(
@@ -419,15 +424,9 @@ def test_a_resume_counts_against_the_budget_and_its_cost_once(
 
 
 def test_a_client_that_leaves_a_streamed_resume_stores_nothing_and_may_decide_again(
-    store_env: dict[str, str], model: DemoModelServer, outbox: Path
+    server_env: dict[str, str], model: DemoModelServer, outbox: Path
 ) -> None:
-    env = (
-        os.environ
-        | store_env
-        | {"OPENAI_BASE_URL": model.base_url, "AGENT_MODEL": MODEL, "AUTH_MODE": "none"}
-        | {"OPENAI_API_KEY": "sk-test", "OUTBOX_PATH": str(outbox)}
-    )
-    server = Server(env)
+    server = Server(server_env)
     try:
         status, body, _ = server.call(
             "POST", "/chat", {"message": 'send "bye" to dan', "session_id": "ap-gone"}

@@ -134,10 +134,9 @@ from agent.base.clock import retry_after, utc_now
 from agent.store.calls import OUTAGE, bounded_retry, outage_as_unavailable
 from agent.store.paused_runs import (
     Decision,
-    PauseChanged,
     PausedRun,
     PendingCall,
-    RunPaused,
+    check_claim,
     logged,
     paused_fields,
     paused_from,
@@ -549,7 +548,7 @@ class HistoryStore:
             _raise_if_taken(data, now, owner)
             _raise_if_held(data, now)
         paused = paused_from(data.get(PAUSED)) if data is not None and live else None
-        _check_pause(paused, resume)
+        check_claim(paused, resume)
         if resume is not None:
             # Counted in the claim's own write: a later resume knows this one began.
             hold[f"{PAUSED}.{PAUSE_ATTEMPTS}"] = firestore.Increment(1)
@@ -873,13 +872,6 @@ class HistoryStore:
                 raise RuntimeError(f"chunk {ref.id} of a session missing at its read time")
             parts.append(bytes((snap.to_dict() or {})[DATA]))
         return b"".join(parts)
-
-
-def _check_pause(paused: PausedRun | None, resume: str | None) -> None:
-    if paused is not None and resume is None:
-        raise RunPaused([call.call_id for call in paused.pending])
-    if resume is not None and (paused is None or paused.pause_id != resume):
-        raise PauseChanged("the paused run is no longer the session's")
 
 
 def _summary_of(data: dict[str, Any]) -> Summary | None:

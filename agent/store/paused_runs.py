@@ -105,6 +105,15 @@ class PausedRun:
         return zlib.decompress(self.state).decode("utf-8")
 
 
+def check_claim(paused: PausedRun | None, resume: str | None) -> None:
+    """Whether a claim may take a session whose paused run is ``paused`` (None: none):
+    raises RunPaused or PauseChanged (the promises in the header)."""
+    if paused is not None and resume is None:
+        raise RunPaused([call.call_id for call in paused.pending])
+    if resume is not None and (paused is None or paused.pause_id != resume):
+        raise PauseChanged("the paused run is no longer the session's")
+
+
 def paused_fields(paused: PausedRun) -> dict[str, Any]:
     """The stored form (a Firestore map; JSON for SQLite, the state apart)."""
     return {

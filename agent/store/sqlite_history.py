@@ -67,9 +67,8 @@ from agent.store.history import (
 )
 from agent.store.paused_runs import (
     Decision,
-    PauseChanged,
     PausedRun,
-    RunPaused,
+    check_claim,
     logged,
     paused_fields,
     paused_from,
@@ -245,10 +244,7 @@ class SqliteHistoryStore:
                     assert row.claim_until is not None
                     raise SessionBusy(retry_after(row.claim_until, now))
             paused = row.paused if row is not None and row.live(now) else None
-            if paused is not None and resume is None:
-                raise RunPaused([call.call_id for call in paused.pending])
-            if resume is not None and (paused is None or paused.pause_id != resume):
-                raise PauseChanged("the paused run is no longer the session's")
+            check_claim(paused, resume)
             if row is None or not row.live(now):
                 # A new life: a fresh row under a new generation (a dead life's row and
                 # items go now). Until its first commit it expires with its claim.

@@ -33,7 +33,7 @@ class SqliteToolRunStore:
     def start(
         self, session_id: str, generation: str, call_id: str, now: dt.datetime
     ) -> EarlierRun | None:
-        run_id = f"{session_id}~{generation}~{call_id}"
+        run_id = _run_id(session_id, generation, call_id)
         with self._db.write() as conn:
             found = conn.execute(
                 f"SELECT {STATE}, {OUTPUT} FROM {TOOL_RUNS} WHERE {ID} = ?", (run_id,)
@@ -49,7 +49,7 @@ class SqliteToolRunStore:
         return None
 
     def forget_session(self, session_id: str, generation: str) -> None:
-        prefix = f"{session_id}~{generation}~"
+        prefix = _run_id(session_id, generation, "")
         with self._db.write() as conn:
             conn.execute(
                 f"DELETE FROM {TOOL_RUNS} WHERE {SESSION_ID} = ? AND substr({ID}, 1, ?) = ?",
@@ -57,9 +57,14 @@ class SqliteToolRunStore:
             )
 
     def finish(self, session_id: str, generation: str, call_id: str, output: str) -> None:
-        run_id = f"{session_id}~{generation}~{call_id}"
+        run_id = _run_id(session_id, generation, call_id)
         with contextlib.suppress(StoreUnavailable, sqlite3.Error), self._db.write() as conn:
             conn.execute(
                 f"UPDATE {TOOL_RUNS} SET {STATE} = ?, {OUTPUT} = ? WHERE {ID} = ?",
                 (DONE, output, run_id),
             )
+
+
+def _run_id(session_id: str, generation: str, call_id: str) -> str:
+    # The session id first: one table holds every session's runs.
+    return f"{session_id}~{generation}~{call_id}"

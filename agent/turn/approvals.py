@@ -35,7 +35,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agents import Agent, RunState, ToolApprovalItem
+from agents import Agent, RunState, ToolApprovalItem, Usage
+from agents.usage import deserialize_usage
 
 from agent.base import errors
 from agent.base.clock import utc_now
@@ -140,19 +141,10 @@ def pending_of(interruptions: Sequence[ToolApprovalItem]) -> tuple[PendingCall, 
 
 
 @dataclass(frozen=True)
-class Spent:
-    requests: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-
-
-@dataclass(frozen=True)
 class Restored:
     state: RunState[Any, Any]
     """The paused run, every decision applied."""
-    spent: Spent
+    spent: Usage
     """What the run had used when it paused: reported by the turn that paused, so the
     resumed turn reports only what it adds."""
 
@@ -168,21 +160,7 @@ async def restore(agent: Agent[Any], pause: PausedRun, resume: Resume) -> Restor
             state.approve(item)
         else:
             state.reject(item, rejection_message=rejection(verdict))
-    return Restored(state, _usage_in(data))
-
-
-def _usage_in(data: dict[str, Any]) -> Spent:
-    """The usage in a serialised run state (the SDK's ``context.usage``)."""
-    usage = (data.get("context") or {}).get("usage") or {}
-    details = usage.get("input_tokens_details") or [{}]
-    first = details[0] if isinstance(details, list) and details else details
-    return Spent(
-        requests=int(usage.get("requests") or 0),
-        input_tokens=int(usage.get("input_tokens") or 0),
-        cached_input_tokens=int((first or {}).get("cached_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-        total_tokens=int(usage.get("total_tokens") or 0),
-    )
+    return Restored(state, deserialize_usage((data.get("context") or {}).get("usage") or {}))
 
 
 def rejection(verdict: Verdict) -> str:

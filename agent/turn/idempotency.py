@@ -12,7 +12,8 @@ import datetime as dt
 import hashlib
 import json
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from agent.runtime.streaming import RunEvent
@@ -47,12 +48,11 @@ def run_once(
 ) -> tuple[TurnOutcome, bool]:
     """Run the turn at most once for ``key``: (outcome, replayed). ``session_id`` is
     the id to use when the request named none (``requested_session_id``)."""
-    claim = _begin(
-        store, principal, key, message, requested_session_id, session_id, started + budget_seconds
-    )
+    deadline = started + budget_seconds
+    claim = _begin(store, principal, key, message, requested_session_id, session_id, deadline)
     if isinstance(claim, TurnOutcome):
         return claim, True
-    try:
+    with _abandoned_on_failure(store, claim, deadline):
         outcome = turns.run(
             claim.session_id,
             message,
@@ -60,11 +60,6 @@ def run_once(
             owner=principal,
             on_commit=_completion(store, claim),
         )
-    except BaseException:
-        # Within the turn's deadline: a turn whose commit's outcome is unknown ends at it,
-        # and its record lapses then anyway.
-        store.abandon(claim, started + budget_seconds - time.monotonic())
-        raise
     return outcome, False
 
 
@@ -84,12 +79,11 @@ def stream_once(
     """``run_once`` for a streamed turn: (events, replayed). A replay is the stored
     outcome alone; a turn that does not reach its outcome (a failure, or a client
     that went away) gives its key up, so a retry runs again."""
-    claim = _begin(
-        store, principal, key, message, requested_session_id, session_id, started + budget_seconds
-    )
+    deadline = started + budget_seconds
+    claim = _begin(store, principal, key, message, requested_session_id, session_id, deadline)
     if isinstance(claim, TurnOutcome):
         return _replay(claim), True
-    try:
+    with _abandoned_on_failure(store, claim, deadline):
         events = turns.stream(
             claim.session_id,
             message,
@@ -98,11 +92,21 @@ def stream_once(
             owner=principal,
             on_commit=_completion(store, claim),
         )
-    except BaseException:
-        store.abandon(claim, started + budget_seconds - time.monotonic())
-        raise
-    deadline = started + budget_seconds
     return _abandon_unless_done(events, store, claim, deadline), False
+
+
+@contextmanager
+def _abandoned_on_failure(
+    store: IdempotencyBackend, claim: KeyClaim, deadline: float
+) -> Iterator[None]:
+    """Gives the key up if the block raises, so that a retry runs the turn again. Within
+    the turn's deadline: a turn whose commit's outcome is unknown ends at it, and its
+    record lapses then anyway."""
+    try:
+        yield
+    except BaseException:
+        store.abandon(claim, deadline - time.monotonic())
+        raise
 
 
 def _begin(

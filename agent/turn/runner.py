@@ -70,7 +70,7 @@ from agent.store.history import (
 from agent.store.paused_runs import Decision, PausedRun
 from agent.store.session import FirestoreSession
 from agent.turn import approvals
-from agent.turn.approvals import Resume, Spent, StoreGuard
+from agent.turn.approvals import Resume, StoreGuard
 from agent.turn.budget import Budget
 from agent.turn.context_window import ContextKeeper, Window
 from agent.turn.outcome import TurnOutcome
@@ -395,19 +395,21 @@ class TurnRunner:
         )
 
     def _usage(
-        self, result: RunResultBase, window: Window | None, spent_before: Spent | None
+        self, result: RunResultBase, window: Window | None, spent_before: Usage | None
     ) -> UsageBody:
         """The turn's usage summed over its model calls, and what it cost; with
         ``summary`` what summarising the history spent, when it did. A resumed run's
         usage less ``spent_before``: the turn that paused it reported that part."""
         usage = result.context_wrapper.usage
-        before = spent_before or Spent()
+        before = spent_before or Usage()
         requests = usage.requests - before.requests
         input_tokens = usage.input_tokens - before.input_tokens
         output_tokens = usage.output_tokens - before.output_tokens
         total_tokens = usage.total_tokens - before.total_tokens
         cached = max(
-            0, (usage.input_tokens_details.cached_tokens or 0) - before.cached_input_tokens
+            0,
+            (usage.input_tokens_details.cached_tokens or 0)
+            - (before.input_tokens_details.cached_tokens or 0),
         )
         summary: dict[str, Any] = {}
         if window is not None and window.summary_usage is not None:
@@ -480,7 +482,7 @@ class _OpenTurn:
     input: str | RunState[Any, Any] = ""
     """What the run starts from: the user's message, or a paused run's decided state."""
     resume: Resume | None = None
-    spent: Spent | None = None
+    spent: Usage | None = None
     """A resumed run's usage when it paused (already reported)."""
     owner: str | None = None
     spend_day: dt.date | None = None
