@@ -115,6 +115,9 @@ def test_tiers_apply_per_model_call_not_to_a_turns_sum() -> None:
     assert usage_cost_usd(table, model, resumed, before, at=DAY) == pytest.approx(
         per_million(250_000, 2.5) + per_million(100, 15)
     )
+    # No call: nothing spent on a priced model, unknown on an unpriced one.
+    assert usage_cost_usd(table, model, Usage()) == 0.0
+    assert usage_cost_usd(table, "some-local-model", Usage()) is None
 
 
 def test_vertex_names_are_priced_and_a_price_is_the_one_in_force_that_day() -> None:
@@ -200,6 +203,7 @@ def test_prices_are_read_offline_and_no_one_else_can_swap_them() -> None:
         '{"m": 1}',
         '{"m": {"input": 1}}',
         '{"m": {"input": -1, "output": 1}}',
+        '{"m": {"input": NaN, "output": 1}}',
         '{"m": {"input": 1, "output": 1, "per": 2}}',
     ],
 )

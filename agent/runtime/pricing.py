@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -115,8 +116,8 @@ def parse_prices(raw: str | None, *, endpoint: str | None = None) -> PriceTable:
             raise PriceTableError(
                 f"MODEL_PRICES[{model!r}] needs numeric input and output"
             ) from None
-        if min(*values.values(), cached) < 0:
-            raise PriceTableError(f"MODEL_PRICES[{model!r}] has a negative price")
+        if not all(math.isfinite(v) and v >= 0 for v in (*values.values(), cached)):
+            raise PriceTableError(f"MODEL_PRICES[{model!r}] needs finite, non-negative prices")
         table[str(model)] = Price(
             input=values["input"], cached_input=cached, output=values["output"]
         )
@@ -166,6 +167,9 @@ def calls_cost_usd(
     """The cost of these model calls of ``model`` (the SDK's ``request_usage_entries``),
     each priced on its own so that a tier applies to the call that crossed it; None when
     the price is unknown."""
+    calls = list(calls)
+    if not calls:  # nothing spent: 0.0 for a priced model, None (unknown) for another
+        return cost_usd(table, model, input_tokens=0, cached_input_tokens=0, output_tokens=0, at=at)
     total = 0.0
     for call in calls:
         cost = cost_usd(
