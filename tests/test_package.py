@@ -21,9 +21,19 @@ import pytest
 from tests.support.constants import REPO_ROOT
 from tests.test_locks import canonical, direct_pins
 
-SKIPPED = shutil.ignore_patterns(
+_CACHES = shutil.ignore_patterns(
     ".git", ".venv", ".local", "__pycache__", "*.pyc", ".*_cache", "build", "dist", "*.egg-info"
 )
+
+
+def skipped(directory: str, names: list[str]) -> set[str]:
+    """What the copy of the tree leaves out: caches, venvs, build output, bench results."""
+    left_out = set(_CACHES(directory, names))
+    if Path(directory).name == "bench":
+        left_out.add("results")
+    return left_out
+
+
 PIP = [sys.executable, "-m", "pip"]
 OFFLINE = {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
 
@@ -48,7 +58,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     *.egg-info beside the sources), offline: setuptools comes from the dev lock."""
     root = tmp_path_factory.mktemp("package")
     source = root / "source"
-    shutil.copytree(REPO_ROOT, source, ignore=SKIPPED)
+    shutil.copytree(REPO_ROOT, source, ignore=skipped)
     out = root / "dist"
     offline_build = ["-q", "--no-deps", "--no-build-isolation", "--no-index"]
     run([*PIP, "wheel", *offline_build, "--wheel-dir", str(out), str(source)], cwd=root)
