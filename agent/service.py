@@ -22,11 +22,12 @@ from agent.base.clock import utc_now
 from agent.base.settings import Settings, redact_url
 from agent.results.bucket import ResultBucket
 from agent.results.policy import OffloadPolicy
+from agent.runtime import catalog
 from agent.runtime.context import default_budget
 from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.model import build_model
-from agent.runtime.pricing import parse_prices
+from agent.runtime.pricing import PriceTable, PriceTableError, parse_prices
 from agent.store.backend import HistoryBackend, IdempotencyBackend, SpendBackend, ToolRunBackend
 from agent.store.history import HistoryStore
 from agent.store.idempotency_records import IdempotencyStore
@@ -74,17 +75,12 @@ class Service:
 def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_now) -> Service:
     """Build every process-wide object from ``settings``; makes no network call.
     ``clock`` tells the budget which UTC day it is (tests move it)."""
-    prices = parse_prices(settings.model_prices)  # first: a bad table starts nothing
+    prices = _prices(settings)  # first: a bad table starts nothing
     tracing.configure(settings)
     store, idempotency, tool_runs, spend, project = _stores(settings)
     limit = settings.budget_usd_per_principal_per_day
     spending = None if limit is None else Budget(spend, limit, clock)
-    if spending is not None and settings.agent_model not in prices:
-        log.warning(
-            "BUDGET_USD_PER_PRINCIPAL_PER_DAY is set but %s has no price (MODEL_PRICES):"
-            " its turns cost nothing against the budget",
-            settings.agent_model,
-        )
+    _warn_of_retirement(settings, clock().date())
     model = build_model(settings)
     agent = build_agent(settings, model)
     summarizer = model
@@ -127,6 +123,44 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
         project=project,
         spend=spend,
     )
+
+
+class UnpricedModelError(PriceTableError):
+    """A budget is set and a configured model has no price: its calls would cost
+    nothing against the budget."""
+
+
+def _prices(settings: Settings) -> PriceTable:
+    """The price table of this deployment. With a budget, every model the service calls
+    must have a price, or it refuses to start."""
+    vertex = settings.model_provider == "vertex"
+    endpoint = settings.vertex_base_url if vertex else settings.openai_base_url
+    prices = parse_prices(settings.model_prices, endpoint=endpoint)
+    if settings.budget_usd_per_principal_per_day is None:
+        return prices
+    for name, model in _models(settings):
+        if not prices.has_price(model):
+            raise UnpricedModelError(
+                f"BUDGET_USD_PER_PRINCIPAL_PER_DAY is set but {name}={model} has no price:"
+                " add it to MODEL_PRICES (US dollars per million tokens)"
+            )
+    return prices
+
+
+def _models(settings: Settings) -> list[tuple[str, str]]:
+    """(setting, model) of every model the service calls."""
+    models = [("AGENT_MODEL", settings.agent_model)]
+    if settings.context_summary_model not in (None, settings.agent_model):
+        models.append(("CONTEXT_SUMMARY_MODEL", settings.context_summary_model))
+    return models
+
+
+def _warn_of_retirement(settings: Settings, today: dt.date) -> None:
+    """One log line per configured model past (or near) its retirement date."""
+    for name, model in _models(settings):
+        warning = catalog.retirement_warning(name, model, today)
+        if warning is not None:
+            log.warning(warning)
 
 
 def _stores(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.base.settings import Settings, SettingsError
+from agent.base.settings import VERTEX_DEFAULT_MODEL, Settings, SettingsError
 from agent.runtime.vertex_tokens import AccessTokens
 from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
@@ -34,7 +34,7 @@ TOKEN_SECONDS = 4
 def test_vertex_settings_default_to_gemini_over_chat_completions() -> None:
     settings = Settings.from_env({"MODEL_PROVIDER": "vertex", "GOOGLE_CLOUD_PROJECT": "p-1"})
     assert settings.model_api == "chat_completions"
-    assert settings.agent_model == "google/gemini-2.5-flash"
+    assert settings.agent_model == VERTEX_DEFAULT_MODEL == "google/gemini-3.8-flash"
     assert settings.vertex_base_url == (
         "https://aiplatform.googleapis.com/v1/projects/p-1/locations/global/endpoints/openapi"
     )

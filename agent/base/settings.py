@@ -20,7 +20,8 @@ from typing import Literal
 
 ModelApi = Literal["responses", "chat_completions"]
 ModelProvider = Literal["openai", "vertex"]
-VERTEX_DEFAULT_MODEL = "google/gemini-2.5-flash"
+VERTEX_DEFAULT_MODEL = "google/gemini-3.8-flash"
+"""Vertex AI's default model: a GA model far from its retirement date (agent/runtime/catalog.py)."""
 AuthMode = Literal["iam", "api_key", "none"]
 TraceExport = Literal["none", "cloud_trace", "otlp"]
 HistoryBackendName = Literal["firestore", "sqlite"]
@@ -97,7 +98,7 @@ class Settings:
     """``openai``: OpenAI, or any OpenAI-compatible server at ``OPENAI_BASE_URL``, with
     ``OPENAI_API_KEY``. ``vertex``: Gemini on Vertex AI's OpenAI-compatible endpoint,
     authenticated with the runtime's own access token (no key); Chat Completions only,
-    ``AGENT_MODEL`` defaults to ``google/gemini-2.5-flash`` and ``GOOGLE_CLOUD_PROJECT``
+    ``AGENT_MODEL`` defaults to ``google/gemini-3.8-flash`` and ``GOOGLE_CLOUD_PROJECT``
     is required."""
 
     vertex_location: str = "global"
@@ -147,22 +148,23 @@ class Settings:
     context_max_tokens: int | None = None
     """The most tokens of history (instructions and tool schemas included) one model call
     is sent (1,000 - 10,000,000). Past it the oldest part is folded into a running summary.
-    Unset: the model's context window less room for the answer, from a table of known
-    models (``agent/runtime/context.py``), else 32,000."""
+    Unset: the model's context window less room for the answer, from the table of known
+    models (``agent/runtime/catalog.py``), else 32,000."""
 
     context_summary_model: str | None = None
     """The model that writes the running summary. Unset: ``AGENT_MODEL``."""
 
     model_prices: str | None = None
     """Prices per million tokens as JSON, ``{"model": {"input": 0.15, "cached_input":
-    0.075, "output": 0.6}}``, over the built-in table (``agent/runtime/pricing.py``).
-    A model in neither gets ``cost_usd: null``."""
+    0.075, "output": 0.6}}``, by exact model name, over the list prices of the locked
+    ``genai-prices`` package (``agent/runtime/pricing.py``). A model in neither gets
+    ``cost_usd: null``."""
 
     budget_usd_per_principal_per_day: float | None = None
     """What one principal's turns may cost per UTC day, in US dollars at the price table's
     rates (> 0). Past it the caller gets 429 ``budget_exceeded`` until midnight UTC, and no
-    model call is made. Unset: no budget. Turns of a model without a known price cost
-    nothing against it."""
+    model call is made. Unset: no budget. With a budget, the service refuses to start
+    when ``AGENT_MODEL`` or ``CONTEXT_SUMMARY_MODEL`` has no price."""
 
     tracing_enabled: bool = False
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would

@@ -30,6 +30,8 @@ from typing import Any
 
 from agents import Agent, Model, Runner, Usage
 
+from agent.runtime import catalog
+
 Item = dict[str, Any]
 
 BYTES_PER_TOKEN = 4
@@ -38,15 +40,6 @@ ITEM_OVERHEAD_TOKENS = 4
 DEFAULT_BUDGET_TOKENS = 32_000
 ANSWER_ROOM_TOKENS = 16_384
 """Kept free in the window for the answer when the budget comes from the window."""
-CONTEXT_WINDOWS: dict[str, int] = {
-    "gpt-4o-mini": 128_000,
-    "gpt-4o": 128_000,
-    "gpt-4.1": 1_047_576,
-    "gpt-4.1-mini": 1_047_576,
-    "gpt-4.1-nano": 1_047_576,
-    "google/gemini-2.5-flash": 1_048_576,
-    "google/gemini-2.5-pro": 1_048_576,
-}
 TRUNCATED = "[… truncated to fit the model's context: {shown} of {total} characters shown]"
 SUMMARY_PREFIX = "Summary of the earlier part of this conversation (written by the assistant):\n"
 MIN_RATIO, MAX_RATIO = 0.25, 4.0
@@ -54,7 +47,7 @@ MIN_RATIO, MAX_RATIO = 0.25, 4.0
 
 def default_budget(model: str) -> int:
     """``CONTEXT_MAX_TOKENS`` when unset: the model's window less room for the answer."""
-    window = CONTEXT_WINDOWS.get(model)
+    window = catalog.context_window(model)
     return DEFAULT_BUDGET_TOKENS if window is None else window - ANSWER_ROOM_TOKENS
 
 

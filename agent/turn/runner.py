@@ -56,7 +56,7 @@ from agent.base.settings import Settings
 from agent.results.policy import Delivery, OffloadPolicy, shrink_answer
 from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
-from agent.runtime.pricing import DEFAULT_PRICES, Price, cost_usd
+from agent.runtime.pricing import DEFAULT_PRICES, Price, usage_cost_usd
 from agent.runtime.streaming import RunEvent, StreamedRun
 from agent.runtime.tools import guarded_run
 from agent.store.backend import HistoryBackend, ToolRunBackend
@@ -421,12 +421,10 @@ class TurnRunner:
                     "input_tokens": spent.input_tokens,
                     "cached_input_tokens": summary_cached,
                     "output_tokens": spent.output_tokens,
-                    "cost_usd": cost_usd(
+                    "cost_usd": usage_cost_usd(
                         self._prices,
                         self._settings.context_summary_model or self._settings.agent_model,
-                        input_tokens=spent.input_tokens,
-                        cached_input_tokens=summary_cached,
-                        output_tokens=spent.output_tokens,
+                        spent,
                     ),
                 }
             }
@@ -436,13 +434,7 @@ class TurnRunner:
             "cached_input_tokens": cached,
             "output_tokens": output_tokens,
             "total_tokens": total_tokens,
-            "cost_usd": cost_usd(
-                self._prices,
-                self._settings.agent_model,
-                input_tokens=input_tokens,
-                cached_input_tokens=cached,
-                output_tokens=output_tokens,
-            ),
+            "cost_usd": usage_cost_usd(self._prices, self._settings.agent_model, usage, before),
         }
 
     def _fail(self, turn: _OpenTurn, exc: BaseException) -> BaseException:
