@@ -15,6 +15,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from agent.base.clock import utc_now
+from agent.turn import approvals
 from local.demo_model import DemoModelServer
 from local.server import LiveServer as Server
 from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY, MODEL
@@ -59,9 +60,26 @@ def pause(client: FlaskClient, session_id: str, message: str = 'send "hi there" 
     return body
 
 
-def decide(client: FlaskClient, session_id: str, decisions: list[dict], **headers: str):
+def pause_of(client: FlaskClient, session_id: str, **headers: str) -> str:
+    """The id of the session's pause, as ``GET /sessions/<id>`` shows it ("" if none)."""
+    response = client.get(f"/sessions/{session_id}", headers=headers)
+    return (response.get_json() or {}).get("pause_id") or "" if response.status_code == 200 else ""
+
+
+def decide(
+    client: FlaskClient,
+    session_id: str,
+    decisions: list[dict],
+    pause_id: str | None = None,
+    **headers: str,
+):
+    """Decisions for the session's pause (``pause_id``; None: the current one)."""
+    if pause_id is None:
+        pause_id = pause_of(client, session_id, **headers) or "p-none"
     return client.post(
-        f"/sessions/{session_id}/approvals", json={"decisions": decisions}, headers=headers
+        f"/sessions/{session_id}/approvals",
+        json={"pause_id": pause_id, "decisions": decisions},
+        headers=headers,
     )
 
 
@@ -71,7 +89,7 @@ def test_pause_then_approve_runs_the_tool_once(
     body = pause(acting, "ap-1")
     [call] = body["pending_approvals"]
     assert call["tool"] == "send_message"
-    assert json.loads(call["arguments"]) == {"to": "alice", "text": "hi there"}
+    assert call["arguments"] == '{"text":"hi there","to":"alice"}'  # canonical JSON
     assert sent(outbox) == []  # nothing acted yet
     response = decide(acting, "ap-1", [{"call_id": call["call_id"], "approve": True}])
     assert response.status_code == 200, response.get_json()
@@ -107,7 +125,7 @@ def test_pause_on_one_server_approve_on_another_process(
         status, done, _ = second.call(
             "POST",
             "/sessions/ap-proc/approvals",
-            {"decisions": [{"call_id": call_id, "approve": True}]},
+            {"pause_id": body["pause_id"], "decisions": [{"call_id": call_id, "approve": True}]},
         )
         assert status == 200, done
         assert done["status"] == "completed" and "sent to bob" in done["reply"]
@@ -192,11 +210,14 @@ def test_two_concurrent_approvals_run_the_tool_once(
     make_client: Callable[..., FlaskClient], outbox: Path, model: DemoModelServer
 ) -> None:
     instances = [make_client(outbox_path=str(outbox)) for _ in range(2)]
-    call_id = pause(instances[0], "ap-race")["pending_approvals"][0]["call_id"]
+    paused = pause(instances[0], "ap-race")
+    call_id = paused["pending_approvals"][0]["call_id"]
     model.control(delay_seconds=0.5)  # both requests are in flight together
     decision = [{"call_id": call_id, "approve": True}]
     with ThreadPoolExecutor(2) as pool:
-        responses = list(pool.map(lambda c: decide(c, "ap-race", decision), instances))
+        responses = list(
+            pool.map(lambda c: decide(c, "ap-race", decision, paused["pause_id"]), instances)
+        )
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 409], [r.get_json() for r in responses]
     loser = next(r for r in responses if r.status_code == 409).get_json()["error"]["code"]
@@ -205,10 +226,11 @@ def test_two_concurrent_approvals_run_the_tool_once(
 
 
 def test_a_retried_approval_with_the_same_key_replays(acting: FlaskClient, outbox: Path) -> None:
-    call_id = pause(acting, "ap-key")["pending_approvals"][0]["call_id"]
+    paused = pause(acting, "ap-key")
+    call_id, pause_id = paused["pending_approvals"][0]["call_id"], paused["pause_id"]
     decision = [{"call_id": call_id, "approve": True}]
-    first = decide(acting, "ap-key", decision, **{"Idempotency-Key": "k-1"})
-    second = decide(acting, "ap-key", decision, **{"Idempotency-Key": "k-1"})
+    first = decide(acting, "ap-key", decision, pause_id, **{"Idempotency-Key": "k-1"})
+    second = decide(acting, "ap-key", decision, pause_id, **{"Idempotency-Key": "k-1"})
     assert first.status_code == second.status_code == 200
     assert second.headers.get("Idempotent-Replayed") == "true"
     assert second.get_json() == first.get_json()
@@ -294,7 +316,10 @@ def test_a_call_an_earlier_attempt_began_is_not_run_again(
     service = service_of(acting)
     generation = service.store.current_generation("ap-died", utc_now())
     assert generation is not None
-    assert service.tool_runs.start("ap-died", generation, call_id, utc_now()) is None
+    paused = service.store.paused_run("ap-died", utc_now(), "local")
+    assert paused is not None
+    approved = approvals.approved(paused, paused.pending[0])
+    assert service.tool_runs.start("ap-died", generation, approved, utc_now()) is None
     response = decide(acting, "ap-died", [{"call_id": call_id, "approve": True}])
     assert response.status_code == 200
     assert sent(outbox) == []
@@ -343,11 +368,16 @@ def test_streamed_pause_and_resume_match_the_json_path(
     assert names[-2:] == ["approval_required", "done"], names
     required, done = events[-2].data, events[-1].data
     assert required["pending_approvals"] == done["pending_approvals"]
+    assert required["pause_id"] == done["pause_id"]
     assert comparable(done) == comparable(plain)
     call_id = done["pending_approvals"][0]["call_id"]
     resumed = client.post(
         "/sessions/ap-sse/approvals",
-        json={"decisions": [{"call_id": call_id, "approve": True}], "stream": True},
+        json={
+            "pause_id": done["pause_id"],
+            "decisions": [{"call_id": call_id, "approve": True}],
+            "stream": True,
+        },
     )
     events = parse_body(resumed.get_data())
     assert [event.name for event in events][-1] == "done"
@@ -385,11 +415,14 @@ def test_deleting_the_session_deletes_its_tool_runs(acting: FlaskClient) -> None
     service = service_of(acting)
     generation = service.store.current_generation("ap-del", utc_now())
     assert generation is not None
+    paused = service.store.paused_run("ap-del", utc_now(), "local")
+    assert paused is not None
+    approved = approvals.approved(paused, paused.pending[0])
     assert decide(acting, "ap-del", [{"call_id": call_id, "approve": True}]).status_code == 200
-    ran = service.tool_runs.start("ap-del", generation, call_id, utc_now())
+    ran = service.tool_runs.start("ap-del", generation, approved, utc_now())
     assert ran is not None and ran.output == "sent to alice"  # recorded, with its output
     assert acting.delete("/sessions/ap-del").status_code == 204
-    assert service.tool_runs.start("ap-del", generation, call_id, utc_now()) is None  # gone
+    assert service.tool_runs.start("ap-del", generation, approved, utc_now()) is None  # gone
 
 
 def test_a_resume_counts_against_the_budget_and_its_cost_once(
@@ -433,9 +466,10 @@ def test_a_client_that_leaves_a_streamed_resume_stores_nothing_and_may_decide_ag
         )
         assert status == 200 and body["status"] == "approval_required", body
         decision = [{"call_id": body["pending_approvals"][0]["call_id"], "approve": True}]
+        named = {"pause_id": body["pause_id"], "decisions": decision}
         model.control(stream_chunk_delay_seconds=0.5)  # the answer after the tool is slow
         connection, response = open_stream(
-            server.port, {"decisions": decision, "stream": True}, path="/sessions/ap-gone/approvals"
+            server.port, named | {"stream": True}, path="/sessions/ap-gone/approvals"
         )
         seen = [next(events_of(response)).name for _ in range(2)]
         assert seen == ["tool_result", "delta"], seen  # the tool ran; the answer is under way
@@ -443,9 +477,7 @@ def test_a_client_that_leaves_a_streamed_resume_stores_nothing_and_may_decide_ag
         model.reset()
         deadline = time.monotonic() + 10
         while True:  # the server notices at its next write and releases the session
-            status, done, _ = server.call(
-                "POST", "/sessions/ap-gone/approvals", {"decisions": decision}
-            )
+            status, done, _ = server.call("POST", "/sessions/ap-gone/approvals", named)
             if status != 409 or done["error"]["code"] != "session_busy":
                 break
             assert time.monotonic() < deadline
