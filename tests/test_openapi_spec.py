@@ -83,7 +83,12 @@ EXPECTED_CODES = {
     "422": {"max_turns_exceeded", "idempotency_key_reused"},
     "429": {"budget_exceeded"},
     "500": {"internal_error"},
-    "502": {"model_error", "context_overflow", "approval_state_too_large", "approval_calls_invalid"},
+    "502": {
+        "model_error",
+        "context_overflow",
+        "approval_state_too_large",
+        "approval_calls_invalid",
+    },
     "503": {
         "storage_unavailable",
         "auth_unavailable",

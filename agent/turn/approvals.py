@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
-from agents import Agent, RunItem, RunState, ToolApprovalItem, ToolCallItem, Usage
+from agents import Agent, ModelResponse, RunState, ToolApprovalItem, Usage
 from agents.run_state import CURRENT_SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS
 from agents.usage import deserialize_usage
 
@@ -268,7 +268,7 @@ def pending_of(
 def paused_calls(
     agent: Agent[Any],
     interruptions: Sequence[ToolApprovalItem],
-    new_items: Sequence[RunItem],
+    responses: Sequence[ModelResponse],
     history: Sequence[Item],
     decided: Sequence[Decision],
     used: Callable[[set[str]], set[str]] | None,
@@ -279,7 +279,7 @@ def paused_calls(
     try:
         pending = pending_of(agent, interruptions)
         ids = {call.call_id for call in pending}
-        reused = reused_ids(pending, history, new_items, decided)
+        reused = reused_ids(pending, history, responses, decided)
         if used is not None and not reused:
             with store_errors_as_api_errors():
                 reused = used(ids)
@@ -293,11 +293,12 @@ def paused_calls(
 def reused_ids(
     pending: Sequence[PendingCall],
     history: Sequence[Item],
-    new_items: Sequence[RunItem],
+    responses: Sequence[ModelResponse],
     decided: Sequence[Decision],
 ) -> set[str]:
     """Pending call ids that this life already used, as far as the session's record
-    shows: in its stored history, twice in this run, or in its decision log. (The
+    shows: in its stored history, twice in this run's model responses, or in its
+    decision log. (The
     tool-run records are the other witness: ``ToolRunBackend.used``.)"""
     ids = {call.call_id for call in pending}
     seen = {
@@ -306,10 +307,12 @@ def reused_ids(
         if isinstance(item, dict) and item.get("type") == "function_call"
     }
     seen |= {str(d.get("call_id")) for d in decided}
+    # What the model sent, before the SDK merges calls that share an id into one.
     this_run = [
-        str(_field(item.raw_item, "call_id"))
-        for item in new_items
-        if isinstance(item, ToolCallItem)
+        str(_field(item, "call_id"))
+        for response in responses
+        for item in response.output
+        if _field(item, "type") == "function_call"
     ]
     twice = {call_id for call_id in this_run if this_run.count(call_id) > 1}
     return ids & (seen | twice)

@@ -404,7 +404,7 @@ class TurnRunner:
         pending = approvals.paused_calls(
             self._agent,
             result.interruptions,
-            result.new_items,
+            result.raw_responses,
             turn.claim.history,
             turn.claim.approvals,
             used,
