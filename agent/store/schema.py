@@ -299,10 +299,9 @@ SQLITE_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         f"ALTER TABLE {SESSIONS} ADD COLUMN {PAUSED_STATE} BLOB",
         f"ALTER TABLE {SESSIONS} ADD COLUMN {APPROVALS} TEXT",
     ),
-    4: tuple(
-        f"ALTER TABLE {TOOL_RUNS} ADD COLUMN {column} TEXT"
-        for column in (GENERATION, RUN_PAUSE_ID, CALL_ID, TOOL, ARGUMENTS_DIGEST)
-    ),
+    # Version 4's tool-run rows are keyed on the call id alone, which no version-5 key
+    # ever meets: the table is made again (by SQLITE_TABLES) with the new columns.
+    4: (f"DROP TABLE IF EXISTS {TOOL_RUNS}",),
 }
 """Version -> the statements that bring a file of that version to the next one (the new
 tables come from SQLITE_TABLES, which creates what is missing). A version not listed is
