@@ -480,13 +480,17 @@ def test_a_client_that_leaves_a_streamed_resume_stores_nothing_and_may_decide_ag
         assert seen == ["tool_result", "delta"], seen  # the tool ran; the answer is under way
         connection.close()  # the user closed the tab
         model.reset()
+        # Issue 20 item 4: now a rejection would log "not performed" of a sent message.
+        rejection = named | {"decisions": [decision[0] | {"approve": False}]}
         deadline = time.monotonic() + 10
         while True:  # the server notices at its next write and releases the session
-            status, done, _ = server.call("POST", "/sessions/ap-gone/approvals", named)
-            if status != 409 or done["error"]["code"] != "session_busy":
+            status, refused, _ = server.call("POST", "/sessions/ap-gone/approvals", rejection)
+            if status != 409 or refused["error"]["code"] != "session_busy":
                 break
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        assert status == 409 and refused["error"]["code"] == "approval_conflict", refused
+        status, done, _ = server.call("POST", "/sessions/ap-gone/approvals", named)
         assert status == 200, done
         assert "sent to dan" in done["reply"]  # the recorded result, not a second run
     finally:

@@ -291,14 +291,17 @@ class TurnRunner:
         agent definition is dropped instead (409 ``approval_stale``)."""
         pause = turn.claim.paused
         assert pause is not None  # the claim named it
-        try:  # what ran is the truth: no decision or drop may contradict it
-            earlier = approvals.ran(
-                self._tool_runs, turn.session.session_id, turn.claim.generation, pause
-            )
-            approvals.check_consistent(resume, earlier)
-        except BaseException as exc:
-            raise self._fail(turn, exc) from exc
-        if pause.fingerprint != self._fingerprint or not approvals.restorable(pause):
+        stale = pause.fingerprint != self._fingerprint or not approvals.restorable(pause)
+        earlier: approvals.Ran = {}
+        if stale or not all(v.approve for v in resume.verdicts):
+            try:  # what ran is the truth: no rejection or drop may contradict it
+                earlier = approvals.ran(
+                    self._tool_runs, turn.session.session_id, turn.claim.generation, pause
+                )
+                approvals.check_consistent(resume, earlier)
+            except BaseException as exc:
+                raise self._fail(turn, exc) from exc
+        if stale:
             self._drop(turn, pause, earlier)
         if pause.attempts:
             log.warning("resuming a paused run that an earlier attempt began")
