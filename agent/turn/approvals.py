@@ -55,6 +55,7 @@ import asyncio
 import hashlib
 import json
 import unicodedata
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -298,8 +299,7 @@ def reused_ids(
 ) -> set[str]:
     """Pending call ids that this life already used, as far as the session's record
     shows: in its stored history, twice in this run's model responses, or in its
-    decision log. (The
-    tool-run records are the other witness: ``ToolRunBackend.used``.)"""
+    decision log. (The tool-run records are the other witness: ``ToolRunBackend.used``.)"""
     ids = {call.call_id for call in pending}
     seen = {
         str(item.get("call_id"))
@@ -308,13 +308,13 @@ def reused_ids(
     }
     seen |= {str(d.get("call_id")) for d in decided}
     # What the model sent, before the SDK merges calls that share an id into one.
-    this_run = [
+    this_run = Counter(
         str(_field(item, "call_id"))
         for response in responses
         for item in response.output
         if _field(item, "type") == "function_call"
-    ]
-    twice = {call_id for call_id in this_run if this_run.count(call_id) > 1}
+    )
+    twice = {call_id for call_id, times in this_run.items() if times > 1}
     return ids & (seen | twice)
 
 
