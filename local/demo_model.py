@@ -33,7 +33,10 @@ Its rules, checked against the last message and the tools the request offers:
 * Anything else is echoed with the conversation's length and first message.
 
 Call ids are deterministic (a checksum of the messages), so a retried request gets
-the same id and another position in the conversation gets another.
+the same id and another position in the conversation gets another. Controls make it
+misbehave as some compatible servers do: ``call_id`` reuses one id for every call,
+``call_arguments`` sends argument text as given (duplicate keys, say), ``call_copies``
+repeats the call in one response (ids suffixed ``_1``, ``_2``, ... unless ``call_id``).
 
 Run it in the foreground with ``python -m local.demo_model --port 8088``.
 """
@@ -93,6 +96,11 @@ class Controls:
     reply_bytes: int | None = None
     stream_chunk_delay_seconds: float = 0.0
     context_tokens: int | None = None  # the window; None: unlimited
+    # A misbehaving compatible server: every tool call gets this id, these argument
+    # bytes (duplicate keys, say), and comes this many times in one response.
+    call_id: str | None = None
+    call_arguments: str | None = None
+    call_copies: int = 1
 
 
 def _text_of(content: Any) -> str:
@@ -254,10 +262,26 @@ def _wire_call(call: Json, arguments: str) -> Json:
     }
 
 
-def completion_body(meta: Json, text: str, call: Json | None, usage: dict[str, int]) -> Json:
+def misbehave(call: Json | None, controls: Controls) -> list[Json]:
+    """The calls of a response, as the controls make them (one, normally)."""
+    if call is None:
+        return []
+    if controls.call_arguments is not None:
+        call = {**call, "arguments": controls.call_arguments}
+    copies = max(1, int(controls.call_copies))
+    calls = [
+        {**call, "id": f"{call['id']}_{n}"} if copies > 1 else call for n in range(1, copies + 1)
+    ]
+    if controls.call_id is not None:
+        calls = [{**c, "id": controls.call_id} for c in calls]
+    return calls
+
+
+def completion_body(meta: Json, text: str, calls: list[Json], usage: dict[str, int]) -> Json:
+    call = calls[0] if calls else None
     message: Json = {"role": "assistant", "content": None if call else text, "refusal": None}
     if call:
-        message["tool_calls"] = [_wire_call(call, call["arguments"])]
+        message["tool_calls"] = [_wire_call(c, c["arguments"]) for c in calls]
     choice = {
         "index": 0,
         "message": message,
@@ -268,7 +292,7 @@ def completion_body(meta: Json, text: str, call: Json | None, usage: dict[str, i
 
 
 def stream_chunks(
-    meta: Json, text: str, call: Json | None, usage: dict[str, int] | None
+    meta: Json, text: str, calls: list[Json], usage: dict[str, int] | None
 ) -> Iterator[Json]:
     """Chunks in OpenAI's order: role, content or tool-call pieces, finish, then usage."""
     base = {**meta, "object": "chat.completion.chunk"} | ({"usage": None} if usage else {})
@@ -279,13 +303,16 @@ def stream_chunks(
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
 
-    if call:  # id and name come first with empty arguments, then argument fragments
-        first_call = {"index": 0, **_wire_call(call, "")}
-        yield chunk({"role": "assistant", "content": None, "tool_calls": [first_call]})
-        args = call["arguments"]
+    call = calls[0] if calls else None
+    for index, each in enumerate(calls):
+        # id and name come first with empty arguments, then argument fragments
+        first_call = {"index": index, **_wire_call(each, "")}
+        role = {"role": "assistant", "content": None} if index == 0 else {}
+        yield chunk({**role, "tool_calls": [first_call]})
+        args = each["arguments"]
         for piece in (args[start : start + 8] for start in range(0, len(args), 8)):
-            yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-    else:
+            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    if not calls:
         yield chunk({"role": "assistant", "content": "", "refusal": None})
         for word in re.findall(r"\S+\s*|\s+", text):
             yield chunk({"content": word})
@@ -387,6 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
             text, call = decide_reply(messages, body.get("tools"))
         if call is None and controls.reply_bytes is not None:
             text = fit_to_bytes(text, controls.reply_bytes)
+        calls = misbehave(call, controls)
         usage = usage_for(messages, call["arguments"] if call else text, body.get("tools"))
         digest = zlib.crc32(json.dumps(messages, sort_keys=True).encode())
         meta = {
@@ -396,13 +424,14 @@ class _Handler(BaseHTTPRequestHandler):
             "system_fingerprint": None,
         }
         if not body.get("stream"):
-            return self._json(200, completion_body(meta, text, call, usage))
+            return self._json(200, completion_body(meta, text, calls, usage))
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for i, chunk in enumerate(stream_chunks(meta, text, call, usage if wants_usage else None)):
+        chunks = stream_chunks(meta, text, calls, usage if wants_usage else None)
+        for i, chunk in enumerate(chunks):
             demo._sleep(controls.stream_chunk_delay_seconds if i else 0)
             self._send_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
         self._send_chunk(b"data: [DONE]\n\n")
@@ -465,8 +494,17 @@ class DemoModelServer:
         for key, value in changes.items():
             if key not in known:
                 raise ValueError(f"Unknown control {key!r}; known: {sorted(known)}")
-            nullable = value is None and key in ("fail_status", "reply_bytes", "context_tokens")
-            if not nullable and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            nullable = value is None and key in (
+                "fail_status",
+                "reply_bytes",
+                "context_tokens",
+                "call_id",
+                "call_arguments",
+            )
+            text = key in ("call_id", "call_arguments") and isinstance(value, str)
+            if nullable or text:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"Control {key!r} must be a number, got {value!r}")
         if "fail_status" in changes and "fail_count" not in changes:
             changes["fail_count"] = 1

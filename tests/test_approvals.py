@@ -3,6 +3,9 @@ state is kept with the session, and any instance resumes it, once."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import datetime as dt
 import json
 import os
 import socket
@@ -12,9 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from agents import Agent
 from flask.testing import FlaskClient
 
 from agent.base.clock import utc_now
+from agent.store.paused_runs import PausedRun
+from agent.turn import approvals
 from local.demo_model import DemoModelServer
 from local.server import LiveServer as Server
 from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY, MODEL
@@ -59,9 +65,26 @@ def pause(client: FlaskClient, session_id: str, message: str = 'send "hi there" 
     return body
 
 
-def decide(client: FlaskClient, session_id: str, decisions: list[dict], **headers: str):
+def pause_of(client: FlaskClient, session_id: str, **headers: str) -> str:
+    """The id of the session's pause, as ``GET /sessions/<id>`` shows it ("" if none)."""
+    response = client.get(f"/sessions/{session_id}", headers=headers)
+    return (response.get_json() or {}).get("pause_id") or "" if response.status_code == 200 else ""
+
+
+def decide(
+    client: FlaskClient,
+    session_id: str,
+    decisions: list[dict],
+    pause_id: str | None = None,
+    **headers: str,
+):
+    """Decisions for the session's pause (``pause_id``; None: the current one)."""
+    if pause_id is None:
+        pause_id = pause_of(client, session_id, **headers) or "p-none"
     return client.post(
-        f"/sessions/{session_id}/approvals", json={"decisions": decisions}, headers=headers
+        f"/sessions/{session_id}/approvals",
+        json={"pause_id": pause_id, "decisions": decisions},
+        headers=headers,
     )
 
 
@@ -71,7 +94,7 @@ def test_pause_then_approve_runs_the_tool_once(
     body = pause(acting, "ap-1")
     [call] = body["pending_approvals"]
     assert call["tool"] == "send_message"
-    assert json.loads(call["arguments"]) == {"to": "alice", "text": "hi there"}
+    assert call["arguments"] == '{"text":"hi there","to":"alice"}'  # canonical JSON
     assert sent(outbox) == []  # nothing acted yet
     response = decide(acting, "ap-1", [{"call_id": call["call_id"], "approve": True}])
     assert response.status_code == 200, response.get_json()
@@ -107,7 +130,7 @@ def test_pause_on_one_server_approve_on_another_process(
         status, done, _ = second.call(
             "POST",
             "/sessions/ap-proc/approvals",
-            {"decisions": [{"call_id": call_id, "approve": True}]},
+            {"pause_id": body["pause_id"], "decisions": [{"call_id": call_id, "approve": True}]},
         )
         assert status == 200, done
         assert done["status"] == "completed" and "sent to bob" in done["reply"]
@@ -192,11 +215,14 @@ def test_two_concurrent_approvals_run_the_tool_once(
     make_client: Callable[..., FlaskClient], outbox: Path, model: DemoModelServer
 ) -> None:
     instances = [make_client(outbox_path=str(outbox)) for _ in range(2)]
-    call_id = pause(instances[0], "ap-race")["pending_approvals"][0]["call_id"]
+    paused = pause(instances[0], "ap-race")
+    call_id = paused["pending_approvals"][0]["call_id"]
     model.control(delay_seconds=0.5)  # both requests are in flight together
     decision = [{"call_id": call_id, "approve": True}]
     with ThreadPoolExecutor(2) as pool:
-        responses = list(pool.map(lambda c: decide(c, "ap-race", decision), instances))
+        responses = list(
+            pool.map(lambda c: decide(c, "ap-race", decision, paused["pause_id"]), instances)
+        )
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 409], [r.get_json() for r in responses]
     loser = next(r for r in responses if r.status_code == 409).get_json()["error"]["code"]
@@ -205,10 +231,11 @@ def test_two_concurrent_approvals_run_the_tool_once(
 
 
 def test_a_retried_approval_with_the_same_key_replays(acting: FlaskClient, outbox: Path) -> None:
-    call_id = pause(acting, "ap-key")["pending_approvals"][0]["call_id"]
+    paused = pause(acting, "ap-key")
+    call_id, pause_id = paused["pending_approvals"][0]["call_id"], paused["pause_id"]
     decision = [{"call_id": call_id, "approve": True}]
-    first = decide(acting, "ap-key", decision, **{"Idempotency-Key": "k-1"})
-    second = decide(acting, "ap-key", decision, **{"Idempotency-Key": "k-1"})
+    first = decide(acting, "ap-key", decision, pause_id, **{"Idempotency-Key": "k-1"})
+    second = decide(acting, "ap-key", decision, pause_id, **{"Idempotency-Key": "k-1"})
     assert first.status_code == second.status_code == 200
     assert second.headers.get("Idempotent-Replayed") == "true"
     assert second.get_json() == first.get_json()
@@ -294,7 +321,10 @@ def test_a_call_an_earlier_attempt_began_is_not_run_again(
     service = service_of(acting)
     generation = service.store.current_generation("ap-died", utc_now())
     assert generation is not None
-    assert service.tool_runs.start("ap-died", generation, call_id, utc_now()) is None
+    paused = service.store.paused_run("ap-died", utc_now(), "local")
+    assert paused is not None
+    approved = approvals.approved(paused, paused.pending[0])
+    assert service.tool_runs.start("ap-died", generation, approved, utc_now()) is None
     response = decide(acting, "ap-died", [{"call_id": call_id, "approve": True}])
     assert response.status_code == 200
     assert sent(outbox) == []
@@ -343,11 +373,16 @@ def test_streamed_pause_and_resume_match_the_json_path(
     assert names[-2:] == ["approval_required", "done"], names
     required, done = events[-2].data, events[-1].data
     assert required["pending_approvals"] == done["pending_approvals"]
+    assert required["pause_id"] == done["pause_id"]
     assert comparable(done) == comparable(plain)
     call_id = done["pending_approvals"][0]["call_id"]
     resumed = client.post(
         "/sessions/ap-sse/approvals",
-        json={"decisions": [{"call_id": call_id, "approve": True}], "stream": True},
+        json={
+            "pause_id": done["pause_id"],
+            "decisions": [{"call_id": call_id, "approve": True}],
+            "stream": True,
+        },
     )
     events = parse_body(resumed.get_data())
     assert [event.name for event in events][-1] == "done"
@@ -385,11 +420,14 @@ def test_deleting_the_session_deletes_its_tool_runs(acting: FlaskClient) -> None
     service = service_of(acting)
     generation = service.store.current_generation("ap-del", utc_now())
     assert generation is not None
+    paused = service.store.paused_run("ap-del", utc_now(), "local")
+    assert paused is not None
+    approved = approvals.approved(paused, paused.pending[0])
     assert decide(acting, "ap-del", [{"call_id": call_id, "approve": True}]).status_code == 200
-    ran = service.tool_runs.start("ap-del", generation, call_id, utc_now())
+    ran = service.tool_runs.start("ap-del", generation, approved, utc_now())
     assert ran is not None and ran.output == "sent to alice"  # recorded, with its output
     assert acting.delete("/sessions/ap-del").status_code == 204
-    assert service.tool_runs.start("ap-del", generation, call_id, utc_now()) is None  # gone
+    assert service.tool_runs.start("ap-del", generation, approved, utc_now()) is None  # gone
 
 
 def test_a_resume_counts_against_the_budget_and_its_cost_once(
@@ -433,25 +471,275 @@ def test_a_client_that_leaves_a_streamed_resume_stores_nothing_and_may_decide_ag
         )
         assert status == 200 and body["status"] == "approval_required", body
         decision = [{"call_id": body["pending_approvals"][0]["call_id"], "approve": True}]
+        named = {"pause_id": body["pause_id"], "decisions": decision}
         model.control(stream_chunk_delay_seconds=0.5)  # the answer after the tool is slow
         connection, response = open_stream(
-            server.port, {"decisions": decision, "stream": True}, path="/sessions/ap-gone/approvals"
+            server.port, named | {"stream": True}, path="/sessions/ap-gone/approvals"
         )
         seen = [next(events_of(response)).name for _ in range(2)]
         assert seen == ["tool_result", "delta"], seen  # the tool ran; the answer is under way
         connection.close()  # the user closed the tab
         model.reset()
+        # Issue 20 item 4: now a rejection would log "not performed" of a sent message.
+        rejection = named | {"decisions": [decision[0] | {"approve": False}]}
         deadline = time.monotonic() + 10
         while True:  # the server notices at its next write and releases the session
-            status, done, _ = server.call(
-                "POST", "/sessions/ap-gone/approvals", {"decisions": decision}
-            )
-            if status != 409 or done["error"]["code"] != "session_busy":
+            status, refused, _ = server.call("POST", "/sessions/ap-gone/approvals", rejection)
+            if status != 409 or refused["error"]["code"] != "session_busy":
                 break
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        assert status == 409 and refused["error"]["code"] == "approval_conflict", refused
+        status, done, _ = server.call("POST", "/sessions/ap-gone/approvals", named)
         assert status == 200, done
         assert "sent to dan" in done["reply"]  # the recorded result, not a second run
     finally:
         server.stop()
     assert sent(outbox) == [{"to": "dan", "text": "bye"}]
+
+
+# -- issue 20: approvals whose record is the truth ------------------------------------
+
+
+def test_decisions_name_the_pause_they_decide(acting: FlaskClient, outbox: Path) -> None:
+    """Item 17: the pause's id is returned and must be named, so a decision made for one
+    pause (or one life of the session) never applies to another."""
+    body = pause(acting, "ap-pid")
+    pause_id, call_id = body["pause_id"], body["pending_approvals"][0]["call_id"]
+    assert pause_of(acting, "ap-pid") == pause_id
+    busy = acting.post("/chat", json={"message": "hello?", "session_id": "ap-pid"})
+    assert busy.get_json()["error"]["pause_id"] == pause_id
+    assert_conforms("POST", "/chat", 409, busy.get_json(), busy.headers)
+    path = "/sessions/ap-pid/approvals"
+    unnamed = acting.post(path, json={"decisions": [{"call_id": call_id, "approve": True}]})
+    assert unnamed.status_code == 400, unnamed.get_json()
+    assert_conforms("POST", "/sessions/{session_id}/approvals", 400, unnamed.get_json())
+    other = decide(acting, "ap-pid", [{"call_id": call_id, "approve": True}], "another-pause")
+    assert other.status_code == 409
+    assert other.get_json()["error"]["code"] == "approval_not_pending"
+    assert sent(outbox) == []
+    done = decide(acting, "ap-pid", [{"call_id": call_id, "approve": True}], pause_id)
+    assert done.status_code == 200, done.get_json()
+    assert "pause_id" not in done.get_json()  # completed: no pause
+    [decision] = acting.get("/sessions/ap-pid").get_json()["approvals"]
+    assert decision["pause_id"] == pause_id
+    session = acting.get("/sessions/ap-pid").get_json()
+    assert session["pause_id"] is None
+    assert_conforms("GET", "/sessions/{session_id}", 200, session)
+    # The same call id paused again later is another pause: the old id decides nothing.
+    again = pause(acting, "ap-pid", 'send "more" to alice')
+    assert again["pause_id"] != pause_id
+    stale = decide(acting, "ap-pid", [{"call_id": call_id, "approve": True}], pause_id)
+    assert stale.status_code == 409 and len(sent(outbox)) == 1
+
+
+def test_a_duplicate_key_in_the_arguments_is_refused(
+    acting: FlaskClient, outbox: Path, model: DemoModelServer
+) -> None:
+    """Item 5: a page shows the first "to", a tool gets the last; such a call is never
+    put to a person, and nothing is stored."""
+    model.control(call_arguments='{"to": "alice", "text": "hi", "to": "mallory@example.com"}')
+    response = acting.post("/chat", json={"message": 'send "hi" to alice', "session_id": "ap-dup"})
+    assert response.status_code == 502, response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == "approval_calls_invalid" and "mallory" not in json.dumps(error)
+    assert_conforms("POST", "/chat", 502, response.get_json(), response.headers)
+    assert acting.get("/sessions/ap-dup").status_code == 404  # nothing stored
+    assert sent(outbox) == []
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    ['{"to": "alice"}', '{"to": "alice", "text": "hi", "cc": "eve"}', '{"to": 7, "text": "hi"}'],
+    ids=["missing", "extra", "wrong-type"],
+)
+def test_arguments_outside_the_tools_schema_are_refused(
+    acting: FlaskClient, outbox: Path, model: DemoModelServer, arguments: str
+) -> None:
+    model.control(call_arguments=arguments)
+    response = acting.post("/chat", json={"message": 'send "hi" to bob', "session_id": "ap-sch"})
+    assert response.status_code == 502, response.get_json()
+    assert response.get_json()["error"]["code"] == "approval_calls_invalid"
+    assert sent(outbox) == []
+
+
+def test_what_is_shown_is_canonical_with_hidden_characters_escaped_and_is_what_runs(
+    acting: FlaskClient, outbox: Path, model: DemoModelServer
+) -> None:
+    """Item 5: canonical JSON, invisible and bidirectional characters escaped (still the
+    same JSON value), and the tool gets exactly that value."""
+    tricky = "pay\u202eevil\u200b"
+    model.control(call_arguments=json.dumps({"to": "bob", "text": tricky}, indent=2))
+    body = pause(acting, "ap-canon")
+    [call] = body["pending_approvals"]
+    assert call["arguments"] == '{"text":"pay\\u202eevil\\u200b","to":"bob"}'
+    assert json.loads(call["arguments"]) == {"to": "bob", "text": tricky}
+    assert acting.get("/sessions/ap-canon").get_json()["pending_approvals"] == [call]
+    model.reset()
+    done = decide(acting, "ap-canon", [{"call_id": call["call_id"], "approve": True}])
+    assert done.status_code == 200, done.get_json()
+    assert sent(outbox) == [{"to": "bob", "text": tricky}]
+
+
+def test_the_guard_runs_only_the_approved_call_with_the_approved_arguments(
+    acting: FlaskClient,
+) -> None:
+    """Item 5: whatever the run's state says at resume, the guard runs a call only as it
+    was shown: the pause's call id, tool and canonical arguments."""
+    paused_body = pause(acting, "ap-guard")
+    service = service_of(acting)
+    paused = service.store.paused_run("ap-guard", utc_now(), "local")
+    generation = service.store.current_generation("ap-guard", utc_now())
+    assert paused is not None and generation is not None
+    guard = approvals.StoreGuard(service.tool_runs, "ap-guard", generation, paused)
+    call_id = paused_body["pending_approvals"][0]["call_id"]
+    ran: list[str] = []
+
+    async def invoke(arguments: str) -> str:
+        ran.append(arguments)
+        return "sent"
+
+    def run(call: str, tool: str, arguments: str) -> object:
+        return asyncio.run(guard.run(call, tool, arguments, invoke))
+
+    refused = approvals.NOT_APPROVED_OUTPUT
+    assert run(call_id, "send_message", '{"to": "mallory", "text": "hi there"}') == refused
+    assert run(call_id, "calculate", '{"to": "alice", "text": "hi there"}') == refused
+    assert run("call_other", "send_message", '{"to": "alice", "text": "hi there"}') == refused
+    dup = '{"to": "alice", "text": "hi there", "to": "alice"}'
+    assert run(call_id, "send_message", dup) == refused
+    assert ran == []
+    assert run(call_id, "send_message", '{ "to": "alice", "text": "hi there" }') == "sent"
+    assert ran == ['{"text":"hi there","to":"alice"}']  # the canonical text, as shown
+
+
+def test_a_reused_call_id_is_refused_and_ids_with_a_slash_work(
+    acting: FlaskClient, outbox: Path, model: DemoModelServer
+) -> None:
+    """Item 6: a compatible server that reuses a call id must not make an approved call
+    to bob answer "sent to alice" without sending; a '/' in an id is a valid key."""
+    model.control(call_id="call/1")
+    first = pause(acting, "ap-reuse", 'send "hi" to alice')
+    assert first["pending_approvals"][0]["call_id"] == "call/1"
+    done = decide(acting, "ap-reuse", [{"call_id": "call/1", "approve": True}])
+    assert done.status_code == 200, done.get_json()
+    assert sent(outbox) == [{"to": "alice", "text": "hi"}]
+    before = acting.get("/sessions/ap-reuse").get_json()
+    response = acting.post("/chat", json={"message": 'send "hi" to bob', "session_id": "ap-reuse"})
+    assert response.status_code == 502, response.get_json()
+    assert response.get_json()["error"]["code"] == "approval_calls_invalid"
+    assert acting.get("/sessions/ap-reuse").get_json() == before  # nothing stored
+    assert sent(outbox) == [{"to": "alice", "text": "hi"}]
+
+
+def test_two_calls_sharing_an_id_in_one_pause_are_refused(
+    acting: FlaskClient, outbox: Path, model: DemoModelServer
+) -> None:
+    model.control(call_id="call_same", call_copies=2)
+    response = acting.post("/chat", json={"message": 'send "hi" to bob', "session_id": "ap-twin"})
+    assert response.status_code == 502, response.get_json()
+    assert response.get_json()["error"]["code"] == "approval_calls_invalid"
+
+
+def test_a_pause_with_more_calls_than_one_request_can_decide_is_refused(
+    acting: FlaskClient, outbox: Path, model: DemoModelServer
+) -> None:
+    """Item 7: decisions come in one request of at most 64; a pause of 65 calls would
+    lock the session until it expired, so it is refused and nothing is stored."""
+    model.control(call_copies=approvals.MAX_PENDING_CALLS + 1)
+    response = acting.post("/chat", json={"message": 'send "hi" to bob', "session_id": "ap-65"})
+    assert response.status_code == 502, response.get_json()
+    assert response.get_json()["error"]["code"] == "approval_calls_invalid"
+    assert acting.get("/sessions/ap-65").status_code == 404
+    model.control(call_copies=approvals.MAX_PENDING_CALLS)
+    body = pause(acting, "ap-64", 'send "hi" to bob')
+    calls = body["pending_approvals"]
+    assert len(calls) == approvals.MAX_PENDING_CALLS
+    model.reset()
+    decisions = [{"call_id": c["call_id"], "approve": n == 0} for n, c in enumerate(calls)]
+    done = decide(acting, "ap-64", decisions)
+    assert done.status_code == 200, done.get_json()
+    assert sent(outbox) == [{"to": "bob", "text": "hi"}]
+
+
+def test_rejecting_a_call_that_already_ran_is_a_conflict(
+    acting: FlaskClient, outbox: Path, model: DemoModelServer
+) -> None:
+    """Item 4: an approval whose resume failed after the tool ran, then a rejection: the
+    record must not say "not performed" of a message that was sent."""
+    call_id = pause(acting, "ap-conf")["pending_approvals"][0]["call_id"]
+    model.control(fail_status=500, fail_count=1)  # the model call after the tool fails
+    failed = decide(acting, "ap-conf", [{"call_id": call_id, "approve": True}])
+    assert failed.status_code == 502 and len(sent(outbox)) == 1
+    rejected = decide(acting, "ap-conf", [{"call_id": call_id, "approve": False}])
+    assert rejected.status_code == 409, rejected.get_json()
+    error = rejected.get_json()["error"]
+    assert error["code"] == "approval_conflict" and error["ran_call_ids"] == [call_id]
+    path = "/sessions/{session_id}/approvals"
+    assert_conforms("POST", path, 409, rejected.get_json(), rejected.headers)
+    session = acting.get("/sessions/ap-conf").get_json()
+    assert session["approvals"] == [] and session["pending_approvals"]  # unchanged
+    approved = decide(acting, "ap-conf", [{"call_id": call_id, "approve": True}])
+    assert approved.status_code == 200 and "sent to alice" in approved.get_json()["reply"]
+    assert len(sent(outbox)) == 1
+
+
+def test_a_stale_drop_after_the_tool_ran_records_its_output(
+    make_client: Callable[..., FlaskClient], outbox: Path, model: DemoModelServer
+) -> None:
+    """Item 4: the agent changed after an approved call ran (its resume failed): the
+    dropped pause answers that call with what it returned, not "not run"."""
+    before = make_client(outbox_path=str(outbox))
+    call_id = pause(before, "ap-stale-ran")["pending_approvals"][0]["call_id"]
+    model.control(fail_status=500, fail_count=1)
+    failed = decide(before, "ap-stale-ran", [{"call_id": call_id, "approve": True}])
+    assert failed.status_code == 502
+    assert len(sent(outbox)) == 1
+    after = make_client(outbox_path=str(outbox), agent_instructions="You are terse.")
+    rejected = decide(after, "ap-stale-ran", [{"call_id": call_id, "approve": False}])
+    assert rejected.get_json()["error"]["code"] == "approval_conflict"
+    response = decide(after, "ap-stale-ran", [{"call_id": call_id, "approve": True}])
+    assert response.status_code == 409
+    assert response.get_json()["error"]["code"] == "approval_stale"
+    items = after.get("/sessions/ap-stale-ran").get_json()["items"]
+    [output] = [i for i in items if i.get("type") == "function_call_output"]
+    assert output["output"] == "sent to alice"
+    assert len(sent(outbox)) == 1
+
+
+def test_a_paused_state_of_an_unsupported_schema_version_is_dropped_as_stale(
+    acting: FlaskClient, outbox: Path
+) -> None:
+    """Issue 25 item 2: a state written by a newer SDK (here: a version this SDK does not
+    know) drops the pause cleanly instead of a 500 that keeps the session locked."""
+    call_id = pause(acting, "ap-schema")["pending_approvals"][0]["call_id"]
+    store = service_of(acting).store
+    now = utc_now()
+    paused = store.paused_run("ap-schema", now, "local")
+    assert paused is not None
+    until = now + dt.timedelta(seconds=30)
+    claim = store.claim("ap-schema", now, until, "local", resume=paused.pause_id)
+    assert claim.paused is not None
+    state = json.loads(claim.paused.state_json())
+    state["$schemaVersion"] = "99.0"
+    newer = dataclasses.replace(
+        claim.paused, state=PausedRun.compress(json.dumps(state)), attempts=0
+    )
+    store.commit(claim, [], now, count_turn=False, paused=newer)
+    response = decide(acting, "ap-schema", [{"call_id": call_id, "approve": True}])
+    assert response.status_code == 409, response.get_json()
+    assert response.get_json()["error"]["code"] == "approval_stale"
+    assert sent(outbox) == []
+    session = acting.get("/sessions/ap-schema").get_json()
+    assert session["pending_approvals"] == [] and "dropped" in session["items"][-1]["content"]
+    again = acting.post("/chat", json={"message": "ok", "session_id": "ap-schema"})
+    assert again.status_code == 200
+
+
+def test_the_fingerprint_includes_the_state_schema_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = Agent(name="a", instructions="x")
+    today = approvals.fingerprint(agent, MODEL)
+    monkeypatch.setattr(approvals, "CURRENT_SCHEMA_VERSION", "0.1")
+    assert approvals.fingerprint(agent, MODEL) != today

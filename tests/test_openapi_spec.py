@@ -76,14 +76,19 @@ EXPECTED_CODES = {
     "405": {"method_not_allowed"},
     "409": {
         *("session_busy", "session_id_taken", "idempotency_key_in_progress"),
-        *("approval_pending", "approval_not_pending", "approval_stale"),
+        *("approval_pending", "approval_not_pending", "approval_stale", "approval_conflict"),
     },
     "413": {"request_too_large"},
     "415": {"unsupported_media_type"},
     "422": {"max_turns_exceeded", "idempotency_key_reused"},
     "429": {"budget_exceeded"},
     "500": {"internal_error"},
-    "502": {"model_error", "context_overflow", "approval_state_too_large"},
+    "502": {
+        "model_error",
+        "context_overflow",
+        "approval_state_too_large",
+        "approval_calls_invalid",
+    },
     "503": {
         "storage_unavailable",
         "auth_unavailable",

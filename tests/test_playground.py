@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -264,7 +265,7 @@ def test_a_tool_that_acts_waits_for_approve_or_reject(
     [card] = browser.find_elements(By.CSS_SELECTOR, ".approval")
     assert card.get_attribute("data-tool") == "send_message"
     assert approve.get_attribute("data-call-id") == card.get_attribute("data-call-id")
-    assert texts(browser, ".approval-call") == ['send_message({"to": "alice", "text": "hi"})']
+    assert texts(browser, ".approval-call") == ['send_message({"text":"hi","to":"alice"})']
     assert len(approval_buttons(browser, "reject")) == 1
     assert not message.is_enabled()  # the server would refuse a message now (409)
     assert not any("sent to" in reply for reply in texts(browser, ".assistant"))
@@ -281,7 +282,7 @@ def test_a_tool_that_acts_waits_for_approve_or_reject(
     say(browser, "send bob a message saying see you at 5")
     wait_for(browser, lambda d: approval_buttons(d, "reject"))
     assert texts(browser, ".approval-call")[-1] == (
-        'send_message({"to": "bob", "text": "see you at 5"})'
+        'send_message({"text":"see you at 5","to":"bob"})'
     )
     browser.find_elements(By.CSS_SELECTOR, ".approval-reason")[-1].send_keys("not today")
     approval_buttons(browser, "reject")[0].click()
@@ -300,6 +301,33 @@ def test_a_tool_that_acts_waits_for_approve_or_reject(
     say(browser, "hello")  # the conversation goes on after the decisions
     wait_for(browser, last_reply_starts('[demo model] You said: "hello"'))
     assert policy_violations(browser) == []
+
+
+def test_hidden_and_bidirectional_characters_are_shown_escaped(
+    browser: Any, page_server: Callable[..., LiveServer], model: DemoModelServer
+) -> None:
+    """Issue 20 item 5: a right-to-left override or a zero-width space in a call's
+    arguments is shown as an escape, on the approval card (the server's canonical text)
+    and in the history (the model's own text, escaped by the page)."""
+    from selenium.webdriver.common.by import By
+
+    tricky = {"to": "bob", "text": "pay\u202eevil\u200b"}
+    model.control(call_arguments=json.dumps(tricky, ensure_ascii=False))
+    server = page_server()
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "new-conversation").click()
+    say(browser, 'send "x" to bob')
+    wait_for(browser, lambda d: approval_buttons(d, "approve"))
+    assert texts(browser, ".approval-call") == [
+        'send_message({"text":"pay\\u202eevil\\u200b","to":"bob"})'
+    ]
+    browser.refresh()  # the history: the model's own argument text
+    wait_for(browser, lambda d: approval_buttons(d, "approve"))
+    [shown] = texts(browser, ".tool-call")
+    assert shown == '\u2192 send_message({"to": "bob", "text": "pay\\u{202E}evil\\u{200B}"})'
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "\u202e" not in body and "\u200b" not in body
+    model.reset()
 
 
 def test_a_run_paused_elsewhere_is_offered_for_a_decision(
@@ -324,7 +352,7 @@ def test_a_run_paused_elsewhere_is_offered_for_a_decision(
     error = wait_for(browser, lambda d: texts(d, ".error"))[0]
     assert error.startswith("HTTP 409 approval_pending: ")
     wait_for(browser, lambda d: approval_buttons(d, "approve"))
-    assert texts(browser, ".approval-call") == ['send_message({"to": "carol", "text": "hi"})']
+    assert texts(browser, ".approval-call") == ['send_message({"text":"hi","to":"carol"})']
     assert not browser.find_element(By.ID, "message").is_enabled()
 
     browser.refresh()

@@ -20,11 +20,13 @@ from agent.base.clock import utc_now
 from agent.base.settings import Settings, SettingsError
 from agent.store.calls import StoreUnavailable
 from agent.store.history import SessionBusy, UsageTotals
-from agent.store.schema import HISTORY_ITEMS, IDEMPOTENCY, SESSIONS
+from agent.store.schema import HISTORY_ITEMS, IDEMPOTENCY, SESSIONS, SQLITE_SCHEMA_VERSION
 from agent.store.sqlite_db import Database, to_micros
 from agent.store.sqlite_history import SqliteHistoryStore
 from agent.store.sqlite_idempotency import SqliteIdempotencyStore
 from agent.store.sqlite_spend import SqliteSpendStore
+from agent.store.sqlite_tool_runs import SqliteToolRunStore
+from agent.store.tool_runs import ToolCall
 from tests.support.constants import REPO_ROOT
 from tests.support.openapi_contract import assert_conforms
 
@@ -179,7 +181,8 @@ def test_a_file_of_another_schema_version_is_refused_with_the_reason(tmp_path: P
     with sqlite3.connect(path) as conn:  # the tables of version 1: no generation column
         conn.execute("CREATE TABLE agent_sessions (id TEXT PRIMARY KEY)")
     conn.close()
-    with pytest.raises(RuntimeError, match="schema version 0, this code needs 4"):
+    needs = f"schema version 0, this code needs {SQLITE_SCHEMA_VERSION}"
+    with pytest.raises(RuntimeError, match=needs):
         Database(str(path), timeout_seconds=3)
     fresh = Database(str(tmp_path / "new.sqlite3"), timeout_seconds=3)
     fresh.close()
@@ -233,6 +236,29 @@ def test_a_version_2_file_is_upgraded_in_place_and_keeps_its_sessions(tmp_path: 
     assert spend.spent("alice", now.date()) == 0.5
     database.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION,)
     conn.close()
-    Database(str(path), timeout_seconds=3).close()  # opened again: already version 4
+    Database(str(path), timeout_seconds=3).close()  # opened again: already current
+
+
+def test_a_version_4_file_gets_the_tool_run_table_keyed_on_the_pause(tmp_path: Path) -> None:
+    """Issue 20 item 6: version 4's rows were keyed on the call id alone; the upgrade
+    makes the table again with the pause, call id, tool and argument digest."""
+    path = tmp_path / "v4.sqlite3"
+    Database(str(path), timeout_seconds=3).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE agent_tool_runs")
+        conn.execute(
+            "CREATE TABLE agent_tool_runs (id TEXT PRIMARY KEY, session_id TEXT NOT NULL,"
+            " state TEXT NOT NULL, output TEXT, started_at INTEGER NOT NULL,"
+            " expire_at INTEGER NOT NULL)"
+        )
+        conn.execute("INSERT INTO agent_tool_runs VALUES ('s~g~call_1', 's', 'done', 'x', 0, 0)")
+        conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    database = Database(str(path), timeout_seconds=3)
+    runs = SqliteToolRunStore(database, ttl_seconds=60)
+    call = ToolCall("p1", "call_1", "send_message", "d")
+    assert runs.start("s", "g", call, utc_now()) is None
+    assert runs.used("s", "g", ["call_1"]) == {"call_1"}
+    database.close()

@@ -38,6 +38,7 @@ from agent.store.history import (
 )
 from agent.store.idempotency_records import KeyClaim, StoredResponse
 from agent.store.paused_runs import PauseChanged, PausedRun, PendingCall, RunPaused
+from agent.store.tool_runs import ToolCall
 
 TTL = 60
 SECOND = dt.timedelta(seconds=1)
@@ -447,15 +448,40 @@ def test_a_paused_run_expires_and_goes_with_its_session(stores: Stores) -> None:
     assert fresh.new_session and fresh.paused is None
 
 
+def run_of(call_id: str = "call_1", pause_id: str = "p1", digest: str = "d1") -> ToolCall:
+    return ToolCall(pause_id, call_id, "send_message", digest)
+
+
 def test_an_approved_call_starts_once(stores: Stores) -> None:
     now = utc_now()
+    call = run_of()
     with ThreadPoolExecutor(8) as pool:
-        starts = list(
-            pool.map(lambda _: stores.tool_runs.start("t", "g1", "call_1", now), range(8))
-        )
+        starts = list(pool.map(lambda _: stores.tool_runs.start("t", "g1", call, now), range(8)))
     assert starts.count(None) == 1  # exactly one may run it
     assert all(s is not None and s.output is None for s in starts if s is not None)
-    stores.tool_runs.finish("t", "g1", "call_1", "sent to bob")
-    earlier = stores.tool_runs.start("t", "g1", "call_1", now)
+    stores.tool_runs.finish("t", "g1", call, "sent to bob")
+    earlier = stores.tool_runs.start("t", "g1", call, now)
     assert earlier is not None and earlier.output == "sent to bob"
-    assert stores.tool_runs.start("t", "g2", "call_1", now) is None  # another life's call
+    assert stores.tool_runs.start("t", "g2", call, now) is None  # another life's call
+
+
+def test_a_tool_run_is_keyed_on_its_pause_and_call_id(stores: Stores) -> None:
+    """Issue 20 item 6: a provider that reuses call ids must not make one pause's call
+    meet another's record; any call id makes a valid key; the record keeps the tool and
+    the argument digest, and tells which call ids this life used."""
+    now = utc_now()
+    odd = "call/../x y~z"  # a '/' would make an invalid Firestore path if used raw
+    first, reused = run_of(odd, "p1", "d-alice"), run_of(odd, "p2", "d-bob")
+    assert stores.tool_runs.start("t", "g1", first, now) is None
+    stores.tool_runs.finish("t", "g1", first, "sent to alice")
+    assert stores.tool_runs.start("t", "g1", reused, now) is None  # another pause: may run
+    earlier = stores.tool_runs.earlier("t", "g1", [first, run_of("call_never", "p1")])
+    assert list(earlier) == [odd]
+    assert earlier[odd].output == "sent to alice"
+    assert earlier[odd].matches(first) and not earlier[odd].matches(reused)
+    assert stores.tool_runs.used("t", "g1", [odd, "call_never"]) == {odd}
+    assert stores.tool_runs.used("t", "g2", [odd]) == set()  # another life
+    assert stores.tool_runs.earlier("t", "g1", []) == {}
+    stores.tool_runs.forget_session("t", "g1")
+    assert stores.tool_runs.used("t", "g1", [odd]) == set()
+    assert stores.tool_runs.earlier("t", "g1", [first]) == {}

@@ -163,7 +163,7 @@ def create_app(service: Service) -> Flask:
     def decide(session_id: str) -> Response:
         check_session_id(session_id)
         decided = parse_decisions(_json_body())
-        resume = Resume(decided.verdicts, by=g.principal)
+        resume = Resume(decided.pause_id, decided.verdicts, by=g.principal)
         return _turn(session_id, resume, session_id, decided.stream)
 
     def _turn(
@@ -260,6 +260,7 @@ def create_app(service: Service) -> Flask:
             turns=history.turns,
             expires_at=rfc3339(history.expire_at),
             summary=summary,
+            pause_id=history.pause_id,
             pending_approvals=[call.as_json() for call in history.pending],
             approvals=list(history.approvals),
             usage=history.totals.as_doc(),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from werkzeug.datastructures import Headers
 
 from agent.base import errors
-from agent.turn.approvals import MAX_REASON_CHARS, Verdict
+from agent.turn.approvals import MAX_PENDING_CALLS, MAX_REASON_CHARS, Verdict
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -79,22 +79,31 @@ def parse_chat(body: bytes, max_message_chars: int) -> ChatRequest:
 
 @dataclass(frozen=True)
 class DecisionsRequest:
+    pause_id: str
     verdicts: tuple[Verdict, ...]
     stream: bool | None
 
 
-MAX_DECISIONS = 64
+MAX_DECISIONS = MAX_PENDING_CALLS
+"""As many as a pause may wait for: one request always decides a whole pause."""
 
 
 def parse_decisions(body: bytes) -> DecisionsRequest:
-    """``{"decisions": [{"call_id", "approve", "reason"?}], "stream"?}``; 400 otherwise."""
+    """``{"pause_id", "decisions": [{"call_id", "approve", "reason"?}], "stream"?}``; 400
+    otherwise."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
         raise errors.bad_request("invalid_json", "The body is not valid JSON.") from None
-    if not isinstance(data, dict) or set(data) - {"decisions", "stream"}:
+    if not isinstance(data, dict) or set(data) - {"pause_id", "decisions", "stream"}:
         raise errors.bad_request(
-            "invalid_request", "The body must be an object with 'decisions' (and 'stream')."
+            "invalid_request",
+            "The body must be an object with 'pause_id' and 'decisions' (and 'stream').",
+        )
+    pause_id = data.get("pause_id")
+    if not isinstance(pause_id, str) or not 0 < len(pause_id) <= 64:
+        raise errors.bad_request(
+            "invalid_request", "'pause_id' must be the id of the pause being decided."
         )
     decisions = data.get("decisions")
     if not isinstance(decisions, list) or not 0 < len(decisions) <= MAX_DECISIONS:
@@ -105,7 +114,7 @@ def parse_decisions(body: bytes) -> DecisionsRequest:
     stream = data.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise errors.bad_request("invalid_request", "'stream' must be true or false.")
-    return DecisionsRequest(verdicts, stream)
+    return DecisionsRequest(pause_id, verdicts, stream)
 
 
 def _verdict(entry: object) -> Verdict:

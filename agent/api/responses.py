@@ -21,6 +21,8 @@ def chat_response(outcome: TurnOutcome) -> dict[str, object]:
         "status": outcome.status,
     }
     if outcome.pending_approvals:
+        if outcome.pause_id is not None:  # None: a replay stored before pauses had ids
+            answer["pause_id"] = outcome.pause_id
         answer["pending_approvals"] = list(outcome.pending_approvals)
     if outcome.result is not None:
         answer["result"] = outcome.result.as_json()

@@ -76,13 +76,13 @@ def idempotency_key_reused() -> ApiError:
     )
 
 
-def approval_pending(call_ids: tuple[str, ...]) -> ApiError:
+def approval_pending(call_ids: tuple[str, ...], pause_id: str) -> ApiError:
     return ApiError(
         409,
         "approval_pending",
         "The session's run waits for approval of tool calls; decide them first"
         " (POST /sessions/<id>/approvals).",
-        details={"pending_call_ids": list(call_ids)},
+        details={"pending_call_ids": list(call_ids), "pause_id": pause_id},
     )
 
 
@@ -99,6 +99,25 @@ def approval_stale() -> ApiError:
         409,
         "approval_stale",
         "The agent changed since this run paused; the paused run was dropped.",
+    )
+
+
+def approval_conflict(call_ids: list[str]) -> ApiError:
+    return ApiError(
+        409,
+        "approval_conflict",
+        "An earlier attempt already ran these calls (or began to); they cannot be rejected"
+        " now. Approve them to resume with their recorded results.",
+        details={"ran_call_ids": call_ids},
+    )
+
+
+def approval_calls_invalid(reason: str) -> ApiError:
+    return ApiError(
+        502,
+        "approval_calls_invalid",
+        "The model proposed tool calls that cannot be put to a person; nothing was stored.",
+        details={"reason": reason},
     )
 
 

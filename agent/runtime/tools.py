@@ -11,7 +11,8 @@ Guarantees:
 * A tool that acts needs a person's approval before each call: ``needs_approval`` in
   its code (``send_message``), or ``APPROVAL_REQUIRED_TOOLS``. The run then pauses
   (``agent/turn/approvals.py``). Each approved call goes through the ``CallGuard`` of
-  the run (``GUARD``), which lets it run at most once per call id.
+  the run (``GUARD``), which lets it run at most once per pause and call id, and only
+  with the arguments the person was shown.
 * ``calculate`` accepts arithmetic only and checks the size of every intermediate
   result (its bits, before computing it), so anything it accepts finishes in well
   under 50 ms with bounded memory; anything else is answered ``error: ...``.
@@ -189,9 +190,12 @@ ACTING_TOOLS = frozenset({"send_message"})
 
 
 class CallGuard(Protocol):
-    """Runs an approved call at most once per call id (``agent/turn/approvals.py``)."""
+    """Runs an approved call at most once, with the arguments that were approved
+    (``agent/turn/approvals.py``): ``invoke`` takes the argument text to run with."""
 
-    async def run(self, call_id: str, tool: str, invoke: Callable[[], Awaitable[Any]]) -> Any: ...
+    async def run(
+        self, call_id: str, tool: str, arguments: str, invoke: Callable[[str], Awaitable[Any]]
+    ) -> Any: ...
 
 
 GUARD: ContextVar[CallGuard | None] = ContextVar("agent_tool_guard", default=None)
@@ -239,6 +243,8 @@ def _guarded(tool: FunctionTool) -> FunctionTool:
         guard = GUARD.get()
         if guard is None:  # library use: no store to guard with
             return await invoke(context, arguments)
-        return await guard.run(context.tool_call_id, tool.name, lambda: invoke(context, arguments))
+        return await guard.run(
+            context.tool_call_id, tool.name, arguments, lambda approved: invoke(context, approved)
+        )
 
     return dataclasses.replace(tool, on_invoke_tool=guarded)

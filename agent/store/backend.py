@@ -24,13 +24,13 @@ module's (``History``, ``Claim``, ``Deleted``, ``SessionBusy``, ...), shared as 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary, UsageTotals
 from agent.store.idempotency_records import KeyClaim, StoredResponse
 from agent.store.paused_runs import Decision, PausedRun
-from agent.store.tool_runs import EarlierRun
+from agent.store.tool_runs import EarlierRun, ToolCall
 
 
 class HistoryBackend(Protocol):
@@ -107,10 +107,20 @@ class ToolRunBackend(Protocol):
     """The at-most-once guard of approved tool calls (``tool_runs.py``)."""
 
     def start(
-        self, session_id: str, generation: str, call_id: str, now: dt.datetime
+        self, session_id: str, generation: str, call: ToolCall, now: dt.datetime
     ) -> EarlierRun | None: ...
 
-    def finish(self, session_id: str, generation: str, call_id: str, output: str) -> None: ...
+    def finish(self, session_id: str, generation: str, call: ToolCall, output: str) -> None: ...
+
+    def earlier(
+        self, session_id: str, generation: str, calls: Sequence[ToolCall]
+    ) -> dict[str, EarlierRun]:
+        """The existing records of ``calls``, by call id; reads only."""
+        ...
+
+    def used(self, session_id: str, generation: str, call_ids: Iterable[str]) -> set[str]:
+        """Which of ``call_ids`` a record of this life carries, in any pause."""
+        ...
 
     def forget_session(self, session_id: str, generation: str) -> None: ...
 

@@ -308,6 +308,8 @@ class History:
     """The last approval decisions, oldest first."""
     totals: UsageTotals = UsageTotals()
     """The running usage totals of the session's committed turns."""
+    pause_id: str | None = None
+    """The paused run's id (what decisions name), when it waits for approval."""
 
 
 @dataclass(frozen=True)
@@ -435,6 +437,7 @@ class HistoryStore:
             paused.pending if paused else (),
             tuple(data.get(APPROVALS) or ()),
             UsageTotals.from_doc(data.get(USAGE)),
+            paused.pause_id if paused else None,
         )
 
     def paused_run(
@@ -726,6 +729,7 @@ class HistoryStore:
             paused.pending if paused else (),
             tuple(logged(claim.approvals, decisions)),
             totals or claim.totals,
+            paused.pause_id if paused else None,
         )
         # Half of the time left for the commit, half for finding out its outcome.
         ends = time.monotonic() + (time_left if time_left is not None else 3 * self._timeout)

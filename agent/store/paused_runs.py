@@ -54,9 +54,10 @@ class PauseError(Exception):
 class RunPaused(PauseError):
     """The session's run waits for approval of ``pending`` (call ids)."""
 
-    def __init__(self, pending: Sequence[str]) -> None:
+    def __init__(self, pending: Sequence[str], pause_id: str = "") -> None:
         super().__init__("the session's run waits for approval")
         self.pending = tuple(pending)
+        self.pause_id = pause_id
 
 
 class PauseChanged(PauseError):
@@ -72,7 +73,8 @@ class PendingCall:
     call_id: str
     tool: str
     arguments: str
-    """The arguments as the model wrote them (JSON text)."""
+    """The arguments as canonical JSON (``agent/turn/approvals.py``): what the person is
+    shown and what the approved tool runs with."""
 
     def as_json(self) -> dict[str, str]:
         return {"call_id": self.call_id, "tool": self.tool, "arguments": self.arguments}
@@ -109,7 +111,7 @@ def check_claim(paused: PausedRun | None, resume: str | None) -> None:
     """Whether a claim may take a session whose paused run is ``paused`` (None: none):
     raises RunPaused or PauseChanged (the promises in the header)."""
     if paused is not None and resume is None:
-        raise RunPaused([call.call_id for call in paused.pending])
+        raise RunPaused([call.call_id for call in paused.pending], paused.pause_id)
     if resume is not None and (paused is None or paused.pause_id != resume):
         raise PauseChanged("the paused run is no longer the session's")
 

@@ -14,7 +14,7 @@ Layout::
     agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{shard}
                                                      one shard of a principal's spend on
                                                      one UTC day (SpendDoc)
-    agent_sessions/{doc_id}/agent_tool_runs/{generation}~{call_id}
+    agent_sessions/{doc_id}/agent_tool_runs/{generation}~{sha256(pause_id, call_id)}
                                                      one approved tool call (ToolRunDoc)
 
 ``store/history.py`` states the size bounds and consistency guarantees of the first
@@ -90,6 +90,10 @@ DATA: Final = "data"
 # -- agent_tool_runs -----------------------------------------------------------------
 OUTPUT: Final = "output"
 STARTED_AT: Final = "started_at"
+CALL_ID: Final = "call_id"
+RUN_PAUSE_ID: Final = "pause_id"
+TOOL: Final = "tool"
+ARGUMENTS_DIGEST: Final = "arguments_sha256"
 
 # -- agent_idempotency ---------------------------------------------------------------
 FINGERPRINT: Final = "fingerprint"
@@ -142,13 +146,18 @@ class PausedDoc(TypedDict):
 
 
 class ToolRunDoc(TypedDict):
-    """``.../agent_tool_runs/{generation}~{call_id}``: one approved call, created before
-    it runs (``store/tool_runs.py``)."""
+    """``.../agent_tool_runs/{generation}~{sha256(pause_id, call_id)}``: one approved
+    call, created before it runs (``store/tool_runs.py``)."""
 
     state: str  # RUNNING or DONE
     output: str | None  # the tool's result, once DONE
     started_at: dt.datetime
     expire_at: dt.datetime  # the session's at the time
+    generation: str  # the life of the session
+    pause_id: str  # the pause the call was approved in
+    call_id: str  # the model's id of the call
+    tool: str  # the tool's name
+    arguments_sha256: str  # SHA-256 hex of the canonical arguments that were approved
     usage: UsageTotalsDoc  # running totals of every committed turn of this life
 
 
@@ -206,10 +215,11 @@ SEQ: Final = "seq"
 ITEM: Final = "item"
 VERSION: Final = "version"
 
-SQLITE_SCHEMA_VERSION: Final = 4
+SQLITE_SCHEMA_VERSION: Final = 5
 """The tables' version (``PRAGMA user_version``); 2 added generations, summaries and the
 token ratio; 3 the sessions' usage totals and the spend table; 4 paused runs, the
-decision log and the tool-run table."""
+decision log and the tool-run table; 5 the tool runs' life, pause, call id, tool and
+argument digest."""
 PAUSED_STATE: Final = f"{PAUSED}_{PAUSE_STATE}"
 """SQLite: the paused run's compressed state, apart from its JSON (column ``paused``)."""
 
@@ -262,7 +272,12 @@ CREATE TABLE IF NOT EXISTS {TOOL_RUNS} (
     {STATE} TEXT NOT NULL,
     {OUTPUT} TEXT,
     {STARTED_AT} INTEGER NOT NULL,
-    {TTL_FIELD} INTEGER NOT NULL
+    {TTL_FIELD} INTEGER NOT NULL,
+    {GENERATION} TEXT,
+    {RUN_PAUSE_ID} TEXT,
+    {CALL_ID} TEXT,
+    {TOOL} TEXT,
+    {ARGUMENTS_DIGEST} TEXT
 );
 CREATE INDEX IF NOT EXISTS {TOOL_RUNS}_{SESSION_ID} ON {TOOL_RUNS} ({SESSION_ID});
 CREATE TABLE IF NOT EXISTS {SPEND} (
@@ -284,6 +299,9 @@ SQLITE_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         f"ALTER TABLE {SESSIONS} ADD COLUMN {PAUSED_STATE} BLOB",
         f"ALTER TABLE {SESSIONS} ADD COLUMN {APPROVALS} TEXT",
     ),
+    # Version 4's tool-run rows are keyed on the call id alone, which no version-5 key
+    # ever meets: the table is made again (by SQLITE_TABLES) with the new columns.
+    4: (f"DROP TABLE IF EXISTS {TOOL_RUNS}",),
 }
 """Version -> the statements that bring a file of that version to the next one (the new
 tables come from SQLITE_TABLES, which creates what is missing). A version not listed is

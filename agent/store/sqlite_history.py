@@ -185,6 +185,7 @@ class SqliteHistoryStore:
             row.paused.pending if row.paused else (),
             row.approvals,
             row.totals,
+            row.paused.pause_id if row.paused else None,
         )
 
     def paused_run(
@@ -410,6 +411,7 @@ class SqliteHistoryStore:
             paused.pending if paused else (),
             tuple(log),
             totals or claim.totals,
+            paused.pause_id if paused else None,
         )
 
     def release(self, claim: Claim) -> None:

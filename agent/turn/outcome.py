@@ -27,6 +27,8 @@ class TurnOutcome:
     warnings: tuple[dict[str, str], ...] = ()
     pending_approvals: tuple[dict[str, str], ...] = ()
     """The tool calls the run paused on (call_id, tool, arguments); none: it completed."""
+    pause_id: str | None = None
+    """The pause those calls belong to: what their decisions name."""
 
     @property
     def status(self) -> str:
@@ -44,6 +46,7 @@ class TurnOutcome:
             "result": self.result.as_json() if self.result else None,
             "warnings": list(self.warnings),
             "pending_approvals": list(self.pending_approvals),
+            "pause_id": self.pause_id,
         }
 
     @classmethod
@@ -58,4 +61,5 @@ class TurnOutcome:
             result=ResultLink.from_json(result) if result else None,
             warnings=tuple(response.get("warnings") or ()),
             pending_approvals=tuple(response.get("pending_approvals") or ()),
+            pause_id=response.get("pause_id"),
         )

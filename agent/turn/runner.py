@@ -167,7 +167,9 @@ class TurnRunner:
     def _guard(self, turn: _OpenTurn) -> StoreGuard | None:
         if self._tool_runs is None:
             return None
-        return StoreGuard(self._tool_runs, turn.session.session_id, turn.claim.generation)
+        return StoreGuard(
+            self._tool_runs, turn.session.session_id, turn.claim.generation, turn.claim.paused
+        )
 
     def _run_config(self, turn: _OpenTurn) -> RunConfig | None:
         if self._context is None or turn.window is None:
@@ -239,7 +241,10 @@ class TurnRunner:
             raise self._fail(turn, exc) from exc
         outcome = self._finish(turn, result, on_commit)
         if outcome.pending_approvals:  # stored: the client may decide now
-            yield RunEvent("approval_required", {"pending_approvals": outcome.pending_approvals})
+            yield RunEvent(
+                "approval_required",
+                {"pause_id": outcome.pause_id, "pending_approvals": outcome.pending_approvals},
+            )
         yield outcome
 
     def _open(
@@ -257,8 +262,8 @@ class TurnRunner:
         pause_id = None
         if resume is not None:
             pause = approvals.paused_run(self._store, session_id, owner)
-            approvals.check(pause, resume.verdicts)
-            pause_id = pause.pause_id
+            approvals.check(pause, resume)
+            pause_id = resume.pause_id
         with store_errors_as_api_errors(), tracing.span("claim") as span:
             # Reads the history too; a paused session is taken only by its resume.
             claim = session.begin_turn(claim_until, pause_id)
@@ -286,8 +291,18 @@ class TurnRunner:
         agent definition is dropped instead (409 ``approval_stale``)."""
         pause = turn.claim.paused
         assert pause is not None  # the claim named it
-        if pause.fingerprint != self._fingerprint:
-            self._drop(turn, pause)
+        stale = pause.fingerprint != self._fingerprint or not approvals.restorable(pause)
+        earlier: approvals.Ran = {}
+        if stale or not all(v.approve for v in resume.verdicts):
+            try:  # what ran is the truth: no rejection or drop may contradict it
+                earlier = approvals.ran(
+                    self._tool_runs, turn.session.session_id, turn.claim.generation, pause
+                )
+                approvals.check_consistent(resume, earlier)
+            except BaseException as exc:
+                raise self._fail(turn, exc) from exc
+        if stale:
+            self._drop(turn, pause, earlier)
         if pause.attempts:
             log.warning("resuming a paused run that an earlier attempt began")
         window = None
@@ -306,10 +321,10 @@ class TurnRunner:
             turn, input=restored.state, window=window, resume=resume, spent=restored.spent
         )
 
-    def _drop(self, turn: _OpenTurn, pause: PausedRun) -> None:
-        log.warning("paused run dropped: the agent definition changed")
+    def _drop(self, turn: _OpenTurn, pause: PausedRun, earlier: approvals.Ran) -> None:
+        log.warning("paused run dropped: the agent definition or the SDK changed")
         try:
-            turn.session.rewrite_turn(lambda _: approvals.dropped(pause))
+            turn.session.rewrite_turn(lambda _: approvals.dropped(pause, earlier))
             with tracing.span("commit"):
                 turn.session.commit_turn(time_left=turn.deadline - time.monotonic())
         except BaseException as exc:
@@ -384,10 +399,23 @@ class TurnRunner:
         """The paused run to store, when the run stopped for approval."""
         if not result.interruptions:
             return None
+        runs, claim = self._tool_runs, turn.claim
+
+        def used(ids: set[str]) -> set[str]:
+            return runs.used(claim.session_id, claim.generation, ids) if runs else set()
+
+        pending = approvals.paused_calls(
+            self._agent,
+            result.interruptions,
+            result.raw_responses,
+            turn.claim.history,
+            turn.claim.approvals,
+            used,
+        )
         state = json.dumps(result.to_state().to_json())
         return PausedRun(
             pause_id=secrets.token_urlsafe(12),
-            pending=approvals.pending_of(result.interruptions),
+            pending=pending,
             fingerprint=self._fingerprint,
             paused_at=utc_now(),
             state=PausedRun.compress(state),
@@ -536,6 +564,7 @@ def _outcome(
         result=delivery.result,
         warnings=delivery.warnings,
         pending_approvals=tuple(c.as_json() for c in paused.pending) if paused else (),
+        pause_id=paused.pause_id if paused else None,
     )
 
 

@@ -32,7 +32,7 @@ def api_error_of(exc: BaseException) -> errors.ApiError | None:
     if isinstance(exc, SessionTaken):
         return errors.session_id_taken()
     if isinstance(exc, RunPaused):
-        return errors.approval_pending(exc.pending)
+        return errors.approval_pending(exc.pending, exc.pause_id)
     if isinstance(exc, PauseChanged):
         return errors.approval_not_pending()
     if isinstance(exc, StateTooLarge):

@@ -9,7 +9,8 @@
   const log = $("log"), form = $("composer"), input = $("message"), send = $("send");
   const typeHere = input.placeholder;
   let busy = false;
-  // The paused run's calls awaiting a decision: { sessionId, calls, decisions, cards }.
+  // The paused run's calls awaiting a decision:
+  // { sessionId, pauseId, calls, decisions, cards }.
   let pending = null;
 
   function child(parent, tag, cls, text) {
@@ -57,7 +58,19 @@
     return "";
   }
 
-  function toolCall(name, args) { el("div", "msg tool tool-call", "\u2192 " + name + "(" + args + ")"); }
+  // Characters a person cannot see, or that reorder what they see (bidirectional
+  // controls), shown as \u{...} escapes, so that what is read is what the text holds. The
+  // server escapes them in the canonical arguments of pending calls too; history items
+  // hold the model's own text.
+  const HIDDEN = /[\p{Cc}\p{Cf}\p{Co}\p{Cs}\p{Cn}\p{Zl}\p{Zp}\p{Zs}\u115f\u1160\u3164\uffa0\ufe00-\ufe0f\u{e0100}-\u{e01ef}]/gu;
+  function visible(text) {
+    return String(text).replace(HIDDEN, (c) => (c === " " || c === "\n" || c === "\t") ? c
+      : "\\u{" + c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0") + "}");
+  }
+
+  function toolCall(name, args) {
+    el("div", "msg tool tool-call", "\u2192 " + visible(name) + "(" + visible(args) + ")");
+  }
   function toolResult(output) { el("div", "msg tool tool-result", "\u2190 " + output); }
 
   function showUsage(done) {
@@ -125,7 +138,7 @@
   // every pending call, so the decisions go out together once the last one is made.
   // The cards stay disabled until the request has ended (armApprovals, from run): the
   // session id comes with the response's end, and one request runs at a time.
-  function askApproval(calls) {
+  function askApproval(calls, pauseId) {
     endApprovals();
     if (!calls.length) return;
     const box = el("div", "approvals");
@@ -136,7 +149,7 @@
       const card = child(box, "div", "approval");
       card.dataset.callId = call.call_id;
       card.dataset.tool = call.tool;
-      child(card, "div", "approval-call", call.tool + "(" + call.arguments + ")");
+      child(card, "div", "approval-call", visible(call.tool) + "(" + visible(call.arguments) + ")");
       const row = child(card, "div", "approval-row");
       const approve = child(row, "button", "approve", "Approve");
       const reject = child(row, "button", "reject", "Reject");
@@ -151,7 +164,7 @@
       for (const control of card.querySelectorAll("button, input")) control.disabled = true;
       return card;
     });
-    pending = { sessionId: null, calls, decisions: new Map(), cards, armed: false };
+    pending = { sessionId: null, pauseId, calls, decisions: new Map(), cards, armed: false };
     lockComposer(true);
     box.scrollIntoView({ block: "end" });
   }
@@ -186,7 +199,7 @@
     const asked = pending;
     const decisions = asked.calls.map((call) => asked.decisions.get(call.call_id));
     const path = "sessions/" + encodeURIComponent(asked.sessionId) + "/approvals";
-    const outcome = await exchange(path, { decisions });
+    const outcome = await exchange(path, { pause_id: asked.pauseId, decisions });
     if (pending !== asked) return;  // a new approval_required replaced these cards
     if (outcome.ok) return endApprovals();
     // A failure that leaves the run paused (nothing was stored): run re-arms the cards.
@@ -227,7 +240,7 @@
       } else if (event.name === "approval_required") {
         if (bubble) bubble.classList.remove("streaming");
         bubble = null;
-        askApproval(event.data.pending_approvals || []);
+        askApproval(event.data.pending_approvals || [], event.data.pause_id);
         asked = true;
       } else if (event.name === "deltas_stopped") {
         el("div", "note", "(the rest of the answer arrives at the end)");
@@ -247,7 +260,7 @@
       // The reply is the text written before the call, already streamed if any.
       if (bubble) bubble.classList.remove("streaming");
       else if (done.reply && !streamed) el("div", "msg assistant", done.reply);
-      if (!asked) askApproval(done.pending_approvals || []);
+      if (!asked) askApproval(done.pending_approvals || [], done.pause_id);
     } else {
       if (!bubble) bubble = el("div", "msg assistant");
       // The whole reply (or, when offloaded, its preview) is authoritative.
@@ -280,7 +293,7 @@
   async function showPending(id, session) {
     const calls = (session && session.pending_approvals) || [];
     if (!calls.length || pending) return;
-    askApproval(calls);
+    askApproval(calls, session.pause_id);
     pending.sessionId = id;
     if (!busy) armApprovals();
   }
