@@ -79,9 +79,8 @@ class AccessTokens:
             token = self._current()  # another thread refreshed while we waited
             if token is not None:
                 return token
-            from google.auth.transport.requests import Request
-
             from google.auth.exceptions import GoogleAuthError
+            from google.auth.transport.requests import Request
 
             try:
                 if self._credentials is None:
