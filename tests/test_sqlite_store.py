@@ -22,7 +22,7 @@ from agent.base.clock import utc_now
 from agent.base.settings import Settings, SettingsError
 from agent.store.calls import StoreUnavailable
 from agent.store.history import SessionBusy, UsageTotals
-from agent.store.schema import HISTORY_ITEMS, IDEMPOTENCY, SESSIONS
+from agent.store.schema import HISTORY_ITEMS, IDEMPOTENCY, SESSIONS, SQLITE_SCHEMA_VERSION
 from agent.store.sqlite_db import Database, to_micros
 from agent.store.sqlite_history import SqliteHistoryStore
 from agent.store.sqlite_idempotency import SqliteIdempotencyStore
@@ -181,7 +181,9 @@ def test_a_file_of_another_schema_version_is_refused_with_the_reason(tmp_path: P
     with sqlite3.connect(path) as conn:  # the tables of version 1: no generation column
         conn.execute("CREATE TABLE agent_sessions (id TEXT PRIMARY KEY)")
     conn.close()
-    with pytest.raises(RuntimeError, match="schema version 0, this code needs 4"):
+    with pytest.raises(
+        RuntimeError, match=f"schema version 0, this code needs {SQLITE_SCHEMA_VERSION}"
+    ):
         Database(str(path), timeout_seconds=3)
     fresh = Database(str(tmp_path / "new.sqlite3"), timeout_seconds=3)
     fresh.close()
@@ -235,9 +237,9 @@ def test_a_version_2_file_is_upgraded_in_place_and_keeps_its_sessions(tmp_path: 
     assert spend.spent("alice", now.date()) == 0.5
     database.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION,)
     conn.close()
-    Database(str(path), timeout_seconds=3).close()  # opened again: already version 4
+    Database(str(path), timeout_seconds=3).close()  # opened again: already the newest
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o000])

@@ -23,6 +23,8 @@ names and document shapes: ``schema.py``)::
         summary_items int       leading items the summary covers
         summary_offset int      byte offset in the encoded history of the first item it does
                                 not cover
+        summary_provenance map|null  turns it covers, when and by which model it was
+                                written (``summary_provenance.py``)
         token_ratio  float      the provider's token counts over our estimate, calibrated
                                 turn by turn
         paused       map|null   a run waiting for a person's approval: the pending calls and
@@ -170,6 +172,7 @@ from agent.store.schema import (
     SUMMARY,
     SUMMARY_ITEMS,
     SUMMARY_OFFSET,
+    SUMMARY_PROVENANCE,
     TAIL,
     TOKEN_RATIO,
     TTL_FIELD,
@@ -179,6 +182,7 @@ from agent.store.schema import (
     UsageTotalsDoc,
     chunk_id,
 )
+from agent.store.summary_provenance import SummaryProvenance
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +312,8 @@ class History:
     """The last approval decisions, oldest first."""
     totals: UsageTotals = UsageTotals()
     """The running usage totals of the session's committed turns."""
+    summary_provenance: SummaryProvenance | None = None
+    """Where ``summary`` came from (None: no summary, or one older than provenance)."""
 
 
 @dataclass(frozen=True)
@@ -319,6 +325,7 @@ class Summary:
     """Leading items of the whole history it covers."""
     offset: int
     """Byte offset in the encoded history of the first item it does not cover."""
+    provenance: SummaryProvenance | None = None
 
 
 @dataclass(frozen=True)
@@ -435,6 +442,7 @@ class HistoryStore:
             paused.pending if paused else (),
             tuple(data.get(APPROVALS) or ()),
             UsageTotals.from_doc(data.get(USAGE)),
+            summary.provenance if summary else None,
         )
 
     def paused_run(
@@ -726,6 +734,7 @@ class HistoryStore:
             paused.pending if paused else (),
             tuple(logged(claim.approvals, decisions)),
             totals or claim.totals,
+            kept.provenance if kept else None,
         )
         # Half of the time left for the commit, half for finding out its outcome.
         ends = time.monotonic() + (time_left if time_left is not None else 3 * self._timeout)
@@ -878,13 +887,23 @@ def _summary_of(data: dict[str, Any]) -> Summary | None:
     text = data.get(SUMMARY)
     if not isinstance(text, str):
         return None
-    return Summary(text, int(data.get(SUMMARY_ITEMS, 0)), int(data.get(SUMMARY_OFFSET, 0)))
+    return Summary(
+        text,
+        int(data.get(SUMMARY_ITEMS, 0)),
+        int(data.get(SUMMARY_OFFSET, 0)),
+        SummaryProvenance.from_doc(data.get(SUMMARY_PROVENANCE)),
+    )
 
 
 def _summary_fields(summary: Summary | None) -> dict[str, Any]:
     if summary is None:
         return {}
-    return {SUMMARY: summary.text, SUMMARY_ITEMS: summary.items, SUMMARY_OFFSET: summary.offset}
+    return {
+        SUMMARY: summary.text,
+        SUMMARY_ITEMS: summary.items,
+        SUMMARY_OFFSET: summary.offset,
+        SUMMARY_PROVENANCE: summary.provenance.as_doc() if summary.provenance else None,
+    }
 
 
 def _empty_session(now: dt.datetime, until: dt.datetime, stale_chunks: int) -> dict[str, Any]:
@@ -902,6 +921,7 @@ def _empty_session(now: dt.datetime, until: dt.datetime, stale_chunks: int) -> d
         SUMMARY: None,
         SUMMARY_ITEMS: 0,
         SUMMARY_OFFSET: 0,
+        SUMMARY_PROVENANCE: None,
         TOKEN_RATIO: None,
         USAGE: UsageTotals().as_doc(),
     }

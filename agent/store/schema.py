@@ -58,6 +58,8 @@ commit reply was lost finds out whether it landed."""
 SUMMARY: Final = "summary"
 SUMMARY_ITEMS: Final = "summary_items"
 SUMMARY_OFFSET: Final = "summary_offset"
+SUMMARY_PROVENANCE: Final = "summary_provenance"
+"""Where the running summary came from (SummaryProvenanceDoc), or null."""
 TOKEN_RATIO: Final = "token_ratio"
 USAGE: Final = "usage"
 """The session's running totals (UsageTotalsDoc), rewritten whole by each turn's commit."""
@@ -76,6 +78,11 @@ PAUSED_AT: Final = "paused_at"
 PAUSE_STATE: Final = "state"
 PAUSE_ATTEMPTS: Final = "attempts"
 PAUSE_FOLDED: Final = "folded"
+
+# -- the summary's provenance (a map on the session document) ---------------------------
+SUMMARY_TURNS: Final = "turns"
+SUMMARY_AT: Final = "at"
+SUMMARY_MODEL: Final = "model"
 
 # -- usage totals (a map on agent_sessions) -----------------------------------------
 REQUESTS: Final = "requests"
@@ -124,9 +131,18 @@ class SessionDoc(TypedDict, total=False):
     summary: str | None  # running summary of the oldest items, for the model's context
     summary_items: int  # how many leading items it covers
     summary_offset: int  # byte offset in the encoded history of the first item it does not
+    summary_provenance: SummaryProvenanceDoc | None  # who wrote the summary, when, covering what
     token_ratio: float  # provider's token count over the local estimate, per session
     paused: PausedDoc | None  # a run waiting for approval
     approvals: list[dict[str, Any]]  # the last decisions: call_id, tool, approved, reason, by, at
+
+
+class SummaryProvenanceDoc(TypedDict):
+    """``summary_provenance`` on a session document (``store/summary_provenance.py``)."""
+
+    turns: int  # user messages (turns) among the items it covers
+    at: dt.datetime  # when it was written
+    model: str  # the model that wrote it
 
 
 class PausedDoc(TypedDict):
@@ -206,10 +222,10 @@ SEQ: Final = "seq"
 ITEM: Final = "item"
 VERSION: Final = "version"
 
-SQLITE_SCHEMA_VERSION: Final = 4
+SQLITE_SCHEMA_VERSION: Final = 5
 """The tables' version (``PRAGMA user_version``); 2 added generations, summaries and the
 token ratio; 3 the sessions' usage totals and the spend table; 4 paused runs, the
-decision log and the tool-run table."""
+decision log and the tool-run table; 5 the summary's provenance."""
 PAUSED_STATE: Final = f"{PAUSED}_{PAUSE_STATE}"
 """SQLite: the paused run's compressed state, apart from its JSON (column ``paused``)."""
 
@@ -226,6 +242,7 @@ CREATE TABLE IF NOT EXISTS {SESSIONS} (
     {SUMMARY} TEXT,
     {SUMMARY_ITEMS} INTEGER NOT NULL DEFAULT 0,
     {SUMMARY_OFFSET} INTEGER NOT NULL DEFAULT 0,
+    {SUMMARY_PROVENANCE} TEXT,
     {TOKEN_RATIO} REAL,
     {PAUSED} TEXT,
     {PAUSED_STATE} BLOB,
@@ -284,6 +301,7 @@ SQLITE_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         f"ALTER TABLE {SESSIONS} ADD COLUMN {PAUSED_STATE} BLOB",
         f"ALTER TABLE {SESSIONS} ADD COLUMN {APPROVALS} TEXT",
     ),
+    4: (f"ALTER TABLE {SESSIONS} ADD COLUMN {SUMMARY_PROVENANCE} TEXT",),
 }
 """Version -> the statements that bring a file of that version to the next one (the new
 tables come from SQLITE_TABLES, which creates what is missing). A version not listed is
