@@ -52,9 +52,10 @@ names and document shapes: ``schema.py``)::
 
 The encoded history is one byte stream: each item as compact JSON and a newline.
 Chunks cut that stream every CHUNK_BYTES regardless of item boundaries, so an item
-of any size fits and no document holds more than CHUNK_BYTES (512 KiB) of history
-plus a few hundred bytes of fields: half of Firestore's 1 MiB limit, whatever the
-history length. ``doc_id`` is the session id, except that ids Firestore reserves
+of any size fits and no document holds more than CHUNK_BYTES (512 KiB) of history,
+whatever the history length. The session document's other large fields are bounded
+too (the summary, a paused run's state and pending calls, the decision log), so that
+with the tail they stay under Firestore's 1 MiB with room to spare (``doc_size.py``). ``doc_id`` is the session id, except that ids Firestore reserves
 (``__x__``) get a ``~`` prefix, a character session ids cannot contain.
 
 Cost
@@ -134,6 +135,7 @@ from google.cloud import firestore
 from agent.base import tracing
 from agent.base.clock import retry_after, utc_now
 from agent.store.calls import OUTAGE, bounded_retry, outage_as_unavailable
+from agent.store.doc_size import clip_utf8
 from agent.store.paused_runs import (
     Decision,
     PausedRun,
@@ -158,6 +160,7 @@ from agent.store.schema import (
     INPUT_TOKENS,
     ITEMS,
     LAST_COMMIT,
+    MAX_SUMMARY_BYTES,
     OUTPUT_TOKENS,
     OWNER,
     PAUSE_ATTEMPTS,
@@ -899,7 +902,7 @@ def _summary_fields(summary: Summary | None) -> dict[str, Any]:
     if summary is None:
         return {}
     return {
-        SUMMARY: summary.text,
+        SUMMARY: clip_utf8(summary.text, MAX_SUMMARY_BYTES),  # bounds the document
         SUMMARY_ITEMS: summary.items,
         SUMMARY_OFFSET: summary.offset,
         SUMMARY_PROVENANCE: summary.provenance.as_doc() if summary.provenance else None,

@@ -70,6 +70,16 @@ PAUSED: Final = "paused"
 APPROVALS: Final = "approvals"
 """The log of approval decisions (a list of maps)."""
 
+# -- size bounds of the session document (store/doc_size.py sums them) --------------------
+MAX_SUMMARY_BYTES: Final = 48 * 1024
+"""The running summary's text, in UTF-8 (the runtime caps it at 12,000 characters; the
+store cuts anything longer, so the document's bound does not depend on the caller)."""
+MAX_OTHER_FIELDS_BYTES: Final = 8 * 1024
+"""Everything on the session document but the tail, the summary, the paused run's state
+and pending calls and the decision log: counters, owner, tokens, times, usage totals,
+the summary's provenance, the paused run's scalars, field names. Not enforced: each of
+them is small by construction (the test measures the worst case)."""
+
 # -- the paused run (a map on the session document) -------------------------------------
 PAUSE_ID: Final = "id"
 PAUSE_PENDING: Final = "pending"
