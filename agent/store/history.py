@@ -55,8 +55,9 @@ Chunks cut that stream every CHUNK_BYTES regardless of item boundaries, so an it
 of any size fits and no document holds more than CHUNK_BYTES (512 KiB) of history,
 whatever the history length. The session document's other large fields are bounded
 too (the summary, a paused run's state and pending calls, the decision log), so that
-with the tail they stay under Firestore's 1 MiB with room to spare (``doc_size.py``). ``doc_id`` is the session id, except that ids Firestore reserves
-(``__x__``) get a ``~`` prefix, a character session ids cannot contain.
+with the tail they stay under Firestore's 1 MiB with room to spare (``doc_size.py``).
+``doc_id`` is the session id, except that ids Firestore reserves (``__x__``) get a ``~``
+prefix, a character session ids cannot contain.
 
 Cost
 ----
