@@ -27,6 +27,7 @@ from agent.store.history import HistoryStore
 from agent.turn.context_window import ContextKeeper
 from agent.turn.runner import TurnRunner
 from local.demo_model import DemoModelServer, prompt_tokens
+from tests.support.constants import MODEL
 from tests.support.openapi_contract import assert_conforms
 from tests.support.sse_client import parse_body
 
@@ -97,6 +98,8 @@ def test_three_hundred_turns_fit_a_small_window_and_lose_nothing(
     assert max(prompt_tokens(r["messages"], r.get("tools")) for r in model.requests) <= WINDOW
     history = store.load("long", _now())
     assert history is not None and history.summary is not None
+    made = history.summary_provenance  # named from the model object itself here
+    assert made is not None and made.model == MODEL and made.turns > 100
     users = [i["content"] for i in history.items if i.get("role") == "user"]
     assert len(users) == 300 and users[0].startswith("My name is Ada")  # every turn stored
     calls = Counter(i.get("type") for i in history.items)

@@ -55,7 +55,7 @@ class ContextKeeper:
     ) -> None:
         self.budget = budget
         self._summary_model = summary_model
-        self._summary_model_name = summary_model_name
+        self._summary_model_name = summary_model_name or _name_of(summary_model)
         self._fixed = context.estimate_text(str(agent.instructions or "")) + _tools_tokens(agent)
 
     def prepare(
@@ -142,3 +142,11 @@ def _tools_tokens(agent: Agent[None]) -> int:
         for tool in agent.tools
     ]
     return context.estimate_text(json.dumps(schemas)) if schemas else 0
+
+
+def _name_of(model: Model) -> str:
+    """The model's name as the SDK's models carry it (through wrappers with ``inner``),
+    shown with each summary it writes; "" when it has none."""
+    while not hasattr(model, "model") and hasattr(model, "inner"):
+        model = model.inner
+    return str(getattr(model, "model", ""))
