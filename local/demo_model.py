@@ -13,7 +13,10 @@ against the same refusals: with a context window (``context_tokens``, or the
 OpenAI's 400 ``context_length_exceeded``; a ``tool`` message that answers no earlier
 tool call, or a tool call left unanswered, gets 400 as well. Asked to summarise (a
 system message starting with ``SUMMARIZE_INSTRUCTION``) it summarises extractively:
-it keeps the sentences that carry names and numbers, oldest first.
+it keeps the sentences that carry names and numbers, oldest first (from the quoted
+data it is given: JSON lines and strings are read for their text). A message starting
+with ``SUMMARY_FRAME`` is a running summary sent back to it: not a user's message, and
+its last quoted line is echoed in the reply.
 
 Its rules, checked against the last message and the tools the request offers:
 
@@ -67,6 +70,9 @@ SUMMARIZE_INSTRUCTION = "Summarize the conversation"
 """A system message that starts with this asks for a summary (agent/runtime/context.py
 sends one)."""
 SUMMARY_LIMIT = 1200
+SUMMARY_FRAME = "[Summary of the earlier part of this conversation"
+"""How agent/runtime/context.py frames a running summary it sends back (lines quoted
+with "> ")."""
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
 _FACT = re.compile(r"\d|\s(?!I\b)[A-Z][a-z]+")  # a number, or a name inside the sentence
 _SPEAKER = re.compile(r"^(user|assistant|tool result):\s*")
@@ -157,7 +163,12 @@ def fit_to_bytes(text: str, size: int) -> str:
 def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
     """(text, None) for a text reply, or ("", tool_call) for a call to a tool."""
     last = messages[-1]
-    users = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+    summaries = [_text_of(m.get("content")) for m in messages if _is_summary(m)]
+    users = [
+        _text_of(m.get("content"))
+        for m in messages
+        if m.get("role") == "user" and not _is_summary(m)
+    ]
     offered = {(t.get("function") or {}).get("name") for t in tools or [] if isinstance(t, dict)}
     call_id = f"call_{zlib.crc32(json.dumps(messages, sort_keys=True).encode())}"
     if last.get("role") == "user":
@@ -181,11 +192,9 @@ def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
     text = f'{PREFIX}You said: "{said}". This is message {len(users)} of our conversation'
     if len(users) > 1:
         text += f'; your first message was: "{_quote(users[0])}"'
-    summaries = [_text_of(m.get("content")) for m in messages if m.get("role") == "system"][
-        1:
-    ]  # the first system message is the agent's instructions
     if summaries:
-        text += f'; from the summary: "{_quote(summaries[-1].splitlines()[-1])}"'
+        quoted = [line[2:] for line in summaries[-1].splitlines() if line.startswith("> ")]
+        text += f'; from the summary: "{_quote(quoted[-1] if quoted else "")}"'
     return text + ".", None
 
 
@@ -229,7 +238,7 @@ def summarize(messages: list[Json]) -> str:
     kept: list[str] = []
     size = 0
     for message in messages[1:]:  # the first is the instruction
-        for line in _text_of(message.get("content")).splitlines():
+        for line in _unquoted(_text_of(message.get("content"))).splitlines():
             line = _SPEAKER.sub("", line.strip())
             if line.startswith(PREFIX.strip()):
                 continue  # the demo's own replies carry no facts of the user's
@@ -242,6 +251,25 @@ def summarize(messages: list[Json]) -> str:
                 kept.append(sentence)
                 size += len(sentence) + 1
     return " ".join(kept)
+
+
+def _is_summary(message: Json) -> bool:
+    return _text_of(message.get("content")).startswith(SUMMARY_FRAME)
+
+
+def _unquoted(text: str) -> str:
+    """The text of quoted data: a JSON object's ``text`` or a JSON string, line by line
+    (other lines as they are)."""
+    lines = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            value = line
+        if isinstance(value, dict):
+            value = value.get("text")
+        lines.append(value if isinstance(value, str) else line)
+    return "\n".join(lines)
 
 
 def usage_for(messages: list[Json], reply: str, tools: Any = None) -> dict[str, int]:

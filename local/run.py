@@ -86,6 +86,9 @@ def main() -> int:
                 " set): deterministic replies, not a real model; to make its next replies"
                 f""" 400 kB: curl -d '{{"reply_bytes": 400000}}' {control}"""
             )
+        # .local holds the outbox and the SQLite history (message text): the owner's alone.
+        (ROOT / ".local").mkdir(mode=0o700, exist_ok=True)
+        (ROOT / ".local").chmod(0o700)
         env.setdefault("OUTBOX_PATH", str(ROOT / ".local" / "outbox.jsonl"))
         Path(env["OUTBOX_PATH"]).parent.mkdir(parents=True, exist_ok=True)
         _say(f"outbox of the send_message tool (it runs only once approved): {env['OUTBOX_PATH']}")

@@ -511,6 +511,16 @@ def test_none_on_the_platform_needs_forcing() -> None:
     assert Settings.from_env({}).auth_mode == "iam"  # secure by default
 
 
+def test_none_forced_on_the_platform_answers_its_public_host(
+    make_client: Callable[..., FlaskClient],
+) -> None:
+    """The loopback-only Host check of AUTH_MODE=none is for a developer's machine; a
+    deploy forced to run without authentication is reached under its own name."""
+    client = make_client(auth_mode="none", k_service="agent", auth_force_none_on_cloud="true")
+    response = client.post("/chat", json={"message": "hi"}, base_url="https://agent.example.com")
+    assert response.status_code == 200, response.get_json()
+
+
 def run_main(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     code = "import main; print('STARTED')"
     full = {k: v for k, v in os.environ.items() if k not in ("K_SERVICE", "AUTH_MODE")}

@@ -74,3 +74,27 @@ def test_errors_over_http_keep_their_shape(server: Server) -> None:
     assert_conforms("POST", "/chat", 400, body, headers)
     status, body, _ = server.call("GET", "/healthz")
     assert (status, body) == (200, {"status": "ok"})
+
+
+def test_without_auth_only_loopback_hosts_are_answered(server: Server) -> None:
+    """AUTH_MODE=none (``make run``): a DNS-rebinding page reaches 127.0.0.1 but sends its
+    own name as Host; it must not drive the agent or read a conversation."""
+    status, body, _ = server.call("POST", "/chat", {"message": "hi"})
+    assert status == 200, body
+    session_id = body["session_id"]
+    for host in ("attacker.example", f"attacker.example:{server.port}", "127.0.0.1.nip.io"):
+        for method, path, payload in (
+            ("POST", "/chat", {"message": "send it", "session_id": session_id}),
+            ("GET", f"/sessions/{session_id}", None),
+            ("DELETE", f"/sessions/{session_id}", None),
+        ):
+            # Not tied to an operation in openapi.yaml (components/responses/InvalidHost).
+            status, body, _ = server.call(method, path, payload, {"Host": host})
+            assert status == 400, (host, method, body)
+            assert body["error"]["code"] == "invalid_host"
+            assert "AUTH_MODE=none" in body["error"]["message"]
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "[::1]", "localhost"):
+        status, body, _ = server.call("GET", f"/sessions/{session_id}", None, {"Host": host})
+        assert status == 200 and body["turns"] == 1, (host, body)
+    status, _, _ = server.call("GET", "/healthz", None, {"Host": "attacker.example"})
+    assert status == 200  # liveness holds no data

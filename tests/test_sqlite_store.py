@@ -6,7 +6,9 @@ win a claim, expired rows are deleted, a database another process keeps locked i
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +22,13 @@ from agent.base.clock import utc_now
 from agent.base.settings import Settings, SettingsError
 from agent.store.calls import StoreUnavailable
 from agent.store.history import SessionBusy, UsageTotals
-from agent.store.schema import HISTORY_ITEMS, IDEMPOTENCY, SESSIONS, SQLITE_SCHEMA_VERSION
+from agent.store.schema import (
+    HISTORY_ITEMS,
+    IDEMPOTENCY,
+    SESSIONS,
+    SQLITE_SCHEMA_VERSION,
+    SUMMARY_PROVENANCE,
+)
 from agent.store.sqlite_db import Database, to_micros
 from agent.store.sqlite_history import SqliteHistoryStore
 from agent.store.sqlite_idempotency import SqliteIdempotencyStore
@@ -248,6 +256,7 @@ def test_a_version_4_file_gets_the_tool_run_table_keyed_on_the_pause(tmp_path: P
     Database(str(path), timeout_seconds=3).close()
     with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE agent_tool_runs")
+        conn.execute(f"ALTER TABLE agent_sessions DROP COLUMN {SUMMARY_PROVENANCE}")  # 6's
         conn.execute(
             "CREATE TABLE agent_tool_runs (id TEXT PRIMARY KEY, session_id TEXT NOT NULL,"
             " state TEXT NOT NULL, output TEXT, started_at INTEGER NOT NULL,"
@@ -262,3 +271,58 @@ def test_a_version_4_file_gets_the_tool_run_table_keyed_on_the_pause(tmp_path: P
     assert runs.start("s", "g", call, utc_now()) is None
     assert runs.used("s", "g", ["call_1"]) == {"call_1"}
     database.close()
+    Database(str(path), timeout_seconds=3).close()  # opened again: already the newest
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_the_history_and_the_outbox_are_the_owners_alone_whatever_the_umask(
+    make_client: Callable[..., FlaskClient], tmp_path: Path, umask: int
+) -> None:
+    """They hold message text: directory 0700, database, -wal, -shm and outbox 0600."""
+    folder = tmp_path / "private"
+    path, outbox = folder / "history.sqlite3", tmp_path / "outbox.jsonl"
+    old = os.umask(umask)
+    try:
+        client = make_client(
+            history_backend="sqlite", sqlite_path=str(path), outbox_path=str(outbox)
+        )
+        response = client.post(
+            "/chat", json={"message": 'send "hi there" to alice', "session_id": "p"}
+        )
+        assert response.status_code == 200, response.get_json()
+        [call] = response.get_json()["pending_approvals"]
+        pause_id = response.get_json()["pause_id"]
+        response = client.post(
+            "/sessions/p/approvals",
+            json={
+                "pause_id": pause_id,
+                "decisions": [{"call_id": call["call_id"], "approve": True}],
+            },
+        )
+        assert response.status_code == 200, response.get_json()
+    finally:
+        os.umask(old)
+    assert "hi there" in outbox.read_text()  # the tool did write it
+    modes = {
+        name: stat.S_IMODE(os.stat(name).st_mode)
+        for name in (folder, path, f"{path}-wal", f"{path}-shm", outbox)
+    }
+    assert modes == {
+        folder: 0o700,
+        path: 0o600,
+        f"{path}-wal": 0o600,
+        f"{path}-shm": 0o600,
+        outbox: 0o600,
+    }
+
+
+def test_an_existing_world_readable_database_is_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        name.write_bytes(b"")
+        name.chmod(0o644)
+    Database(str(path), timeout_seconds=3).close()
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if name.exists():  # SQLite removes empty leftovers when it closes
+            assert stat.S_IMODE(name.stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

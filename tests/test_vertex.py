@@ -23,7 +23,7 @@ from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
 from local.server import LiveServer
 from local.throwaway_key import new_key
-from tests.support.constants import PROJECT, service_account_email
+from tests.support.constants import LOOPBACK, PROJECT, service_account_email
 from tests.support.google_metadata_and_iam import Standin
 from tests.support.openapi_contract import assert_conforms
 from tests.support.vertex_stand_in import VertexStandIn
@@ -174,3 +174,41 @@ def test_a_quota_storm_is_503_model_overloaded_within_the_deadline(
     assert_conforms("POST", "/chat", 503, body, headers)
     assert elapsed < 10  # the turn's budget: 12 s less the 2 s margin
     assert len(vertex.rejected) > 1 and set(vertex.rejected) == {429}  # retried, then gave up
+
+
+@pytest.mark.parametrize("failure", ["token_refused", "no_credentials"])
+def test_a_failed_token_refresh_is_502_model_error_logged_by_type_only(
+    firestore: FirestoreEmulator,
+    metadata: Standin,
+    vertex: VertexStandIn,
+    tmp_path: Path,
+    failure: str,
+) -> None:
+    """google-auth failing (the metadata server refuses a token, or no credentials are
+    found at all) is the model provider failing: 502, never a 500 with a traceback."""
+    env = keyless_env(metadata, tmp_path) | {
+        "FIRESTORE_EMULATOR_HOST": firestore.host,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "AUTH_MODE": "none",
+        "MODEL_PROVIDER": "vertex",
+        "VERTEX_ENDPOINT": vertex.url,
+    }
+    if failure == "token_refused":
+        metadata.token_status = 403
+    else:  # nothing answers where the metadata server should be
+        env |= {"GCE_METADATA_HOST": f"{LOOPBACK}:9", "GCE_METADATA_IP": f"{LOOPBACK}:9"}
+    server = LiveServer(env)
+    try:
+        status, body, headers = server.call("POST", "/chat", {"message": "hi", "session_id": "v"})
+        assert status == 502, body
+        assert body["error"]["code"] == "model_error"
+        assert_conforms("POST", "/chat", 502, body, headers)
+        status, _, _ = server.call("GET", "/sessions/v")
+        assert status == 404  # nothing stored
+    finally:
+        log = server.stop()
+    assert vertex.accepted == 0
+    assert "Traceback" not in log and "PERMISSION_DENIED" not in log and "No token." not in log
+    expected = "RefreshError" if failure == "token_refused" else "DefaultCredentialsError"
+    refused = [line for line in log.splitlines() if "Vertex AI" in line]
+    assert refused and expected in refused[0], log

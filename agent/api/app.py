@@ -253,7 +253,14 @@ def create_app(service: Service) -> Flask:
         history = service.sessions.load(session_id, owner=g.principal)
         summary = None
         if history.summary is not None:
-            summary = {"text": history.summary, "covers_items": history.summary_items}
+            made = history.summary_provenance  # None: written before provenance was kept
+            summary = {
+                "text": history.summary,
+                "covers_items": history.summary_items,
+                "covers_turns": made.turns if made else None,
+                "written_at": rfc3339(made.written_at) if made else None,
+                "model": made.model if made else None,
+            }
         return jsonify(
             session_id=session_id,
             items=history.items,

@@ -13,6 +13,10 @@ principal, the name that owns the conversations it creates.
   Secret Manager), are kept only as SHA-256 digests, and are compared in constant
   time; each maps to its principal name.
 * ``none``: everyone is the principal ``local``. Settings refuse it on the platform.
+  Off the platform it answers only requests addressed to a loopback ``Host``: a page on
+  another site that rebinds its DNS name to 127.0.0.1 reaches the port but sends its own
+  name as ``Host``, and must not drive tools or spend the developer's model key (400
+  ``invalid_host``).
 
 Failures are 401 ``unauthenticated`` with a ``WWW-Authenticate`` challenge; a valid
 identity outside ``AUTH_ALLOWED_PRINCIPALS`` is 403 ``forbidden``. Tokens and keys are
@@ -71,9 +75,21 @@ def auth_unavailable() -> errors.ApiError:
 
 
 class NoAuth:
-    """``AUTH_MODE=none``: everyone is ``local``."""
+    """``AUTH_MODE=none``: everyone is ``local``; with ``loopback_only`` (everywhere but
+    a forced deploy on the platform) only requests to a loopback ``Host``."""
+
+    def __init__(self, *, loopback_only: bool = True) -> None:
+        self._loopback_only = loopback_only
 
     def authenticate(self, headers: Headers, host: str) -> str:
+        if self._loopback_only and _hostname(host) not in LOOPBACK_HOSTS:
+            log.warning("refused: AUTH_MODE=none and a Host that is not loopback")
+            raise errors.ApiError(
+                400,
+                "invalid_host",
+                "Without authentication (AUTH_MODE=none) this service answers only requests"
+                " to localhost, 127.0.0.1 or [::1].",
+            )
         return LOCAL_PRINCIPAL
 
 
@@ -184,7 +200,8 @@ def build_authenticator(settings: Settings) -> Authenticator:
             )
         else:
             log.info("authentication off (AUTH_MODE=none): local development only")
-        return NoAuth()
+        # A forced deploy is reached under its own public name: the operator chose that.
+        return NoAuth(loopback_only=not settings.k_service)
     if settings.auth_mode == "api_key":
         keys = parse_api_keys(settings.auth_api_keys or "")
         log.info("authentication by API key: %d principals", len(keys))

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import operator
+import os
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from pathlib import Path
@@ -177,7 +178,10 @@ def send_message_tool(outbox: str | None) -> Callable[..., Awaitable[str]]:
 
 
 def _append(path: Path, line: str) -> None:
-    with path.open("a", encoding="utf-8") as file:
+    # The outbox holds message text: the owner's alone (0600), whatever the umask.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as file:
         file.write(line)
 
 

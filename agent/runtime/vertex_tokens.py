@@ -14,7 +14,11 @@ developer's machine it is theirs (``gcloud auth application-default login``).
 * Nothing is fetched at startup: ``google.auth.default()`` itself talks to the
   metadata server, so it runs on the first model call, in a worker thread (google-auth
   is blocking I/O and the event loop serves every other turn meanwhile).
-* The token is never logged; failures are logged by type only.
+* The token is never logged. A google-auth failure (no credentials found, the token
+  endpoint refusing, the metadata server unreachable) is logged by exception type only
+  and raised as ``TokenRefreshFailed``, which the turn answers as the model provider
+  failing (502 ``model_error``): without a token the provider cannot be asked. The
+  original exception is not chained, so no traceback (with its URLs) reaches the log.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 REFRESH_MARGIN = dt.timedelta(minutes=5)
 
 CredentialsFactory = Callable[[], Any]
+
+
+class TokenRefreshFailed(Exception):
+    """No access token for Vertex AI: google-auth failed (its type is the message)."""
 
 
 def _default_credentials() -> Any:
@@ -71,15 +79,17 @@ class AccessTokens:
             token = self._current()  # another thread refreshed while we waited
             if token is not None:
                 return token
+            from google.auth.exceptions import GoogleAuthError
             from google.auth.transport.requests import Request
 
-            if self._credentials is None:
-                self._credentials = self._make_credentials()
             try:
+                if self._credentials is None:
+                    self._credentials = self._make_credentials()
                 self._credentials.refresh(Request())
-            except Exception as exc:
-                log.warning("access token for Vertex AI not refreshed: %s", type(exc).__name__)
-                raise
+            except GoogleAuthError as exc:
+                name = type(exc).__name__
+                log.warning("access token for Vertex AI not refreshed: %s", name)
+                raise TokenRefreshFailed(name) from None  # no google-auth traceback
             token = str(self._credentials.token)
             self._token, self._refresh_at = token, _refresh_time(self._credentials.expiry)
             self.refreshes += 1

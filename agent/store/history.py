@@ -23,6 +23,8 @@ names and document shapes: ``schema.py``)::
         summary_items int       leading items the summary covers
         summary_offset int      byte offset in the encoded history of the first item it does
                                 not cover
+        summary_provenance map|null  turns it covers, when and by which model it was
+                                written (``summary_provenance.py``)
         token_ratio  float      the provider's token counts over our estimate, calibrated
                                 turn by turn
         paused       map|null   a run waiting for a person's approval: the pending calls and
@@ -50,10 +52,12 @@ names and document shapes: ``schema.py``)::
 
 The encoded history is one byte stream: each item as compact JSON and a newline.
 Chunks cut that stream every CHUNK_BYTES regardless of item boundaries, so an item
-of any size fits and no document holds more than CHUNK_BYTES (512 KiB) of history
-plus a few hundred bytes of fields: half of Firestore's 1 MiB limit, whatever the
-history length. ``doc_id`` is the session id, except that ids Firestore reserves
-(``__x__``) get a ``~`` prefix, a character session ids cannot contain.
+of any size fits and no document holds more than CHUNK_BYTES (512 KiB) of history,
+whatever the history length. The session document's other large fields are bounded
+too (the summary, a paused run's state and pending calls, the decision log), so that
+with the tail they stay under Firestore's 1 MiB with room to spare (``doc_size.py``).
+``doc_id`` is the session id, except that ids Firestore reserves (``__x__``) get a ``~``
+prefix, a character session ids cannot contain.
 
 Cost
 ----
@@ -132,6 +136,7 @@ from google.cloud import firestore
 from agent.base import tracing
 from agent.base.clock import retry_after, utc_now
 from agent.store.calls import OUTAGE, bounded_retry, outage_as_unavailable
+from agent.store.doc_size import clip_utf8
 from agent.store.paused_runs import (
     Decision,
     PausedRun,
@@ -156,6 +161,7 @@ from agent.store.schema import (
     INPUT_TOKENS,
     ITEMS,
     LAST_COMMIT,
+    MAX_SUMMARY_BYTES,
     OUTPUT_TOKENS,
     OWNER,
     PAUSE_ATTEMPTS,
@@ -170,6 +176,7 @@ from agent.store.schema import (
     SUMMARY,
     SUMMARY_ITEMS,
     SUMMARY_OFFSET,
+    SUMMARY_PROVENANCE,
     TAIL,
     TOKEN_RATIO,
     TTL_FIELD,
@@ -179,6 +186,7 @@ from agent.store.schema import (
     UsageTotalsDoc,
     chunk_id,
 )
+from agent.store.summary_provenance import SummaryProvenance
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +318,8 @@ class History:
     """The running usage totals of the session's committed turns."""
     pause_id: str | None = None
     """The paused run's id (what decisions name), when it waits for approval."""
+    summary_provenance: SummaryProvenance | None = None
+    """Where ``summary`` came from (None: no summary, or one older than provenance)."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +331,7 @@ class Summary:
     """Leading items of the whole history it covers."""
     offset: int
     """Byte offset in the encoded history of the first item it does not cover."""
+    provenance: SummaryProvenance | None = None
 
 
 @dataclass(frozen=True)
@@ -438,6 +449,7 @@ class HistoryStore:
             tuple(data.get(APPROVALS) or ()),
             UsageTotals.from_doc(data.get(USAGE)),
             paused.pause_id if paused else None,
+            summary.provenance if summary else None,
         )
 
     def paused_run(
@@ -730,6 +742,7 @@ class HistoryStore:
             tuple(logged(claim.approvals, decisions)),
             totals or claim.totals,
             paused.pause_id if paused else None,
+            kept.provenance if kept else None,
         )
         # Half of the time left for the commit, half for finding out its outcome.
         ends = time.monotonic() + (time_left if time_left is not None else 3 * self._timeout)
@@ -882,13 +895,23 @@ def _summary_of(data: dict[str, Any]) -> Summary | None:
     text = data.get(SUMMARY)
     if not isinstance(text, str):
         return None
-    return Summary(text, int(data.get(SUMMARY_ITEMS, 0)), int(data.get(SUMMARY_OFFSET, 0)))
+    return Summary(
+        text,
+        int(data.get(SUMMARY_ITEMS, 0)),
+        int(data.get(SUMMARY_OFFSET, 0)),
+        SummaryProvenance.from_doc(data.get(SUMMARY_PROVENANCE)),
+    )
 
 
 def _summary_fields(summary: Summary | None) -> dict[str, Any]:
     if summary is None:
         return {}
-    return {SUMMARY: summary.text, SUMMARY_ITEMS: summary.items, SUMMARY_OFFSET: summary.offset}
+    return {
+        SUMMARY: clip_utf8(summary.text, MAX_SUMMARY_BYTES),  # bounds the document
+        SUMMARY_ITEMS: summary.items,
+        SUMMARY_OFFSET: summary.offset,
+        SUMMARY_PROVENANCE: summary.provenance.as_doc() if summary.provenance else None,
+    }
 
 
 def _empty_session(now: dt.datetime, until: dt.datetime, stale_chunks: int) -> dict[str, Any]:
@@ -906,6 +929,7 @@ def _empty_session(now: dt.datetime, until: dt.datetime, stale_chunks: int) -> d
         SUMMARY: None,
         SUMMARY_ITEMS: 0,
         SUMMARY_OFFSET: 0,
+        SUMMARY_PROVENANCE: None,
         TOKEN_RATIO: None,
         USAGE: UsageTotals().as_doc(),
     }

@@ -8,10 +8,15 @@ SQLite row), so it is written and dropped in the same atomic commit as the histo
 it continues, expires with the session, and never leaves the server: callers see the
 pending calls, never the state.
 
-Bounds: the compressed state is at most ``MAX_STATE_BYTES``, so that the session
-document (whose history tail is under 512 KiB) stays under Firestore's 1 MiB; a pause
-whose state is larger fails its turn. The decision log keeps the last
-``MAX_DECISIONS`` decisions.
+Bounds, so that the session document (whose history tail is under 512 KiB) stays under
+Firestore's 1 MiB with room to spare (``doc_size.py`` has the sum): the compressed state
+is at most ``MAX_STATE_BYTES`` and the pending calls (ids, tool names and arguments, kept
+uncompressed because callers are shown them) at most ``MAX_PENDING_BYTES``; a pause over
+either fails its turn (``StateTooLarge``, 502 ``approval_state_too_large``) and nothing
+is stored. The decision log keeps the last ``MAX_DECISIONS`` decisions that fit
+``MAX_DECISION_LOG_BYTES``, the newest first: the newest decision is always kept (a
+decision's reason is at most 500 characters and its call id is bounded by the pending
+calls', so one always fits).
 
 Guarantees the backends keep (checked by the store contract tests):
 
@@ -30,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.store.doc_size import value_size
 from agent.store.schema import (
     PAUSE_ATTEMPTS,
     PAUSE_FINGERPRINT,
@@ -40,8 +46,12 @@ from agent.store.schema import (
     PAUSED_AT,
 )
 
-MAX_STATE_BYTES = 256 * 1024
+MAX_STATE_BYTES = 192 * 1024
+MAX_PENDING_BYTES = 64 * 1024
+"""The pending calls as stored (Firestore's size of the list of maps)."""
 MAX_DECISIONS = 100
+MAX_DECISION_LOG_BYTES = 96 * 1024
+"""The decision log as stored (Firestore's size of the list of maps)."""
 
 Decision = dict[str, Any]
 """One recorded decision: call_id, tool, approved, reason, by (principal), at (RFC 3339)."""
@@ -65,7 +75,8 @@ class PauseChanged(PauseError):
 
 
 class StateTooLarge(PauseError):
-    """A paused run's state exceeds MAX_STATE_BYTES compressed."""
+    """A paused run's state exceeds MAX_STATE_BYTES compressed, or its pending calls
+    MAX_PENDING_BYTES."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +128,16 @@ def check_claim(paused: PausedRun | None, resume: str | None) -> None:
 
 
 def paused_fields(paused: PausedRun) -> dict[str, Any]:
-    """The stored form (a Firestore map; JSON for SQLite, the state apart)."""
+    """The stored form (a Firestore map; JSON for SQLite, the state apart). Raises
+    StateTooLarge past the bounds (checked here, where every backend writes it)."""
+    pending = [call.as_json() for call in paused.pending]
+    if value_size(pending) > MAX_PENDING_BYTES:
+        raise StateTooLarge(f"pending calls of {value_size(pending)} bytes")
+    if len(paused.state) > MAX_STATE_BYTES:
+        raise StateTooLarge(f"{len(paused.state)} bytes compressed")
     return {
         PAUSE_ID: paused.pause_id,
-        PAUSE_PENDING: [call.as_json() for call in paused.pending],
+        PAUSE_PENDING: pending,
         PAUSE_FINGERPRINT: paused.fingerprint,
         PAUSED_AT: paused.paused_at,
         PAUSE_STATE: paused.state,
@@ -147,5 +164,13 @@ def paused_from(fields: Mapping[str, Any] | None) -> PausedRun | None:
 
 
 def logged(earlier: Sequence[Decision], new: Sequence[Decision]) -> list[Decision]:
-    """The decision log after ``new``: the last MAX_DECISIONS."""
-    return [*earlier, *new][-MAX_DECISIONS:]
+    """The decision log after ``new``: the last MAX_DECISIONS that fit
+    MAX_DECISION_LOG_BYTES (the newest always)."""
+    kept: list[Decision] = []
+    size = 0
+    for decision in reversed([*earlier, *new][-MAX_DECISIONS:]):
+        size += value_size(decision)
+        if kept and size > MAX_DECISION_LOG_BYTES:
+            break
+        kept.append(decision)
+    return kept[::-1]

@@ -58,6 +58,8 @@ commit reply was lost finds out whether it landed."""
 SUMMARY: Final = "summary"
 SUMMARY_ITEMS: Final = "summary_items"
 SUMMARY_OFFSET: Final = "summary_offset"
+SUMMARY_PROVENANCE: Final = "summary_provenance"
+"""Where the running summary came from (SummaryProvenanceDoc), or null."""
 TOKEN_RATIO: Final = "token_ratio"
 USAGE: Final = "usage"
 """The session's running totals (UsageTotalsDoc), rewritten whole by each turn's commit."""
@@ -68,6 +70,16 @@ PAUSED: Final = "paused"
 APPROVALS: Final = "approvals"
 """The log of approval decisions (a list of maps)."""
 
+# -- size bounds of the session document (store/doc_size.py sums them) --------------------
+MAX_SUMMARY_BYTES: Final = 48 * 1024
+"""The running summary's text, in UTF-8 (the runtime caps it at 12,000 characters; the
+store cuts anything longer, so the document's bound does not depend on the caller)."""
+MAX_OTHER_FIELDS_BYTES: Final = 8 * 1024
+"""Everything on the session document but the tail, the summary, the paused run's state
+and pending calls and the decision log: counters, owner, tokens, times, usage totals,
+the summary's provenance, the paused run's scalars, field names. Not enforced: each of
+them is small by construction (the test measures the worst case)."""
+
 # -- the paused run (a map on the session document) -------------------------------------
 PAUSE_ID: Final = "id"
 PAUSE_PENDING: Final = "pending"
@@ -76,6 +88,11 @@ PAUSED_AT: Final = "paused_at"
 PAUSE_STATE: Final = "state"
 PAUSE_ATTEMPTS: Final = "attempts"
 PAUSE_FOLDED: Final = "folded"
+
+# -- the summary's provenance (a map on the session document) ---------------------------
+SUMMARY_TURNS: Final = "turns"
+SUMMARY_AT: Final = "at"
+SUMMARY_MODEL: Final = "model"
 
 # -- usage totals (a map on agent_sessions) -----------------------------------------
 REQUESTS: Final = "requests"
@@ -128,9 +145,18 @@ class SessionDoc(TypedDict, total=False):
     summary: str | None  # running summary of the oldest items, for the model's context
     summary_items: int  # how many leading items it covers
     summary_offset: int  # byte offset in the encoded history of the first item it does not
+    summary_provenance: SummaryProvenanceDoc | None  # who wrote the summary, when, covering what
     token_ratio: float  # provider's token count over the local estimate, per session
     paused: PausedDoc | None  # a run waiting for approval
     approvals: list[dict[str, Any]]  # the last decisions: call_id, tool, approved, reason, by, at
+
+
+class SummaryProvenanceDoc(TypedDict):
+    """``summary_provenance`` on a session document (``store/summary_provenance.py``)."""
+
+    turns: int  # user messages (turns) among the items it covers
+    at: dt.datetime  # when it was written
+    model: str  # the model that wrote it
 
 
 class PausedDoc(TypedDict):
@@ -215,11 +241,11 @@ SEQ: Final = "seq"
 ITEM: Final = "item"
 VERSION: Final = "version"
 
-SQLITE_SCHEMA_VERSION: Final = 5
+SQLITE_SCHEMA_VERSION: Final = 6
 """The tables' version (``PRAGMA user_version``); 2 added generations, summaries and the
 token ratio; 3 the sessions' usage totals and the spend table; 4 paused runs, the
 decision log and the tool-run table; 5 the tool runs' life, pause, call id, tool and
-argument digest."""
+argument digest; 6 the summary's provenance."""
 PAUSED_STATE: Final = f"{PAUSED}_{PAUSE_STATE}"
 """SQLite: the paused run's compressed state, apart from its JSON (column ``paused``)."""
 
@@ -236,6 +262,7 @@ CREATE TABLE IF NOT EXISTS {SESSIONS} (
     {SUMMARY} TEXT,
     {SUMMARY_ITEMS} INTEGER NOT NULL DEFAULT 0,
     {SUMMARY_OFFSET} INTEGER NOT NULL DEFAULT 0,
+    {SUMMARY_PROVENANCE} TEXT,
     {TOKEN_RATIO} REAL,
     {PAUSED} TEXT,
     {PAUSED_STATE} BLOB,
@@ -302,6 +329,7 @@ SQLITE_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # Version 4's tool-run rows are keyed on the call id alone, which no version-5 key
     # ever meets: the table is made again (by SQLITE_TABLES) with the new columns.
     4: (f"DROP TABLE IF EXISTS {TOOL_RUNS}",),
+    5: (f"ALTER TABLE {SESSIONS} ADD COLUMN {SUMMARY_PROVENANCE} TEXT",),
 }
 """Version -> the statements that bring a file of that version to the next one (the new
 tables come from SQLITE_TABLES, which creates what is missing). A version not listed is

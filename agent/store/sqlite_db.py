@@ -39,6 +39,14 @@ Consistency
 * ``synchronous=NORMAL``: in WAL mode a committed turn survives the process crashing;
   only a power loss can take back the last transactions (a developer's machine).
 
+Privacy
+-------
+The file holds message text, so it is the owner's alone whatever the umask: a directory
+the store creates is 0700, and the database is created (or tightened) to 0600 before
+SQLite opens it. SQLite gives the ``-wal`` and ``-shm`` files it creates the database
+file's own permissions (it chmods them past the umask), so they are 0600 too; leftovers
+of an earlier run are tightened as well.
+
 Expiry
 ------
 Reads treat an expired session (and an expired key) as absent, exactly as on Firestore.
@@ -51,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import sqlite3
 import threading
 import time
@@ -91,6 +100,21 @@ def _migratable(version: int) -> bool:
     )
 
 
+def _make_private(path: str) -> None:
+    """Create the database file 0600 (and its directory 0700 when it is missing), and
+    tighten an existing file and its ``-wal``/``-shm`` leftovers to 0600. A directory
+    that already exists is the owner's choice (it may be /tmp) and is left alone."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(parents=True, mode=0o700)
+            folder.chmod(0o700)  # mkdir's mode passes through the umask
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path + suffix, 0o600)
+
+
 def to_micros(moment: dt.datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
 
@@ -109,7 +133,7 @@ class Database:
         self._lock = threading.Lock()
         self._next_purge = 0.0
         if path != MEMORY:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _make_private(path)
         with self._unavailable_on_busy():
             self._conn = sqlite3.connect(
                 path, timeout=timeout_seconds, isolation_level=None, check_same_thread=False

@@ -96,6 +96,7 @@ from agent.store.schema import (
     SUMMARY,
     SUMMARY_ITEMS,
     SUMMARY_OFFSET,
+    SUMMARY_PROVENANCE,
     TOKEN_RATIO,
     TOOL_RUNS,
     TTL_FIELD,
@@ -104,11 +105,12 @@ from agent.store.schema import (
     USAGE,
 )
 from agent.store.sqlite_db import Database, from_micros, to_micros
+from agent.store.summary_provenance import SummaryProvenance
 
 _COLUMNS = (
     *(OWNER, TURNS, ITEMS, BYTES, CLAIM_TOKEN, CLAIM_UNTIL, GENERATION),
     *(SUMMARY, SUMMARY_ITEMS, SUMMARY_OFFSET, TOKEN_RATIO, USAGE, CREATED_AT, TTL_FIELD),
-    *(PAUSED, PAUSED_STATE, APPROVALS),
+    *(PAUSED, PAUSED_STATE, APPROVALS, SUMMARY_PROVENANCE),
 )
 _SELECT_SESSION = f"SELECT {', '.join(_COLUMNS)} FROM {SESSIONS} WHERE {ID} = ?"
 _SELECT_ITEMS = f"SELECT {ITEM} FROM {HISTORY_ITEMS} WHERE {SESSION_ID} = ? ORDER BY {SEQ}"
@@ -137,7 +139,12 @@ class _Row:
         self.summary = (
             None
             if named[SUMMARY] is None
-            else Summary(named[SUMMARY], named[SUMMARY_ITEMS], named[SUMMARY_OFFSET])
+            else Summary(
+                named[SUMMARY],
+                named[SUMMARY_ITEMS],
+                named[SUMMARY_OFFSET],
+                SummaryProvenance.from_doc(named[SUMMARY_PROVENANCE]),
+            )
         )
         self.token_ratio: float = float(named[TOKEN_RATIO] or 1.0)
         self.totals = UsageTotals.from_doc(json.loads(named[USAGE] or "null"))
@@ -186,6 +193,7 @@ class SqliteHistoryStore:
             row.approvals,
             row.totals,
             row.paused.pause_id if row.paused else None,
+            summary.provenance if summary else None,
         )
 
     def paused_run(
@@ -384,6 +392,7 @@ class SqliteHistoryStore:
                 f" {CLAIM_TOKEN} = NULL, {CLAIM_UNTIL} = NULL, {CREATED_AT} = :created,"
                 f" {SUMMARY} = :summary, {SUMMARY_ITEMS} = :summary_items,"
                 f" {SUMMARY_OFFSET} = :summary_offset,"
+                f" {SUMMARY_PROVENANCE} = :summary_provenance,"
                 f" {TOKEN_RATIO} = COALESCE(:ratio, {TOKEN_RATIO}),"
                 f" {PAUSED} = :paused, {PAUSED_STATE} = :paused_state, {APPROVALS} = :approvals,"
                 f" {USAGE} = COALESCE(:usage, {USAGE}),"
@@ -394,6 +403,7 @@ class SqliteHistoryStore:
                 | {"summary": kept.text if kept else None}
                 | {"summary_items": kept.items if kept else 0}
                 | {"summary_offset": kept.offset if kept else 0}
+                | {"summary_provenance": _provenance_text(kept)}
                 | _paused_columns(paused)
                 | {"approvals": json.dumps(log) if log else None}
                 | {"now": to_micros(now), "expire": to_micros(expire_at), "id": claim.session_id},
@@ -412,6 +422,7 @@ class SqliteHistoryStore:
             tuple(log),
             totals or claim.totals,
             paused.pause_id if paused else None,
+            kept.provenance if kept else None,
         )
 
     def release(self, claim: Claim) -> None:
@@ -473,3 +484,9 @@ def _paused_of(text: str | None, state: bytes | None) -> PausedRun | None:
     fields[PAUSED_AT] = from_micros(fields[PAUSED_AT])
     fields[PAUSE_STATE] = state or b""
     return paused_from(fields)
+
+
+def _provenance_text(summary: Summary | None) -> str | None:
+    if summary is None or summary.provenance is None:
+        return None
+    return summary.provenance.as_text()

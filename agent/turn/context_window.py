@@ -7,7 +7,8 @@ is handed to the session, which writes it in the turn's own commit: a summary al
 covers stored items, and a failed turn leaves the old one. During the run, a filter on
 every model call replaces the folded items with the summary and truncates any single
 item too large for the budget. After the run, the provider's reported input tokens
-calibrate the session's estimate.
+calibrate the session's estimate. A summary is stored with its provenance (the turns it
+covers, when, which model), which ``GET /sessions/<id>`` shows.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from typing import Any
 from agents import Agent, Model, Usage
 from agents.run_config import CallModelData, ModelInputData
 
+from agent.base.clock import utc_now
 from agent.runtime import context
 from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
 from agent.store.history import Claim, Summary
 from agent.store.session import FirestoreSession
+from agent.store.summary_provenance import SummaryProvenance
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,12 @@ class Window:
 class ContextKeeper:
     """Plans each turn's window and keeps every model call of the turn inside it."""
 
-    def __init__(self, agent: Agent[None], summary_model: Model, budget: int) -> None:
+    def __init__(
+        self, agent: Agent[None], summary_model: Model, budget: int, *, summary_model_name: str = ""
+    ) -> None:
         self.budget = budget
         self._summary_model = summary_model
+        self._summary_model_name = summary_model_name or _name_of(summary_model)
         self._fixed = context.estimate_text(str(agent.instructions or "")) + _tools_tokens(agent)
 
     def prepare(
@@ -86,13 +92,17 @@ class ContextKeeper:
                         previous,
                         plan.fold,
                         batch_tokens=max(256, int(self.budget * room) // 2),
+                        max_chars=context.summary_cap(self.budget),
                     ),
                 ),
                 timeout=deadline - time.monotonic(),
             )
             covered = (claim.summary.items if claim.summary else 0) + plan.keep_from
             offset = claim.item_ends[plan.keep_from - 1]
-            session.set_summary(Summary(summary, covered, offset))
+            before = claim.summary.provenance if claim.summary else None
+            turns = (before.turns if before else 0) + sum(map(context.is_user, plan.fold))
+            provenance = SummaryProvenance(turns, utc_now(), self._summary_model_name)
+            session.set_summary(Summary(summary, covered, offset, provenance))
             log.info(
                 "context compacted",
                 extra={"fields": {"folded_items": len(plan.fold), "summary_chars": len(summary)}},
@@ -132,3 +142,11 @@ def _tools_tokens(agent: Agent[None]) -> int:
         for tool in agent.tools
     ]
     return context.estimate_text(json.dumps(schemas)) if schemas else 0
+
+
+def _name_of(model: Model) -> str:
+    """The model's name as the SDK's models carry it (through wrappers with ``inner``),
+    shown with each summary it writes; "" when it has none."""
+    while not hasattr(model, "model") and hasattr(model, "inner"):
+        model = model.inner
+    return str(getattr(model, "model", ""))

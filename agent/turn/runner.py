@@ -59,6 +59,7 @@ from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.pricing import DEFAULT_PRICES, Price, usage_cost_usd
 from agent.runtime.streaming import RunEvent, StreamedRun
 from agent.runtime.tools import guarded_run
+from agent.runtime.vertex_tokens import TokenRefreshFailed
 from agent.store.backend import HistoryBackend, ToolRunBackend
 from agent.store.history import (
     Claim,
@@ -582,7 +583,7 @@ def _as_api_error(exc: BaseException) -> BaseException:
     if isinstance(exc, openai.RateLimitError):
         log.warning("model call refused: over quota or rate limit")
         return errors.model_overloaded()
-    if isinstance(exc, openai.APIError | ModelBehaviorError | TurnTooLarge):
+    if isinstance(exc, openai.APIError | ModelBehaviorError | TurnTooLarge | TokenRefreshFailed):
         log.warning("model call failed: %s", type(exc).__name__)
         return errors.model_error()
     return api_error_of(exc) or exc

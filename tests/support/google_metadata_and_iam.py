@@ -40,6 +40,7 @@ class Standin:
     sign_failures: int = -1  # how many signBlob calls get sign_status; -1: all
     hang_seconds: float = 0.0
     token_seconds: int = 3600
+    token_status: int | None = None  # the token endpoint answers this instead of a token
     token_requests: int = 0
     sign_requests: list[dict[str, str]] = field(default_factory=list)
     _tokens: dict[str, float] = field(default_factory=dict)
@@ -104,6 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, "not found", "text/plain")
         leaf = path.removeprefix(metadata)
         if leaf.startswith("instance/service-accounts/") and leaf.endswith("/token"):
+            if self.owner.token_status is not None:
+                status = self.owner.token_status
+                return self._send(status, _error(status, "PERMISSION_DENIED", "No token."))
             return self._send(200, self.owner.issue_token())
         if leaf.startswith("instance/service-accounts/"):
             email = self.owner.account.email
