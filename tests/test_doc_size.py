@@ -176,11 +176,11 @@ def test_pending_calls_past_their_bound_fail_the_pause_and_store_nothing(
 def test_a_pause_with_arguments_past_the_bound_is_502_and_changes_nothing(
     make_client: Callable[..., FlaskClient], firestore: FirestoreEmulator
 ) -> None:
-    """Over HTTP with the demo model: it escapes each wide character of the text as
-    twelve bytes of JSON, so 6,000 of them make 72 kB of arguments."""
+    """Over HTTP with the demo model: the canonical arguments keep each wide character
+    as its four UTF-8 bytes, so 20,000 of them make 80 kB of arguments."""
     client = make_client()
     assert client.post("/chat", json={"message": "hi", "session_id": "wide"}).status_code == 200
-    message = f'send "{WIDE * 6000}" to alice'
+    message = f'send "{WIDE * 20_000}" to alice'
     response = client.post("/chat", json={"message": message, "session_id": "wide"})
     assert response.status_code == 502, response.get_json()
     assert response.get_json()["error"]["code"] == "approval_state_too_large"
