@@ -91,7 +91,7 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
     if settings.context_summary_model not in (None, settings.agent_model):
         summarizer = build_model(settings, settings.context_summary_model)
     budget = settings.context_max_tokens or default_budget(settings.agent_model)
-    context = ContextKeeper(agent, summarizer, budget)
+    context = ContextKeeper(agent, summarizer, budget, settings=settings)
     loop = BackgroundLoop()
     # No network, no storage import: the bucket's client is made on the first offload.
     results = OffloadPolicy(settings, ResultBucket(settings) if settings.results_bucket else None)

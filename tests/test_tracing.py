@@ -87,7 +87,7 @@ def test_a_turn_is_one_tree_under_the_callers_traceparent(
     assert parent_of(request) == int(PARENT, 16)
     assert request.attributes is not None
     assert request.attributes["http.response.status_code"] == 200
-    for name in ("claim", "commit", "Agent workflow"):
+    for name in ("claim", "commit", "assistant"):  # the SDK's trace, named after the agent
         assert ancestors(by_name(found, name), found) == ["POST /chat"], name
     calls = [s for s in found if s.name == "chat demo-model"]
     assert len(calls) == 2  # the tool call, then the answer
@@ -164,7 +164,7 @@ def test_a_streamed_turn_keeps_its_spans_in_the_request_trace(
     found = spans.get_finished_spans()
     request = by_name(found, "POST /chat")
     assert (request.attributes or {})["agent.stream_ending"] == "done"
-    for name in ("claim", "commit", "Agent workflow"):
+    for name in ("claim", "commit", "assistant"):  # the SDK's trace, named after the agent
         assert ancestors(by_name(found, name), found) == ["POST /chat"], name
     assert {s.context.trace_id for s in found} == {int(TRACE, 16)}
 

@@ -168,6 +168,11 @@ class Settings:
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
     otherwise upload every conversation as soon as any key is configured."""
 
+    openai_agents_disable_tracing: bool = False
+    """The Agents SDK's own switch, honoured as the SDK documents it: true, and the SDK
+    makes no traces at all, whatever ``TRACING_ENABLED`` says (nothing goes to OpenAI, and
+    ``TRACE_EXPORT``'s spans lack the model and tool spans)."""
+
     trace_export: TraceExport = "none"
     """Where OpenTelemetry spans of each request go: ``none`` (no OpenTelemetry SDK is
     even imported), ``cloud_trace`` (Cloud Trace, through Google's Telemetry API, as the
@@ -175,8 +180,9 @@ class Settings:
     ``TRACING_ENABLED``."""
 
     trace_content: bool = False
-    """Put prompt, reply and tool argument text in spans. Off: spans carry names,
-    models, token counts and timings, never what anyone wrote."""
+    """Put prompt, reply and tool argument text in spans, OpenTelemetry's and the ones
+    ``TRACING_ENABLED`` uploads to OpenAI (the SDK's ``trace_include_sensitive_data``).
+    Off: spans carry names, models, token counts and timings, never what anyone wrote."""
 
     trace_otlp_endpoint: str | None = None
     """The OTLP/HTTP traces URL. Unset: ``http://localhost:4318/v1/traces`` (a collector

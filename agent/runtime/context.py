@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agents import Agent, Model, Runner, Usage
+from agents import Agent, Model, RunConfig, Runner, Usage
 
 Item = dict[str, Any]
 
@@ -217,10 +217,16 @@ SUMMARIZE_INSTRUCTIONS = (
 
 
 async def summarize(
-    model: Model, previous: str | None, items: Sequence[Item], *, batch_tokens: int
+    model: Model,
+    previous: str | None,
+    items: Sequence[Item],
+    *,
+    batch_tokens: int,
+    run_config: RunConfig | None = None,
 ) -> tuple[str, Usage]:
     """A new running summary of ``previous`` plus ``items``, written by ``model`` (no
-    tools), and the usage of its calls. The summariser's own request must fit the
+    tools), and the usage of its calls; ``run_config`` carries the trace's privacy
+    (None: the SDK's defaults, which trace the text). The summariser's own request must fit the
     window too, so ``items`` go in batches of at most ``batch_tokens``, each folded into
     the summary the previous one wrote. Raises what a model call raises."""
     writer: Agent[None] = Agent(name="summarizer", instructions=SUMMARIZE_INSTRUCTIONS, model=model)
@@ -229,7 +235,7 @@ async def summarize(
     for batch in _batches(items, batch_tokens):
         request = f"Earlier summary:\n{summary}\n\n" if summary else ""
         request += "Messages to fold in:\n" + transcript(batch)
-        result = await Runner.run(writer, request, max_turns=1)
+        result = await Runner.run(writer, request, max_turns=1, run_config=run_config)
         spent.add(result.context_wrapper.usage)
         summary = str(result.final_output).strip()
     return summary or "", spent

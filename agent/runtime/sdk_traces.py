@@ -17,9 +17,10 @@ default), are each about 2,000 lines with more dependencies, and neither knows S
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
-from typing import Any
+from typing import Any, TypedDict
 
 from agents import add_trace_processor
 from agents.tracing import (
@@ -35,9 +36,52 @@ from agents.tracing import (
 )
 
 from agent.base import tracing
+from agent.base.settings import Settings
 
 PROVIDERS = {"openai": "openai", "vertex": "gcp.vertex_ai"}
 """``gen_ai.provider.name`` of each MODEL_PROVIDER."""
+
+
+def uploads_to_openai(settings: Settings) -> bool:
+    """Whether the SDK's traces go to OpenAI: ``TRACING_ENABLED``, unless the SDK's own
+    ``OPENAI_AGENTS_DISABLE_TRACING`` says no (an operator who set it expects nothing to
+    leave, whatever this service's switch says)."""
+    return settings.tracing_enabled and not settings.openai_agents_disable_tracing
+
+
+def sdk_tracing_on(settings: Settings) -> bool:
+    """Whether the SDK makes traces at all: for OpenAI's backend or for OpenTelemetry
+    (``TRACE_EXPORT``), and never with ``OPENAI_AGENTS_DISABLE_TRACING=true``."""
+    if settings.openai_agents_disable_tracing:
+        return False
+    return settings.tracing_enabled or settings.trace_export != "none"
+
+
+class RunTracing(TypedDict):
+    """The tracing fields of the SDK's ``RunConfig`` for one run (``RunConfig(**...)``)."""
+
+    tracing_disabled: bool
+    trace_include_sensitive_data: bool
+    workflow_name: str
+    group_id: str
+
+
+def run_tracing(settings: Settings, workflow_name: str, session_id: str) -> RunTracing:
+    """What the SDK's trace of a run may carry. Prompts, replies and tool arguments only
+    with ``TRACE_CONTENT`` (the SDK's own default is to include them, for every exporter,
+    OpenAI's included); the conversation as a SHA-256 of its id, which groups its turns
+    without handing the id (a bearer of the conversation for its owner) to a backend."""
+    return RunTracing(
+        tracing_disabled=not sdk_tracing_on(settings),
+        trace_include_sensitive_data=settings.trace_content,
+        workflow_name=workflow_name,
+        group_id=conversation_hash(session_id),
+    )
+
+
+def conversation_hash(session_id: str) -> str:
+    """The SHA-256 hex digest of a session id: the conversation's name in traces."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
 
 
 _installed: OpenTelemetryBridge | None = None
