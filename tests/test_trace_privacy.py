@@ -108,7 +108,7 @@ def test_no_message_text_leaves_through_any_exporter_without_trace_content(
     client = make_client(tracing_enabled="true", trace_export="otlp")
     response = client.post("/chat", json={"message": TOOL_TURN})
     assert response.status_code == 200, response.json
-    session_id = response.json["session_id"]
+    session_id = response.get_json()["session_id"]
     items, text = sent(ingest, spans)
     # The exporters did send: the trace, its model calls and the tool call.
     types = [item.get("span_data", {}).get("type") for item in items]
@@ -156,7 +156,7 @@ def test_the_summarisers_runs_carry_no_text_either(
         body = {"message": f"{SECRET} ({turn}){pad}", "session_id": "long"}
         response = client.post("/chat", json=body)
         assert response.status_code == 200, response.json
-        if "summary" in response.json["usage"]:
+        if "summary" in response.get_json()["usage"]:
             break
     else:
         pytest.fail("the history was never summarised")
