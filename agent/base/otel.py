@@ -30,6 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.util.re import parse_env_headers
 
 from agent.base.logs import IncomingTrace, cloud_logging_trace
 from agent.base.settings import Settings
@@ -147,7 +148,12 @@ def build_exporter(settings: Settings) -> SpanExporter:
         session.auth = GoogleAuth()
     # Each export is bounded too: a collector that hangs must not pile up flushes.
     timeout = max(settings.trace_flush_seconds, 1.0)
-    return OTLPSpanExporter(endpoint=settings.traces_url, timeout=timeout, session=session)
+    # The headers as the settings hold them (the exporter would also read the process's
+    # environment itself, to the same effect), parsed as the exporter parses them.
+    headers = parse_env_headers(settings.otlp_headers or "", liberal=True)
+    return OTLPSpanExporter(
+        endpoint=settings.traces_url, timeout=timeout, session=session, headers=dict(headers)
+    )
 
 
 class GoogleAuth(requests.auth.AuthBase):

@@ -185,9 +185,27 @@ class Settings:
     Off: spans carry names, models, token counts and timings, never what anyone wrote."""
 
     trace_otlp_endpoint: str | None = None
-    """The OTLP/HTTP traces URL. Unset: ``http://localhost:4318/v1/traces`` (a collector
-    beside the process) for ``otlp``, ``https://telemetry.googleapis.com/v1/traces`` for
-    ``cloud_trace``, which sends a bearer token and so needs https (or loopback http)."""
+    """The OTLP/HTTP traces URL, over the OpenTelemetry variables below. Unset, for
+    ``otlp``: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    with ``/v1/traces`` appended, else ``http://localhost:4318/v1/traces`` (a collector
+    beside the process); for ``cloud_trace``: ``https://telemetry.googleapis.com/v1/traces``,
+    which sends a bearer token and so needs https (or loopback http)."""
+
+    otel_exporter_otlp_endpoint: str | None = None
+    """OpenTelemetry's base OTLP/HTTP URL (specification): the traces go to it with
+    ``/v1/traces`` appended. Used with ``TRACE_EXPORT=otlp`` only."""
+
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    """OpenTelemetry's traces URL, used as given; wins over the base one."""
+
+    otel_exporter_otlp_headers: str | None = field(default=None, repr=False)
+    """Headers of each export (``key=value,key2=value2``), a collector's credentials
+    typically; never logged. With any set, the export must go over https (or to
+    loopback): startup refuses plain http to another host."""
+
+    otel_exporter_otlp_traces_headers: str | None = field(default=None, repr=False)
+    """The traces' own headers; when set, used instead of ``OTEL_EXPORTER_OTLP_HEADERS``
+    (as the OpenTelemetry exporter does)."""
 
     trace_flush_seconds: float = 2.0
     """Bound on exporting a request's spans before its response completes (0-30). The
@@ -434,20 +452,50 @@ class Settings:
         if self.trace_export not in ("none", "cloud_trace", "otlp"):
             raise SettingsError("TRACE_EXPORT must be 'none', 'cloud_trace' or 'otlp'")
         _check_range("trace_flush_seconds", self.trace_flush_seconds, 0, 30)
-        endpoint = self.trace_otlp_endpoint
-        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-            raise SettingsError("TRACE_OTLP_ENDPOINT must be an http:// or https:// URL")
+        for name in ("trace_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"):
+            endpoint = getattr(self, name)
+            if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+                raise SettingsError(f"{name.upper()} must be an http:// or https:// URL")
+        base = self.otel_exporter_otlp_endpoint
+        if base is not None and not base.startswith(("http://", "https://")):
+            raise SettingsError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL")
         if self.trace_export == "cloud_trace" and not https_or_loopback(self.traces_url):
             # The export carries an access token: never in clear text off this machine.
             raise SettingsError("TRACE_OTLP_ENDPOINT must be https:// (or http on loopback)")
+        headers = self.otlp_headers_variable
+        if self.trace_export != "none" and headers and not https_or_loopback(self.traces_url):
+            raise SettingsError(
+                f"{headers} holds credentials, which would go in clear text to"
+                f" {redact_url(self.traces_url)}: use an https:// endpoint (or a collector"
+                " on loopback)"
+            )
+
+    @property
+    def otlp_headers(self) -> str | None:
+        """The export's headers as configured (``OTEL_EXPORTER_OTLP_TRACES_HEADERS``, else
+        ``OTEL_EXPORTER_OTLP_HEADERS``), unparsed; None when neither holds any."""
+        name = self.otlp_headers_variable
+        return getattr(self, name.lower()) if name else None
+
+    @property
+    def otlp_headers_variable(self) -> str | None:
+        for name in ("otel_exporter_otlp_traces_headers", "otel_exporter_otlp_headers"):
+            if (getattr(self, name) or "").strip():
+                return name.upper()
+        return None
 
     @property
     def traces_url(self) -> str:
-        """Where spans are sent (``TRACE_OTLP_ENDPOINT`` or its default)."""
+        """Where spans are sent: ``TRACE_OTLP_ENDPOINT``, else OpenTelemetry's variables
+        by the specification's rules (``otlp`` only), else the default."""
         if self.trace_otlp_endpoint is not None:
             return self.trace_otlp_endpoint
         if self.trace_export == "cloud_trace":
             return "https://telemetry.googleapis.com/v1/traces"
+        if self.otel_exporter_otlp_traces_endpoint is not None:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint is not None:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
         return "http://localhost:4318/v1/traces"
 
     def _validate_access(self) -> None:
