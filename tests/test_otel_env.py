@@ -4,10 +4,14 @@ never in clear text to another host."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 
 import pytest
+from flask.testing import FlaskClient
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from agent.base import otel, tracing
 from agent.base.settings import Settings, SettingsError
 from local.server import LiveServer
 from tests.support.otlp_receiver import OtlpReceiver, serving
@@ -109,3 +113,83 @@ def test_spans_reach_the_collector_named_by_opentelemetrys_variables(
         assert [s["name"] for s in receiver.spans] == ["GET /healthz"]
         (sent,) = receiver.headers
     assert (sent["authorization"], sent["x-tenant"]) == ("Bearer collector-key", "t1")
+
+
+def resource_of(settings: Settings) -> dict[str, object]:
+    """The resource attributes the service's spans are exported with."""
+    memory = InMemorySpanExporter()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(otel, "build_exporter", lambda settings: memory)
+        backend = otel.OtelBackend(settings)
+    backend.start_span("probe", None, "internal", {}).end()
+    backend.shutdown()
+    (span,) = memory.get_finished_spans()
+    return dict(span.resource.attributes)
+
+
+def test_the_service_name_and_resource_attributes_are_the_operators() -> None:
+    attributes = "deployment.environment.name=prod,team=a%20b,service.name=from-attributes"
+    named = Settings.from_env(
+        OTLP | {"OTEL_SERVICE_NAME": "billing-agent", "OTEL_RESOURCE_ATTRIBUTES": attributes}
+    )
+    resource = resource_of(named)
+    assert resource["service.name"] == "billing-agent"  # OTEL_SERVICE_NAME first
+    assert (resource["deployment.environment.name"], resource["team"]) == ("prod", "a b")
+    from_attributes = Settings.from_env(OTLP | {"OTEL_RESOURCE_ATTRIBUTES": attributes})
+    assert resource_of(from_attributes)["service.name"] == "from-attributes"
+    platform = Settings.from_env(OTLP | {"K_SERVICE": "agent", "AUTH_AUDIENCE": "https://a.b"})
+    assert resource_of(platform)["service.name"] == "agent"
+    with pytest.raises(SettingsError, match="OTEL_RESOURCE_ATTRIBUTES"):
+        Settings.from_env(OTLP | {"OTEL_RESOURCE_ATTRIBUTES": "no-equals-sign"})
+
+
+def test_otel_traces_exporter_stands_for_trace_export() -> None:
+    assert Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp"}).trace_export == "otlp"
+    assert Settings.from_env({"OTEL_TRACES_EXPORTER": "none"}).trace_export == "none"
+    both = {"OTEL_TRACES_EXPORTER": "otlp", "TRACE_EXPORT": "cloud_trace"}
+    assert Settings.from_env(both).trace_export == "cloud_trace"  # ours wins
+    with pytest.raises(SettingsError, match="OTEL_TRACES_EXPORTER='zipkin'"):
+        Settings.from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+@pytest.mark.parametrize(
+    ("value", "content"),
+    [
+        ("true", True),
+        ("SPAN_ONLY", True),
+        ("span_and_event", True),
+        ("False", False),
+        ("NO_CONTENT", False),
+        ("EVENT_ONLY", False),
+    ],
+)
+def test_the_genai_content_switch_stands_for_trace_content(value: str, content: bool) -> None:
+    variable = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+    assert Settings.from_env({variable: value}).trace_content is content
+    assert Settings.from_env({variable: value, "TRACE_CONTENT": "false"}).trace_content is False
+
+
+def test_the_genai_content_switch_puts_text_in_spans(
+    make_client: Callable[..., FlaskClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory = InMemorySpanExporter()
+    monkeypatch.setattr(otel, "build_exporter", lambda settings: memory)
+    try:
+        client = make_client(
+            otel_traces_exporter="otlp", otel_instrumentation_genai_capture_message_content="true"
+        )
+        assert client.post("/chat", json={"message": "my secret is 42"}).status_code == 200
+    finally:
+        tracing.configure(Settings())
+    text = json.dumps([dict(s.attributes or {}) for s in memory.get_finished_spans()])
+    assert "my secret is 42" in text
+
+
+def test_vertex_location_falls_back_to_google_cloud_location() -> None:
+    vertex = {"MODEL_PROVIDER": "vertex", "GOOGLE_CLOUD_PROJECT": "p"}
+    settings = Settings.from_env(vertex | {"GOOGLE_CLOUD_LOCATION": "europe-west4"})
+    assert settings.vertex_location == "europe-west4"
+    assert settings.vertex_base_url.startswith("https://europe-west4-aiplatform.googleapis.com/")
+    ours = vertex | {"GOOGLE_CLOUD_LOCATION": "europe-west4", "VERTEX_LOCATION": "us-central1"}
+    assert Settings.from_env(ours).vertex_location == "us-central1"
+    assert Settings.from_env(vertex).vertex_location == "global"

@@ -33,7 +33,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.util.re import parse_env_headers
 
 from agent.base.logs import IncomingTrace, cloud_logging_trace
-from agent.base.settings import Settings
+from agent.base.settings import Settings, resource_attributes
 from agent.base.tracing import Attribute, Kind, Span
 
 _KINDS = {"internal": SpanKind.INTERNAL, "server": SpanKind.SERVER, "client": SpanKind.CLIENT}
@@ -83,10 +83,11 @@ class OtelSpan:
 
 class OtelBackend:
     def __init__(self, settings: Settings) -> None:
-        resource = {"service.name": settings.k_service or "agent-cloud-function"}
+        resource = resource_attributes(settings.otel_resource_attributes)
+        resource["service.name"] = settings.service_name
         if settings.google_cloud_project:
             # The Telemetry API files spans under the project this attribute names.
-            resource["gcp.project_id"] = settings.google_cloud_project
+            resource.setdefault("gcp.project_id", settings.google_cloud_project)
         self._provider = TracerProvider(resource=Resource.create(resource))
         self._provider.add_span_processor(BatchSpanProcessor(build_exporter(settings)))
         self._tracer = self._provider.get_tracer("agent")

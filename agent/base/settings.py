@@ -101,7 +101,12 @@ class Settings:
     is required."""
 
     vertex_location: str = "global"
-    """Vertex AI location of the model (``global``, ``us-central1``, ...)."""
+    """Vertex AI location of the model (``global``, ``us-central1``, ...). Unset:
+    ``GOOGLE_CLOUD_LOCATION``, else ``global``."""
+
+    google_cloud_location: str | None = None
+    """The location google-genai and the Vertex AI SDK read; ``VERTEX_LOCATION``'s value
+    when that is unset."""
 
     vertex_endpoint: str | None = None
     """Base URL of the Vertex AI API. Unset: ``https://aiplatform.googleapis.com`` for
@@ -179,10 +184,27 @@ class Settings:
     runtime's credentials) or ``otlp`` (OTLP/HTTP to a collector). Independent of
     ``TRACING_ENABLED``."""
 
+    otel_traces_exporter: str | None = None
+    """OpenTelemetry's exporter variable: ``otlp`` or ``none``, taken as ``TRACE_EXPORT``
+    when that is unset (``TRACE_EXPORT`` wins). Any other exporter is refused."""
+
     trace_content: bool = False
     """Put prompt, reply and tool argument text in spans, OpenTelemetry's and the ones
     ``TRACING_ENABLED`` uploads to OpenAI (the SDK's ``trace_include_sensitive_data``).
     Off: spans carry names, models, token counts and timings, never what anyone wrote."""
+
+    otel_instrumentation_genai_capture_message_content: str | None = None
+    """OpenTelemetry's GenAI content switch, taken as ``TRACE_CONTENT`` when that is
+    unset: ``true`` or ``SPAN_ONLY`` / ``SPAN_AND_EVENT`` put the text in spans; ``false``,
+    ``NO_CONTENT`` or ``EVENT_ONLY`` (this service sends no events) do not."""
+
+    otel_service_name: str | None = None
+    """The spans' ``service.name``. Unset: ``service.name`` from
+    ``OTEL_RESOURCE_ATTRIBUTES``, else ``K_SERVICE``, else ``agent-cloud-function``."""
+
+    otel_resource_attributes: str | None = None
+    """More resource attributes of the spans, ``key=value,key2=value2`` (values
+    URL-encoded), as OpenTelemetry's specification has them."""
 
     trace_otlp_endpoint: str | None = None
     """The OTLP/HTTP traces URL, over the OpenTelemetry variables below. Unset, for
@@ -316,6 +338,7 @@ class Settings:
             # Vertex AI's OpenAI-compatible endpoint speaks Chat Completions only.
             values.setdefault("model_api", "chat_completions")
             values.setdefault("agent_model", VERTEX_DEFAULT_MODEL)
+        _take_standard_variables(values)
         if "model_api" not in values and values.get("openai_base_url"):
             values["model_api"] = "chat_completions"
         # Defaults that depend on another setting: a default must never make a valid
@@ -452,6 +475,7 @@ class Settings:
         if self.trace_export not in ("none", "cloud_trace", "otlp"):
             raise SettingsError("TRACE_EXPORT must be 'none', 'cloud_trace' or 'otlp'")
         _check_range("trace_flush_seconds", self.trace_flush_seconds, 0, 30)
+        resource_attributes(self.otel_resource_attributes)  # refuses a malformed one
         for name in ("trace_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"):
             endpoint = getattr(self, name)
             if endpoint is not None and not endpoint.startswith(("http://", "https://")):
@@ -469,6 +493,13 @@ class Settings:
                 f" {redact_url(self.traces_url)}: use an https:// endpoint (or a collector"
                 " on loopback)"
             )
+
+    @property
+    def service_name(self) -> str:
+        """The spans' ``service.name``: ``OTEL_SERVICE_NAME``, else the one in
+        ``OTEL_RESOURCE_ATTRIBUTES`` (the specification's order), else ``K_SERVICE``."""
+        named = resource_attributes(self.otel_resource_attributes).get("service.name")
+        return self.otel_service_name or named or self.k_service or "agent-cloud-function"
 
     @property
     def otlp_headers(self) -> str | None:
@@ -530,6 +561,53 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _LOOPBACK_NETLOC = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+_CONTENT_MODES = {
+    "true": True,
+    "span_only": True,
+    "span_and_event": True,
+    "false": False,
+    "no_content": False,
+    "event_only": False,
+}
+
+
+def _take_standard_variables(values: dict[str, object]) -> None:
+    """The ecosystem's variables for a setting of ours that is unset (ours win when
+    both are set): OpenTelemetry's exporter and GenAI content switch, Google's location."""
+    exporter = values.get("otel_traces_exporter")
+    if isinstance(exporter, str):
+        if exporter.lower() not in ("otlp", "none"):
+            raise SettingsError(
+                f"OTEL_TRACES_EXPORTER={exporter!r}: this service exports 'otlp' or 'none'"
+                " (TRACE_EXPORT also takes 'cloud_trace')"
+            )
+        values.setdefault("trace_export", exporter.lower())
+    capture = values.get("otel_instrumentation_genai_capture_message_content")
+    if isinstance(capture, str):
+        if capture.lower() not in _CONTENT_MODES:
+            raise SettingsError(
+                f"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT={capture!r} is not one of"
+                f" {', '.join(sorted(_CONTENT_MODES))} (any case)"
+            )
+        values.setdefault("trace_content", _CONTENT_MODES[capture.lower()])
+    location = values.get("google_cloud_location")
+    if isinstance(location, str):
+        values.setdefault("vertex_location", location)
+
+
+def resource_attributes(raw: str | None) -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` as a mapping: comma-separated ``key=value`` pairs,
+    values percent-decoded (OpenTelemetry's specification). Raises SettingsError on a
+    pair without ``=`` or a key."""
+    attributes: dict[str, str] = {}
+    for pair in csv(raw):
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise SettingsError(f"OTEL_RESOURCE_ATTRIBUTES: {pair!r} is not a key=value pair")
+        attributes[key.strip()] = urllib.parse.unquote(value.strip())
+    return attributes
 
 
 def default_deadline_margin(function_timeout_seconds: int) -> float:
