@@ -134,7 +134,7 @@ def _stores(
 ) -> tuple[HistoryBackend, IdempotencyBackend, ToolRunBackend, SpendBackend, str | None]:
     """The history, idempotency, tool-run and spend stores of ``HISTORY_BACKEND``, and
     the project."""
-    ttl, timeout = settings.session_ttl_seconds, settings.firestore_timeout_seconds
+    ttl, timeout = settings.session_ttl_seconds, settings.store_timeout
     if settings.history_backend == "sqlite":
         database = Database(settings.sqlite_path, timeout_seconds=timeout)
         log.info("history store: SQLite at %s", settings.sqlite_path)

@@ -53,8 +53,13 @@ class Settings:
 
     firestore_timeout_seconds: float = 5.0
     """Upper bound for each Firestore call, retries included (0.5-60). With Firestore
-    down a request gets 503 within about this time instead of hanging. With
-    ``HISTORY_BACKEND=sqlite``, the longest wait for the database's write lock."""
+    down a request gets 503 within about this time instead of hanging. The older name
+    of ``STORE_TIMEOUT_SECONDS``, which it stands for when that is unset."""
+
+    store_timeout_seconds: float | None = None
+    """Upper bound for each history-store call, whichever ``HISTORY_BACKEND``: a Firestore
+    call with its retries, or the SQLite store's wait for its write lock (0.5-60). Unset:
+    ``FIRESTORE_TIMEOUT_SECONDS``; set, it sets that too (both set differently: refused)."""
 
     history_backend: HistoryBackendName = "firestore"
     """Where conversations are kept: ``firestore``, or ``sqlite`` (one local file, for a
@@ -339,6 +344,7 @@ class Settings:
             values.setdefault("model_api", "chat_completions")
             values.setdefault("agent_model", VERTEX_DEFAULT_MODEL)
         _take_standard_variables(values)
+        _one_store_timeout(values)
         if "model_api" not in values and values.get("openai_base_url"):
             values["model_api"] = "chat_completions"
         # Defaults that depend on another setting: a default must never make a valid
@@ -359,11 +365,21 @@ class Settings:
         return settings
 
     @property
+    def store_timeout(self) -> float:
+        """The bound on each history-store call (``STORE_TIMEOUT_SECONDS``, else
+        ``FIRESTORE_TIMEOUT_SECONDS``)."""
+        if self.store_timeout_seconds is not None:
+            return self.store_timeout_seconds
+        return self.firestore_timeout_seconds
+
+    @property
     def turn_budget_seconds(self) -> float:
         """Time one turn may take, from request start to answer."""
         return self.function_timeout_seconds - self.deadline_margin_seconds
 
     def validate(self) -> None:
+        if self.store_timeout_seconds is not None:
+            _check_range("store_timeout_seconds", self.store_timeout_seconds, 0.5, 60)
         _check_range("firestore_timeout_seconds", self.firestore_timeout_seconds, 0.5, 60)
         _check_range("session_ttl_seconds", self.session_ttl_seconds, 1, 30 * 86400)
         _check_range("function_timeout_seconds", self.function_timeout_seconds, 1, 3600)
@@ -561,6 +577,19 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _LOOPBACK_NETLOC = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def _one_store_timeout(values: dict[str, object]) -> None:
+    """``STORE_TIMEOUT_SECONDS`` and its older name ``FIRESTORE_TIMEOUT_SECONDS`` are one
+    setting: either sets both; two different values are refused, not silently ranked."""
+    store, firestore = values.get("store_timeout_seconds"), values.get("firestore_timeout_seconds")
+    if store is not None and firestore is not None and store != firestore:
+        raise SettingsError(
+            f"STORE_TIMEOUT_SECONDS={store} and FIRESTORE_TIMEOUT_SECONDS={firestore} name the"
+            " same bound: set one"
+        )
+    if store is not None:
+        values["firestore_timeout_seconds"] = store
 
 
 _CONTENT_MODES = {
