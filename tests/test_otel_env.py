@@ -150,6 +150,19 @@ def test_otel_traces_exporter_stands_for_trace_export() -> None:
     assert Settings.from_env(both).trace_export == "cloud_trace"  # ours wins
     with pytest.raises(SettingsError, match="OTEL_TRACES_EXPORTER='zipkin'"):
         Settings.from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
+    # Set for other programs of the environment, it is not ours to refuse once ours is set.
+    assert Settings.from_env({"OTEL_TRACES_EXPORTER": "zipkin", "TRACE_EXPORT": "none"})
+
+
+def test_opentelemetrys_variables_are_checked_only_where_used() -> None:
+    others = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317",  # a gRPC exporter's, elsewhere
+        "OTEL_RESOURCE_ATTRIBUTES": "not-a-pair",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "maybe",
+    }
+    Settings.from_env(others | {"TRACE_CONTENT": "false"})  # export off: none of ours
+    with pytest.raises(SettingsError, match="OTEL_EXPORTER_OTLP_ENDPOINT must be"):
+        Settings.from_env(OTLP | {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"})
 
 
 @pytest.mark.parametrize(

@@ -491,19 +491,22 @@ class Settings:
         if self.trace_export not in ("none", "cloud_trace", "otlp"):
             raise SettingsError("TRACE_EXPORT must be 'none', 'cloud_trace' or 'otlp'")
         _check_range("trace_flush_seconds", self.trace_flush_seconds, 0, 30)
+        endpoint = self.trace_otlp_endpoint
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise SettingsError("TRACE_OTLP_ENDPOINT must be an http:// or https:// URL")
+        if self.trace_export == "none":
+            return  # OpenTelemetry's own variables are checked only where they are used
         resource_attributes(self.otel_resource_attributes)  # refuses a malformed one
-        for name in ("trace_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"):
+        for name in ("otel_exporter_otlp_traces_endpoint", "otel_exporter_otlp_endpoint"):
             endpoint = getattr(self, name)
-            if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            used = self.trace_export == "otlp" and endpoint is not None
+            if used and not endpoint.startswith(("http://", "https://")):
                 raise SettingsError(f"{name.upper()} must be an http:// or https:// URL")
-        base = self.otel_exporter_otlp_endpoint
-        if base is not None and not base.startswith(("http://", "https://")):
-            raise SettingsError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL")
         if self.trace_export == "cloud_trace" and not https_or_loopback(self.traces_url):
             # The export carries an access token: never in clear text off this machine.
             raise SettingsError("TRACE_OTLP_ENDPOINT must be https:// (or http on loopback)")
         headers = self.otlp_headers_variable
-        if self.trace_export != "none" and headers and not https_or_loopback(self.traces_url):
+        if headers and not https_or_loopback(self.traces_url):
             raise SettingsError(
                 f"{headers} holds credentials, which would go in clear text to"
                 f" {redact_url(self.traces_url)}: use an https:// endpoint (or a collector"
@@ -605,22 +608,24 @@ _CONTENT_MODES = {
 def _take_standard_variables(values: dict[str, object]) -> None:
     """The ecosystem's variables for a setting of ours that is unset (ours win when
     both are set): OpenTelemetry's exporter and GenAI content switch, Google's location."""
+    # Each is checked only where it is used: the ecosystem's variables may be set for
+    # other programs in the same environment, and ours win.
     exporter = values.get("otel_traces_exporter")
-    if isinstance(exporter, str):
+    if isinstance(exporter, str) and "trace_export" not in values:
         if exporter.lower() not in ("otlp", "none"):
             raise SettingsError(
                 f"OTEL_TRACES_EXPORTER={exporter!r}: this service exports 'otlp' or 'none'"
                 " (TRACE_EXPORT also takes 'cloud_trace')"
             )
-        values.setdefault("trace_export", exporter.lower())
+        values["trace_export"] = exporter.lower()
     capture = values.get("otel_instrumentation_genai_capture_message_content")
-    if isinstance(capture, str):
+    if isinstance(capture, str) and "trace_content" not in values:
         if capture.lower() not in _CONTENT_MODES:
             raise SettingsError(
                 f"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT={capture!r} is not one of"
                 f" {', '.join(sorted(_CONTENT_MODES))} (any case)"
             )
-        values.setdefault("trace_content", _CONTENT_MODES[capture.lower()])
+        values["trace_content"] = _CONTENT_MODES[capture.lower()]
     location = values.get("google_cloud_location")
     if isinstance(location, str):
         values.setdefault("vertex_location", location)
