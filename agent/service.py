@@ -88,7 +88,9 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
         summarizer = build_model(settings, settings.context_summary_model)
     budget = settings.context_max_tokens or default_budget(settings.agent_model)
     summary_model_name = settings.context_summary_model or settings.agent_model
-    context = ContextKeeper(agent, summarizer, budget, summary_model_name=summary_model_name)
+    context = ContextKeeper(
+        agent, summarizer, budget, summary_model_name=summary_model_name, settings=settings
+    )
     loop = BackgroundLoop()
     # No network, no storage import: the bucket's client is made on the first offload.
     results = OffloadPolicy(settings, ResultBucket(settings) if settings.results_bucket else None)
@@ -169,7 +171,7 @@ def _stores(
 ) -> tuple[HistoryBackend, IdempotencyBackend, ToolRunBackend, SpendBackend, str | None]:
     """The history, idempotency, tool-run and spend stores of ``HISTORY_BACKEND``, and
     the project."""
-    ttl, timeout = settings.session_ttl_seconds, settings.firestore_timeout_seconds
+    ttl, timeout = settings.session_ttl_seconds, settings.store_timeout
     if settings.history_backend == "sqlite":
         database = Database(settings.sqlite_path, timeout_seconds=timeout)
         log.info("history store: SQLite at %s", settings.sqlite_path)

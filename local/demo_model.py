@@ -60,6 +60,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MODEL_NAME = "demo-model"
+LATEST_ALIAS = f"{MODEL_NAME}-latest"
+SNAPSHOT = f"{MODEL_NAME}-2026-06-01"
+"""Asked for ``LATEST_ALIAS``, the demo answers as ``SNAPSHOT``, as OpenAI names the dated
+model an alias resolved to in its response (traces must report the response's model)."""
 PREFIX = "[demo model] "
 QUOTE_LIMIT = 200
 # Starts with a digit or "(" and ends with a digit or ")", so "?" and words stay out.
@@ -448,7 +452,9 @@ class _Handler(BaseHTTPRequestHandler):
         meta = {
             "id": f"chatcmpl-demo{digest:08x}",
             "created": int(time.time()),
-            "model": body.get("model") or MODEL_NAME,
+            "model": SNAPSHOT
+            if body.get("model") == LATEST_ALIAS
+            else body.get("model") or MODEL_NAME,
             "system_fingerprint": None,
         }
         if not body.get("stream"):

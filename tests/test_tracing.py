@@ -4,19 +4,15 @@ trace, and spans reaching a loopback OTLP/HTTP receiver from a real server proce
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -28,6 +24,7 @@ from local.server import LiveServer
 from local.throwaway_key import new_key
 from tests.support.constants import PROJECT, service_account_email
 from tests.support.google_metadata_and_iam import Standin
+from tests.support.otlp_receiver import OtlpReceiver, serving
 from tests.support.storage_fixtures import StorageEmulator
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -87,7 +84,7 @@ def test_a_turn_is_one_tree_under_the_callers_traceparent(
     assert parent_of(request) == int(PARENT, 16)
     assert request.attributes is not None
     assert request.attributes["http.response.status_code"] == 200
-    for name in ("claim", "commit", "Agent workflow"):
+    for name in ("claim", "commit", "assistant"):  # the SDK's trace, named after the agent
         assert ancestors(by_name(found, name), found) == ["POST /chat"], name
     calls = [s for s in found if s.name == "chat demo-model"]
     assert len(calls) == 2  # the tool call, then the answer
@@ -164,7 +161,7 @@ def test_a_streamed_turn_keeps_its_spans_in_the_request_trace(
     found = spans.get_finished_spans()
     request = by_name(found, "POST /chat")
     assert (request.attributes or {})["agent.stream_ending"] == "done"
-    for name in ("claim", "commit", "Agent workflow"):
+    for name in ("claim", "commit", "assistant"):  # the SDK's trace, named after the agent
         assert ancestors(by_name(found, name), found) == ["POST /chat"], name
     assert {s.context.trace_id for s in found} == {int(TRACE, 16)}
 
@@ -191,62 +188,10 @@ def test_log_lines_carry_the_request_spans_trace_without_a_header(
     assert line["logging.googleapis.com/spanId"] == f"{request.context.span_id:016x}"
 
 
-class OtlpReceiver(http.server.ThreadingHTTPServer):
-    """A loopback OTLP/HTTP collector: keeps each span it is sent, decoded."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _OtlpHandler)
-        self.spans: list[dict[str, Any]] = []
-        self.authorizations: list[str | None] = []
-        self.resources: list[dict[str, str]] = []
-        self.received = threading.Condition()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1/traces"
-
-
-class _OtlpHandler(http.server.BaseHTTPRequestHandler):
-    server: OtlpReceiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        request = ExportTraceServiceRequest.FromString(body)
-        with self.server.received:
-            self.server.authorizations.append(self.headers["Authorization"])
-            for resource in request.resource_spans:
-                self.server.resources.append(
-                    {a.key: a.value.string_value for a in resource.resource.attributes}
-                )
-                for scope in resource.scope_spans:
-                    for span in scope.spans:
-                        self.server.spans.append(
-                            {
-                                "name": span.name,
-                                "trace_id": span.trace_id.hex(),
-                                "span_id": span.span_id.hex(),
-                                "parent": span.parent_span_id.hex(),
-                                "attributes": {a.key: str(a.value) for a in span.attributes},
-                            }
-                        )
-            self.server.received.notify_all()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[OtlpReceiver]:
-    server = OtlpReceiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving() as server:
+        yield server
 
 
 def test_otlp_spans_reach_a_collector_before_the_response_completes(

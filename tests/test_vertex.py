@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.auth._helpers import REFRESH_THRESHOLD
 
 from agent.base.settings import VERTEX_DEFAULT_MODEL, Settings, SettingsError
 from agent.runtime.vertex_tokens import AccessTokens
@@ -28,7 +29,9 @@ from tests.support.google_metadata_and_iam import Standin
 from tests.support.openapi_contract import assert_conforms
 from tests.support.vertex_stand_in import VertexStandIn
 
-TOKEN_SECONDS = 4
+FRESH_SECONDS = 4
+TOKEN_SECONDS = int(REFRESH_THRESHOLD.total_seconds()) + FRESH_SECONDS
+"""Tokens google-auth calls fresh for FRESH_SECONDS, then stale (within its threshold)."""
 
 
 def test_vertex_settings_default_to_gemini_over_chat_completions() -> None:
@@ -115,7 +118,7 @@ def test_concurrent_calls_with_a_stale_token_refresh_it_once(
     first = asyncio.run(eight())
     assert len(set(first)) == 1 and metadata.token_requests == 1
     assert asyncio.run(eight()) == first and metadata.token_requests == 1  # cached
-    time.sleep(TOKEN_SECONDS * 0.8)  # inside the last quarter of its lifetime
+    time.sleep(FRESH_SECONDS + 0.5)  # within google-auth's refresh threshold of expiry
     second = asyncio.run(eight())
     assert len(set(second)) == 1 and second != first and metadata.token_requests == 2
     assert metadata.token_is_valid(f"Bearer {second[0]}")
@@ -152,7 +155,7 @@ def test_turns_across_a_token_expiry_refresh_it_exactly_once(
     turn("first")
     turn("second")
     assert metadata.token_requests == 1  # never per request
-    time.sleep(TOKEN_SECONDS * 0.8)  # the token is about to expire
+    time.sleep(FRESH_SECONDS + 0.5)  # the token is about to expire
     turn("third")
     turn("fourth")
     assert metadata.token_requests == 2

@@ -1,14 +1,21 @@
 """A streamed ``POST /chat``: the turn's events as Server-Sent Events.
 
-The wire format (each event's data is one line of JSON)::
+The wire format (each event's data is one line of JSON), in this order::
 
+    event: context_compacted {"folded_items", "summary_chars"}  the turn folded the oldest
+                                                          history into the running summary
     event: delta         {"text": "..."}                  text as the model writes it
     event: tool_call     {"call_id", "name", "arguments"}
     event: tool_result   {"call_id", "output"}
     event: deltas_stopped {"sent_bytes": n}               the size cap was reached: the
                                                           rest is in done (or its result)
+    event: approval_required {"pending_approvals": [...]} the run paused (stored): decide
     event: done          the body a JSON request would have got (chat_response.py)
     event: error         {"error": {"code", "message"}}   and the stream ends
+
+Only ``delta``, ``tool_call`` and ``tool_result`` count against the size cap; the
+others always arrive (``tests/test_sse_events.py`` holds this list to the code and to
+openapi.yaml).
 
 Lines starting with ``:`` are comments (keep-alives). Errors found before the stream
 starts (bad input, a busy session, storage down) are ordinary JSON responses with
@@ -37,6 +44,20 @@ KEEPALIVE_SECONDS = 1.0
 when a write fails, and proxies drop connections that say nothing."""
 
 MIMETYPE = "text/event-stream"
+
+EVENTS = (
+    "context_compacted",
+    "delta",
+    "tool_call",
+    "tool_result",
+    "deltas_stopped",
+    "approval_required",
+    "done",
+    "error",
+)
+"""Every event a stream may send, in the order they come."""
+CAPPED = frozenset({"delta", "tool_call", "tool_result"})
+"""The events the size cap stops (``event_budget``); the rest are small and always sent."""
 
 
 def event_budget(settings: Settings) -> int:
@@ -90,6 +111,8 @@ def _body(
             elif isinstance(item, TurnOutcome):
                 ending, usage = "done", item.usage
                 yield frame("done", chat_response(item))
+            elif item.name not in CAPPED:
+                yield frame(item.name, item.data)
             elif not capped:
                 chunk = frame(item.name, item.data)
                 if sent + len(chunk) > max_event_bytes:

@@ -49,11 +49,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+HANDLER_NAME = "agent-cloud-function"
+"""The name of the one handler ``configure_logging`` adds to the root logger."""
+
+
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    """JSON lines on stdout through one named root handler, added once (called again, it
+    keeps that one). The root's other handlers stay: a host application's, or pytest's,
+    are theirs, and replacing them would silence the host's own logging."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    if not any(h.get_name() == HANDLER_NAME for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.set_name(HANDLER_NAME)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
     root.setLevel(level.upper())
     # The HTTP client logs every request line at INFO; keep the log about turns.
     for noisy in ("httpx", "httpx2", "openai", "openai.agents"):

@@ -30,9 +30,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.util.re import parse_env_headers
 
 from agent.base.logs import IncomingTrace, cloud_logging_trace
-from agent.base.settings import Settings
+from agent.base.settings import Settings, resource_attributes
 from agent.base.tracing import Attribute, Kind, Span
 
 _KINDS = {"internal": SpanKind.INTERNAL, "server": SpanKind.SERVER, "client": SpanKind.CLIENT}
@@ -82,10 +83,11 @@ class OtelSpan:
 
 class OtelBackend:
     def __init__(self, settings: Settings) -> None:
-        resource = {"service.name": settings.k_service or "agent-cloud-function"}
+        resource = resource_attributes(settings.otel_resource_attributes)
+        resource["service.name"] = settings.service_name
         if settings.google_cloud_project:
             # The Telemetry API files spans under the project this attribute names.
-            resource["gcp.project_id"] = settings.google_cloud_project
+            resource.setdefault("gcp.project_id", settings.google_cloud_project)
         self._provider = TracerProvider(resource=Resource.create(resource))
         self._provider.add_span_processor(BatchSpanProcessor(build_exporter(settings)))
         self._tracer = self._provider.get_tracer("agent")
@@ -147,7 +149,12 @@ def build_exporter(settings: Settings) -> SpanExporter:
         session.auth = GoogleAuth()
     # Each export is bounded too: a collector that hangs must not pile up flushes.
     timeout = max(settings.trace_flush_seconds, 1.0)
-    return OTLPSpanExporter(endpoint=settings.traces_url, timeout=timeout, session=session)
+    # The headers as the settings hold them (the exporter would also read the process's
+    # environment itself, to the same effect), parsed as the exporter parses them.
+    headers = parse_env_headers(settings.otlp_headers or "", liberal=True)
+    return OTLPSpanExporter(
+        endpoint=settings.traces_url, timeout=timeout, session=session, headers=dict(headers)
+    )
 
 
 class GoogleAuth(requests.auth.AuthBase):

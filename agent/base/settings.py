@@ -54,8 +54,13 @@ class Settings:
 
     firestore_timeout_seconds: float = 5.0
     """Upper bound for each Firestore call, retries included (0.5-60). With Firestore
-    down a request gets 503 within about this time instead of hanging. With
-    ``HISTORY_BACKEND=sqlite``, the longest wait for the database's write lock."""
+    down a request gets 503 within about this time instead of hanging. The older name
+    of ``STORE_TIMEOUT_SECONDS``, which it stands for when that is unset."""
+
+    store_timeout_seconds: float | None = None
+    """Upper bound for each history-store call, whichever ``HISTORY_BACKEND``: a Firestore
+    call with its retries, or the SQLite store's wait for its write lock (0.5-60). Unset:
+    ``FIRESTORE_TIMEOUT_SECONDS``; set, it sets that too (both set differently: refused)."""
 
     history_backend: HistoryBackendName = "firestore"
     """Where conversations are kept: ``firestore``, or ``sqlite`` (one local file, for a
@@ -102,7 +107,12 @@ class Settings:
     is required."""
 
     vertex_location: str = "global"
-    """Vertex AI location of the model (``global``, ``us-central1``, ...)."""
+    """Vertex AI location of the model (``global``, ``us-central1``, ...). Unset:
+    ``GOOGLE_CLOUD_LOCATION``, else ``global``."""
+
+    google_cloud_location: str | None = None
+    """The location google-genai and the Vertex AI SDK read; ``VERTEX_LOCATION``'s value
+    when that is unset."""
 
     vertex_endpoint: str | None = None
     """Base URL of the Vertex AI API. Unset: ``https://aiplatform.googleapis.com`` for
@@ -170,20 +180,61 @@ class Settings:
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
     otherwise upload every conversation as soon as any key is configured."""
 
+    openai_agents_disable_tracing: bool = False
+    """The Agents SDK's own switch, honoured as the SDK documents it: true, and the SDK
+    makes no traces at all, whatever ``TRACING_ENABLED`` says (nothing goes to OpenAI, and
+    ``TRACE_EXPORT``'s spans lack the model and tool spans)."""
+
     trace_export: TraceExport = "none"
     """Where OpenTelemetry spans of each request go: ``none`` (no OpenTelemetry SDK is
     even imported), ``cloud_trace`` (Cloud Trace, through Google's Telemetry API, as the
     runtime's credentials) or ``otlp`` (OTLP/HTTP to a collector). Independent of
     ``TRACING_ENABLED``."""
 
+    otel_traces_exporter: str | None = None
+    """OpenTelemetry's exporter variable: ``otlp`` or ``none``, taken as ``TRACE_EXPORT``
+    when that is unset (``TRACE_EXPORT`` wins). Any other exporter is refused."""
+
     trace_content: bool = False
-    """Put prompt, reply and tool argument text in spans. Off: spans carry names,
-    models, token counts and timings, never what anyone wrote."""
+    """Put prompt, reply and tool argument text in spans, OpenTelemetry's and the ones
+    ``TRACING_ENABLED`` uploads to OpenAI (the SDK's ``trace_include_sensitive_data``).
+    Off: spans carry names, models, token counts and timings, never what anyone wrote."""
+
+    otel_instrumentation_genai_capture_message_content: str | None = None
+    """OpenTelemetry's GenAI content switch, taken as ``TRACE_CONTENT`` when that is
+    unset: ``true`` or ``SPAN_ONLY`` / ``SPAN_AND_EVENT`` put the text in spans; ``false``,
+    ``NO_CONTENT`` or ``EVENT_ONLY`` (this service sends no events) do not."""
+
+    otel_service_name: str | None = None
+    """The spans' ``service.name``. Unset: ``service.name`` from
+    ``OTEL_RESOURCE_ATTRIBUTES``, else ``K_SERVICE``, else ``agent-cloud-function``."""
+
+    otel_resource_attributes: str | None = None
+    """More resource attributes of the spans, ``key=value,key2=value2`` (values
+    URL-encoded), as OpenTelemetry's specification has them."""
 
     trace_otlp_endpoint: str | None = None
-    """The OTLP/HTTP traces URL. Unset: ``http://localhost:4318/v1/traces`` (a collector
-    beside the process) for ``otlp``, ``https://telemetry.googleapis.com/v1/traces`` for
-    ``cloud_trace``, which sends a bearer token and so needs https (or loopback http)."""
+    """The OTLP/HTTP traces URL, over the OpenTelemetry variables below. Unset, for
+    ``otlp``: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    with ``/v1/traces`` appended, else ``http://localhost:4318/v1/traces`` (a collector
+    beside the process); for ``cloud_trace``: ``https://telemetry.googleapis.com/v1/traces``,
+    which sends a bearer token and so needs https (or loopback http)."""
+
+    otel_exporter_otlp_endpoint: str | None = None
+    """OpenTelemetry's base OTLP/HTTP URL (specification): the traces go to it with
+    ``/v1/traces`` appended. Used with ``TRACE_EXPORT=otlp`` only."""
+
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    """OpenTelemetry's traces URL, used as given; wins over the base one."""
+
+    otel_exporter_otlp_headers: str | None = field(default=None, repr=False)
+    """Headers of each export (``key=value,key2=value2``), a collector's credentials
+    typically; never logged. With any set, the export must go over https (or to
+    loopback): startup refuses plain http to another host."""
+
+    otel_exporter_otlp_traces_headers: str | None = field(default=None, repr=False)
+    """The traces' own headers; when set, used instead of ``OTEL_EXPORTER_OTLP_HEADERS``
+    (as the OpenTelemetry exporter does)."""
 
     trace_flush_seconds: float = 2.0
     """Bound on exporting a request's spans before its response completes (0-30). The
@@ -294,6 +345,8 @@ class Settings:
             # Vertex AI's OpenAI-compatible endpoint speaks Chat Completions only.
             values.setdefault("model_api", "chat_completions")
             values.setdefault("agent_model", VERTEX_DEFAULT_MODEL)
+        _take_standard_variables(values)
+        _one_store_timeout(values)
         if "model_api" not in values and values.get("openai_base_url"):
             values["model_api"] = "chat_completions"
         # Defaults that depend on another setting: a default must never make a valid
@@ -314,11 +367,21 @@ class Settings:
         return settings
 
     @property
+    def store_timeout(self) -> float:
+        """The bound on each history-store call (``STORE_TIMEOUT_SECONDS``, else
+        ``FIRESTORE_TIMEOUT_SECONDS``)."""
+        if self.store_timeout_seconds is not None:
+            return self.store_timeout_seconds
+        return self.firestore_timeout_seconds
+
+    @property
     def turn_budget_seconds(self) -> float:
         """Time one turn may take, from request start to answer."""
         return self.function_timeout_seconds - self.deadline_margin_seconds
 
     def validate(self) -> None:
+        if self.store_timeout_seconds is not None:
+            _check_range("store_timeout_seconds", self.store_timeout_seconds, 0.5, 60)
         _check_range("firestore_timeout_seconds", self.firestore_timeout_seconds, 0.5, 60)
         _check_range("session_ttl_seconds", self.session_ttl_seconds, 1, 30 * 86400)
         _check_range("function_timeout_seconds", self.function_timeout_seconds, 1, 3600)
@@ -433,17 +496,58 @@ class Settings:
         endpoint = self.trace_otlp_endpoint
         if endpoint is not None and not endpoint.startswith(("http://", "https://")):
             raise SettingsError("TRACE_OTLP_ENDPOINT must be an http:// or https:// URL")
+        if self.trace_export == "none":
+            return  # OpenTelemetry's own variables are checked only where they are used
+        resource_attributes(self.otel_resource_attributes)  # refuses a malformed one
+        for name in ("otel_exporter_otlp_traces_endpoint", "otel_exporter_otlp_endpoint"):
+            endpoint = getattr(self, name)
+            used = self.trace_export == "otlp" and endpoint is not None
+            if used and not endpoint.startswith(("http://", "https://")):
+                raise SettingsError(f"{name.upper()} must be an http:// or https:// URL")
         if self.trace_export == "cloud_trace" and not https_or_loopback(self.traces_url):
             # The export carries an access token: never in clear text off this machine.
             raise SettingsError("TRACE_OTLP_ENDPOINT must be https:// (or http on loopback)")
+        headers = self.otlp_headers_variable
+        if headers and not https_or_loopback(self.traces_url):
+            raise SettingsError(
+                f"{headers} holds credentials, which would go in clear text to"
+                f" {redact_url(self.traces_url)}: use an https:// endpoint (or a collector"
+                " on loopback)"
+            )
+
+    @property
+    def service_name(self) -> str:
+        """The spans' ``service.name``: ``OTEL_SERVICE_NAME``, else the one in
+        ``OTEL_RESOURCE_ATTRIBUTES`` (the specification's order), else ``K_SERVICE``."""
+        named = resource_attributes(self.otel_resource_attributes).get("service.name")
+        return self.otel_service_name or named or self.k_service or "agent-cloud-function"
+
+    @property
+    def otlp_headers(self) -> str | None:
+        """The export's headers as configured (``OTEL_EXPORTER_OTLP_TRACES_HEADERS``, else
+        ``OTEL_EXPORTER_OTLP_HEADERS``), unparsed; None when neither holds any."""
+        name = self.otlp_headers_variable
+        return getattr(self, name.lower()) if name else None
+
+    @property
+    def otlp_headers_variable(self) -> str | None:
+        for name in ("otel_exporter_otlp_traces_headers", "otel_exporter_otlp_headers"):
+            if (getattr(self, name) or "").strip():
+                return name.upper()
+        return None
 
     @property
     def traces_url(self) -> str:
-        """Where spans are sent (``TRACE_OTLP_ENDPOINT`` or its default)."""
+        """Where spans are sent: ``TRACE_OTLP_ENDPOINT``, else OpenTelemetry's variables
+        by the specification's rules (``otlp`` only), else the default."""
         if self.trace_otlp_endpoint is not None:
             return self.trace_otlp_endpoint
         if self.trace_export == "cloud_trace":
             return "https://telemetry.googleapis.com/v1/traces"
+        if self.otel_exporter_otlp_traces_endpoint is not None:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint is not None:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
         return "http://localhost:4318/v1/traces"
 
     def _validate_access(self) -> None:
@@ -478,6 +582,68 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _LOOPBACK_NETLOC = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def _one_store_timeout(values: dict[str, object]) -> None:
+    """``STORE_TIMEOUT_SECONDS`` and its older name ``FIRESTORE_TIMEOUT_SECONDS`` are one
+    setting: either sets both; two different values are refused, not silently ranked."""
+    store, firestore = values.get("store_timeout_seconds"), values.get("firestore_timeout_seconds")
+    if store is not None and firestore is not None and store != firestore:
+        raise SettingsError(
+            f"STORE_TIMEOUT_SECONDS={store} and FIRESTORE_TIMEOUT_SECONDS={firestore} name the"
+            " same bound: set one"
+        )
+    if store is not None:
+        values["firestore_timeout_seconds"] = store
+
+
+_CONTENT_MODES = {
+    "true": True,
+    "span_only": True,
+    "span_and_event": True,
+    "false": False,
+    "no_content": False,
+    "event_only": False,
+}
+
+
+def _take_standard_variables(values: dict[str, object]) -> None:
+    """The ecosystem's variables for a setting of ours that is unset (ours win when
+    both are set): OpenTelemetry's exporter and GenAI content switch, Google's location."""
+    # Each is checked only where it is used: the ecosystem's variables may be set for
+    # other programs in the same environment, and ours win.
+    exporter = values.get("otel_traces_exporter")
+    if isinstance(exporter, str) and "trace_export" not in values:
+        if exporter.lower() not in ("otlp", "none"):
+            raise SettingsError(
+                f"OTEL_TRACES_EXPORTER={exporter!r}: this service exports 'otlp' or 'none'"
+                " (TRACE_EXPORT also takes 'cloud_trace')"
+            )
+        values["trace_export"] = exporter.lower()
+    capture = values.get("otel_instrumentation_genai_capture_message_content")
+    if isinstance(capture, str) and "trace_content" not in values:
+        if capture.lower() not in _CONTENT_MODES:
+            raise SettingsError(
+                f"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT={capture!r} is not one of"
+                f" {', '.join(sorted(_CONTENT_MODES))} (any case)"
+            )
+        values["trace_content"] = _CONTENT_MODES[capture.lower()]
+    location = values.get("google_cloud_location")
+    if isinstance(location, str):
+        values.setdefault("vertex_location", location)
+
+
+def resource_attributes(raw: str | None) -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` as a mapping: comma-separated ``key=value`` pairs,
+    values percent-decoded (OpenTelemetry's specification). Raises SettingsError on a
+    pair without ``=`` or a key."""
+    attributes: dict[str, str] = {}
+    for pair in csv(raw):
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise SettingsError(f"OTEL_RESOURCE_ATTRIBUTES: {pair!r} is not a key=value pair")
+        attributes[key.strip()] = urllib.parse.unquote(value.strip())
+    return attributes
 
 
 def default_deadline_margin(function_timeout_seconds: int) -> float:

@@ -27,7 +27,7 @@ from agent.base.logs import IncomingTrace, incoming_trace
 if TYPE_CHECKING:
     from agent.base.settings import Settings
 
-Attribute = str | bool | int | float
+Attribute = str | bool | int | float | tuple[str, ...]
 Kind = Literal["internal", "server", "client"]
 
 

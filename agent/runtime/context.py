@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agents import Agent, Model, Runner, Usage
+from agents import Agent, Model, RunConfig, Runner, Usage
 
 from agent.runtime import catalog
 
@@ -266,9 +266,11 @@ async def summarize(
     *,
     batch_tokens: int,
     max_chars: int = SUMMARY_MAX_CHARS,
+    run_config: RunConfig | None = None,
 ) -> tuple[str, Usage]:
     """A new running summary of ``previous`` plus ``items``, written by ``model`` (no
-    tools), at most ``max_chars`` long, and the usage of its calls. The summariser's own
+    tools), at most ``max_chars`` long, and the usage of its calls; ``run_config`` carries the
+    trace's privacy (None: the SDK's defaults, which trace the text). The summariser's own
     request must fit the window too, so ``items`` go in batches of at most
     ``batch_tokens``, each folded into the summary the previous one wrote. Raises what a
     model call raises."""
@@ -285,7 +287,7 @@ async def summarize(
             quoted = json.dumps(summary, ensure_ascii=False)
             request = f"Earlier summary (a JSON string):\n{quoted}\n\n"
         request += "Messages to fold in (JSON Lines, oldest first):\n" + transcript(batch)
-        result = await Runner.run(writer, request, max_turns=1)
+        result = await Runner.run(writer, request, max_turns=1, run_config=run_config)
         spent.add(result.context_wrapper.usage)
         summary = capped(str(result.final_output).strip(), max_chars)
     return summary or "", spent

@@ -39,18 +39,20 @@ class ModelConfigError(ValueError):
 
 def _route_sdk_traces(settings: Settings) -> None:
     """The SDK's traces go to OpenAI only with TRACING_ENABLED, and to OpenTelemetry
-    (the request's trace) only with TRACE_EXPORT; with neither, it makes none."""
+    (the request's trace) only with TRACE_EXPORT; with neither, or with the SDK's own
+    OPENAI_AGENTS_DISABLE_TRACING=true, it makes none."""
     # The SDK uploads traces as soon as a key exists; never unless asked for.
-    if not settings.tracing_enabled and trace_setup.GLOBAL_TRACE_PROVIDER is None:
+    if not sdk_traces.uploads_to_openai(settings) and trace_setup.GLOBAL_TRACE_PROVIDER is None:
         # A provider without processors: the SDK's default one, built on first use,
         # would make an HTTP exporter (about 40 ms at startup) just to be disabled, or
         # upload what only OpenTelemetry should get. A provider someone already set up
         # (processors of their own) is kept.
         set_trace_provider(DefaultTraceProvider())
-    exporting = settings.trace_export != "none"
-    if exporting:
+    if settings.trace_export != "none":
         sdk_traces.install(settings.model_provider)
-    set_tracing_disabled(not (settings.tracing_enabled or exporting))
+    # Explicitly, both ways: the SDK's provider reads OPENAI_AGENTS_DISABLE_TRACING once,
+    # and a manual setting overrides it, so "on" must never be set past that variable.
+    set_tracing_disabled(not sdk_traces.sdk_tracing_on(settings))
 
 
 def build_model(settings: Settings, name: str | None = None) -> Model:

@@ -6,9 +6,10 @@ the token is the runtime service account's, from the metadata server; on a
 developer's machine it is theirs (``gcloud auth application-default login``).
 
 * The OpenAI client asks for the token before every request (``api_key`` given as an
-  async callable); this hands out the cached one and refreshes it only when it is
-  within ``REFRESH_MARGIN`` of expiry (a quarter of its lifetime for short-lived
-  tokens), so a busy instance fetches one token per token lifetime, not per request.
+  async callable); this hands out the cached one while google-auth calls it fresh
+  (``Credentials.token_state``: not within google-auth's own refresh threshold of
+  expiry) and refreshes it otherwise, so a busy instance fetches one token per token
+  lifetime, not per request, and never sends one google-auth would not.
 * Concurrent requests that find the token stale wait for one refresh: the first
   refreshes, the others reuse its result.
 * Nothing is fetched at startup: ``google.auth.default()`` itself talks to the
@@ -24,18 +25,16 @@ developer's machine it is theirs (``gcloud auth application-default login``).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from agent.base.clock import utc_now
+from google.auth.credentials import TokenState
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
-REFRESH_MARGIN = dt.timedelta(minutes=5)
 
 CredentialsFactory = Callable[[], Any]
 
@@ -57,8 +56,6 @@ class AccessTokens:
     def __init__(self, credentials: CredentialsFactory = _default_credentials) -> None:
         self._make_credentials = credentials
         self._credentials: Any = None
-        self._token: str | None = None
-        self._refresh_at: dt.datetime | None = None
         self._lock = threading.Lock()  # held by the worker thread that refreshes
         self.refreshes = 0
         """Tokens fetched so far (for logs and tests)."""
@@ -70,9 +67,10 @@ class AccessTokens:
         return await asyncio.to_thread(self._refresh_once)
 
     def _current(self) -> str | None:
-        if self._token is None or self._refresh_at is None:
+        credentials = self._credentials
+        if credentials is None or credentials.token_state != TokenState.FRESH:
             return None
-        return self._token if utc_now() < self._refresh_at else None
+        return str(credentials.token)
 
     def _refresh_once(self) -> str:
         with self._lock:
@@ -90,19 +88,5 @@ class AccessTokens:
                 name = type(exc).__name__
                 log.warning("access token for Vertex AI not refreshed: %s", name)
                 raise TokenRefreshFailed(name) from None  # no google-auth traceback
-            token = str(self._credentials.token)
-            self._token, self._refresh_at = token, _refresh_time(self._credentials.expiry)
             self.refreshes += 1
-            return token
-
-
-def _refresh_time(expiry: dt.datetime | None) -> dt.datetime:
-    """When to fetch the next token: ``REFRESH_MARGIN`` before ``expiry``, or a quarter
-    of the token's lifetime before it when that is shorter."""
-    now = utc_now()
-    if expiry is None:  # credentials that do not say: ask again each minute
-        return now + dt.timedelta(minutes=1)
-    if expiry.tzinfo is None:  # google-auth keeps naive UTC datetimes
-        expiry = expiry.replace(tzinfo=dt.UTC)
-    margin = min(REFRESH_MARGIN, (expiry - now) / 4)
-    return expiry - margin
+            return str(self._credentials.token)

@@ -32,7 +32,7 @@ Consistency
   an idempotency record's takeover) cannot interleave, in this process or another on
   the same file. Reads run in a deferred transaction: one consistent snapshot.
 * WAL journal mode: readers never wait for the writer, and a writer waits for another
-  writer at most ``busy_timeout`` (the store's timeout, ``FIRESTORE_TIMEOUT_SECONDS``);
+  writer at most ``busy_timeout`` (the store's timeout, ``STORE_TIMEOUT_SECONDS``);
   past it, or on a disk error, the call raises ``StoreUnavailable`` (503), as a
   Firestore outage does. Within a process one connection is shared under a lock whose
   wait is bounded by the same timeout.

@@ -19,13 +19,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agents import Agent, Model, Usage
+from agents import Agent, Model, RunConfig, Usage
 from agents.run_config import CallModelData, ModelInputData
 
 from agent.base.clock import utc_now
+from agent.base.settings import Settings
 from agent.runtime import context
 from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.sdk_traces import run_tracing
 from agent.store.history import Claim, Summary
 from agent.store.session import FirestoreSession
 from agent.store.summary_provenance import SummaryProvenance
@@ -51,9 +53,17 @@ class ContextKeeper:
     """Plans each turn's window and keeps every model call of the turn inside it."""
 
     def __init__(
-        self, agent: Agent[None], summary_model: Model, budget: int, *, summary_model_name: str = ""
+        self,
+        agent: Agent[None],
+        summary_model: Model,
+        budget: int,
+        *,
+        summary_model_name: str = "",
+        settings: Settings | None = None,
     ) -> None:
+        """``settings`` decide what the summariser's traces carry (None: no text)."""
         self.budget = budget
+        self._settings = settings or Settings()
         self._summary_model = summary_model
         self._summary_model_name = summary_model_name or _name_of(summary_model)
         self._fixed = context.estimate_text(str(agent.instructions or "")) + _tools_tokens(agent)
@@ -93,6 +103,9 @@ class ContextKeeper:
                         plan.fold,
                         batch_tokens=max(256, int(self.budget * room) // 2),
                         max_chars=context.summary_cap(self.budget),
+                        run_config=RunConfig(
+                            **run_tracing(self._settings, "summarizer", session.session_id)
+                        ),
                     ),
                 ),
                 timeout=deadline - time.monotonic(),

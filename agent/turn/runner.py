@@ -57,6 +57,7 @@ from agent.results.policy import Delivery, OffloadPolicy, shrink_answer
 from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.pricing import DEFAULT_PRICES, Price, usage_cost_usd
+from agent.runtime.sdk_traces import run_tracing
 from agent.runtime.streaming import RunEvent, StreamedRun
 from agent.runtime.tools import guarded_run
 from agent.runtime.vertex_tokens import TokenRefreshFailed
@@ -172,10 +173,11 @@ class TurnRunner:
             self._tool_runs, turn.session.session_id, turn.claim.generation, turn.claim.paused
         )
 
-    def _run_config(self, turn: _OpenTurn) -> RunConfig | None:
+    def _run_config(self, turn: _OpenTurn) -> RunConfig:
+        traced = run_tracing(self._settings, self._agent.name, turn.session.session_id)
         if self._context is None or turn.window is None:
-            return None
-        return RunConfig(call_model_input_filter=self._context.input_filter(turn.window))
+            return RunConfig(**traced)
+        return RunConfig(call_model_input_filter=self._context.input_filter(turn.window), **traced)
 
     def _refit(self, turn: _OpenTurn, message: str) -> _OpenTurn:
         assert self._context is not None
