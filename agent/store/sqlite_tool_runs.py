@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import sqlite3
+from collections.abc import Sequence
 
 from agent.store.calls import StoreUnavailable
 from agent.store.schema import (
@@ -31,7 +32,12 @@ class SqliteToolRunStore:
         self._ttl = dt.timedelta(seconds=ttl_seconds)
 
     def start(
-        self, session_id: str, generation: str, call_id: str, now: dt.datetime
+        self,
+        session_id: str,
+        generation: str,
+        call_id: str,
+        now: dt.datetime,
+        keep_until: dt.datetime | None = None,
     ) -> EarlierRun | None:
         run_id = _run_id(session_id, generation, call_id)
         with self._db.write() as conn:
@@ -44,9 +50,26 @@ class SqliteToolRunStore:
             conn.execute(
                 f"INSERT INTO {TOOL_RUNS} ({ID}, {SESSION_ID}, {STATE}, {OUTPUT},"
                 f" {STARTED_AT}, {TTL_FIELD}) VALUES (?, ?, ?, NULL, ?, ?)",
-                (run_id, session_id, RUNNING, to_micros(now), to_micros(now + self._ttl)),
+                (
+                    run_id,
+                    session_id,
+                    RUNNING,
+                    to_micros(now),
+                    to_micros(max(now + self._ttl, keep_until or now)),
+                ),
             )
         return None
+
+    def keep(
+        self, session_id: str, generation: str, call_ids: Sequence[str], until: dt.datetime
+    ) -> None:
+        """The records of ``call_ids`` last at least ``until`` (``tool_runs.py``)."""
+        ids = [_run_id(session_id, generation, call_id) for call_id in call_ids]
+        with self._db.write() as conn:
+            conn.executemany(
+                f"UPDATE {TOOL_RUNS} SET {TTL_FIELD} = ? WHERE {ID} = ? AND {TTL_FIELD} < ?",
+                [(to_micros(until), run_id, to_micros(until)) for run_id in ids],
+            )
 
     def forget_session(self, session_id: str, generation: str) -> None:
         prefix = _run_id(session_id, generation, "")

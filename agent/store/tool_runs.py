@@ -8,8 +8,11 @@ that took over from one that died, or any race the session's claim does not cove
 exactly one gets to. The other learns what is known: done, with the output to give
 the model again, or started and never finished, in which case the call is not run
 again and the model is told its outcome is unknown. A create whose reply is lost is
-retried by the client and then refused as existing: the call is then not run either,
-which is the safe side of at most once.
+retried by the client and then refused as existing: the record carries the creating
+call's own token (``writer``), so a re-read tells its own create from an earlier
+attempt's, and a create that cannot be confirmed in time means the call does not run
+(503). A record lasts at least as long as any claim of its pause (``keep``): the
+session a failed resume kept alive never outlives the guard of a call that ran.
 
 The generation in the id keeps a later life of the session id (whose model may well
 produce the same call ids) from meeting an earlier life's runs. Each document expires
@@ -21,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from agent.store.calls import bounded_retry, outage_as_unavailable
+from agent.store.calls import OUTAGE, StoreUnavailable, bounded_retry, outage_as_unavailable
 from agent.store.history import doc_id
 from agent.store.schema import (
     DONE,
@@ -37,7 +42,11 @@ from agent.store.schema import (
     STATE,
     TOOL_RUNS,
     TTL_FIELD,
+    WRITER,
 )
+
+_ATTEMPTS = 3
+_UNKNOWN = (*OUTAGE, gexc.Aborted, gexc.Cancelled)
 
 
 @dataclass(frozen=True)
@@ -60,22 +69,70 @@ class ToolRunStore:
         self._retry = bounded_retry(timeout_seconds)
 
     def start(
-        self, session_id: str, generation: str, call_id: str, now: dt.datetime
+        self,
+        session_id: str,
+        generation: str,
+        call_id: str,
+        now: dt.datetime,
+        keep_until: dt.datetime | None = None,
     ) -> EarlierRun | None:
         """Record that the call starts now: None when it may run (this created the
-        record), else the earlier run. Raises StoreUnavailable: then it must not run."""
+        record), else the earlier run. Raises StoreUnavailable: then it must not run.
+        ``keep_until``: the record expires no earlier (the end of the claim it runs
+        under, which may keep the session, and so its pause, alive past now + TTL)."""
         ref = self._ref(session_id, generation, call_id)
-        record = {STATE: RUNNING, OUTPUT: None, STARTED_AT: now, TTL_FIELD: now + self._ttl}
+        token = secrets.token_urlsafe(16)
+        expire_at = max(now + self._ttl, keep_until or now)
+        record = {
+            STATE: RUNNING,
+            OUTPUT: None,
+            STARTED_AT: now,
+            WRITER: token,
+            TTL_FIELD: expire_at,
+        }
         with outage_as_unavailable():
-            try:
-                ref.create(record, retry=self._retry, timeout=self._timeout)
-                return None
-            except gexc.AlreadyExists:
+            for _ in range(_ATTEMPTS):
+                try:
+                    ref.create(record, retry=self._retry, timeout=self._timeout)
+                    return None
+                except (gexc.AlreadyExists, *_UNKNOWN) as exc:
+                    failure: Exception = exc
+                # Refused, or its reply lost: our own create may be what is there.
                 snap = ref.get(retry=self._retry, timeout=self._timeout)
-        data = snap.to_dict() or {}
-        output = data.get(OUTPUT)
-        done = data.get(STATE) == DONE and isinstance(output, str)
-        return EarlierRun(output if done else None)
+                if not snap.exists:
+                    continue  # never arrived, or still on its way: create again, same token
+                data = snap.to_dict() or {}
+                if data.get(WRITER) == token:
+                    return None  # ours: its reply was lost
+                output = data.get(OUTPUT)
+                done = data.get(STATE) == DONE and isinstance(output, str)
+                return EarlierRun(output if done else None)
+        raise StoreUnavailable(type(failure).__name__)
+
+    def keep(
+        self, session_id: str, generation: str, call_ids: Sequence[str], until: dt.datetime
+    ) -> None:
+        """Make the records of ``call_ids`` (those that exist) last at least ``until``:
+        each claim of a paused run calls it, so that no guard of the pause expires
+        while the session lives on. Raises StoreUnavailable: then nothing may run."""
+        refs = [self._ref(session_id, generation, call_id) for call_id in call_ids]
+        if not refs:
+            return
+        with outage_as_unavailable():
+            snaps = self._client.get_all(refs, retry=self._retry, timeout=self._timeout)
+            batch = self._client.batch()
+            count = 0
+            for snap in snaps:
+                data = snap.to_dict() if snap.exists else None
+                if data is not None and data.get(TTL_FIELD) and data[TTL_FIELD] < until:
+                    batch.update(
+                        snap.reference,
+                        {TTL_FIELD: until},
+                        option=self._client.write_option(last_update_time=snap.update_time),
+                    )
+                    count += 1
+            if count:
+                batch.commit(retry=self._retry, timeout=self._timeout)
 
     def finish(self, session_id: str, generation: str, call_id: str, output: str) -> None:
         """Keep the output, so that a resume retried after a later failure gives the

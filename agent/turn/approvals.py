@@ -29,6 +29,7 @@ caller gets 409 ``approval_stale``.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
@@ -199,15 +200,23 @@ def dropped(pause: PausedRun) -> list[Item]:
 class StoreGuard:
     """The ``CallGuard`` of one turn: records each approved call before it runs."""
 
-    def __init__(self, store: ToolRunBackend, session_id: str, generation: str) -> None:
+    def __init__(
+        self,
+        store: ToolRunBackend,
+        session_id: str,
+        generation: str,
+        until: dt.datetime | None = None,
+    ) -> None:
+        """``until``: the end of the turn's claim; each record lasts at least that long."""
         self._store = store
         self._session_id = session_id
         self._generation = generation
+        self._until = until
 
     async def run(self, call_id: str, tool: str, invoke: Callable[[], Awaitable[Any]]) -> Any:
         now = utc_now()
         earlier = await asyncio.to_thread(
-            self._store.start, self._session_id, self._generation, call_id, now
+            self._store.start, self._session_id, self._generation, call_id, now, self._until
         )
         if earlier is not None:
             return earlier.output if earlier.output is not None else UNKNOWN_OUTCOME
@@ -217,6 +226,16 @@ class StoreGuard:
             self._store.finish, self._session_id, self._generation, call_id, text
         )
         return output
+
+
+def keep_guards(
+    store: ToolRunBackend, session_id: str, generation: str, pause: PausedRun, until: dt.datetime
+) -> None:
+    """Each claim of a paused run makes the guards of its calls last as long as the claim
+    (which keeps the session, and so the pause, alive that long): a guard never expires
+    while its pause can still be resumed. 503 when that cannot be written."""
+    with store_errors_as_api_errors():
+        store.keep(session_id, generation, [call.call_id for call in pause.pending], until)
 
 
 def _field(raw: Any, name: str) -> Any:
