@@ -882,7 +882,10 @@ class HistoryStore:
                 if done is not None and data.get(DELETED_BY) == token:
                     return done  # our write landed; its reply was lost
                 if _is_tombstone(data):
-                    return Deleted(Deletion.ABSENT)
+                    # Deleted before: the caller may still clean that life up (a delete
+                    # whose clean-up failed is repeated).
+                    gone = data.get(DELETED_GENERATION)
+                    return Deleted(Deletion.ABSENT, gone if isinstance(gone, str) else None)
                 if not _owned_by(data, owner):
                     return Deleted(Deletion.NOT_YOURS)
                 _raise_if_held(data, now)
