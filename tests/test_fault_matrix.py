@@ -42,7 +42,6 @@ from google.cloud import firestore as fs
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from agent.store.schema import IDEMPOTENCY, SESSIONS, TOOL_RUNS
-from local.demo_model import DemoModelServer
 from local.emulators import FirestoreEmulator
 from tests.support.fault_proxy import FaultProxy, Rule
 from tests.support.grpc_writes import label
