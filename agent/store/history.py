@@ -18,6 +18,11 @@ names and document shapes: ``schema.py``)::
         generation   str        random id of this life of the id, made by the claim that
                                 starts it; result objects and idempotency records carry it
         last_commit  str        claim token of the turn that committed last
+        commits      array      claim tokens of the last RECENT_COMMITS commits: a
+                                commit's own mark, kept by the commits after it
+        fenced       str        claim token of the last claim a fence released
+        deleted_by   str        on a tombstone (what DELETE leaves): the delete's token
+        deleted_generation str  on a tombstone: the life it removed
         summary      str|null   running summary of the oldest items (what the model is sent
                                 instead of them once the history passes its context budget)
         summary_items int       leading items the summary covers
@@ -84,13 +89,20 @@ Consistency
   principal's spend) joins the same commit through ``extra_writes``.
 * A commit whose reply is lost (a reset, a timeout, a retry refused because the first
   attempt landed) has an unknown outcome, and ``commit`` finds it out before it
-  answers: the commit writes its claim token as ``last_commit``, so a re-read tells
-  whether it landed. While the claim is in force only its own commit can release it,
-  so a claim found released means landed. A claim still held means not landed yet:
-  the claim is then released by a write with the commit's own precondition (the
-  fence), after which the commit can never land. Landed returns the history;
-  fenced raises ``CommitFailed``; if Firestore cannot be asked in time,
-  ``CommitUnknown`` (nothing may be deleted that the turn might reference).
+  answers: the commit adds its claim token to ``commits``, so a re-read tells whether
+  it landed, even after later turns committed. A claim still held means not landed
+  yet: the claim is then released by a write with the commit's own precondition (the
+  fence, which marks ``fenced`` and never deletes the document, a first turn's
+  included), after which the commit can never land. A claim released without our
+  token in ``commits`` was released by our fence (whose reply may have been lost too)
+  or lapsed: not landed. Landed returns the history; not landed raises
+  ``CommitFailed`` (``ClaimLost`` when the claim had lapsed); a document gone, or
+  Firestore not answering in time, ``CommitUnknown`` (nothing may be deleted that the
+  turn might reference).
+* A claim recognises itself: a claim write whose reply was lost is retried with the
+  same token, and a re-read that finds our token is our claim, never ``SessionBusy``
+  to our own request; one whose outcome is unknown is written again (one lands, the
+  other's precondition fails), so no claim lands after its turn gave up.
 * Each claim that starts a new life of an id (absent, expired, or a first turn that
   never committed) gives it a new random ``generation``. Deletes report the
   generation they removed, so callers clean up only that life's objects and records,
@@ -103,7 +115,11 @@ Consistency
   and re-created between the two reads). Sealed chunks are never rewritten (only
   their ``expire_at`` slides).
 * A delete whose condition fails looks again: gone is ``ABSENT``, held is
-  ``SessionBusy``, anything else is tried again.
+  ``SessionBusy``, anything else is tried again. A delete empties the session document
+  into a tombstone with its own token and the generation it removed, instead of
+  removing it: a delete whose reply was lost finds its token and reports ``DELETED``;
+  a later delete of the tombstone reports ``ABSENT`` with that generation, so the
+  caller can still clean that life up. Tombstones expire by TTL.
 
 Expiry
 ------

@@ -30,6 +30,13 @@ One record per (principal, key), at ``agent_idempotency/{sha256(principal, key)}
   ``MAX_STORED_RESPONSE_BYTES`` fails the turn (502) and nothing is stored.
 * Deleting a session deletes its keys' records (they hold its replies): those of the
   life it deleted (``generation``), never those of a life begun since under the same id.
+  Should that clean-up fail, a done record still never replays in another life: a
+  replay first checks that the session's live generation is the record's (one read,
+  paid only by a replay), and a record of a gone life is taken over like an expired one.
+* A record carries its writer's token (``writer``): a create whose reply was lost finds
+  its own record on re-read and runs, instead of answering 409 to its own request; a
+  write whose outcome is unknown is written again with the same token, so a record
+  never lands running after its request gave up.
 """
 
 from __future__ import annotations
