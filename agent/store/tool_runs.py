@@ -125,14 +125,13 @@ class ToolRunStore:
             for snap in snaps:
                 data = snap.to_dict() if snap.exists else None
                 if data is not None and data.get(TTL_FIELD) and data[TTL_FIELD] < until:
-                    batch.update(
-                        snap.reference,
-                        {TTL_FIELD: until},
-                        option=self._client.write_option(last_update_time=snap.update_time),
-                    )
+                    # No precondition: a late ``finish`` of an earlier attempt may change
+                    # the record meanwhile, and only its expiry is written here.
+                    batch.update(snap.reference, {TTL_FIELD: until})
                     count += 1
             if count:
-                batch.commit(retry=self._retry, timeout=self._timeout)
+                with contextlib.suppress(gexc.NotFound):  # deleted with its session
+                    batch.commit(retry=self._retry, timeout=self._timeout)
 
     def finish(self, session_id: str, generation: str, call_id: str, output: str) -> None:
         """Keep the output, so that a resume retried after a later failure gives the
