@@ -267,7 +267,9 @@ class Deletion(enum.Enum):
 
 @dataclass(frozen=True)
 class Deleted:
-    """What ``delete`` did, and the life (generation) whose documents it removed."""
+    """What ``delete`` did, and the life (generation) whose documents it removed; for a
+    session an earlier delete removed (its tombstone), the life that one removed, so a
+    clean-up that failed then can be repeated."""
 
     outcome: Deletion
     generation: str | None = None
