@@ -111,7 +111,12 @@ def test_delete_removes_every_document(client: FlaskClient, firestore) -> None:
     assert client.delete("/sessions/doomed").status_code == 404
     remaining = [d.reference.path for d in db.collection_group("agent_history_chunks").stream()]
     remaining += [d.reference.path for d in db.collection("agent_sessions").stream()]
-    assert remaining == ["agent_sessions/kept"]
+    assert remaining == ["agent_sessions/doomed", "agent_sessions/kept"]
+    # What stays of the deleted one is a tombstone: its marks, no content, no owner.
+    tombstone = db.collection("agent_sessions").document("doomed").get().to_dict() or {}
+    marks = {"commits", "last_commit", "deleted_by", "deleted_generation", "turns", "chunks"}
+    assert set(tombstone) <= marks | {"expire_at"}, sorted(tombstone)
+    assert tombstone["turns"] == tombstone["chunks"] == 0
 
 
 def test_known_id_after_expiry_starts_a_new_session(make_client) -> None:

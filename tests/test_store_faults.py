@@ -234,6 +234,7 @@ def test_a_delete_whose_clean_up_is_held_spares_the_next_life_of_the_id(
     rule = proxy.arm("agent_sessions/b1", "hold_reply", seconds=3, skip=1)  # skip the read
     thread, out = in_thread(lambda: deleter.delete("/sessions/b1"))
     assert rule.fired.wait(15)
+    time.sleep(0.3)  # the delete's write was forwarded as the rule fired: let it land
     body = {"message": "second life", "session_id": "b1"}
     new = direct.post("/chat", json=body, headers={"Idempotency-Key": "k2"})
     assert new.status_code == 200 and new.get_json()["new_session"] is True

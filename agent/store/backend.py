@@ -107,8 +107,17 @@ class ToolRunBackend(Protocol):
     """The at-most-once guard of approved tool calls (``tool_runs.py``)."""
 
     def start(
-        self, session_id: str, generation: str, call: ToolCall, now: dt.datetime
+        self,
+        session_id: str,
+        generation: str,
+        call: ToolCall,
+        now: dt.datetime,
+        keep_until: dt.datetime | None = None,
     ) -> EarlierRun | None: ...
+
+    def keep(
+        self, session_id: str, generation: str, calls: Sequence[ToolCall], until: dt.datetime
+    ) -> None: ...
 
     def finish(self, session_id: str, generation: str, call: ToolCall, output: str) -> None: ...
 

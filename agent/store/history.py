@@ -18,6 +18,11 @@ names and document shapes: ``schema.py``)::
         generation   str        random id of this life of the id, made by the claim that
                                 starts it; result objects and idempotency records carry it
         last_commit  str        claim token of the turn that committed last
+        commits      array      claim tokens of the last RECENT_COMMITS commits: a
+                                commit's own mark, kept by the commits after it
+        fenced       str        claim token of the last claim a fence released
+        deleted_by   str        on a tombstone (what DELETE leaves): the delete's token
+        deleted_generation str  on a tombstone: the life it removed
         summary      str|null   running summary of the oldest items (what the model is sent
                                 instead of them once the history passes its context budget)
         summary_items int       leading items the summary covers
@@ -88,13 +93,20 @@ Consistency
   principal's spend) joins the same commit through ``extra_writes``.
 * A commit whose reply is lost (a reset, a timeout, a retry refused because the first
   attempt landed) has an unknown outcome, and ``commit`` finds it out before it
-  answers: the commit writes its claim token as ``last_commit``, so a re-read tells
-  whether it landed. While the claim is in force only its own commit can release it,
-  so a claim found released means landed. A claim still held means not landed yet:
-  the claim is then released by a write with the commit's own precondition (the
-  fence), after which the commit can never land. Landed returns the history;
-  fenced raises ``CommitFailed``; if Firestore cannot be asked in time,
-  ``CommitUnknown`` (nothing may be deleted that the turn might reference).
+  answers: the commit adds its claim token to ``commits``, so a re-read tells whether
+  it landed, even after later turns committed. A claim still held means not landed
+  yet: the claim is then released by a write with the commit's own precondition (the
+  fence, which marks ``fenced`` and never deletes the document, a first turn's
+  included), after which the commit can never land. A claim released without our
+  token in ``commits`` was released by our fence (whose reply may have been lost too)
+  or lapsed: not landed. Landed returns the history; not landed raises
+  ``CommitFailed`` (``ClaimLost`` when the claim had lapsed); a document gone, or
+  Firestore not answering in time, ``CommitUnknown`` (nothing may be deleted that the
+  turn might reference).
+* A claim recognises itself: a claim write whose reply was lost is retried with the
+  same token, and a re-read that finds our token is our claim, never ``SessionBusy``
+  to our own request; one whose outcome is unknown is written again (one lands, the
+  other's precondition fails), so no claim lands after its turn gave up.
 * Each claim that starts a new life of an id (absent, expired, or a first turn that
   never committed) gives it a new random ``generation``. Deletes report the
   generation they removed, so callers clean up only that life's objects and records,
@@ -107,7 +119,11 @@ Consistency
   and re-created between the two reads). Sealed chunks are never rewritten (only
   their ``expire_at`` slides).
 * A delete whose condition fails looks again: gone is ``ABSENT``, held is
-  ``SessionBusy``, anything else is tried again.
+  ``SessionBusy``, anything else is tried again. A delete empties the session document
+  into a tombstone with its own token and the generation it removed, instead of
+  removing it: a delete whose reply was lost finds its token and reports ``DELETED``;
+  a later delete of the tombstone reports ``ABSENT`` with that generation, so the
+  caller can still clean that life up. Tombstones expire by TTL.
 
 Expiry
 ------
@@ -135,7 +151,7 @@ from google.cloud import firestore
 
 from agent.base import tracing
 from agent.base.clock import retry_after, utc_now
-from agent.store.calls import OUTAGE, bounded_retry, outage_as_unavailable
+from agent.store.calls import OUTAGE, StoreUnavailable, bounded_retry, outage_as_unavailable
 from agent.store.doc_size import clip_utf8
 from agent.store.paused_runs import (
     Decision,
@@ -154,9 +170,13 @@ from agent.store.schema import (
     CHUNKS,
     CLAIM_TOKEN,
     CLAIM_UNTIL,
+    COMMITS,
     COST_USD,
     CREATED_AT,
     DATA,
+    DELETED_BY,
+    DELETED_GENERATION,
+    FENCED,
     GENERATION,
     INPUT_TOKENS,
     ITEMS,
@@ -200,6 +220,9 @@ _ATTEMPTS = 3
 up: each failure means the document changed, and a session changes about once a second
 at most."""
 _MIN_CALL_SECONDS = 0.05
+RECENT_COMMITS = 16
+"""Commit tokens kept in ``commits``: a turn whose reply was lost re-reads within seconds,
+so its token is still there unless 16 turns committed in between."""
 
 Item = dict[str, Any]
 
@@ -252,7 +275,9 @@ class Deletion(enum.Enum):
 
 @dataclass(frozen=True)
 class Deleted:
-    """What ``delete`` did, and the life (generation) whose documents it removed."""
+    """What ``delete`` did, and the life (generation) whose documents it removed; for a
+    session an earlier delete removed (its tombstone), the life that one removed, so a
+    clean-up that failed then can be repeated."""
 
     outcome: Deletion
     generation: str | None = None
@@ -376,6 +401,8 @@ class Claim:
     totals: UsageTotals = UsageTotals()
     """The session's usage totals as the claim read them: a turn commits them plus its
     own usage (nobody else writes them while the claim is held)."""
+    commits: tuple[str, ...] = ()
+    """The recent commit tokens as the claim read them (the commit adds its own)."""
 
 
 def doc_id(session_id: str) -> str:
@@ -531,15 +558,35 @@ class HistoryStore:
         ``resume`` naming any other is PauseChanged (``paused_runs.py``)."""
         ref = self._session_ref(session_id)
         token = secrets.token_urlsafe(16)
+        unknown: Exception | None = None
+        tried: Any = None  # the snapshot our last claim write was conditioned on
         with outage_as_unavailable():
             for _ in range(_ATTEMPTS):
                 snap = ref.get(retry=self._retry, timeout=self._timeout)
+                data = snap.to_dict() if snap.exists else None
+                if tried is not None and data is not None and data.get(CLAIM_TOKEN) == token:
+                    # An earlier attempt of this very claim landed and its reply was lost:
+                    # it is ours, never busy for our own request. What it claimed is what
+                    # that attempt read.
+                    generation = str(data.get(GENERATION))
+                    return self._claimed(
+                        session_id, tried, token, now, until, generation, snap.update_time
+                    )
+                tried = snap
                 try:
                     return self._claim(session_id, ref, snap, token, now, until, owner, resume)
                 except (gexc.AlreadyExists, gexc.Conflict, *_REFUSED):
                     # The document changed since we read it: another claim won (the next
-                    # read says busy), or a delete or a first turn's release removed it.
+                    # read says busy), a delete or a first turn's release removed it, or
+                    # our own write landed and its reply was lost (``_claim`` saw that).
                     continue
+                except _UNKNOWN as exc:
+                    # Our write may be on its way: claiming again with the same token
+                    # either finds it landed (ours) or lands first and fences it.
+                    unknown = exc
+                    continue
+        if unknown is not None:
+            raise StoreUnavailable(type(unknown).__name__) from unknown
         raise SessionBusy(1)
 
     def _claim(
@@ -592,6 +639,23 @@ class HistoryStore:
                     batch.update(self._chunk_ref(session_id, index), {TTL_FIELD: until})
         results = batch.commit(retry=self._retry, timeout=self._timeout)
         claimed_at = results[0].update_time
+        return self._claimed(session_id, snap, token, now, until, generation, claimed_at)
+
+    def _claimed(
+        self,
+        session_id: str,
+        snap: Any,
+        token: str,
+        now: dt.datetime,
+        until: dt.datetime,
+        generation: str,
+        claimed_at: Any,
+    ) -> Claim:
+        """The claim our write made of the document as ``snap`` had it."""
+        data: dict[str, Any] | None = snap.to_dict() if snap.exists else None
+        live = data is not None and _is_live(data, now)
+        paused = paused_from(data.get(PAUSED)) if data is not None and live else None
+        commits = tuple(data.get(COMMITS) or ()) if data is not None else ()
         if not live:
             stale = 0 if data is None else int(data.get(CHUNK_COUNT, 0))
             return Claim(
@@ -609,6 +673,7 @@ class HistoryStore:
                 until=until,
                 generation=generation,
                 replaced=data is not None,
+                commits=commits,
             )
         assert data is not None
         tail = bytes(data[TAIL])
@@ -643,6 +708,7 @@ class HistoryStore:
             paused=paused,
             approvals=tuple(data.get(APPROVALS) or ()),
             totals=UsageTotals.from_doc(data.get(USAGE)),
+            commits=commits,
         )
 
     def commit(
@@ -717,6 +783,7 @@ class HistoryStore:
             CLAIM_TOKEN: None,
             CLAIM_UNTIL: None,
             LAST_COMMIT: claim.token,
+            COMMITS: [*claim.commits, claim.token][-RECENT_COMMITS:],
             CREATED_AT: claim.created_at,
             **_summary_fields(summary or claim.summary),
             **({TOKEN_RATIO: token_ratio} if token_ratio is not None else {}),
@@ -768,24 +835,24 @@ class HistoryStore:
         for _ in range(_ATTEMPTS):
             snap = self._call_before(ends, lambda t: ref.get(retry=bounded_retry(t), timeout=t))
             data = snap.to_dict() if snap.exists else None
-            if data is not None and data.get(LAST_COMMIT) == claim.token:
-                return  # landed
-            if data is None or data.get(CLAIM_TOKEN) != claim.token:
-                if utc_now() < claim.until:
-                    # While our claim is in force only our own commit can release it (a
-                    # later turn or a delete may have followed it since).
-                    return
-                if refused:
-                    raise ClaimLost(claim.session_id)  # lapsed, and taken or deleted
+            if data is None:
+                # Only a delete removes a claimed document (a first turn's fence empties
+                # it, and a delete leaves a tombstone): gone, we cannot tell.
                 raise CommitUnknown(claim.session_id)
+            if claim.token in (data.get(COMMITS) or ()) or data.get(LAST_COMMIT) == claim.token:
+                return  # landed: the commit's own mark, which later commits keep
             # Still ours: the commit has not landed, but it may still be on its way. Fence
-            # it: release the claim under the commit's own precondition.
-            if self._call_before(ends, lambda t: self._release(claim, t)):
-                if refused:
-                    raise ClaimLost(claim.session_id)
-                raise CommitFailed(claim.session_id)
-            # The fence was refused: the document changed since the claim, which only our
-            # commit can have done. Look again to be sure.
+            # it: release the claim under the commit's own precondition. Refused: the
+            # document changed, which only our commit can have done; look again.
+            if data.get(CLAIM_TOKEN) == claim.token and not self._call_before(
+                ends, lambda t: self._release(claim, t, fence=True)
+            ):
+                continue
+            # Not landed: our fence released the claim (its mark, or its reply was lost
+            # and a later turn followed), or the claim lapsed and was taken over.
+            if refused or (data.get(FENCED) != claim.token and utc_now() >= claim.until):
+                raise ClaimLost(claim.session_id)
+            raise CommitFailed(claim.session_id)
         raise CommitUnknown(claim.session_id)
 
     def _call_before(self, ends: float, call: Callable[[float], Any]) -> Any:
@@ -804,18 +871,21 @@ class HistoryStore:
         with contextlib.suppress(gexc.GoogleAPIError):
             self._release(claim, self._timeout)
 
-    def _release(self, claim: Claim, timeout: float) -> bool:
+    def _release(self, claim: Claim, timeout: float, *, fence: bool = False) -> bool:
         """Release the claim if the session is still as the claim left it; False when
-        it is not (the condition failed). Raises what the client raises."""
+        it is not (the condition failed). Raises what the client raises. A ``fence``
+        leaves its mark (``FENCED``), also on a first turn's document, which it empties
+        rather than deletes: a re-read after a lost reply tells it from the commit."""
         ref = self._session_ref(claim.session_id)
         option = self._precondition(claim.update_time)
         retry = bounded_retry(timeout)
+        mark = {FENCED: claim.token} if fence else {}
         try:
-            if claim.turns == 0 and claim.stale_chunks == 0 and not claim.history:
+            if not fence and claim.turns == 0 and claim.stale_chunks == 0 and not claim.history:
                 ref.delete(option=option, retry=retry, timeout=timeout)
             else:
                 ref.update(
-                    {CLAIM_TOKEN: None, CLAIM_UNTIL: None},
+                    {CLAIM_TOKEN: None, CLAIM_UNTIL: None, **mark},
                     option=option,
                     retry=retry,
                     timeout=timeout,
@@ -829,28 +899,50 @@ class HistoryStore:
     def delete(self, session_id: str, now: dt.datetime, owner: str | None = None) -> Deleted:
         """Delete every document of a session (an expired one's leftovers too), unless
         ``owner`` is given and someone else owns it. Raises SessionBusy while a turn
-        holds it."""
+        holds it.
+
+        The session document is not removed but emptied into a tombstone carrying the
+        delete's own token (``DELETED_BY``) and the life it removed: a delete whose reply
+        was lost finds its mark on re-read and reports what it did, never a 404 for a
+        session it deleted. The tombstone holds no content and expires by TTL."""
         ref = self._session_ref(session_id)
+        token = secrets.token_urlsafe(16)
+        done: Deleted | None = None  # what our last write would have done, had it landed
         with outage_as_unavailable():
             for _ in range(_ATTEMPTS):
                 snap = ref.get(retry=self._retry, timeout=self._timeout)
                 if not snap.exists:
                     return Deleted(Deletion.ABSENT)
                 data = snap.to_dict() or {}
+                if done is not None and data.get(DELETED_BY) == token:
+                    return done  # our write landed; its reply was lost
+                if _is_tombstone(data):
+                    # Deleted before: the caller may still clean that life up (a delete
+                    # whose clean-up failed is repeated).
+                    gone = data.get(DELETED_GENERATION)
+                    return Deleted(Deletion.ABSENT, gone if isinstance(gone, str) else None)
                 if not _owned_by(data, owner):
                     return Deleted(Deletion.NOT_YOURS)
                 _raise_if_held(data, now)
+                generation = data.get(GENERATION)
+                life = generation if isinstance(generation, str) else None
                 batch = self._client.batch()
                 for index in range(data.get(CHUNK_COUNT, 0)):
                     batch.delete(self._chunk_ref(session_id, index))
-                batch.delete(ref, option=self._precondition(snap.update_time))
+                batch.update(
+                    ref,
+                    _tombstone(data, token, life, now + self._ttl),
+                    option=self._precondition(snap.update_time),
+                )
+                outcome = Deletion.DELETED if _is_live(data, now) else Deletion.ABSENT
+                done = Deleted(outcome, life)
                 try:
                     batch.commit(retry=self._retry, timeout=self._timeout)
                 except _REFUSED:
-                    continue  # changed since we read it: gone, held, or written; look again
-                outcome = Deletion.DELETED if _is_live(data, now) else Deletion.ABSENT
-                generation = data.get(GENERATION)
-                return Deleted(outcome, generation if isinstance(generation, str) else None)
+                    continue  # changed since we read it (or ours landed): look again
+                except _UNKNOWN:
+                    continue  # perhaps landed: the next read finds our mark
+                return done
         raise SessionBusy(1)
 
     # -- internals -----------------------------------------------------------------
@@ -933,6 +1025,30 @@ def _empty_session(now: dt.datetime, until: dt.datetime, stale_chunks: int) -> d
         TOKEN_RATIO: None,
         USAGE: UsageTotals().as_doc(),
     }
+
+
+_KEPT_BY_TOMBSTONE = (COMMITS, LAST_COMMIT, FENCED, TTL_FIELD)
+"""What a delete leaves of a session: the marks a turn's lost reply is resolved by."""
+
+
+def _tombstone(
+    data: dict[str, Any], token: str, generation: str | None, expire_at: dt.datetime
+) -> dict[str, Any]:
+    """The fields of a deleted session's document: every field of ``data`` removed but
+    the marks, and the delete's own mark."""
+    gone = {name: firestore.DELETE_FIELD for name in data if name not in _KEPT_BY_TOMBSTONE}
+    return gone | {
+        TURNS: 0,
+        CHUNK_COUNT: 0,
+        DELETED_BY: token,
+        DELETED_GENERATION: generation,
+        TTL_FIELD: expire_at,
+    }
+
+
+def _is_tombstone(data: dict[str, Any]) -> bool:
+    """A deleted session's document, untouched since: nothing in it to delete."""
+    return DELETED_BY in data and GENERATION not in data and not data.get(CHUNK_COUNT)
 
 
 def _is_live(data: dict[str, Any], now: dt.datetime) -> bool:

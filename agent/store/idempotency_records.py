@@ -30,6 +30,13 @@ One record per (principal, key), at ``agent_idempotency/{sha256(principal, key)}
   ``MAX_STORED_RESPONSE_BYTES`` fails the turn (502) and nothing is stored.
 * Deleting a session deletes its keys' records (they hold its replies): those of the
   life it deleted (``generation``), never those of a life begun since under the same id.
+  Should that clean-up fail, a done record still never replays in another life: a
+  replay first checks that the session's live generation is the record's (one read,
+  paid only by a replay), and a record of a gone life is taken over like an expired one.
+* A record carries its writer's token (``writer``): a create whose reply was lost finds
+  its own record on re-read and runs, instead of answering 409 to its own request; a
+  write whose outcome is unknown is written again with the same token, so a record
+  never lands running after its request gave up.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,8 +57,8 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from agent.base import errors
 from agent.base.clock import retry_after, utc_now
-from agent.store.calls import OUTAGE, StoreUnavailable, bounded_retry
-from agent.store.history import TurnTooLarge
+from agent.store.calls import OUTAGE, StoreUnavailable, bounded_retry, outage_as_unavailable
+from agent.store.history import TurnTooLarge, doc_id
 from agent.store.schema import (
     DONE,
     FINGERPRINT,
@@ -61,14 +69,22 @@ from agent.store.schema import (
     RUNNING,
     RUNNING_UNTIL,
     SESSION_ID,
+    SESSIONS,
     STATE,
     TTL_FIELD,
+    TURNS,
+    WRITER,
     KeyDoc,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_STORED_RESPONSE_BYTES = 768 * 1024
+_ATTEMPTS = 3
+"""How often ``begin`` looks again after a write that was refused or whose outcome is
+unknown: each look either finds our own write (its token) or decides anew."""
+_REFUSED = (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.Conflict)
+_UNKNOWN = (*OUTAGE, gexc.Aborted, gexc.Cancelled)
 
 
 @dataclass(frozen=True)
@@ -105,11 +121,20 @@ class IdempotencyStore:
         """Our claim to run the request, or the stored response to replay; raises
         ApiError 409 ``idempotency_key_in_progress`` / 422 ``idempotency_key_reused``,
         or StoreUnavailable."""
-        now = utc_now()
         ref = self._client.collection(IDEMPOTENCY).document(_doc_id(principal, key))
-        try:
-            snap = ref.get(retry=self._retry, timeout=self._timeout)
+        token = secrets.token_urlsafe(16)
+        wrote = False  # whether a write of ours may have landed
+        failure: Exception | None = None
+        for _ in range(_ATTEMPTS):
+            now = utc_now()
+            try:
+                snap = ref.get(retry=self._retry, timeout=self._timeout)
+            except OUTAGE as exc:
+                raise StoreUnavailable(type(exc).__name__) from exc
             data = snap.to_dict() if snap.exists else None
+            if wrote and data is not None and data.get(WRITER) == token:
+                # Our own write landed and its reply was lost: ours, not "in progress".
+                return KeyClaim(ref, snap.update_time, str(data[SESSION_ID]))
             record: KeyDoc = {
                 OWNER: principal,
                 FINGERPRINT: fingerprint,
@@ -118,16 +143,16 @@ class IdempotencyStore:
                 RUNNING_UNTIL: until,
                 RESPONSE: None,
                 TTL_FIELD: max(now + self._ttl, until),
+                WRITER: token,
             }
+            target = session_id
+            fields: dict[str, Any] | None = None  # None: create the record
             if data is None:
-                result = ref.create(dict(record), retry=self._retry, timeout=self._timeout)
-            elif data[TTL_FIELD] <= now:  # expired: as if never used
-                result = ref.update(
-                    dict(record),
-                    option=self._client.write_option(last_update_time=snap.update_time),
-                    retry=self._retry,
-                    timeout=self._timeout,
-                )
+                pass
+            elif data[TTL_FIELD] <= now or self._of_another_life(data, now):
+                # Expired, or the session life it answered for is gone: as if never used
+                # (a key never replays a reply of a deleted session).
+                fields = dict(record) | {GENERATION: firestore.DELETE_FIELD}
             else:
                 if data[FINGERPRINT] != fingerprint:
                     raise errors.idempotency_key_reused()
@@ -136,19 +161,43 @@ class IdempotencyStore:
                 if data[RUNNING_UNTIL] > now:
                     raise errors.idempotency_key_in_progress(retry_after(data[RUNNING_UNTIL], now))
                 # The first attempt died mid-turn; its claim has lapsed like this record.
-                session_id = data[SESSION_ID]
-                result = ref.update(
-                    {RUNNING_UNTIL: until, TTL_FIELD: max(now + self._ttl, until)},
-                    option=self._client.write_option(last_update_time=snap.update_time),
-                    retry=self._retry,
-                    timeout=self._timeout,
-                )
-        except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.Conflict):
-            # A concurrent retry got there first.
-            raise errors.idempotency_key_in_progress(1) from None
-        except OUTAGE as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
-        return KeyClaim(ref, result.update_time, session_id)
+                target = data[SESSION_ID]
+                fields = {RUNNING_UNTIL: until, TTL_FIELD: record[TTL_FIELD], WRITER: token}
+            wrote = True
+            try:
+                if fields is None:
+                    result = ref.create(dict(record), retry=self._retry, timeout=self._timeout)
+                else:
+                    option = self._client.write_option(last_update_time=snap.update_time)
+                    result = ref.update(
+                        fields, option=option, retry=self._retry, timeout=self._timeout
+                    )
+            except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.Conflict) as exc:
+                failure = exc  # a concurrent retry got there first, or ours did: look
+                continue
+            except _UNKNOWN as exc:
+                failure = exc  # perhaps landed, perhaps on its way: look, write again
+                continue
+            return KeyClaim(ref, result.update_time, target)
+        if failure is not None and not isinstance(failure, _REFUSED):
+            raise StoreUnavailable(type(failure).__name__) from failure
+        raise errors.idempotency_key_in_progress(1)
+
+    def _of_another_life(self, data: dict[str, Any], now: dt.datetime) -> bool:
+        """A done record whose session life is no longer the session's: deleted (and
+        perhaps re-created) while the record's clean-up did not happen. One read, paid
+        only on a replay."""
+        generation = data.get(GENERATION)
+        if data.get(STATE) != DONE or not isinstance(generation, str):
+            return False
+        ref = self._client.collection(SESSIONS).document(doc_id(str(data[SESSION_ID])))
+        with outage_as_unavailable():
+            found = ref.get(
+                [GENERATION, TURNS, TTL_FIELD], retry=self._retry, timeout=self._timeout
+            )
+        session = found.to_dict() if found.exists else None
+        live = session is not None and session.get(TURNS, 0) > 0 and session[TTL_FIELD] > now
+        return not live or session is None or session.get(GENERATION) != generation
 
     def completion(
         self, claim: KeyClaim, response: dict[str, Any], expire_at: dt.datetime, generation: str

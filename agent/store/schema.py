@@ -55,6 +55,20 @@ check, so that they never touch a later life of the same id."""
 LAST_COMMIT: Final = "last_commit"
 """The claim token of the turn whose commit wrote the document last: how a turn whose
 commit reply was lost finds out whether it landed."""
+COMMITS: Final = "commits"
+"""The claim tokens of the last few commits, newest last: a commit's own mark, which a
+later turn's commit does not erase (``last_commit`` alone is overwritten by it)."""
+FENCED: Final = "fenced"
+"""The claim token of the last claim released by a fence: the fence's own mark, so that a
+fence whose reply was lost is told apart from the commit it fenced."""
+DELETED_BY: Final = "deleted_by"
+"""A delete's random token, on the emptied document it leaves (a tombstone): the delete's
+own mark, so a delete whose reply was lost knows it deleted."""
+DELETED_GENERATION: Final = "deleted_generation"
+"""On a tombstone: the life (generation) the delete removed."""
+WRITER: Final = "writer"
+"""On an Idempotency-Key record and a tool-run record: a random token of the request that
+created it, so that a create whose reply was lost recognises itself on re-read."""
 SUMMARY: Final = "summary"
 SUMMARY_ITEMS: Final = "summary_items"
 SUMMARY_OFFSET: Final = "summary_offset"
@@ -139,6 +153,10 @@ class SessionDoc(TypedDict, total=False):
     owner: str  # the principal that created it
     generation: str  # this life of the id (a new one when an absent or expired id is claimed)
     last_commit: str  # claim token of the last committed turn
+    commits: list[str]  # claim tokens of the last few commits
+    fenced: str  # claim token of the last claim a fence released
+    deleted_by: str  # on a tombstone: the delete's token
+    deleted_generation: str  # on a tombstone: the life it removed
     created_at: dt.datetime
     updated_at: dt.datetime
     expire_at: dt.datetime
@@ -149,6 +167,7 @@ class SessionDoc(TypedDict, total=False):
     token_ratio: float  # provider's token count over the local estimate, per session
     paused: PausedDoc | None  # a run waiting for approval
     approvals: list[dict[str, Any]]  # the last decisions: call_id, tool, approved, reason, by, at
+    usage: UsageTotalsDoc  # running totals of every committed turn of this life
 
 
 class SummaryProvenanceDoc(TypedDict):
@@ -178,13 +197,13 @@ class ToolRunDoc(TypedDict):
     state: str  # RUNNING or DONE
     output: str | None  # the tool's result, once DONE
     started_at: dt.datetime
-    expire_at: dt.datetime  # the session's at the time
+    writer: str  # token of the guard call that created it
+    expire_at: dt.datetime  # never before the session's, while any claim of its pause holds
     generation: str  # the life of the session
     pause_id: str  # the pause the call was approved in
     call_id: str  # the model's id of the call
     tool: str  # the tool's name
     arguments_sha256: str  # SHA-256 hex of the canonical arguments that were approved
-    usage: UsageTotalsDoc  # running totals of every committed turn of this life
 
 
 class UsageTotalsDoc(TypedDict):
@@ -216,6 +235,7 @@ class KeyDoc(TypedDict):
     response: dict[str, Any] | None
     expire_at: dt.datetime  # when running: never before running_until
     generation: NotRequired[str]  # the session life its turn was stored in (set when done)
+    writer: NotRequired[str]  # token of the request that wrote it while running
 
 
 class SpendDoc(TypedDict):

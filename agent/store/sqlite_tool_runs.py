@@ -41,7 +41,12 @@ class SqliteToolRunStore:
         self._ttl = dt.timedelta(seconds=ttl_seconds)
 
     def start(
-        self, session_id: str, generation: str, call: ToolCall, now: dt.datetime
+        self,
+        session_id: str,
+        generation: str,
+        call: ToolCall,
+        now: dt.datetime,
+        keep_until: dt.datetime | None = None,
     ) -> EarlierRun | None:
         run_id = _run_id(session_id, call.key(generation))
         with self._db.write() as conn:
@@ -59,7 +64,7 @@ class SqliteToolRunStore:
                     session_id,
                     RUNNING,
                     to_micros(now),
-                    to_micros(now + self._ttl),
+                    to_micros(max(now + self._ttl, keep_until or now)),
                     generation,
                     call.pause_id,
                     call.call_id,
@@ -91,6 +96,17 @@ class SqliteToolRunStore:
                 (session_id, generation),
             ).fetchall()
         return {row[0] for row in rows} & wanted
+
+    def keep(
+        self, session_id: str, generation: str, calls: Sequence[ToolCall], until: dt.datetime
+    ) -> None:
+        """The records of ``calls`` last at least ``until`` (``tool_runs.py``)."""
+        ids = [_run_id(session_id, call.key(generation)) for call in calls]
+        with self._db.write() as conn:
+            conn.executemany(
+                f"UPDATE {TOOL_RUNS} SET {TTL_FIELD} = ? WHERE {ID} = ? AND {TTL_FIELD} < ?",
+                [(to_micros(until), run_id, to_micros(until)) for run_id in ids],
+            )
 
     def forget_session(self, session_id: str, generation: str) -> None:
         prefix = _run_id(session_id, f"{generation}~")

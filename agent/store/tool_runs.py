@@ -8,8 +8,11 @@ resume that took over from one that died, or any race the session's claim does n
 cover) exactly one gets to. The other learns what is known: done, with the output to
 give the model again, or started and never finished, in which case the call is not run
 again and the model is told its outcome is unknown. A create whose reply is lost is
-retried by the client and then refused as existing: the call is then not run either,
-which is the safe side of at most once.
+retried by the client and then refused as existing: the record carries the creating
+call's own token (``writer``), so a re-read tells its own create from an earlier
+attempt's, and a create that cannot be confirmed in time means the call does not run
+(503). A record lasts at least as long as any claim of its pause (``keep``): the
+session a failed resume kept alive never outlives the guard of a call that ran.
 
 A record is keyed on the pause and the model's call id, not the call id alone: a
 provider that reuses call ids (OpenAI-compatible servers do) must not make a later
@@ -31,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,7 +42,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from agent.store.calls import bounded_retry, outage_as_unavailable
+from agent.store.calls import OUTAGE, StoreUnavailable, bounded_retry, outage_as_unavailable
 from agent.store.history import doc_id
 from agent.store.schema import (
     ARGUMENTS_DIGEST,
@@ -54,6 +58,7 @@ from agent.store.schema import (
     TOOL,
     TOOL_RUNS,
     TTL_FIELD,
+    WRITER,
 )
 
 _IN_LIMIT = 30  # values one Firestore "in" filter takes
@@ -75,6 +80,10 @@ class ToolCall:
         characters, a ``/`` included, make a valid document id this way)."""
         digest = hashlib.sha256(f"{self.pause_id}\0{self.call_id}".encode()).hexdigest()
         return f"{generation}~{digest}"
+
+
+_ATTEMPTS = 3
+_UNKNOWN = (*OUTAGE, gexc.Aborted, gexc.Cancelled)
 
 
 @dataclass(frozen=True)
@@ -113,16 +122,26 @@ class ToolRunStore:
         self._retry = bounded_retry(timeout_seconds)
 
     def start(
-        self, session_id: str, generation: str, call: ToolCall, now: dt.datetime
+        self,
+        session_id: str,
+        generation: str,
+        call: ToolCall,
+        now: dt.datetime,
+        keep_until: dt.datetime | None = None,
     ) -> EarlierRun | None:
         """Record that the call starts now: None when it may run (this created the
-        record), else the earlier run. Raises StoreUnavailable: then it must not run."""
+        record), else the earlier run. Raises StoreUnavailable: then it must not run.
+        ``keep_until``: the record expires no earlier (the end of the claim it runs
+        under, which may keep the session, and so its pause, alive past now + TTL)."""
         ref = self._ref(session_id, call.key(generation))
+        token = secrets.token_urlsafe(16)
+        expire_at = max(now + self._ttl, keep_until or now)
         record = {
             STATE: RUNNING,
             OUTPUT: None,
             STARTED_AT: now,
-            TTL_FIELD: now + self._ttl,
+            WRITER: token,
+            TTL_FIELD: expire_at,
             GENERATION: generation,
             RUN_PAUSE_ID: call.pause_id,
             CALL_ID: call.call_id,
@@ -130,12 +149,45 @@ class ToolRunStore:
             ARGUMENTS_DIGEST: call.arguments_sha256,
         }
         with outage_as_unavailable():
-            try:
-                ref.create(record, retry=self._retry, timeout=self._timeout)
-                return None
-            except gexc.AlreadyExists:
+            for _ in range(_ATTEMPTS):
+                try:
+                    ref.create(record, retry=self._retry, timeout=self._timeout)
+                    return None
+                except (gexc.AlreadyExists, *_UNKNOWN) as exc:
+                    failure: Exception = exc
+                # Refused, or its reply lost: our own create may be what is there.
                 snap = ref.get(retry=self._retry, timeout=self._timeout)
-        return earlier_of(snap.to_dict() or {})
+                if not snap.exists:
+                    continue  # never arrived, or still on its way: create again, same token
+                data = snap.to_dict() or {}
+                if data.get(WRITER) == token:
+                    return None  # ours: its reply was lost
+                return earlier_of(data)
+        raise StoreUnavailable(type(failure).__name__)
+
+    def keep(
+        self, session_id: str, generation: str, calls: Sequence[ToolCall], until: dt.datetime
+    ) -> None:
+        """Make the records of ``calls`` (those that exist) last at least ``until``:
+        each claim of a paused run calls it, so that no guard of the pause expires
+        while the session lives on. Raises StoreUnavailable: then nothing may run."""
+        refs = [self._ref(session_id, call.key(generation)) for call in calls]
+        if not refs:
+            return
+        with outage_as_unavailable():
+            snaps = self._client.get_all(refs, retry=self._retry, timeout=self._timeout)
+            batch = self._client.batch()
+            count = 0
+            for snap in snaps:
+                data = snap.to_dict() if snap.exists else None
+                if data is not None and data.get(TTL_FIELD) and data[TTL_FIELD] < until:
+                    # No precondition: a late ``finish`` of an earlier attempt may change
+                    # the record meanwhile, and only its expiry is written here.
+                    batch.update(snap.reference, {TTL_FIELD: until})
+                    count += 1
+            if count:
+                with contextlib.suppress(gexc.NotFound):  # deleted with its session
+                    batch.commit(retry=self._retry, timeout=self._timeout)
 
     def finish(self, session_id: str, generation: str, call: ToolCall, output: str) -> None:
         """Keep the output, so that a resume retried after a later failure gives the

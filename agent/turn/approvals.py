@@ -52,6 +52,7 @@ note) and the caller gets 409 ``approval_stale``.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import json
 import unicodedata
@@ -427,13 +428,20 @@ class StoreGuard:
     approved, with exactly the arguments shown, recording each before it runs."""
 
     def __init__(
-        self, store: ToolRunBackend, session_id: str, generation: str, pause: PausedRun | None
+        self,
+        store: ToolRunBackend,
+        session_id: str,
+        generation: str,
+        pause: PausedRun | None,
+        until: dt.datetime | None = None,
     ) -> None:
+        """``until``: the end of the turn's claim; each record lasts at least that long."""
         self._store = store
         self._session_id = session_id
         self._generation = generation
         self._pending = {call.call_id: call for call in pause.pending} if pause else {}
         self._pause = pause
+        self._until = until
 
     async def run(
         self,
@@ -454,7 +462,7 @@ class StoreGuard:
         call = approved(self._pause, shown)
         now = utc_now()
         earlier = await asyncio.to_thread(
-            self._store.start, self._session_id, self._generation, call, now
+            self._store.start, self._session_id, self._generation, call, now, self._until
         )
         if earlier is not None:
             return _recorded(earlier) if earlier.matches(call) else NOT_APPROVED_OUTPUT
@@ -462,6 +470,16 @@ class StoreGuard:
         text = output if isinstance(output, str) else json.dumps(output, default=str)
         await asyncio.to_thread(self._store.finish, self._session_id, self._generation, call, text)
         return output
+
+
+def keep_guards(
+    store: ToolRunBackend, session_id: str, generation: str, pause: PausedRun, until: dt.datetime
+) -> None:
+    """Each claim of a paused run makes the guards of its calls last as long as the claim
+    (which keeps the session, and so the pause, alive that long): a guard never expires
+    while its pause can still be resumed. 503 when that cannot be written."""
+    with store_errors_as_api_errors():
+        store.keep(session_id, generation, [approved(pause, call) for call in pause.pending], until)
 
 
 def _field(raw: Any, name: str) -> Any:

@@ -169,8 +169,9 @@ class TurnRunner:
     def _guard(self, turn: _OpenTurn) -> StoreGuard | None:
         if self._tool_runs is None:
             return None
+        claim = turn.claim
         return StoreGuard(
-            self._tool_runs, turn.session.session_id, turn.claim.generation, turn.claim.paused
+            self._tool_runs, claim.session_id, claim.generation, claim.paused, claim.until
         )
 
     def _run_config(self, turn: _OpenTurn) -> RunConfig:
@@ -308,6 +309,14 @@ class TurnRunner:
             self._drop(turn, pause, earlier)
         if pause.attempts:
             log.warning("resuming a paused run that an earlier attempt began")
+        if self._tool_runs is not None:
+            claim = turn.claim
+            try:
+                approvals.keep_guards(
+                    self._tool_runs, claim.session_id, claim.generation, pause, claim.until
+                )
+            except BaseException as exc:
+                raise self._fail(turn, exc) from exc
         window = None
         if self._context is not None:
             # The paused turn's window: the summary it committed covers what it folded.

@@ -47,12 +47,14 @@ class Sessions:
             raise errors.session_not_found()  # and its results are not ours to touch
         # After the documents: should this fail, a retried DELETE (404) still sweeps.
         self.results.sweep(session_id, lambda: self._current_generation(session_id))
-        if deleted.outcome is not Deletion.DELETED:
-            raise errors.session_not_found()
+        # Whatever the answer, the life the delete removed (an expired one's too) is
+        # cleaned: its keys' records and tool runs must not outlive it.
         self.idempotency.forget_session(session_id, owner, deleted.generation)
         if deleted.generation is not None:
             with store_errors_as_api_errors():
                 self.tool_runs.forget_session(session_id, deleted.generation)
+        if deleted.outcome is not Deletion.DELETED:
+            raise errors.session_not_found()
 
     def resign_result(self, session_id: str, turn_id: str, owner: str) -> ResultLink:
         """A fresh signed URL for a stored result of the caller's live session; 404

@@ -24,7 +24,14 @@ from agent.store.paused_runs import PauseChanged, RunPaused, StateTooLarge
 
 
 def api_error_of(exc: BaseException) -> errors.ApiError | None:
-    """The API error a store failure stands for; None for anything else."""
+    """The API error a store failure stands for; None for anything else. A store that
+    failed inside a tool (the tool-run guard) reaches here wrapped by the SDK
+    (``UserError`` from the store's error): the cause decides."""
+    cause = exc.__cause__
+    while cause is not None and not isinstance(exc, StoreUnavailable):
+        if isinstance(cause, StoreUnavailable):
+            return errors.storage_unavailable()
+        cause = cause.__cause__
     if isinstance(exc, StoreUnavailable | CommitFailed | CommitUnknown):
         return errors.storage_unavailable()
     if isinstance(exc, SessionBusy):

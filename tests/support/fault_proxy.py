@@ -19,6 +19,12 @@ so markers are bytes the test controls in a request BODY (a unique word in a use
 message appears raw in the Commit request's protobuf, and in a result upload; a
 document's path in a read or a write). The end of the previous read is kept, so a marker
 split across reads is still seen. Each armed rule fires once, after ``skip`` matches.
+
+A rule can also be aimed at a write instead of at bytes: ``arm_write(n, ...)`` fires on
+the n-th gRPC ``Commit`` request (every Firestore write is one) that passes the proxy
+after it is armed (``grpc_writes.py`` tells them apart), and ``writes`` lists every
+Commit request seen, in order: a scenario run once through the proxy enumerates its
+writes, and a fault matrix aims at each in turn.
 Test code only.
 """
 
@@ -31,6 +37,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Literal
+
+from tests.support.grpc_writes import RequestParser, is_commit
 
 Action = Literal["reset", "hold_reply", "hold_request", "cut"]
 _WINDOW = 4096
@@ -64,6 +72,9 @@ class FaultProxy:
         self._connections: list[_Connection] = []
         self.accepted = 0
         self._closed = False
+        self.writes: list[bytes] = []
+        """Every Commit request seen, in order (across connections)."""
+        self._write_rules: dict[int, Rule] = {}
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -88,6 +99,32 @@ class FaultProxy:
         rule = Rule(raw, action, seconds, then, skip)
         with self._lock:
             self._rules.append(rule)
+        return rule
+
+    def arm_write(
+        self,
+        index: int,
+        action: Action,
+        seconds: float = 0.0,
+        then: Literal["release", "cut"] = "release",
+    ) -> Rule:
+        """Fire on the ``index``-th (0-based) Commit request from now on."""
+        rule = Rule(b"", action, seconds, then)
+        with self._lock:
+            self._write_rules[len(self.writes) + index] = rule
+        return rule
+
+    def disarm_writes(self) -> None:
+        """Forget write rules that have not fired."""
+        with self._lock:
+            self._write_rules.clear()
+
+    def _write_seen(self, message: bytes) -> Rule | None:
+        with self._lock:
+            rule = self._write_rules.pop(len(self.writes), None)
+            self.writes.append(message)
+        if rule is not None:
+            rule.fired_at = time.monotonic()
         return rule
 
     def close(self) -> None:
@@ -172,6 +209,7 @@ class _Connection:
 
     def _upstream(self) -> None:
         window = b""
+        parser = RequestParser()
         while True:
             try:
                 data = self._client.recv(65536)
@@ -180,6 +218,9 @@ class _Connection:
             if not data:
                 break
             rule = self._proxy._take_rule(window, data)
+            for message in parser.feed(data):
+                if is_commit(message):
+                    rule = self._proxy._write_seen(message) or rule
             window = (window + data)[-_WINDOW:]
             if rule is not None:
                 self._apply(rule, data)
