@@ -61,6 +61,7 @@ class Case:
     status: int = 0
     body: Any = None
     call_id: str = ""
+    pause_id: str = ""
 
 
 @pytest.fixture
@@ -201,11 +202,13 @@ def test_every_write_of_a_resume_lost_or_held(
         response = direct.post("/chat", json={"message": message, "session_id": case.session_id})
         assert response.status_code == 200, response.get_json()
         case.call_id = response.get_json()["pending_approvals"][0]["call_id"]
+        case.pause_id = response.get_json()["pause_id"]
         return case
 
     def decide(client: FlaskClient, case: Case) -> Any:
         decisions = [{"call_id": case.call_id, "approve": True}]
-        return client.post(f"/sessions/{case.session_id}/approvals", json={"decisions": decisions})
+        body = {"pause_id": case.pause_id, "decisions": decisions}
+        return client.post(f"/sessions/{case.session_id}/approvals", json=body)
 
     def act(case: Case) -> tuple[int, Any]:
         response = decide(through, case)
@@ -261,7 +264,10 @@ def test_every_write_of_a_delete_lost_or_held(
         response = direct.post("/chat", json=body, headers={"Idempotency-Key": case.key})
         assert response.status_code == 200, response.get_json()
         call_id = response.get_json()["pending_approvals"][0]["call_id"]
-        decisions = {"decisions": [{"call_id": call_id, "approve": True}]}
+        decisions = {
+            "pause_id": response.get_json()["pause_id"],
+            "decisions": [{"call_id": call_id, "approve": True}],
+        }
         decided = direct.post(f"/sessions/{case.session_id}/approvals", json=decisions)
         assert decided.status_code == 200, decided.get_json()
         return case

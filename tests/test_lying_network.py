@@ -86,12 +86,21 @@ def pause(client: FlaskClient, session_id: str, word: str, **headers: str) -> st
     response = client.post("/chat", json=body, headers=headers)
     assert response.status_code == 200, response.get_json()
     call_id: str = response.get_json()["pending_approvals"][0]["call_id"]
+    PAUSE_OF[call_id] = response.get_json()["pause_id"]
     return call_id
 
 
+PAUSE_OF: dict[str, str] = {}
+"""The pause each call id (random, so unique) was made in: decisions name it."""
+
+
+def approval(call_id: str) -> dict[str, Any]:
+    """The body that approves ``call_id`` in its pause."""
+    return {"pause_id": PAUSE_OF[call_id], "decisions": [{"call_id": call_id, "approve": True}]}
+
+
 def decide(client: FlaskClient, session_id: str, call_id: str) -> Any:
-    decisions = [{"call_id": call_id, "approve": True}]
-    return client.post(f"/sessions/{session_id}/approvals", json={"decisions": decisions})
+    return client.post(f"/sessions/{session_id}/approvals", json=approval(call_id))
 
 
 def wait_for(rule: Any, seconds: float) -> None:
@@ -142,7 +151,7 @@ def test_a_resume_whose_commit_never_lands_and_fence_reply_is_lost_loses_no_deci
         never_lands(proxy, 3)  # claim, guard create, guard finish, commit
         response = through.post(
             f"/sessions/{session_id}/approvals",
-            json={"decisions": [{"call_id": call_id, "approve": True}]},
+            json=approval(call_id),
         )
         pending = direct.get(f"/sessions/{session_id}").get_json()["pending_approvals"]
         again = decide(direct, session_id, call_id)  # the decision can be sent again
@@ -230,7 +239,7 @@ def test_a_guard_is_not_swept_while_a_failed_resume_keeps_its_pause_alive(
         proxy.arm_write(3, "hold_request", seconds=TIMEOUT + 0.3, then="cut")
         failed = through.post(
             f"/sessions/{session_id}/approvals",
-            json={"decisions": [{"call_id": call_id, "approve": True}]},
+            json=approval(call_id),
         )
         assert failed.status_code == 503, failed.get_json()
         proxy.disarm_writes()
