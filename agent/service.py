@@ -78,7 +78,10 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
     tracing.configure(settings)
     store, idempotency, tool_runs, spend, project = _stores(settings)
     limit = settings.budget_usd_per_principal_per_day
-    spending = None if limit is None else Budget(spend, limit, clock)
+    spending = None
+    if limit is not None:
+        reserve = settings.budget_reserve_usd_per_turn
+        spending = Budget(spend, limit, clock, reserve_usd=reserve)
     if spending is not None and settings.agent_model not in prices:
         log.warning(
             "BUDGET_USD_PER_PRINCIPAL_PER_DAY is set but %s has no price (MODEL_PRICES):"

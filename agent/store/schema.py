@@ -11,9 +11,10 @@ Layout::
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
                                                      sealed parts of its history (ChunkDoc)
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key (KeyDoc)
-    agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{shard}
-                                                     one shard of a principal's spend on
-                                                     one UTC day (SpendDoc)
+    agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{turn}
+                                                     what one turn of a principal held
+                                                     and was charged on one UTC day
+                                                     (SpendDoc)
     agent_sessions/{doc_id}/agent_tool_runs/{generation}~{call_id}
                                                      one approved tool call (ToolRunDoc)
 
@@ -103,6 +104,15 @@ DONE: Final = "done"
 # -- agent_spend ---------------------------------------------------------------------
 DAY: Final = "day"
 """A UTC day as ``YYYY-MM-DD``."""
+COST_MICROS: Final = "cost_micros"
+"""What a turn's model calls were charged, in integer micro-dollars."""
+HELD_MICROS: Final = "held_micros"
+"""What a turn in flight holds of its principal's budget (0 once settled)."""
+HOLDING: Final = "holding"
+"""True while a turn's hold is in place (a field to filter the holds by equality)."""
+CALLS: Final = "calls"
+SPEND_TURNS: Final = "agent_spend_turns"
+"""SQLite: the table of SpendDoc rows (``agent_spend`` is the older per-day table)."""
 
 
 class SessionDoc(TypedDict, total=False):
@@ -184,11 +194,14 @@ class KeyDoc(TypedDict):
 
 
 class SpendDoc(TypedDict):
-    """``agent_spend/{sha256(principal)}_{day}_{shard}``: one shard of a day's spend."""
+    """``agent_spend/{sha256(principal)}_{day}_{turn}``: one turn's hold, then its charge."""
 
     owner: str
     day: str  # YYYY-MM-DD (UTC)
-    cost_usd: float  # incremented by each turn's commit that drew this shard
+    held_micros: int  # the turn's reservation while it runs; 0 once settled
+    holding: bool  # true until settled
+    cost_micros: int  # what its model calls were charged (0 until settled)
+    calls: int  # its model calls
     expire_at: dt.datetime  # a couple of days after the day ends
 
 
@@ -273,6 +286,17 @@ CREATE TABLE IF NOT EXISTS {SPEND} (
     PRIMARY KEY ({OWNER}, {DAY})
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {SPEND}_{TTL_FIELD} ON {SPEND} ({TTL_FIELD});
+CREATE TABLE IF NOT EXISTS {SPEND_TURNS} (
+    {ID} TEXT PRIMARY KEY,
+    {OWNER} TEXT NOT NULL,
+    {DAY} TEXT NOT NULL,
+    {HELD_MICROS} INTEGER NOT NULL,
+    {COST_MICROS} INTEGER NOT NULL,
+    {CALLS} INTEGER NOT NULL,
+    {TTL_FIELD} INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {SPEND_TURNS}_{OWNER}_{DAY} ON {SPEND_TURNS} ({OWNER}, {DAY});
+CREATE INDEX IF NOT EXISTS {SPEND_TURNS}_{TTL_FIELD} ON {SPEND_TURNS} ({TTL_FIELD});
 """
 """The SQLite backend's tables. Times are INTEGER microseconds since the Unix epoch (UTC),
 exact and comparable in SQL; items and responses are compact JSON text."""

@@ -1,68 +1,98 @@
 """What each principal spent on the model per UTC day, in Firestore: ``SpendStore``.
 
 Why it exists: ``BUDGET_USD_PER_PRINCIPAL_PER_DAY`` (``agent/turn/budget.py``) needs a
-principal's spend today before each turn, and every turn of that principal adds to it.
-One document per principal and day would be a hot document: Firestore sustains about one
-write per second to a document, and one principal's concurrent turns (a batch job, a
-client in a loop) write far faster. So the counter is sharded.
+principal's spend today before each turn, every model call a turn makes must be charged
+whatever the turn's outcome, and the turns in flight must hold part of the budget so that
+parallel turns cannot all pass the check at once.
 
 Layout
 ------
 ::
 
-    agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{shard}     shard 0..SHARDS-1
-        owner     str        the principal
-        day       str        the UTC day, YYYY-MM-DD
-        cost_usd  float      dollars of the committed turns that drew this shard
-        expire_at Timestamp  TTL field: EXPIRE_DAYS after the day ends
+    agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{turn}      one per admitted turn
+        owner        str        the principal
+        day          str        the UTC day, YYYY-MM-DD
+        held_micros  int        the turn's reservation while it runs; 0 once settled
+        holding      bool       true until settled (an equality filter for the holds)
+        cost_micros  int        what its model calls were charged (0 until settled)
+        calls        int        its model calls
+        expire_at    Timestamp  TTL field: EXPIRE_DAYS after the day ends
 
-Each turn draws one shard at random and adds its cost with ``firestore.Increment`` in
-``set(..., merge=True)`` (the first turn of the day creates the shard). A day's spend is
-the sum over its shards: reading it is one ``get_all`` of SHARDS documents (one round
-trip; count SHARDS document reads), paid once per turn when a budget is set, and
-nothing when none is.
+Amounts are integer micro-dollars: sums of integers are exact, whatever the order.
 
-Size bounds
------------
-A shard holds four fields: well under a kilobyte. A principal has at most SHARDS
-documents per day, and each goes EXPIRE_DAYS after its day ended (TTL deletion is lazy:
-typically within a day more).
+A turn writes its document twice, apart from its commit: ``hold`` when it is admitted,
+``settle`` when it has ended (each a plain ``set`` of the whole document, so a retry
+writes the same thing again and the last write wins), and nobody else writes it: one
+document per turn is never hot, and no two turns ever contend.
+
+A day's spend is one aggregation query, ``sum(cost_micros)`` and ``sum(held_micros)``
+over the principal's documents of the day (two equality filters, served by the
+automatic single-field indexes). Firestore bills an aggregation one document read per
+batch of up to 1000 index entries it matches (at least one): one read for a principal's
+first 1000 turns of a day, where the eight-shard counter this replaces read eight
+documents for every check (docs/performance.md).
+
+Admission (``hold``) writes the turn's hold first and then reads what came before it:
+the settled charges (the aggregation) and the holds still in place (a query on
+``holding == true``: one read per turn in flight) whose document was created before the
+new one (creation time, then id). Ordered so, a burst of turns arriving together is not
+refused as a whole (each would otherwise see all the others' holds): the first hold sees
+none of the rest, and every admitted turn was seen by the last one admitted.
 
 Consistency
 -----------
-* A turn's increment is a write of the turn's own commit (``recording`` returns it for
-  ``extra_writes``): the spend lands if and only if the turn does. An increment is a
-  field transform applied by the server, not a read-modify-write, so concurrent turns
-  never lose each other's cost and never conflict; spread over SHARDS documents, one
-  principal's turns stay under Firestore's sustained write rate per document up to
-  about SHARDS turns per second.
-* ``spent`` reads every shard at once: a strongly consistent snapshot that includes
-  every commit that landed before it.
-* The budget is checked before a turn's model call and its spend recorded at commit,
-  so a principal can overshoot: by at most the cost of the turns already running when
-  the budget was reached (each passed its check before the others committed). Turns
-  that fail after calling the model (a timeout, a lost claim, a commit that failed)
-  record nothing, though the provider may charge for them: a known limitation.
+* ``charged`` is a strongly consistent query: it sees every hold and settle whose reply
+  came back before it ran.
+* A lost reply or one held past the timeout: the write is applied once the server has it,
+  and the client's retry writes the same document again: no double charge. A ``settle``
+  that never lands (Firestore down for the whole retry) leaves the hold in place: the
+  turn stays charged its reservation, never less (logged by the turn layer).
+* A ``hold`` that fails makes the turn 503 before any model call; should the hold have
+  landed anyway, it stays charged as a reservation on that day (a conservative error),
+  unless the turn layer's release reaches Firestore.
+
+Size bounds: a document holds six small fields. A principal has one document per
+admitted turn of a day; each goes EXPIRE_DAYS after its day ended (TTL deletion is lazy:
+typically within a day more).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import random
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from agent.store.calls import bounded_retry, outage_as_unavailable
-from agent.store.schema import COST_USD, DAY, OWNER, SPEND, TTL_FIELD
+from agent.store.schema import (
+    CALLS,
+    COST_MICROS,
+    DAY,
+    HELD_MICROS,
+    HOLDING,
+    OWNER,
+    SPEND,
+    TTL_FIELD,
+)
 
-SHARDS = 8
-"""Shards per principal and day: the read cost of a budget check, and (about) the
-turns per second one principal can commit before a shard gets hot."""
 EXPIRE_DAYS = 2
-"""How long a day's shards are kept after the day ends: the budget needs only today's."""
+"""How long a day's documents are kept after the day ends: the budget needs only today's."""
+
+
+@dataclass(frozen=True)
+class DaySpend:
+    """A principal's day: what its settled turns were charged and what the turns still
+    in flight (or never settled) hold, in micro-dollars."""
+
+    cost_micros: int = 0
+    held_micros: int = 0
+
+    @property
+    def total_micros(self) -> int:
+        return self.cost_micros + self.held_micros
 
 
 def day_key(day: dt.date) -> str:
@@ -75,6 +105,10 @@ def expiry_of(day: dt.date) -> dt.datetime:
     return start + dt.timedelta(days=1 + EXPIRE_DAYS)
 
 
+def usd(micros: int) -> float:
+    return micros / 1_000_000
+
+
 class SpendStore:
     """Reads and records principals' daily spend. Thread-safe; calls are synchronous."""
 
@@ -83,42 +117,78 @@ class SpendStore:
         self._timeout = timeout_seconds
         self._retry = bounded_retry(timeout_seconds)
 
-    def spent(self, principal: str, day: dt.date) -> float:
-        """US dollars the principal's committed turns of ``day`` cost; raises
-        StoreUnavailable."""
-        refs = [self._ref(principal, day, shard) for shard in range(SHARDS)]
+    def charged(self, principal: str, day: dt.date) -> DaySpend:
+        """The principal's day, in one aggregation query; raises StoreUnavailable."""
+        query = self._day(principal, day)
+        # Typed as returning a class (the library's annotation is wrong): an instance.
+        aggregate: Any = query.sum(COST_MICROS, alias=COST_MICROS)
+        aggregate = aggregate.sum(HELD_MICROS, alias=HELD_MICROS)
         with outage_as_unavailable():
-            snaps = self._client.get_all(refs, retry=self._retry, timeout=self._timeout)
-            total = 0.0
-            for snap in snaps:
-                if snap.exists:
-                    total += float((snap.to_dict() or {}).get(COST_USD) or 0.0)
-        return round(total, 8)
+            rows = aggregate.get(retry=self._retry, timeout=self._timeout)
+        found = {result.alias: result.value for row in rows for result in row}
+        # An empty sum comes back as 0.0: the fields themselves are integers.
+        return DaySpend(int(found.get(COST_MICROS) or 0), int(found.get(HELD_MICROS) or 0))
 
-    def recording(self, principal: str, day: dt.date, cost_usd: float) -> Callable[[Any], None]:
-        """The write that adds ``cost_usd`` to the principal's spend of ``day``, for the
-        turn's own commit (``batch`` is the commit's WriteBatch)."""
-        ref = self._ref(principal, day, random.randrange(SHARDS))
+    def spent(self, principal: str, day: dt.date) -> float:
+        """US dollars the principal's settled turns of ``day`` were charged."""
+        return usd(self.charged(principal, day).cost_micros)
 
-        def write(batch: Any) -> None:
-            shard: dict[str, Any] = {
-                OWNER: principal,
-                DAY: day_key(day),
-                COST_USD: firestore.Increment(cost_usd),
-                TTL_FIELD: expiry_of(day),
-            }
-            batch.set(ref, shard, merge=True)
+    def hold(self, principal: str, day: dt.date, turn: str, micros: int) -> DaySpend:
+        """Turn ``turn`` holds ``micros`` of the principal's day; returns what was
+        charged and held before it (module docstring). Raises StoreUnavailable."""
+        self._write(principal, day, turn, held=micros, cost=0, calls=0)
+        holding = (
+            self._day(principal, day)
+            .where(filter=FieldFilter(HOLDING, "==", True))
+            .select([HELD_MICROS])
+        )
+        with outage_as_unavailable():
+            holds = list(holding.stream(retry=self._retry, timeout=self._timeout))
+        mine = self._ref(principal, day, turn).id
+        order = {snap.id: (snap.create_time, snap.id) for snap in holds}
+        before = order.get(mine)
+        held = sum(
+            int((snap.to_dict() or {}).get(HELD_MICROS) or 0)
+            for snap in holds
+            if snap.id != mine and (before is None or order[snap.id] < before)
+        )
+        return DaySpend(self.charged(principal, day).cost_micros, held)
 
-        return write
+    def settle(self, principal: str, day: dt.date, turn: str, cost_micros: int, calls: int) -> None:
+        """Turn ``turn`` ended: its hold goes, its charge stays; raises StoreUnavailable."""
+        self._write(principal, day, turn, held=0, cost=cost_micros, calls=calls)
 
-    def _ref(self, principal: str, day: dt.date, shard: int) -> firestore.DocumentReference:
+    def _day(self, principal: str, day: dt.date) -> firestore.Query:
+        query: firestore.Query = (
+            self._client.collection(SPEND)
+            .where(filter=FieldFilter(OWNER, "==", principal))
+            .where(filter=FieldFilter(DAY, "==", day_key(day)))
+        )
+        return query
+
+    def _write(
+        self, principal: str, day: dt.date, turn: str, *, held: int, cost: int, calls: int
+    ) -> None:
+        doc: dict[str, Any] = {
+            OWNER: principal,
+            DAY: day_key(day),
+            HELD_MICROS: held,
+            HOLDING: held > 0,
+            COST_MICROS: cost,
+            CALLS: calls,
+            TTL_FIELD: expiry_of(day),
+        }
+        with outage_as_unavailable():
+            self._ref(principal, day, turn).set(doc, retry=self._retry, timeout=self._timeout)
+
+    def _ref(self, principal: str, day: dt.date, turn: str) -> firestore.DocumentReference:
         ref: firestore.DocumentReference = self._client.collection(SPEND).document(
-            f"{_principal_hash(principal)}_{day_key(day)}_{shard}"
+            f"{principal_hash(principal)}_{day_key(day)}_{turn}"
         )
         return ref
 
 
-def _principal_hash(principal: str) -> str:
+def principal_hash(principal: str) -> str:
     # Principals are emails or key names: hashed, the id has a fixed length and no
     # character Firestore refuses in an id.
     return hashlib.sha256(principal.encode("utf-8", "surrogateescape")).hexdigest()
