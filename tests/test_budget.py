@@ -407,3 +407,47 @@ def test_the_firestore_spend_is_one_document_per_turn_and_expires(firestore: Any
         assert doc[COST_MICROS] == 250_000 and doc[HELD_MICROS] == 0
     assert spend.spent("alice@example.com", day) == 8.0
     assert spend.spent("bob@example.com", day) == 0.0
+
+
+def test_an_abandoned_streamed_resume_is_charged_its_calls(
+    build: Build, model: DemoModelServer, tmp_path: Any
+) -> None:
+    clock = Clock(utc_now())
+    client, service = build(
+        clock, budget_usd_per_principal_per_day=100, outbox_path=str(tmp_path / "outbox")
+    )
+    model.reset()
+    paused = chat(client, 'send "hi there" to alice', "resume")
+    assert paused.status_code == 200 and paused.get_json()["status"] == "approval_required"
+    [call] = paused.get_json()["pending_approvals"]
+    model.control(stream_chunk_delay_seconds=0.05)
+    body = {"decisions": [{"call_id": call["call_id"], "approve": True}], "stream": True}
+    response = client.post("/sessions/resume/approvals", json=body, buffered=False)
+    assert response.status_code == 200
+    chunks = iter(response.response)
+    while b"event: delta" not in next(chunks):
+        pass
+    response.close()  # the reader left during the answer after the tool
+    spent = charged_usd(service, clock.now.date(), billed_usd(model))
+    assert len(model.usages) == 2  # the call that paused, the answer after the tool
+    assert spent == pytest.approx(billed_usd(model))
+
+
+def test_a_turn_charged_its_whole_reservation_starts_no_further_call(
+    build: Build, model: DemoModelServer
+) -> None:
+    clock = Clock(utc_now())
+    # A reservation of a millionth of a dollar: spent by the first call of any turn.
+    client, service = build(
+        clock, budget_usd_per_principal_per_day=100, budget_reserve_usd_per_turn=0.000001
+    )
+    model.reset()
+    response = chat(client, "What is 12 * (3 + 4)?", "capped")  # a tool call, then...
+    assert response.status_code == 429
+    assert response.get_json()["error"]["code"] == "budget_exceeded"
+    assert_conforms("POST", "/chat", 429, response.get_json(), response.headers)
+    assert model.request_count == 1  # ... no answer's call
+    assert charged_usd(service, clock.now.date(), billed_usd(model)) == pytest.approx(
+        billed_usd(model)
+    )
+    assert client.get("/sessions/capped").status_code == 404
