@@ -385,10 +385,11 @@ def test_a_summary_made_before_a_turn_that_fails_is_charged(
 
 def test_the_firestore_spend_is_one_document_per_turn_and_expires(firestore: Any) -> None:
     """What a turn writes, and what TTL needs on it, on the emulator: a hold, then its
-    settled charge in integer micro-dollars; the day read by one aggregation."""
+    settled charge in integer micro-dollars, in its principal's and day's subcollection,
+    read by one aggregation."""
     from google.cloud import firestore as fs
 
-    from agent.store.schema import COST_MICROS, DAY, HELD_MICROS, OWNER, SPEND, TTL_FIELD
+    from agent.store.schema import CHARGE_MICROS, DAY, HOLDING, OWNER, SPEND_TURNS, TTL_FIELD
     from agent.store.spend import SpendStore
 
     client = fs.Client()
@@ -399,12 +400,12 @@ def test_the_firestore_spend_is_one_document_per_turn_and_expires(firestore: Any
         assert before.cost_micros == n * 250_000 and before.held_micros == 0
         spend.settle("alice@example.com", day, f"t{n}", 250_000, 1)
         spend.settle("alice@example.com", day, f"t{n}", 250_000, 1)  # a retry: no double
-    docs = [snap.to_dict() or {} for snap in client.collection(SPEND).stream()]
+    docs = [snap.to_dict() or {} for snap in client.collection_group(SPEND_TURNS).stream()]
     assert len(docs) == 32
     for doc in docs:
         assert doc[OWNER] == "alice@example.com" and doc[DAY] == "2031-05-06"
         assert doc[TTL_FIELD] == dt.datetime(2031, 5, 9, tzinfo=dt.UTC)  # a Timestamp
-        assert doc[COST_MICROS] == 250_000 and doc[HELD_MICROS] == 0
+        assert doc[CHARGE_MICROS] == 250_000 and doc[HOLDING] is False
     assert spend.spent("alice@example.com", day) == 8.0
     assert spend.spent("bob@example.com", day) == 0.0
 

@@ -11,10 +11,11 @@ Layout::
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
                                                      sealed parts of its history (ChunkDoc)
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key (KeyDoc)
-    agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{turn}
+    agent_spend/{sha256(principal)}_{YYYY-MM-DD}/agent_spend_turns/{turn}
                                                      what one turn of a principal held
                                                      and was charged on one UTC day
-                                                     (SpendDoc)
+                                                     (SpendDoc; the parent document is
+                                                     never written)
     agent_sessions/{doc_id}/agent_tool_runs/{generation}~{call_id}
                                                      one approved tool call (ToolRunDoc)
 
@@ -33,8 +34,18 @@ SESSIONS: Final = "agent_sessions"
 CHUNKS: Final = "agent_history_chunks"
 IDEMPOTENCY: Final = "agent_idempotency"
 SPEND: Final = "agent_spend"
+SPEND_TURNS: Final = "agent_spend_turns"
+"""One principal's turns of one day, under ``agent_spend``; on SQLite the table of them
+(``agent_spend`` is the older per-day table there)."""
 TOOL_RUNS: Final = "agent_tool_runs"
-COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY, SPEND, TOOL_RUNS)
+COLLECTION_GROUPS: tuple[str, ...] = (
+    SESSIONS,
+    CHUNKS,
+    IDEMPOTENCY,
+    SPEND,
+    SPEND_TURNS,
+    TOOL_RUNS,
+)
 """Every collection group the service writes; each needs a TTL policy on TTL_FIELD."""
 
 TTL_FIELD: Final = "expire_at"
@@ -105,14 +116,14 @@ DONE: Final = "done"
 DAY: Final = "day"
 """A UTC day as ``YYYY-MM-DD``."""
 COST_MICROS: Final = "cost_micros"
-"""What a turn's model calls were charged, in integer micro-dollars."""
+"""SQLite: what a turn's model calls were charged, in integer micro-dollars."""
 HELD_MICROS: Final = "held_micros"
-"""What a turn in flight holds of its principal's budget (0 once settled)."""
+"""SQLite: what a turn in flight holds of its principal's budget (0 once settled)."""
+CHARGE_MICROS: Final = "charge_micros"
+"""What the day counts for a turn: its hold while it runs, then its charge."""
 HOLDING: Final = "holding"
 """True while a turn's hold is in place (a field to filter the holds by equality)."""
 CALLS: Final = "calls"
-SPEND_TURNS: Final = "agent_spend_turns"
-"""SQLite: the table of SpendDoc rows (``agent_spend`` is the older per-day table)."""
 
 
 class SessionDoc(TypedDict, total=False):
@@ -194,13 +205,13 @@ class KeyDoc(TypedDict):
 
 
 class SpendDoc(TypedDict):
-    """``agent_spend/{sha256(principal)}_{day}_{turn}``: one turn's hold, then its charge."""
+    """``agent_spend/{sha256(principal)}_{day}/agent_spend_turns/{turn}``: one turn's hold,
+    then its charge."""
 
     owner: str
     day: str  # YYYY-MM-DD (UTC)
-    held_micros: int  # the turn's reservation while it runs; 0 once settled
+    charge_micros: int  # its hold while it runs, then what its model calls were charged
     holding: bool  # true until settled
-    cost_micros: int  # what its model calls were charged (0 until settled)
     calls: int  # its model calls
     expire_at: dt.datetime  # a couple of days after the day ends
 

@@ -9,40 +9,44 @@ Layout
 ------
 ::
 
-    agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{turn}      one per admitted turn
-        owner        str        the principal
-        day          str        the UTC day, YYYY-MM-DD
-        held_micros  int        the turn's reservation while it runs; 0 once settled
-        holding      bool       true until settled (an equality filter for the holds)
-        cost_micros  int        what its model calls were charged (0 until settled)
-        calls        int        its model calls
-        expire_at    Timestamp  TTL field: EXPIRE_DAYS after the day ends
+    agent_spend/{sha256(principal)}_{YYYY-MM-DD}/agent_spend_turns/{turn}
+        owner          str        the principal
+        day            str        the UTC day, YYYY-MM-DD
+        charge_micros  int        what the day counts for the turn: its hold while it
+                                  runs, what its model calls were charged once settled
+        holding        bool       true until settled
+        calls          int        its model calls (0 until settled)
+        expire_at      Timestamp  TTL field: EXPIRE_DAYS after the day ends
 
-Amounts are integer micro-dollars: sums of integers are exact, whatever the order.
+One subcollection per principal and day (its parent document is never written), one
+document per admitted turn. Amounts are integer micro-dollars: sums of integers are
+exact, whatever the order.
 
 A turn writes its document twice, apart from its commit: ``hold`` when it is admitted,
-``settle`` when it has ended (each a plain ``set`` of the whole document, so a retry
-writes the same thing again and the last write wins), and nobody else writes it: one
-document per turn is never hot, and no two turns ever contend.
+``settle`` when it has ended, each a plain ``set`` of the whole document (a retry writes
+the same thing again; the last write wins), and nobody else writes it: one document per
+turn is never hot, and no two turns ever contend.
 
-A day's spend is one aggregation query, ``sum(cost_micros)`` and ``sum(held_micros)``
-over the principal's documents of the day (two equality filters, served by the
-automatic single-field indexes). Firestore bills an aggregation one document read per
-batch of up to 1000 index entries it matches (at least one): one read for a principal's
-first 1000 turns of a day, where the eight-shard counter this replaces read eight
-documents for every check (docs/performance.md).
+A day's spend is one aggregation query, ``sum(charge_micros)`` over the day's
+subcollection: no filter, so the automatic single-field index serves it (no composite
+index to deploy). Firestore bills an aggregation one document read per batch of up to
+1000 index entries it matches (at least one): one read for a principal's first 1000 turns
+of a day, where the eight-shard counter this replaces read eight documents at every check
+(docs/performance.md). The holds in place are a query on ``holding == true`` (one read per
+turn in flight; a single-field equality).
 
-Admission (``hold``) writes the turn's hold first and then reads what came before it:
-the settled charges (the aggregation) and the holds still in place (a query on
-``holding == true``: one read per turn in flight) whose document was created before the
-new one (creation time, then id). Ordered so, a burst of turns arriving together is not
+Admission (``hold``) writes the turn's hold first and then reads what came before it: the
+day's total less the holds in place, plus the holds whose document was created before the
+new one (creation time, then id; a hold counts only if the total saw it, by its creation
+time against the aggregation's read time). Ordered so, a burst of turns arriving together is not
 refused as a whole (each would otherwise see all the others' holds): the first hold sees
 none of the rest, and every admitted turn was seen by the last one admitted.
 
 Consistency
 -----------
-* ``charged`` is a strongly consistent query: it sees every hold and settle whose reply
-  came back before it ran.
+* The queries are strongly consistent: they see every hold and settle whose reply came
+  back before they ran. They are two reads: a turn settled between them is counted at its
+  hold (the conservative direction).
 * A lost reply or one held past the timeout: the write is applied once the server has it,
   and the client's retry writes the same document again: no double charge. A ``settle``
   that never lands (Firestore down for the whole retry) leaves the hold in place: the
@@ -53,7 +57,7 @@ Consistency
 
 Size bounds: a document holds six small fields. A principal has one document per
 admitted turn of a day; each goes EXPIRE_DAYS after its day ended (TTL deletion is lazy:
-typically within a day more).
+typically within a day more; the collection group has its own TTL policy).
 """
 
 from __future__ import annotations
@@ -69,12 +73,12 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from agent.store.calls import bounded_retry, outage_as_unavailable
 from agent.store.schema import (
     CALLS,
-    COST_MICROS,
+    CHARGE_MICROS,
     DAY,
-    HELD_MICROS,
     HOLDING,
     OWNER,
     SPEND,
+    SPEND_TURNS,
     TTL_FIELD,
 )
 
@@ -118,16 +122,10 @@ class SpendStore:
         self._retry = bounded_retry(timeout_seconds)
 
     def charged(self, principal: str, day: dt.date) -> DaySpend:
-        """The principal's day, in one aggregation query; raises StoreUnavailable."""
-        query = self._day(principal, day)
-        # Typed as returning a class (the library's annotation is wrong): an instance.
-        aggregate: Any = query.sum(COST_MICROS, alias=COST_MICROS)
-        aggregate = aggregate.sum(HELD_MICROS, alias=HELD_MICROS)
-        with outage_as_unavailable():
-            rows = aggregate.get(retry=self._retry, timeout=self._timeout)
-        found = {result.alias: result.value for row in rows for result in row}
-        # An empty sum comes back as 0.0: the fields themselves are integers.
-        return DaySpend(int(found.get(COST_MICROS) or 0), int(found.get(HELD_MICROS) or 0))
+        """The principal's day; raises StoreUnavailable."""
+        total, read_at = self._total(principal, day)
+        held = sum(m for key, m in self._holds(principal, day) if key[0] <= read_at)
+        return DaySpend(total - held, held)
 
     def spent(self, principal: str, day: dt.date) -> float:
         """US dollars the principal's settled turns of ``day`` were charged."""
@@ -136,56 +134,68 @@ class SpendStore:
     def hold(self, principal: str, day: dt.date, turn: str, micros: int) -> DaySpend:
         """Turn ``turn`` holds ``micros`` of the principal's day; returns what was
         charged and held before it (module docstring). Raises StoreUnavailable."""
-        self._write(principal, day, turn, held=micros, cost=0, calls=0)
-        holding = (
-            self._day(principal, day)
-            .where(filter=FieldFilter(HOLDING, "==", True))
-            .select([HELD_MICROS])
-        )
-        with outage_as_unavailable():
-            holds = list(holding.stream(retry=self._retry, timeout=self._timeout))
-        mine = self._ref(principal, day, turn).id
-        order = {snap.id: (snap.create_time, snap.id) for snap in holds}
-        before = order.get(mine)
-        held = sum(
-            int((snap.to_dict() or {}).get(HELD_MICROS) or 0)
-            for snap in holds
-            if snap.id != mine and (before is None or order[snap.id] < before)
-        )
-        return DaySpend(self.charged(principal, day).cost_micros, held)
+        self._write(principal, day, turn, charge=micros, holding=True, calls=0)
+        # The total first, then the holds: a hold the total saw is taken out of it (by
+        # its creation time against the total's read time) and counted only if it came
+        # before this one; a turn settled in between stays in the total at its hold
+        # (conservative); a hold created after the total came after this one.
+        total, read_at = self._total(principal, day)
+        holds = [(key, m) for key, m in self._holds(principal, day) if key[0] <= read_at]
+        mine = next((key for key, _ in holds if key[1] == turn), None)
+        before = sum(m for key, m in holds if key[1] != turn and (mine is None or key < mine))
+        return DaySpend(total - sum(m for _, m in holds), before)
 
     def settle(self, principal: str, day: dt.date, turn: str, cost_micros: int, calls: int) -> None:
         """Turn ``turn`` ended: its hold goes, its charge stays; raises StoreUnavailable."""
-        self._write(principal, day, turn, held=0, cost=cost_micros, calls=calls)
+        self._write(principal, day, turn, charge=cost_micros, holding=False, calls=calls)
 
-    def _day(self, principal: str, day: dt.date) -> firestore.Query:
-        query: firestore.Query = (
+    def _turns(self, principal: str, day: dt.date) -> firestore.CollectionReference:
+        turns: firestore.CollectionReference = (
             self._client.collection(SPEND)
-            .where(filter=FieldFilter(OWNER, "==", principal))
-            .where(filter=FieldFilter(DAY, "==", day_key(day)))
+            .document(f"{principal_hash(principal)}_{day_key(day)}")
+            .collection(SPEND_TURNS)
         )
-        return query
+        return turns
+
+    def _total(self, principal: str, day: dt.date) -> tuple[int, dt.datetime]:
+        """The day's sum of charges and holds, and the time it was read at."""
+        # Typed as returning a class (the library's annotation is wrong): an instance.
+        aggregate: Any = self._turns(principal, day).sum(CHARGE_MICROS, alias=CHARGE_MICROS)
+        with outage_as_unavailable():
+            rows = aggregate.get(retry=self._retry, timeout=self._timeout)
+        [[result]] = rows
+        # An empty sum comes back as 0.0: the field itself is an integer.
+        return int(result.value or 0), result.read_time
+
+    def _holds(self, principal: str, day: dt.date) -> list[tuple[tuple[dt.datetime, str], int]]:
+        """The holds in place: ((creation time, turn), micros) each."""
+        query = (
+            self._turns(principal, day)
+            .where(filter=FieldFilter(HOLDING, "==", True))
+            .select([CHARGE_MICROS])
+        )
+        with outage_as_unavailable():
+            snaps = list(query.stream(retry=self._retry, timeout=self._timeout))
+        return [
+            ((snap.create_time, snap.id), int((snap.to_dict() or {}).get(CHARGE_MICROS) or 0))
+            for snap in snaps
+        ]
 
     def _write(
-        self, principal: str, day: dt.date, turn: str, *, held: int, cost: int, calls: int
+        self, principal: str, day: dt.date, turn: str, *, charge: int, holding: bool, calls: int
     ) -> None:
         doc: dict[str, Any] = {
             OWNER: principal,
             DAY: day_key(day),
-            HELD_MICROS: held,
-            HOLDING: held > 0,
-            COST_MICROS: cost,
+            CHARGE_MICROS: charge,
+            HOLDING: holding,
             CALLS: calls,
             TTL_FIELD: expiry_of(day),
         }
         with outage_as_unavailable():
-            self._ref(principal, day, turn).set(doc, retry=self._retry, timeout=self._timeout)
-
-    def _ref(self, principal: str, day: dt.date, turn: str) -> firestore.DocumentReference:
-        ref: firestore.DocumentReference = self._client.collection(SPEND).document(
-            f"{principal_hash(principal)}_{day_key(day)}_{turn}"
-        )
-        return ref
+            self._turns(principal, day).document(turn).set(
+                doc, retry=self._retry, timeout=self._timeout
+            )
 
 
 def principal_hash(principal: str) -> str:
