@@ -304,8 +304,16 @@ weak references to tasks)."""
 def _spawn(coro: Any) -> asyncio.Task[Any]:
     task = asyncio.get_running_loop().create_task(coro)
     _reading.add(task)
-    task.add_done_callback(_reading.discard)
+    task.add_done_callback(_ended)
     return task
+
+
+def _ended(task: asyncio.Task[Any]) -> None:
+    _reading.discard(task)
+    # A call the run stopped waiting for may still fail: its error was counted (the
+    # meter) and is nobody's to raise; retrieved, it is not logged as "never retrieved".
+    if not task.cancelled():
+        task.exception()
 
 
 def _not_billed(error: BaseException) -> bool:

@@ -104,7 +104,8 @@ class TurnRunner:
     ) -> None:
         """``context`` keeps every model call inside the context budget (None: the
         whole history is sent, as in library use); ``budget`` refuses a principal's
-        turns past its daily spend and records what each turn cost (None: no budget);
+        turns past its daily spend and charges every model call a turn makes, whatever its
+        outcome (None: no budget);
         ``tool_runs`` guards approved calls (None: unguarded, for library use)."""
         self._context = context
         self._charging = metering.Charging(
