@@ -452,3 +452,18 @@ def test_a_turn_charged_its_whole_reservation_starts_no_further_call(
         billed_usd(model)
     )
     assert client.get("/sessions/capped").status_code == 404
+
+
+def test_a_call_whose_usage_never_arrives_is_charged_its_reservation(
+    build: Build, model: DemoModelServer
+) -> None:
+    clock = Clock(utc_now())
+    client, service = build(clock, budget_usd_per_principal_per_day=100, model_max_retries=0)
+    model.reset()
+    model.control(hang_seconds=0.3)  # the connection is dropped unanswered
+    assert chat(client, "hi", "dropped").status_code == 502
+    assert model.request_count == 1 and model.usages == []
+    # Nothing reported: the call may have been billed, so it is charged its reservation,
+    # at least 4096 output tokens at 8 micro-dollars each.
+    spent = service.spend.spent(PRINCIPAL, clock.now.date())
+    assert spent >= 4096 * 8 / 1_000_000
