@@ -143,23 +143,33 @@ class TurnRunner:
         charge = self._admit(owner)
         try:
             with metering.metered(charge):
-                turn = self._open(session_id, message, started, owner)
-                try:
-                    try:
-                        result = self._run_once(turn)
-                    except openai.BadRequestError as exc:
-                        if not _is_overflow(exc) or turn.window is None or turn.resume:
-                            raise
-                        # The budget was set above what the provider takes: fold harder, once.
-                        log.warning("context overflow at the provider; compacting harder")
-                        assert isinstance(message, str)
-                        turn = self._refit(turn, message)
-                        result = self._run_once(turn)
-                except BaseException as exc:
-                    raise self._fail(turn, exc) from exc
-                return self._finish(turn, result, on_commit)
+                return self._run(session_id, message, started, owner, on_commit)
         finally:
             metering.finish(charge)
+
+    def _run(
+        self,
+        session_id: str,
+        message: str | Resume,
+        started: float,
+        owner: str | None,
+        on_commit: OnCommit | None,
+    ) -> TurnOutcome:
+        turn = self._open(session_id, message, started, owner)
+        try:
+            try:
+                result = self._run_once(turn)
+            except openai.BadRequestError as exc:
+                if not _is_overflow(exc) or turn.window is None or turn.resume is not None:
+                    raise
+                # The budget was set above what the provider takes: fold harder, once.
+                log.warning("context overflow at the provider; compacting harder")
+                assert isinstance(message, str)
+                turn = self._refit(turn, message)
+                result = self._run_once(turn)
+        except BaseException as exc:
+            raise self._fail(turn, exc) from exc
+        return self._finish(turn, result, on_commit)
 
     def _admit(self, owner: str | None) -> metering.TurnCharge | None:
         # Before the claim: a refused turn writes nothing but its released hold.
@@ -219,20 +229,7 @@ class TurnRunner:
         charge = self._admit(owner)
         try:
             with metering.metered(charge):  # the run's task copies it now
-                turn = self._open(session_id, message, started, owner)
-                try:
-                    run = StreamedRun(
-                        self._loop,
-                        self._agent,
-                        turn.input,
-                        turn.session,
-                        max_turns=self._settings.agent_max_turns,
-                        deadline=turn.run_deadline,
-                        run_config=self._run_config(turn),
-                        guard=self._guard(turn),
-                    )
-                except BaseException as exc:
-                    raise self._fail(turn, exc) from exc
+                turn, run = self._start_stream(session_id, message, started, owner)
         except BaseException:
             metering.finish(charge)
             raise
@@ -241,6 +238,25 @@ class TurnRunner:
         # read, runs the cleanup below and releases the claim.
         next(events)
         return events
+
+    def _start_stream(
+        self, session_id: str, message: str | Resume, started: float, owner: str | None
+    ) -> tuple[_OpenTurn, StreamedRun]:
+        turn = self._open(session_id, message, started, owner)
+        try:
+            run = StreamedRun(
+                self._loop,
+                self._agent,
+                turn.input,
+                turn.session,
+                max_turns=self._settings.agent_max_turns,
+                deadline=turn.run_deadline,
+                run_config=self._run_config(turn),
+                guard=self._guard(turn),
+            )
+        except BaseException as exc:
+            raise self._fail(turn, exc) from exc
+        return turn, run
 
     def _streamed(
         self,
