@@ -79,7 +79,10 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
     tracing.configure(settings)
     store, idempotency, tool_runs, spend, project = _stores(settings)
     limit = settings.budget_usd_per_principal_per_day
-    spending = None if limit is None else Budget(spend, limit, clock)
+    spending = None
+    if limit is not None:
+        reserve = settings.budget_reserve_usd_per_turn
+        spending = Budget(spend, limit, clock, reserve_usd=reserve)
     _warn_of_retirement(settings, clock().date())
     model = build_model(settings)
     agent = build_agent(settings, model)

@@ -102,6 +102,7 @@ class Controls:
     delay_seconds: float = 0.0
     fail_status: int | None = None
     fail_count: int = 0  # -1 fails until reset
+    pass_count: int = 0  # requests answered before the failures begin
     hang_seconds: float = 0.0
     reply_bytes: int | None = None
     stream_chunk_delay_seconds: float = 0.0
@@ -448,6 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
             text = fit_to_bytes(text, controls.reply_bytes)
         calls = misbehave(call, controls)
         usage = usage_for(messages, call["arguments"] if call else text, body.get("tools"))
+        demo._bill(usage)
         digest = zlib.crc32(json.dumps(messages, sort_keys=True).encode())
         meta = {
             "id": f"chatcmpl-demo{digest:08x}",
@@ -494,6 +496,7 @@ class DemoModelServer:
         self.context_tokens: int | None = int(window) if window else None
         """The context window set at start (``DEMO_CONTEXT_TOKENS``); a control overrides."""
         self._requests: list[Json] = []
+        self._usages: list[dict[str, int]] = []
         self._stopping = threading.Event()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -511,6 +514,13 @@ class DemoModelServer:
         """A snapshot of every chat completion request body received, oldest first."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def usages(self) -> list[dict[str, int]]:
+        """The usage of every answer it generated (and would bill), streamed or not,
+        whether or not the client read it to the end; oldest first."""
+        with self._lock:
+            return list(self._usages)
 
     @property
     def request_count(self) -> int:
@@ -550,6 +560,7 @@ class DemoModelServer:
         with self._lock:
             self._controls = Controls()
             self._requests.clear()
+            self._usages.clear()
 
     def start(self) -> None:
         if self._httpd is not None:
@@ -587,9 +598,16 @@ class DemoModelServer:
             controls = self._controls
             if controls.fail_status is None or controls.fail_count == 0:
                 return controls, None
+            if controls.pass_count > 0:
+                self._controls = replace(controls, pass_count=controls.pass_count - 1)
+                return controls, None
             if controls.fail_count > 0:
                 self._controls = replace(controls, fail_count=controls.fail_count - 1)
             return controls, int(controls.fail_status)
+
+    def _bill(self, usage: dict[str, int]) -> None:
+        with self._lock:
+            self._usages.append(usage)
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:

@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 
 from agent.base.settings import Settings
 from agent.runtime.deadline import DeadlineBoundModel
+from agent.runtime.metering import MeteredModel
 from agent.runtime.model import ModelConfigError, build_model
 from tests.support.constants import UNREACHABLE_MODEL_URL
 
@@ -57,7 +58,9 @@ def test_api_choice() -> None:
     def built(env: dict[str, str]) -> Any:
         model = build_model(Settings.from_env(env))
         assert isinstance(model, DeadlineBoundModel)  # every call bounded by the turn
-        return model.inner
+        metered = model.inner
+        assert isinstance(metered, MeteredModel)  # and reported to the turn's meter
+        return metered.inner
 
     compatible = built({"OPENAI_BASE_URL": UNREACHABLE_MODEL_URL})
     assert isinstance(compatible, OpenAIChatCompletionsModel)

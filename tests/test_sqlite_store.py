@@ -235,10 +235,9 @@ def test_a_version_2_file_is_upgraded_in_place_and_keeps_its_sessions(tmp_path: 
     assert loaded.totals == UsageTotals()  # written before totals: none yet
     claim = store.claim("s", now, now + dt.timedelta(seconds=10), "alice")
     totals = UsageTotals(1, 100, 0, 10, 0.5)
-    record = spend.recording("alice", now.date(), 0.5)
-    store.commit(
-        claim, [{"role": "assistant"}], now, totals=totals, extra_writes=lambda c, _: record(c)
-    )
+    store.commit(claim, [{"role": "assistant"}], now, totals=totals)
+    spend.hold("alice", now.date(), "t1", 1_000_000)
+    spend.settle("alice", now.date(), "t1", 500_000, 1)
     loaded = store.load("s", now, "alice")
     assert loaded is not None and loaded.totals == totals and loaded.turns == 2
     assert spend.spent("alice", now.date()) == 0.5

@@ -38,6 +38,7 @@ from agent.store.history import (
 )
 from agent.store.idempotency_records import KeyClaim, StoredResponse
 from agent.store.paused_runs import PauseChanged, PausedRun, PendingCall, RunPaused
+from agent.store.spend import DaySpend
 from agent.store.tool_runs import ToolCall
 
 TTL = 60
@@ -354,46 +355,37 @@ def test_usage_totals_ride_in_the_turns_commit(stores: Stores) -> None:
     assert loaded is not None and loaded.totals == UsageTotals()
 
 
-def test_spend_lands_with_the_turn_and_only_with_it(stores: Stores) -> None:
+def test_a_turn_holds_then_settles_apart_from_any_commit(stores: Stores) -> None:
     now = utc_now()
     today, tomorrow = now.date(), now.date() + dt.timedelta(days=1)
-    assert stores.spend.spent("alice", today) == 0
-    claim = stores.history.claim("s", now, now + 10 * SECOND, "alice")
-    record = stores.spend.recording("alice", today, 0.25)
-    stores.history.commit(claim, [item("a")], now, extra_writes=lambda batch, _: record(batch))
-    assert stores.spend.spent("alice", today) == 0.25
-    claim = stores.history.claim("s", now, now + 10 * SECOND, "alice")
-    record = stores.spend.recording("alice", today, 0.5)
-
-    def record_then_fail(batch: Any, expire_at: dt.datetime) -> None:
-        record(batch)
-        raise RuntimeError("the turn fails at its commit")
-
-    with pytest.raises(RuntimeError):
-        stores.history.commit(claim, [item("b")], now, extra_writes=record_then_fail)
-    stores.history.release(claim)
-    assert stores.spend.spent("alice", today) == 0.25  # the failed turn cost nothing here
-    assert stores.spend.spent("bob", today) == 0  # per principal
-    assert stores.spend.spent("alice", tomorrow) == 0  # per UTC day
+    assert stores.spend.charged("alice", today) == DaySpend()
+    assert stores.spend.hold("alice", today, "t1", 500_000) == DaySpend()  # nothing before
+    assert stores.spend.charged("alice", today) == DaySpend(0, 500_000)
+    assert stores.spend.hold("alice", today, "t2", 500_000) == DaySpend(0, 500_000)
+    stores.spend.settle("alice", today, "t1", 250_001, 2)
+    assert stores.spend.charged("alice", today) == DaySpend(250_001, 500_000)
+    stores.spend.settle("alice", today, "t1", 250_001, 2)  # repeated (a lost reply): once
+    stores.spend.settle("alice", today, "t2", 0, 0)  # a refused turn's released hold
+    assert stores.spend.charged("alice", today) == DaySpend(250_001, 0)
+    assert stores.spend.spent("alice", today) == 0.250001  # exact: integer micro-dollars
+    assert stores.spend.charged("bob", today) == DaySpend()  # per principal
+    assert stores.spend.charged("alice", tomorrow) == DaySpend()  # per UTC day
 
 
-def test_concurrent_turns_of_one_principal_all_count(stores: Stores) -> None:
-    """Many sessions of one principal committing at once: no increment is lost and
-    none of them conflicts (the Firestore counter is sharded, SQLite's is one row)."""
+def test_concurrent_holds_of_one_principal_are_ordered(stores: Stores) -> None:
+    """Many turns of one principal holding at once: none conflicts, none is lost, and
+    what each saw before its own hold orders them: exactly one saw no other hold."""
     now = utc_now()
     start = threading.Barrier(16)
 
-    def one(n: int) -> None:
-        claim = stores.history.claim(f"s{n}", now, now + 10 * SECOND, "alice")
-        record = stores.spend.recording("alice", now.date(), 0.125)
+    def one(n: int) -> DaySpend:
         start.wait()
-        stores.history.commit(
-            claim, [item(str(n))], now, extra_writes=lambda batch, _: record(batch)
-        )
+        return stores.spend.hold("alice", now.date(), f"t{n}", 125_000)
 
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(one, range(16)))
-    assert stores.spend.spent("alice", now.date()) == 2.0
+        seen = list(pool.map(one, range(16)))
+    assert stores.spend.charged("alice", now.date()) == DaySpend(0, 16 * 125_000)
+    assert sorted(s.held_micros for s in seen) == [n * 125_000 for n in range(16)]
 
 
 def paused_run(pause_id: str = "p1") -> PausedRun:

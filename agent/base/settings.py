@@ -176,6 +176,12 @@ class Settings:
     model call is made. Unset: no budget. With a budget, the service refuses to start
     when ``AGENT_MODEL`` or ``CONTEXT_SUMMARY_MODEL`` has no price."""
 
+    budget_reserve_usd_per_turn: float | None = None
+    """With a budget: what each turn in flight holds of its principal's budget, in US
+    dollars, from its check until it ends (> 0): the estimated worst case of one turn.
+    A turn that has been charged it starts no further model call (429
+    ``budget_exceeded``). Unset: a tenth of ``BUDGET_USD_PER_PRINCIPAL_PER_DAY``."""
+
     tracing_enabled: bool = False
     """Upload traces to OpenAI. Off unless the operator opts in: the SDK would
     otherwise upload every conversation as soon as any key is configured."""
@@ -405,6 +411,9 @@ class Settings:
         budget = self.budget_usd_per_principal_per_day
         if budget is not None and not (0 < budget < math.inf):
             raise SettingsError(f"BUDGET_USD_PER_PRINCIPAL_PER_DAY={budget} must be above 0")
+        reserve = self.budget_reserve_usd_per_turn
+        if reserve is not None and not (0 < reserve < math.inf):
+            raise SettingsError(f"BUDGET_RESERVE_USD_PER_TURN={reserve} must be above 0")
         _check_range("stream_max_delta_bytes", self.stream_max_delta_bytes, 65536, 6 * 1024 * 1024)
         if self.history_backend not in ("firestore", "sqlite"):
             raise SettingsError("HISTORY_BACKEND must be 'firestore' or 'sqlite'")

@@ -25,6 +25,7 @@ from openai import AsyncOpenAI
 from agent.base.settings import Settings
 from agent.runtime import sdk_traces
 from agent.runtime.deadline import DeadlineBoundModel
+from agent.runtime.metering import MeteredModel
 from agent.runtime.openai_client import ChatCompletionsClient
 from agent.runtime.vertex_tokens import AccessTokens
 
@@ -57,7 +58,8 @@ def _route_sdk_traces(settings: Settings) -> None:
 
 def build_model(settings: Settings, name: str | None = None) -> Model:
     """The agent's model (or the model ``name`` on the same provider): OpenAI or any
-    OpenAI-compatible server, bounded by the turn's deadline. Raises ModelConfigError
+    OpenAI-compatible server, bounded by the turn's deadline, each call reported to the
+    turn's meter (``metering.py``). Raises ModelConfigError
     when no model is configured."""
     name = name or settings.agent_model
     vertex = settings.model_provider == "vertex"
@@ -84,8 +86,10 @@ def build_model(settings: Settings, name: str | None = None) -> Model:
         model = OpenAIChatCompletionsModel(model=name, openai_client=client)
     else:
         model = OpenAIResponsesModel(model=name, openai_client=client)
+    # Metered inside the deadline's bound: a call refused for want of time is never
+    # sent, so never charged.
     return DeadlineBoundModel(
-        model,
+        MeteredModel(model, name),
         call_timeout=settings.model_timeout_seconds,
         min_call_seconds=settings.model_call_min_seconds,
     )

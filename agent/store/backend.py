@@ -16,9 +16,10 @@ calibration are stored with the history, and so are its usage totals, written by
 turn's commit; so is a run paused for approval, which blocks other turns until a claim
 naming it resumes it (``paused_runs.py``); an approved tool call is recorded before it
 runs, once (``tool_runs.py``); an Idempotency-Key's record is marked done, with the
-turn's generation, and the principal's spend of the day grows by the turn's cost, both
-in the turn's own commit (``extra_writes``). The data types and errors are the Firestore
-module's (``History``, ``Claim``, ``Deleted``, ``SessionBusy``, ...), shared as they are.
+turn's generation, in the turn's own commit (``extra_writes``); a principal's spend of
+the day is held and charged per turn apart from any commit (``spend.py``). The data
+types and errors are the Firestore module's (``History``, ``Claim``, ``Deleted``,
+``SessionBusy``, ...), shared as they are.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary, UsageTotals
 from agent.store.idempotency_records import KeyClaim, StoredResponse
 from agent.store.paused_runs import Decision, PausedRun
+from agent.store.spend import DaySpend
 from agent.store.tool_runs import EarlierRun, ToolCall
 
 
@@ -135,13 +137,23 @@ class ToolRunBackend(Protocol):
 
 
 class SpendBackend(Protocol):
-    """A principal's spend per UTC day (the promises: ``spend.py``'s header)."""
+    """A principal's spend per UTC day, one record per admitted turn (the promises:
+    ``spend.py``'s header). Amounts in integer micro-dollars."""
 
-    def spent(self, principal: str, day: dt.date) -> float:
-        """US dollars of the principal's committed turns of ``day``."""
+    def charged(self, principal: str, day: dt.date) -> DaySpend:
+        """What the principal's settled turns of ``day`` were charged, and what the
+        turns not settled hold."""
         ...
 
-    def recording(self, principal: str, day: dt.date, cost_usd: float) -> Callable[[Any], None]:
-        """A write adding ``cost_usd`` to that spend, for the turn's own commit (the
-        same backend's ``extra_writes`` batch or connection)."""
+    def spent(self, principal: str, day: dt.date) -> float:
+        """US dollars the principal's settled turns of ``day`` were charged."""
+        ...
+
+    def hold(self, principal: str, day: dt.date, turn: str, micros: int) -> DaySpend:
+        """Turn ``turn`` holds ``micros`` of that day, apart from any commit; returns what
+        was charged and held before this hold (the order of admissions)."""
+        ...
+
+    def settle(self, principal: str, day: dt.date, turn: str, cost_micros: int, calls: int) -> None:
+        """Turn ``turn`` ended: its hold is replaced by what it was charged."""
         ...

@@ -51,9 +51,11 @@ names and document shapes: ``schema.py``)::
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key's record,
                                                      written by store/idempotency_records.py
                                                      (its header has the fields)
-    agent_spend/{sha256(principal)}_{day}_{shard}    a principal's spend per UTC day, in
-                                                     shards, written by store/spend.py
-                                                     (its header has the fields)
+    agent_spend/{sha256(principal)}_{day}/agent_spend_turns/{turn}
+                                                     a principal's spend per UTC day, one
+                                                     document per turn, written by
+                                                     store/spend.py (its header has the
+                                                     fields)
 
 The encoded history is one byte stream: each item as compact JSON and a newline.
 Chunks cut that stream every CHUNK_BYTES regardless of item boundaries, so an item
@@ -89,8 +91,9 @@ Consistency
 * The usage totals ride in that commit as absolute values: the totals the claim read
   plus the turn's own usage. Nobody else writes the document while the claim is held,
   so no increment is needed and none is lost; a failed turn adds nothing. Whatever
-  else must land with the turn and only with it (the Idempotency-Key record, the
-  principal's spend) joins the same commit through ``extra_writes``.
+  else must land with the turn and only with it (the Idempotency-Key record) joins the
+  same commit through ``extra_writes``; the principal's spend does not (every model call
+  is charged, whatever the turn's outcome: store/spend.py).
 * A commit whose reply is lost (a reset, a timeout, a retry refused because the first
   attempt landed) has an unknown outcome, and ``commit`` finds it out before it
   answers: the commit adds its claim token to ``commits``, so a re-read tells whether

@@ -11,9 +11,11 @@ Layout::
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
                                                      sealed parts of its history (ChunkDoc)
     agent_idempotency/{sha256(principal, key)}       one Idempotency-Key (KeyDoc)
-    agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{shard}
-                                                     one shard of a principal's spend on
-                                                     one UTC day (SpendDoc)
+    agent_spend/{sha256(principal)}_{YYYY-MM-DD}/agent_spend_turns/{turn}
+                                                     what one turn of a principal held
+                                                     and was charged on one UTC day
+                                                     (SpendDoc; the parent document is
+                                                     never written)
     agent_sessions/{doc_id}/agent_tool_runs/{generation}~{sha256(pause_id, call_id)}
                                                      one approved tool call (ToolRunDoc)
 
@@ -32,8 +34,18 @@ SESSIONS: Final = "agent_sessions"
 CHUNKS: Final = "agent_history_chunks"
 IDEMPOTENCY: Final = "agent_idempotency"
 SPEND: Final = "agent_spend"
+SPEND_TURNS: Final = "agent_spend_turns"
+"""One principal's turns of one day, under ``agent_spend``; on SQLite the table of them
+(``agent_spend`` is the older per-day table there)."""
 TOOL_RUNS: Final = "agent_tool_runs"
-COLLECTION_GROUPS: tuple[str, ...] = (SESSIONS, CHUNKS, IDEMPOTENCY, SPEND, TOOL_RUNS)
+COLLECTION_GROUPS: tuple[str, ...] = (
+    SESSIONS,
+    CHUNKS,
+    IDEMPOTENCY,
+    SPEND,
+    SPEND_TURNS,
+    TOOL_RUNS,
+)
 """Every collection group the service writes; each needs a TTL policy on TTL_FIELD."""
 
 TTL_FIELD: Final = "expire_at"
@@ -138,6 +150,15 @@ DONE: Final = "done"
 # -- agent_spend ---------------------------------------------------------------------
 DAY: Final = "day"
 """A UTC day as ``YYYY-MM-DD``."""
+COST_MICROS: Final = "cost_micros"
+"""SQLite: what a turn's model calls were charged, in integer micro-dollars."""
+HELD_MICROS: Final = "held_micros"
+"""SQLite: what a turn in flight holds of its principal's budget (0 once settled)."""
+CHARGE_MICROS: Final = "charge_micros"
+"""What the day counts for a turn: its hold while it runs, then its charge."""
+HOLDING: Final = "holding"
+"""True while a turn's hold is in place (a field to filter the holds by equality)."""
+CALLS: Final = "calls"
 
 
 class SessionDoc(TypedDict, total=False):
@@ -239,11 +260,14 @@ class KeyDoc(TypedDict):
 
 
 class SpendDoc(TypedDict):
-    """``agent_spend/{sha256(principal)}_{day}_{shard}``: one shard of a day's spend."""
+    """``agent_spend/{sha256(principal)}_{day}/agent_spend_turns/{turn}``: one turn's hold,
+    then its charge."""
 
     owner: str
     day: str  # YYYY-MM-DD (UTC)
-    cost_usd: float  # incremented by each turn's commit that drew this shard
+    charge_micros: int  # its hold while it runs, then what its model calls were charged
+    holding: bool  # true until settled
+    calls: int  # its model calls
     expire_at: dt.datetime  # a couple of days after the day ends
 
 
@@ -335,6 +359,17 @@ CREATE TABLE IF NOT EXISTS {SPEND} (
     PRIMARY KEY ({OWNER}, {DAY})
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {SPEND}_{TTL_FIELD} ON {SPEND} ({TTL_FIELD});
+CREATE TABLE IF NOT EXISTS {SPEND_TURNS} (
+    {ID} TEXT PRIMARY KEY,
+    {OWNER} TEXT NOT NULL,
+    {DAY} TEXT NOT NULL,
+    {HELD_MICROS} INTEGER NOT NULL,
+    {COST_MICROS} INTEGER NOT NULL,
+    {CALLS} INTEGER NOT NULL,
+    {TTL_FIELD} INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {SPEND_TURNS}_{OWNER}_{DAY} ON {SPEND_TURNS} ({OWNER}, {DAY});
+CREATE INDEX IF NOT EXISTS {SPEND_TURNS}_{TTL_FIELD} ON {SPEND_TURNS} ({TTL_FIELD});
 """
 """The SQLite backend's tables. Times are INTEGER microseconds since the Unix epoch (UTC),
 exact and comparable in SQL; items and responses are compact JSON text."""

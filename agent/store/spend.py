@@ -1,68 +1,102 @@
 """What each principal spent on the model per UTC day, in Firestore: ``SpendStore``.
 
 Why it exists: ``BUDGET_USD_PER_PRINCIPAL_PER_DAY`` (``agent/turn/budget.py``) needs a
-principal's spend today before each turn, and every turn of that principal adds to it.
-One document per principal and day would be a hot document: Firestore sustains about one
-write per second to a document, and one principal's concurrent turns (a batch job, a
-client in a loop) write far faster. So the counter is sharded.
+principal's spend today before each turn, every model call a turn makes must be charged
+whatever the turn's outcome, and the turns in flight must hold part of the budget so that
+parallel turns cannot all pass the check at once.
 
 Layout
 ------
 ::
 
-    agent_spend/{sha256(principal)}_{YYYY-MM-DD}_{shard}     shard 0..SHARDS-1
-        owner     str        the principal
-        day       str        the UTC day, YYYY-MM-DD
-        cost_usd  float      dollars of the committed turns that drew this shard
-        expire_at Timestamp  TTL field: EXPIRE_DAYS after the day ends
+    agent_spend/{sha256(principal)}_{YYYY-MM-DD}/agent_spend_turns/{turn}
+        owner          str        the principal
+        day            str        the UTC day, YYYY-MM-DD
+        charge_micros  int        what the day counts for the turn: its hold while it
+                                  runs, what its model calls were charged once settled
+        holding        bool       true until settled
+        calls          int        its model calls (0 until settled)
+        expire_at      Timestamp  TTL field: EXPIRE_DAYS after the day ends
 
-Each turn draws one shard at random and adds its cost with ``firestore.Increment`` in
-``set(..., merge=True)`` (the first turn of the day creates the shard). A day's spend is
-the sum over its shards: reading it is one ``get_all`` of SHARDS documents (one round
-trip; count SHARDS document reads), paid once per turn when a budget is set, and
-nothing when none is.
+One subcollection per principal and day (its parent document is never written), one
+document per admitted turn. Amounts are integer micro-dollars: sums of integers are
+exact, whatever the order.
 
-Size bounds
------------
-A shard holds four fields: well under a kilobyte. A principal has at most SHARDS
-documents per day, and each goes EXPIRE_DAYS after its day ended (TTL deletion is lazy:
-typically within a day more).
+A turn writes its document twice, apart from its commit: ``hold`` when it is admitted,
+``settle`` when it has ended, each a plain ``set`` of the whole document (a retry writes
+the same thing again; the last write wins), and nobody else writes it: one document per
+turn is never hot, and no two turns ever contend.
+
+A day's spend is one aggregation query, ``sum(charge_micros)`` over the day's
+subcollection: no filter, so the automatic single-field index serves it (no composite
+index to deploy). Firestore bills an aggregation one document read per batch of up to
+1000 index entries it matches (at least one): one read for a principal's first 1000 turns
+of a day, where the eight-shard counter this replaces read eight documents at every check
+(docs/performance.md). The holds in place are a query on ``holding == true`` (one read per
+turn in flight; a single-field equality).
+
+Admission (``hold``) writes the turn's hold first and then reads what came before it: the
+day's total less the holds in place, plus the holds whose document was created before the
+new one (creation time, then id; a hold counts only if the total saw it, by its creation
+time against the aggregation's read time). Ordered so, a burst of turns arriving together is not
+refused as a whole (each would otherwise see all the others' holds): the first hold sees
+none of the rest, and every admitted turn was seen by the last one admitted.
 
 Consistency
 -----------
-* A turn's increment is a write of the turn's own commit (``recording`` returns it for
-  ``extra_writes``): the spend lands if and only if the turn does. An increment is a
-  field transform applied by the server, not a read-modify-write, so concurrent turns
-  never lose each other's cost and never conflict; spread over SHARDS documents, one
-  principal's turns stay under Firestore's sustained write rate per document up to
-  about SHARDS turns per second.
-* ``spent`` reads every shard at once: a strongly consistent snapshot that includes
-  every commit that landed before it.
-* The budget is checked before a turn's model call and its spend recorded at commit,
-  so a principal can overshoot: by at most the cost of the turns already running when
-  the budget was reached (each passed its check before the others committed). Turns
-  that fail after calling the model (a timeout, a lost claim, a commit that failed)
-  record nothing, though the provider may charge for them: a known limitation.
+* The queries are strongly consistent: they see every hold and settle whose reply came
+  back before they ran. They are two reads: a turn settled between them is counted at its
+  hold (the conservative direction).
+* A lost reply or one held past the timeout: the write is applied once the server has it,
+  and the client's retry writes the same document again: no double charge. A ``settle``
+  that never lands (Firestore down for the whole retry) leaves the hold in place: the
+  turn stays charged its reservation, never less (logged by the turn layer).
+* A ``hold`` that fails makes the turn 503 before any model call; should the hold have
+  landed anyway, it stays charged as a reservation on that day (a conservative error),
+  unless the turn layer's release reaches Firestore.
+
+Size bounds: a document holds six small fields. A principal has one document per
+admitted turn of a day; each goes EXPIRE_DAYS after its day ended (TTL deletion is lazy:
+typically within a day more; the collection group has its own TTL policy).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import random
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from agent.store.calls import bounded_retry, outage_as_unavailable
-from agent.store.schema import COST_USD, DAY, OWNER, SPEND, TTL_FIELD
+from agent.store.schema import (
+    CALLS,
+    CHARGE_MICROS,
+    DAY,
+    HOLDING,
+    OWNER,
+    SPEND,
+    SPEND_TURNS,
+    TTL_FIELD,
+)
 
-SHARDS = 8
-"""Shards per principal and day: the read cost of a budget check, and (about) the
-turns per second one principal can commit before a shard gets hot."""
 EXPIRE_DAYS = 2
-"""How long a day's shards are kept after the day ends: the budget needs only today's."""
+"""How long a day's documents are kept after the day ends: the budget needs only today's."""
+
+
+@dataclass(frozen=True)
+class DaySpend:
+    """A principal's day: what its settled turns were charged and what the turns still
+    in flight (or never settled) hold, in micro-dollars."""
+
+    cost_micros: int = 0
+    held_micros: int = 0
+
+    @property
+    def total_micros(self) -> int:
+        return self.cost_micros + self.held_micros
 
 
 def day_key(day: dt.date) -> str:
@@ -75,6 +109,10 @@ def expiry_of(day: dt.date) -> dt.datetime:
     return start + dt.timedelta(days=1 + EXPIRE_DAYS)
 
 
+def usd(micros: int) -> float:
+    return micros / 1_000_000
+
+
 class SpendStore:
     """Reads and records principals' daily spend. Thread-safe; calls are synchronous."""
 
@@ -83,42 +121,84 @@ class SpendStore:
         self._timeout = timeout_seconds
         self._retry = bounded_retry(timeout_seconds)
 
+    def charged(self, principal: str, day: dt.date) -> DaySpend:
+        """The principal's day; raises StoreUnavailable."""
+        total, read_at = self._total(principal, day)
+        held = sum(m for key, m in self._holds(principal, day) if key[0] <= read_at)
+        return DaySpend(total - held, held)
+
     def spent(self, principal: str, day: dt.date) -> float:
-        """US dollars the principal's committed turns of ``day`` cost; raises
-        StoreUnavailable."""
-        refs = [self._ref(principal, day, shard) for shard in range(SHARDS)]
-        with outage_as_unavailable():
-            snaps = self._client.get_all(refs, retry=self._retry, timeout=self._timeout)
-            total = 0.0
-            for snap in snaps:
-                if snap.exists:
-                    total += float((snap.to_dict() or {}).get(COST_USD) or 0.0)
-        return round(total, 8)
+        """US dollars the principal's settled turns of ``day`` were charged."""
+        return usd(self.charged(principal, day).cost_micros)
 
-    def recording(self, principal: str, day: dt.date, cost_usd: float) -> Callable[[Any], None]:
-        """The write that adds ``cost_usd`` to the principal's spend of ``day``, for the
-        turn's own commit (``batch`` is the commit's WriteBatch)."""
-        ref = self._ref(principal, day, random.randrange(SHARDS))
+    def hold(self, principal: str, day: dt.date, turn: str, micros: int) -> DaySpend:
+        """Turn ``turn`` holds ``micros`` of the principal's day; returns what was
+        charged and held before it (module docstring). Raises StoreUnavailable."""
+        self._write(principal, day, turn, charge=micros, holding=True, calls=0)
+        # The total first, then the holds: a hold the total saw is taken out of it (by
+        # its creation time against the total's read time) and counted only if it came
+        # before this one; a turn settled in between stays in the total at its hold
+        # (conservative); a hold created after the total came after this one.
+        total, read_at = self._total(principal, day)
+        holds = [(key, m) for key, m in self._holds(principal, day) if key[0] <= read_at]
+        mine = next((key for key, _ in holds if key[1] == turn), None)
+        before = sum(m for key, m in holds if key[1] != turn and (mine is None or key < mine))
+        return DaySpend(total - sum(m for _, m in holds), before)
 
-        def write(batch: Any) -> None:
-            shard: dict[str, Any] = {
-                OWNER: principal,
-                DAY: day_key(day),
-                COST_USD: firestore.Increment(cost_usd),
-                TTL_FIELD: expiry_of(day),
-            }
-            batch.set(ref, shard, merge=True)
+    def settle(self, principal: str, day: dt.date, turn: str, cost_micros: int, calls: int) -> None:
+        """Turn ``turn`` ended: its hold goes, its charge stays; raises StoreUnavailable."""
+        self._write(principal, day, turn, charge=cost_micros, holding=False, calls=calls)
 
-        return write
-
-    def _ref(self, principal: str, day: dt.date, shard: int) -> firestore.DocumentReference:
-        ref: firestore.DocumentReference = self._client.collection(SPEND).document(
-            f"{_principal_hash(principal)}_{day_key(day)}_{shard}"
+    def _turns(self, principal: str, day: dt.date) -> firestore.CollectionReference:
+        turns: firestore.CollectionReference = (
+            self._client.collection(SPEND)
+            .document(f"{principal_hash(principal)}_{day_key(day)}")
+            .collection(SPEND_TURNS)
         )
-        return ref
+        return turns
+
+    def _total(self, principal: str, day: dt.date) -> tuple[int, dt.datetime]:
+        """The day's sum of charges and holds, and the time it was read at."""
+        # Typed as returning a class (the library's annotation is wrong): an instance.
+        aggregate: Any = self._turns(principal, day).sum(CHARGE_MICROS, alias=CHARGE_MICROS)
+        with outage_as_unavailable():
+            rows = aggregate.get(retry=self._retry, timeout=self._timeout)
+        [[result]] = rows
+        # An empty sum comes back as 0.0: the field itself is an integer.
+        return int(result.value or 0), result.read_time
+
+    def _holds(self, principal: str, day: dt.date) -> list[tuple[tuple[dt.datetime, str], int]]:
+        """The holds in place: ((creation time, turn), micros) each."""
+        query = (
+            self._turns(principal, day)
+            .where(filter=FieldFilter(HOLDING, "==", True))
+            .select([CHARGE_MICROS])
+        )
+        with outage_as_unavailable():
+            snaps = list(query.stream(retry=self._retry, timeout=self._timeout))
+        return [
+            ((snap.create_time, snap.id), int((snap.to_dict() or {}).get(CHARGE_MICROS) or 0))
+            for snap in snaps
+        ]
+
+    def _write(
+        self, principal: str, day: dt.date, turn: str, *, charge: int, holding: bool, calls: int
+    ) -> None:
+        doc: dict[str, Any] = {
+            OWNER: principal,
+            DAY: day_key(day),
+            CHARGE_MICROS: charge,
+            HOLDING: holding,
+            CALLS: calls,
+            TTL_FIELD: expiry_of(day),
+        }
+        with outage_as_unavailable():
+            self._turns(principal, day).document(turn).set(
+                doc, retry=self._retry, timeout=self._timeout
+            )
 
 
-def _principal_hash(principal: str) -> str:
+def principal_hash(principal: str) -> str:
     # Principals are emails or key names: hashed, the id has a fixed length and no
     # character Firestore refuses in an id.
     return hashlib.sha256(principal.encode("utf-8", "surrogateescape")).hexdigest()

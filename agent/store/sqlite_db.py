@@ -77,6 +77,7 @@ from agent.store.schema import (
     SESSION_ID,
     SESSIONS,
     SPEND,
+    SPEND_TURNS,
     SQLITE_MIGRATIONS,
     SQLITE_SCHEMA_VERSION,
     SQLITE_TABLES,
@@ -198,6 +199,7 @@ class Database:
             )
             conn.execute(f"DELETE FROM {TOOL_RUNS} WHERE {TTL_FIELD} <= :at", {"at": at})
             conn.execute(f"DELETE FROM {SPEND} WHERE {TTL_FIELD} <= :at", {"at": at})
+            conn.execute(f"DELETE FROM {SPEND_TURNS} WHERE {TTL_FIELD} <= :at", {"at": at})
 
     def close(self) -> None:
         with self._lock:

@@ -1,23 +1,32 @@
 """What each principal spent per UTC day, in SQLite (``HISTORY_BACKEND=sqlite``):
 ``SqliteSpendStore``.
 
-The same promises as on Firestore (``spend.py``: the spend lands with the turn's commit
-and only with it; the overshoot bound), one row of ``agent_spend`` per (principal, day),
-on the database of ``sqlite_db.py``. No shards: SQLite has no per-document write rate,
-and its write lock orders every transaction anyway, so a turn's
-``INSERT ... ON CONFLICT DO UPDATE SET cost_usd = cost_usd + ?`` inside the turn's own
-commit transaction neither conflicts nor loses a concurrent turn's cost. Rows go when
-their ``expire_at`` (two days after the day ends) passes (``Database.purge_expired``).
+The same promises as on Firestore (``spend.py``: one row per admitted turn, held when it
+is admitted and settled when it ends, apart from its commit; integer micro-dollars; a
+write that is repeated writes the same row again), in the table ``agent_spend_turns`` of
+the database of ``sqlite_db.py``. A hold reads the day and inserts its row in one
+transaction (the write lock orders admissions). A day's spend is one ``SUM`` over the
+principal's rows of the day (an index on owner and day). Rows go when their
+``expire_at`` (two days after the day ends) passes (``Database.purge_expired``). The
+older per-day table ``agent_spend`` is left unused.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from typing import Any
+import sqlite3
 
-from agent.store.schema import COST_USD, DAY, OWNER, SPEND, TTL_FIELD
-from agent.store.spend import day_key, expiry_of
+from agent.store.schema import (
+    CALLS,
+    COST_MICROS,
+    DAY,
+    HELD_MICROS,
+    ID,
+    OWNER,
+    SPEND_TURNS,
+    TTL_FIELD,
+)
+from agent.store.spend import DaySpend, day_key, expiry_of, principal_hash, usd
 from agent.store.sqlite_db import Database, to_micros
 
 
@@ -27,26 +36,54 @@ class SqliteSpendStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    def spent(self, principal: str, day: dt.date) -> float:
-        """US dollars the principal's committed turns of ``day`` cost."""
+    def charged(self, principal: str, day: dt.date) -> DaySpend:
         with self._db.read() as conn:
-            found = conn.execute(
-                f"SELECT {COST_USD} FROM {SPEND} WHERE {OWNER} = ? AND {DAY} = ?",
-                (principal, day_key(day)),
-            ).fetchone()
-        return 0.0 if found is None else round(float(found[0]), 8)
+            return self._charged(conn, principal, day)
 
-    def recording(self, principal: str, day: dt.date, cost_usd: float) -> Callable[[Any], None]:
-        """The write that adds ``cost_usd`` to the principal's spend of ``day``, for the
-        turn's own commit transaction (``conn`` is its connection)."""
+    @staticmethod
+    def _charged(conn: sqlite3.Connection, principal: str, day: dt.date) -> DaySpend:
+        cost, held = conn.execute(
+            f"SELECT SUM({COST_MICROS}), SUM({HELD_MICROS}) FROM {SPEND_TURNS}"
+            f" WHERE {OWNER} = ? AND {DAY} = ?",
+            (principal, day_key(day)),
+        ).fetchone()
+        return DaySpend(int(cost or 0), int(held or 0))
 
-        def write(conn: Any) -> None:
-            conn.execute(
-                f"INSERT INTO {SPEND} ({OWNER}, {DAY}, {COST_USD}, {TTL_FIELD})"
-                " VALUES (?, ?, ?, ?)"
-                f" ON CONFLICT ({OWNER}, {DAY}) DO UPDATE SET"
-                f" {COST_USD} = {COST_USD} + excluded.{COST_USD}",
-                (principal, day_key(day), cost_usd, to_micros(expiry_of(day))),
-            )
+    def spent(self, principal: str, day: dt.date) -> float:
+        return usd(self.charged(principal, day).cost_micros)
 
-        return write
+    def hold(self, principal: str, day: dt.date, turn: str, micros: int) -> DaySpend:
+        """The day before this hold and the hold itself, in one transaction: SQLite's
+        write lock orders admissions exactly."""
+        with self._db.write() as conn:
+            before = self._charged(conn, principal, day)
+            self._insert(conn, principal, day, turn, held=micros, cost=0, calls=0)
+        return before
+
+    def settle(self, principal: str, day: dt.date, turn: str, cost_micros: int, calls: int) -> None:
+        self._write(principal, day, turn, held=0, cost=cost_micros, calls=calls)
+
+    def _write(
+        self, principal: str, day: dt.date, turn: str, *, held: int, cost: int, calls: int
+    ) -> None:
+        with self._db.write() as conn:
+            self._insert(conn, principal, day, turn, held=held, cost=cost, calls=calls)
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection,
+        principal: str,
+        day: dt.date,
+        turn: str,
+        *,
+        held: int,
+        cost: int,
+        calls: int,
+    ) -> None:
+        row_id = f"{principal_hash(principal)}_{day_key(day)}_{turn}"
+        conn.execute(
+            f"INSERT OR REPLACE INTO {SPEND_TURNS}"
+            f" ({ID}, {OWNER}, {DAY}, {HELD_MICROS}, {COST_MICROS}, {CALLS}, {TTL_FIELD})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row_id, principal, day_key(day), held, cost, calls, to_micros(expiry_of(day))),
+        )

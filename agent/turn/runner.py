@@ -56,6 +56,7 @@ from agent.base.settings import Settings
 from agent.results.policy import Delivery, OffloadPolicy, shrink_answer
 from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.metering import ReservationSpent
 from agent.runtime.pricing import DEFAULT_PRICES, Price, usage_cost_usd
 from agent.runtime.sdk_traces import run_tracing
 from agent.runtime.streaming import RunEvent, StreamedRun
@@ -71,9 +72,9 @@ from agent.store.history import (
 )
 from agent.store.paused_runs import Decision, PausedRun
 from agent.store.session import FirestoreSession
-from agent.turn import approvals
+from agent.turn import approvals, metering
 from agent.turn.approvals import Resume, StoreGuard
-from agent.turn.budget import Budget
+from agent.turn.budget import Budget, seconds_to_next_day
 from agent.turn.context_window import ContextKeeper, Window
 from agent.turn.outcome import TurnOutcome
 from agent.turn.outcome import Usage as UsageBody
@@ -105,10 +106,13 @@ class TurnRunner:
     ) -> None:
         """``context`` keeps every model call inside the context budget (None: the
         whole history is sent, as in library use); ``budget`` refuses a principal's
-        turns past its daily spend and records what each turn cost (None: no budget);
+        turns past its daily spend and charges every model call a turn makes, whatever its
+        outcome (None: no budget);
         ``tool_runs`` guards approved calls (None: unguarded, for library use)."""
         self._context = context
-        self._budget = budget
+        self._charging = metering.Charging(
+            budget, prices, wait_seconds=settings.model_timeout_seconds
+        )
         self._tool_runs = tool_runs
         self._fingerprint = approvals.fingerprint(agent, settings.agent_model)
         self._agent = agent
@@ -137,6 +141,22 @@ class TurnRunner:
         caller's principal, required so that no route can forget it (None, for library
         use only, skips ownership checks); ``on_commit`` adds writes to the turn's
         commit (the idempotency record)."""
+        # Every model call of the turn is charged, whatever its outcome (metering.py).
+        charge = self._admit(owner)
+        try:
+            with metering.metered(charge):
+                return self._run(session_id, message, started, owner, on_commit)
+        finally:
+            metering.finish(charge)
+
+    def _run(
+        self,
+        session_id: str,
+        message: str | Resume,
+        started: float,
+        owner: str | None,
+        on_commit: OnCommit | None,
+    ) -> TurnOutcome:
         turn = self._open(session_id, message, started, owner)
         try:
             try:
@@ -152,6 +172,11 @@ class TurnRunner:
         except BaseException as exc:
             raise self._fail(turn, exc) from exc
         return self._finish(turn, result, on_commit)
+
+    def _admit(self, owner: str | None) -> metering.TurnCharge | None:
+        # Before the claim: a refused turn writes nothing but its released hold.
+        with tracing.span("budget_check"):
+            return self._charging.start(owner)
 
     def _run_once(self, turn: _OpenTurn) -> RunResultBase:
         run = Runner.run(
@@ -206,7 +231,23 @@ class TurnRunner:
         does), then returns an iterator of the run's events, ``None`` after each
         ``idle_seconds`` of silence, and last the ``TurnOutcome``. Failures after the
         claim are raised from the iterator as ApiError. Closing the iterator early
-        cancels the run and commits nothing."""
+        cancels the run and commits nothing (its model calls are still charged)."""
+        charge = self._admit(owner)
+        try:
+            with metering.metered(charge):  # the run's task copies it now
+                turn, run = self._start_stream(session_id, message, started, owner)
+        except BaseException:
+            metering.finish(charge)
+            raise
+        events = self._streamed(turn, run, idle_seconds, on_commit, charge)
+        # Started now, so that closing it, or its garbage collection if it is never
+        # read, runs the cleanup below and releases the claim.
+        next(events)
+        return events
+
+    def _start_stream(
+        self, session_id: str, message: str | Resume, started: float, owner: str | None
+    ) -> tuple[_OpenTurn, StreamedRun]:
         turn = self._open(session_id, message, started, owner)
         try:
             run = StreamedRun(
@@ -221,14 +262,28 @@ class TurnRunner:
             )
         except BaseException as exc:
             raise self._fail(turn, exc) from exc
-        events = self._streamed(turn, run, idle_seconds, on_commit)
-        # Started now, so that closing it, or its garbage collection if it is never
-        # read, runs the cleanup below and releases the claim.
-        next(events)
-        return events
+        return turn, run
 
     def _streamed(
-        self, turn: _OpenTurn, run: StreamedRun, idle_seconds: float, on_commit: OnCommit | None
+        self,
+        turn: _OpenTurn,
+        run: StreamedRun,
+        idle_seconds: float,
+        on_commit: OnCommit | None,
+        charge: metering.TurnCharge | None,
+    ) -> Generator[RunEvent | TurnOutcome | None, None, None]:
+        try:
+            yield from self._streamed_turn(turn, run, idle_seconds, on_commit, charge)
+        finally:  # however it ended, its calls are charged (once)
+            metering.finish(charge)
+
+    def _streamed_turn(
+        self,
+        turn: _OpenTurn,
+        run: StreamedRun,
+        idle_seconds: float,
+        on_commit: OnCommit | None,
+        charge: metering.TurnCharge | None,
     ) -> Generator[RunEvent | TurnOutcome | None, None, None]:
         try:
             yield None
@@ -244,6 +299,7 @@ class TurnRunner:
             run.cancel()
             raise self._fail(turn, exc) from exc
         outcome = self._finish(turn, result, on_commit)
+        metering.finish(charge)  # before the last events: a reader may stop at them
         if outcome.pending_approvals:  # stored: the client may decide now
             yield RunEvent(
                 "approval_required",
@@ -255,11 +311,6 @@ class TurnRunner:
         self, session_id: str, message: str | Resume, started: float, owner: str | None
     ) -> _OpenTurn:
         deadline = started + self._settings.turn_budget_seconds
-        # Before the claim: a refused turn writes nothing, not even a claim to release.
-        spend_day = None
-        if self._budget is not None and owner is not None:
-            with tracing.span("budget_check"):
-                spend_day = self._budget.check(owner)
         session = FirestoreSession(session_id, self._store, owner=owner)
         claim_until = utc_now() + dt.timedelta(seconds=deadline - time.monotonic())
         resume = message if isinstance(message, Resume) else None
@@ -276,7 +327,7 @@ class TurnRunner:
         if claim.replaced:
             self._sweep_previous_life(claim)
         run_deadline = deadline - self._commit_reserve - self._offload_reserve
-        turn = _OpenTurn(session, claim, deadline, run_deadline, owner=owner, spend_day=spend_day)
+        turn = _OpenTurn(session, claim, deadline, run_deadline)
         if resume is not None:
             return self._open_resume(turn, resume)
         assert isinstance(message, str)
@@ -369,23 +420,16 @@ class TurnRunner:
             if delivery.history_text is not None:
                 kept = delivery.history_text
                 session.rewrite_turn(lambda items: shrink_answer(items, kept))
-            record = None
-            budget, owner, day = self._budget, turn.owner, turn.spend_day
-            if budget is not None and owner is not None and day is not None and spent.cost_usd:
-                record = budget.recording(owner, day, spent.cost_usd)
             extra = None
-            if on_commit is not None or record is not None:
+            if on_commit is not None:
 
                 def extra(batch: Any, expire_at: dt.datetime) -> None:
-                    # Both join the turn's commit: they land if and only if it does.
-                    assert delivery is not None
-                    if on_commit is not None:
-                        outcome = _outcome(
-                            session.session_id, usage, new_session, expire_at, delivery, paused
-                        )
-                        on_commit(batch, outcome, turn.claim.generation)
-                    if record is not None:
-                        record(batch)
+                    # Joins the turn's commit: it lands if and only if the turn does.
+                    assert delivery is not None and on_commit is not None
+                    outcome = _outcome(
+                        session.session_id, usage, new_session, expire_at, delivery, paused
+                    )
+                    on_commit(batch, outcome, turn.claim.generation)
 
             decisions: tuple[Decision, ...] = ()
             if turn.resume is not None and turn.claim.paused is not None:
@@ -516,10 +560,6 @@ class _OpenTurn:
     resume: Resume | None = None
     spent: Usage | None = None
     """A resumed run's usage when it paused (already reported)."""
-    owner: str | None = None
-    spend_day: dt.date | None = None
-    """The UTC day the budget was checked on, which the turn's cost counts to (None: no
-    budget)."""
 
 
 def _totals_of(usage: UsageBody) -> UsageTotals:
@@ -586,6 +626,9 @@ def _as_api_error(exc: BaseException) -> BaseException:
         return exc
     if isinstance(exc, TimeoutError | ClaimLost | ModelTimeoutError | openai.APITimeoutError):
         return errors.deadline_exceeded()
+    if isinstance(exc, ReservationSpent):
+        # The turn was charged its whole reservation (budget.py): no further call.
+        return errors.budget_exceeded(seconds_to_next_day(utc_now()))
     if isinstance(exc, MaxTurnsExceeded):
         return errors.max_turns_exceeded()
     if isinstance(exc, openai.BadRequestError) and _is_overflow(exc):
