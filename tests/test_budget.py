@@ -422,7 +422,11 @@ def test_an_abandoned_streamed_resume_is_charged_its_calls(
     assert paused.status_code == 200 and paused.get_json()["status"] == "approval_required"
     [call] = paused.get_json()["pending_approvals"]
     model.control(stream_chunk_delay_seconds=0.05)
-    body = {"decisions": [{"call_id": call["call_id"], "approve": True}], "stream": True}
+    body = {
+        "pause_id": paused.get_json()["pause_id"],
+        "decisions": [{"call_id": call["call_id"], "approve": True}],
+        "stream": True,
+    }
     response = client.post("/sessions/resume/approvals", json=body, buffered=False)
     assert response.status_code == 200
     chunks = iter(response.response)
