@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 
+from pathlib import Path
+
 from tests.support.deploy_scenarios import (
     PROJECT,
     Run,
@@ -245,3 +247,69 @@ def test_vertex_runtime_account_calls_gemini_and_nothing_more(vertex_scenario: S
     for argv in vertex_scenario.setup.argvs:
         if command(argv) == ("projects", "add-iam-policy-binding"):
             assert "condition" in flags_of(argv), argv
+
+
+# --- Issue 19: the permission model (tests/support/iam_model.py) -------------------------
+
+
+def denied_calls(scenario: Scenario) -> list[str]:
+    """Every call of the scenario that the permission model refused, with why."""
+    out = []
+    for call in scenario.all_calls():
+        refused = [c for c in call.get("checks", []) if not c[3]]
+        if refused or call["exit"] == 97:
+            out.append(f"{call.get('caller')}: gcloud {' '.join(call['argv'][:4])}: {refused}")
+    return out
+
+
+@pytest.mark.parametrize("which", ["scenario", "vertex_scenario"])
+def test_setup_then_two_pipeline_deploys_are_permitted_at_every_call(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """Issue 19 item 1: setup as the owner, then the pipeline twice. Its deploy build runs
+    deploy/deploy.sh as the deployer account, with the build's own environment: the first
+    creates the function, the second updates it. Every call, and every check a call makes
+    for another account (the image build, the build's log and source), is permitted by the
+    roles setup granted; nothing is left for a second setup run."""
+    run: Scenario = request.getfixturevalue(which)
+    assert denied_calls(run) == []
+    for deploy in (run.deploy, run.redeploy):
+        assert deploy.result.returncode == 0, deploy.output()
+        (call,) = [c for c in deploy.calls if c["argv"][:2] == ["functions", "deploy"]]
+        assert call["caller"] == "serviceAccount:" + sa_email("DEPLOYER_SA_NAME")
+        assert call["checks"], "the deploy was not checked against the model"
+    create = {c[1] for c in run.deploy.calls if c["argv"][:2] == ["functions", "deploy"]
+              for c in c["checks"]}
+    update = {c[1] for c in run.redeploy.calls if c["argv"][:2] == ["functions", "deploy"]
+              for c in c["checks"]}
+    assert "cloudfunctions.functions.create" in create - update
+    assert "cloudfunctions.functions.update" in update - create
+    assert {"cloudfunctions.functions.sourceCodeSet", "resourcemanager.projects.get"} <= create
+
+
+def test_every_call_is_modelled(scenario: Scenario) -> None:
+    """A gcloud call the model has no entry for would pass unchecked: the fake refuses it."""
+    for call in scenario.all_calls():
+        assert call["exit"] != 97, call
+        assert "checks" in call, call
+
+
+def test_the_model_refuses_a_deployer_without_the_project_role(tmp_path: Path) -> None:
+    """The model catches what issue 19 found: a deployer whose Cloud Functions role is
+    bound on the function alone cannot ask for an upload URL on the location."""
+    from tests.support.iam_model import allowed
+
+    p = f"projects/{PROJECT}"
+    deployer = "serviceAccount:" + sa_email("DEPLOYER_SA_NAME")
+    on_function = [(f"{p}/locations/r/functions/f", "roles/cloudfunctions.developer", deployer, None)]
+    on_project = [(p, "roles/cloudfunctions.developer", deployer, None)]
+    perm = "cloudfunctions.functions.sourceCodeSet"
+    assert not allowed(on_function, {}, deployer, perm, f"{p}/locations/r", PROJECT)
+    assert allowed(on_project, {}, deployer, perm, f"{p}/locations/r", PROJECT)
+    # A condition narrows a project binding to the resources it names.
+    cond = 'expression=resource.name.startsWith("projects/_/buckets/gcf-v2-sources-"),title=t'
+    viewer = [(p, "roles/storage.objectViewer", deployer, cond)]
+    assert allowed(viewer, {}, deployer, "storage.objects.get",
+                   "projects/_/buckets/gcf-v2-sources-1-r/objects/x", PROJECT)
+    assert not allowed(viewer, {}, deployer, "storage.objects.get",
+                       "projects/_/buckets/other/objects/x", PROJECT)
