@@ -36,6 +36,8 @@ APIS=(
   telemetry.googleapis.com          # the function's spans, sent over OTLP
   cloudtrace.googleapis.com         # where those spans are read
   iam.googleapis.com                # creating the service accounts below
+  # gcloud functions deploy reads the project (projects.get) on every run, as the deployer
+  cloudresourcemanager.googleapis.com
 )
 # Vertex AI instead of the key's Secret Manager: Gemini, called with the runtime's own token.
 [[ "$MODEL_PROVIDER" != vertex ]] || APIS=("${APIS[@]/#secretmanager.googleapis.com/aiplatform.googleapis.com}")
@@ -132,12 +134,10 @@ create_roles() {
   # signBlob as itself and nothing else: roles/iam.serviceAccountTokenCreator would also let
   # the function mint access and ID tokens for itself.
   ensure_role "$SIGNER_ROLE_ID" "Agent: sign blobs (signed URLs)" iam.serviceAccounts.signBlob
-  # What deploying the one function needs beyond roles/cloudfunctions.developer bound on that
-  # function: creating it the first time (the function-level binding needs it to exist),
-  # reading it and its operations, and reading the Cloud Run service's IAM policy to check
-  # the function is not public.
-  ensure_role "$DEPLOY_ROLE_ID" "Agent: create the function, check it is private" \
-    cloudfunctions.functions.create,cloudfunctions.functions.get,cloudfunctions.operations.get,run.services.getIamPolicy
+  # What the deploy's privacy check reads beyond roles/cloudfunctions.developer: the Cloud
+  # Run service behind the function (its invoker-IAM-check switch) and its IAM policy.
+  ensure_role "$DEPLOY_ROLE_ID" "Agent: check the function is private" \
+    run.services.get,run.services.getIamPolicy
 }
 
 create_repository() {
@@ -260,11 +260,6 @@ grant() { # kind, resource, member, role[, condition]
   fi
 }
 
-function_exists() {
-  [[ "$DRY_RUN" == 0 ]] && gcloud functions describe "$FUNCTION_NAME" --region="$REGION" \
-    --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1
-}
-
 grant_roles() {
   log "IAM bindings"
   local runtime="serviceAccount:$RUNTIME_SA_EMAIL"
@@ -290,16 +285,17 @@ grant_roles() {
   fi
   grant service-accounts "$RUNTIME_SA_EMAIL" "$runtime" "projects/$PROJECT_ID/roles/$SIGNER_ROLE_ID"
 
-  # Deployer (runs cloudbuild.yaml, no package code): Cloud Functions Developer on the one
-  # function (once it exists; before, the custom role lets the first deploy create it), write
-  # its build log, act as the runtime and image-build accounts it hands to the function, read
-  # the uploaded source, and list the secret's versions to pin one (metadata, not the value).
+  # Deployer (runs cloudbuild.yaml, no package code): Cloud Functions Developer on the
+  # project, Google's documented deployer role. gcloud functions deploy needs it there, not
+  # on the function: it asks for an upload URL on projects/P/locations/R
+  # (cloudfunctions.functions.sourceCodeSet on that parent), creates the function on the
+  # same parent, lists runtimes and reads the project (resourcemanager.projects.get), on
+  # the first deploy and on every update. The custom role adds reading the Cloud Run
+  # service and its policy (the privacy check). Then: write its build log, act as the
+  # runtime and image-build accounts it hands to the function, read the uploaded source,
+  # and list the secret's versions to pin one (metadata, not the value).
+  grant projects "$PROJECT_ID" "$deployer" roles/cloudfunctions.developer
   grant projects "$PROJECT_ID" "$deployer" "projects/$PROJECT_ID/roles/$DEPLOY_ROLE_ID"
-  if function_exists; then
-    grant functions "$FUNCTION_NAME" "$deployer" roles/cloudfunctions.developer
-  else
-    log "function $FUNCTION_NAME does not exist yet: after the first deploy, run setup again to bind roles/cloudfunctions.developer on it (updates need it)"
-  fi
   grant projects "$PROJECT_ID" "$deployer" roles/logging.logWriter
   grant service-accounts "$RUNTIME_SA_EMAIL" "$deployer" roles/iam.serviceAccountUser
   grant service-accounts "$BUILDER_SA_EMAIL" "$deployer" roles/iam.serviceAccountUser

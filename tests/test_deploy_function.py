@@ -29,6 +29,7 @@ from tests.support.deploy_scenarios import (
     run_script,
     sa_email,
     seed_secret,
+    without_iam,
 )
 
 pytestmark = pytest.mark.usefixtures("repo_on_path")
@@ -346,7 +347,7 @@ def test_vertex_overrides_reach_the_service(tmp_path: Path) -> None:
     model = "google/gemini-2.5-pro"
     run = run_script(
         "deploy.sh",
-        tmp_path,
+        without_iam(tmp_path),
         env=VERTEX | {"VERTEX_LOCATION": "europe-west4", "AGENT_MODEL": model},
     )
     argv = the_deploy(run)

@@ -65,7 +65,7 @@ def test_every_recorded_command_passes_the_real_gcloud_parser(
     runs = [
         run
         for s in (scenario, vertex_scenario)
-        for run in (s.setup, s.second, s.deploy, s.after_deploy, s.pipeline)
+        for run in s.runs()
     ]
     for run in runs:
         for call in run.calls:

@@ -26,9 +26,7 @@ from tests.support.deploy_scenarios import (
 pytestmark = pytest.mark.usefixtures("repo_on_path")
 
 
-def expected_bindings(
-    function_exists: bool = True, provider: str = "openai"
-) -> set[tuple[str, str, str, str, str | None]]:
+def expected_bindings(provider: str = "openai") -> set[tuple[str, str, str, str, str | None]]:
     runtime = "serviceAccount:" + sa_email("RUNTIME_SA_NAME")
     deployer = "serviceAccount:" + sa_email("DEPLOYER_SA_NAME")
     builder = "serviceAccount:" + sa_email("BUILDER_SA_NAME")
@@ -55,8 +53,11 @@ def expected_bindings(
         ("buckets", results, runtime, "roles/storage.objectUser", None),
         ("secrets", expanded("SECRET_NAME"), runtime, "roles/secretmanager.secretAccessor", None),
         ("service-accounts", sa_email("RUNTIME_SA_NAME"), runtime, signer, None),
-        # deployer: create the one function and check it is private (custom role), log,
-        # act as runtime and builder, read staged source, list the secret's versions
+        # deployer: Google's documented deployer role on the project (gcloud functions deploy
+        # needs sourceCodeSet on the location and projects.get, not only the function), the
+        # privacy check's reads (custom role), log, act as runtime and builder, read staged
+        # source, list the secret's versions
+        ("projects", PROJECT, deployer, "roles/cloudfunctions.developer", None),
         ("projects", PROJECT, deployer, deploy_role, None),
         ("projects", PROJECT, deployer, "roles/logging.logWriter", None),
         (
@@ -93,28 +94,12 @@ def expected_bindings(
         # No secret to read or to list; Gemini on Vertex AI with the runtime's own token.
         bindings = {b for b in bindings if b[0] != "secrets"}
         bindings.add(("projects", PROJECT, runtime, "roles/aiplatform.user", None))
-    if function_exists:
-        # Cloud Functions Developer on the one function, never on the project
-        bindings.add(
-            (
-                "functions",
-                expanded("FUNCTION_NAME"),
-                deployer,
-                "roles/cloudfunctions.developer",
-                None,
-            )
-        )
     return bindings
 
 
 EXPECTED_ROLES = {
     "SIGNER_ROLE_ID": ["iam.serviceAccounts.signBlob"],
-    "DEPLOY_ROLE_ID": [
-        "cloudfunctions.functions.create",
-        "cloudfunctions.functions.get",
-        "cloudfunctions.operations.get",
-        "run.services.getIamPolicy",
-    ],
+    "DEPLOY_ROLE_ID": ["run.services.get", "run.services.getIamPolicy"],
 }
 
 
@@ -152,14 +137,12 @@ def recorded_bindings(run: Run) -> list[tuple[str, str, str, str, str | None]]:
 def test_iam_roles_are_exactly_these_and_granted_where_expected(
     scenario: Scenario,
 ) -> None:
-    # Before the first deploy the function does not exist: no function-level binding yet.
     recorded = recorded_bindings(scenario.setup)
     assert len(recorded) == len(set(recorded)), "a binding was added twice"
-    assert set(recorded) == expected_bindings(function_exists=False)
-    # Setup after the first deploy adds exactly the developer role on that function.
-    added = set(recorded_bindings(scenario.after_deploy))
-    assert added == expected_bindings() - expected_bindings(function_exists=False)
-    assert "run setup again" in scenario.setup.output()
+    assert set(recorded) == expected_bindings()
+    # Issue 19: the first deploy leaves nothing for setup to do; no "run setup again".
+    assert recorded_bindings(scenario.after_deploy) == []
+    assert "setup again" not in scenario.setup.output()
 
 
 def test_custom_roles_hold_exactly_these_permissions(scenario: Scenario) -> None:
@@ -175,13 +158,14 @@ def test_custom_roles_hold_exactly_these_permissions(scenario: Scenario) -> None
 
 
 def test_least_privilege(scenario: Scenario) -> None:
-    """Issue 10 item 7: nobody holds a Cloud Functions role on the project, the runtime
-    account signs as itself through signBlob alone and reaches only its database, and the
-    image build writes to its one repository."""
+    """Issue 10 item 7, revised by issue 19: the deployer alone holds a Cloud Functions role
+    (Developer, never Admin: it cannot change who may invoke), the runtime account signs as
+    itself through signBlob alone and reaches only its database, and the image build writes
+    to its one repository."""
     everything = expected_bindings()
-    assert not any(
-        b[3].startswith("roles/cloudfunctions.") and b[0] == "projects" for b in everything
-    )
+    deployer = "serviceAccount:" + sa_email("DEPLOYER_SA_NAME")
+    functions_roles = {(b[2], b[3]) for b in everything if b[3].startswith("roles/cloudfunctions.")}
+    assert functions_roles == {(deployer, "roles/cloudfunctions.developer")}
     assert not any(b[3] == "roles/iam.serviceAccountTokenCreator" for b in everything)
     assert not any(
         b[3] == "roles/artifactregistry.writer" and b[0] == "projects" for b in everything
@@ -217,17 +201,14 @@ def test_iam_bindings_retry_while_a_new_account_propagates(
     binding_calls = [c for c in partial_project.calls if "add-iam-policy-binding" in c["argv"]]
     assert binding_calls[0]["exit"] == 1 and binding_calls[1]["exit"] == 0
     assert binding_calls[0]["argv"] == binding_calls[1]["argv"]
-    assert set(recorded_bindings(partial_project)) == expected_bindings(function_exists=False)
+    assert set(recorded_bindings(partial_project)) == expected_bindings()
 
 
 def test_vertex_iam_roles_are_exactly_these(vertex_scenario: Scenario) -> None:
     recorded = recorded_bindings(vertex_scenario.setup)
     assert len(recorded) == len(set(recorded)), "a binding was added twice"
-    assert set(recorded) == expected_bindings(function_exists=False, provider="vertex")
-    added = set(recorded_bindings(vertex_scenario.after_deploy))
-    assert added == expected_bindings(provider="vertex") - expected_bindings(
-        function_exists=False, provider="vertex"
-    )
+    assert set(recorded) == expected_bindings(provider="vertex")
+    assert recorded_bindings(vertex_scenario.after_deploy) == []
     assert not [b for b in recorded if b[0] == "secrets" or "secretmanager" in b[3]]
 
 

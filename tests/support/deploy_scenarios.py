@@ -49,6 +49,7 @@ EXPECTED_APIS = {
     "telemetry.googleapis.com",
     "cloudtrace.googleapis.com",
     "iam.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
 }
 # With MODEL_PROVIDER=vertex: Vertex AI instead of Secret Manager (there is no key).
 VERTEX_APIS = EXPECTED_APIS - {"secretmanager.googleapis.com"} | {"aiplatform.googleapis.com"}
@@ -197,6 +198,17 @@ def run_builds(pipeline: Run, fake_dir: Path, check: bool = True) -> list[Run]:
     return runs
 
 
+def without_iam(fake_dir: Path) -> Path:
+    """A fake project that setup did not make: no account holds a role there, so the IAM
+    model is off (the scenarios, which run setup first, check IAM)."""
+    fake_dir.mkdir(parents=True, exist_ok=True)
+    state = fake_dir / "state.json"
+    current = json.loads(state.read_text()) if state.exists() else {}
+    current["iam_checks"] = False
+    state.write_text(json.dumps(current))
+    return fake_dir
+
+
 def seed_secret(fake_dir: Path) -> Path:
     """A fake project whose model-key secret has a version (what setup leaves), so that
     deploy.sh can pin it."""
@@ -206,6 +218,9 @@ def seed_secret(fake_dir: Path) -> Path:
     current.setdefault("secrets", {})[expanded("SECRET_NAME")] = {
         "versions": [{"sha256": "0" * 64, "length": 1}]
     }
+    # Setup did not run here, so no account holds a role: IAM is not modelled (the
+    # scenarios, which run setup first, check it).
+    current["iam_checks"] = False
     state.write_text(json.dumps(current))
     return fake_dir
 
@@ -229,7 +244,7 @@ KNOWN_COMMANDS = [
     artifacts repositories get-iam-policy | artifacts repositories add-iam-policy-binding
     iam roles describe | iam roles create | iam roles update
     firestore indexes fields list | firestore indexes fields update
-    projects describe | run services get-iam-policy
+    projects describe | run services get-iam-policy | run services describe
     """.replace("\n", "|").split("|")
     if line.strip()
 ]
