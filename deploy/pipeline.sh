@@ -11,7 +11,7 @@
 #    of the same commit, not the test build's workspace, which the tests could have changed.
 # What is uploaded is the commit (git archive HEAD), never uncommitted changes.
 # Values from deploy/config.env and the environment are passed as substitutions, so an
-# override here reaches the builds.
+# override here reaches the builds; every knob is accounted for below, or refused.
 set -euo pipefail
 
 # shellcheck source=deploy/common.sh
@@ -19,28 +19,41 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_args "$@"
 load_config
 
-substitutions=(
-  "_REGION=$REGION"
-  "_FUNCTION_NAME=$FUNCTION_NAME"
-  "_RESULTS_BUCKET=$RESULTS_BUCKET"
-  "_MEMORY=$MEMORY"
-  "_CPU=$CPU"
-  "_CONCURRENCY=$CONCURRENCY"
-  "_MIN_INSTANCES=$MIN_INSTANCES"
-  "_MAX_INSTANCES=$MAX_INSTANCES"
-  "_FUNCTION_TIMEOUT_SECONDS=$FUNCTION_TIMEOUT_SECONDS"
-  "_RUNTIME_SA_NAME=$RUNTIME_SA_NAME"
-  "_BUILDER_SA_NAME=$BUILDER_SA_NAME"
-  "_SECRET_NAME=$SECRET_NAME"
-  "_MODEL_PROVIDER=$MODEL_PROVIDER"
-  "_VERTEX_LOCATION=$VERTEX_LOCATION"
-  "_ARTIFACT_REPOSITORY=$ARTIFACT_REPOSITORY"
-  "_DEPLOY_IMAGE=$DEPLOY_IMAGE"
+# Every knob of deploy/config.env, by where it takes effect. A knob in none of these lists
+# is refused below, before anything is submitted, so that no override is dropped silently
+# (tests/test_deploy_pipeline_knobs.py walks config.env the same way).
+# The deploy build: each becomes a substitution of cloudbuild.yaml, and its deploy step's
+# environment, where deploy/deploy.sh reads it (DEPLOY_IMAGE names the step's image).
+deploy_knobs=(
+  REGION FUNCTION_NAME RUNTIME ENTRY_POINT MEMORY CPU CONCURRENCY MIN_INSTANCES MAX_INSTANCES
+  FUNCTION_TIMEOUT_SECONDS FIRESTORE_DATABASE RESULTS_BUCKET ARTIFACT_REPOSITORY
+  MODEL_PROVIDER VERTEX_LOCATION OPENAI_DEFAULT_MODEL VERTEX_DEFAULT_MODEL AGENT_MODEL
+  OPENAI_BASE_URL MODEL_API RUNTIME_SA_NAME BUILDER_SA_NAME SECRET_NAME SESSION_TTL_SECONDS
+  LOG_LEVEL TRACE_EXPORT SIGNED_URL_TTL_SECONDS RESULT_INLINE_MAX_BYTES DEPLOY_IMAGE
 )
-test_substitutions=(
-  "_TEST_IMAGE=$TEST_IMAGE"
-  "_EMULATOR_SDK_VERSION=$EMULATOR_SDK_VERSION"
-)
+# The test build (cloudbuild-test.yaml's substitutions).
+test_knobs=(TEST_IMAGE EMULATOR_SDK_VERSION)
+# Read by this script itself: where the source is staged, and who each build runs as.
+pipeline_knobs=(BUILD_SOURCE_BUCKET DEPLOYER_SA_NAME TESTER_SA_NAME)
+# Read by setup.sh only: they shape what setup creates (where the database lives, how long
+# objects are kept, the custom roles' ids) and nothing a deploy does. Accepted here so that
+# one exported environment serves both scripts.
+setup_knobs=(FIRESTORE_LOCATION RESULTS_RETENTION_DAYS BUILD_SOURCE_RETENTION_DAYS SIGNER_ROLE_ID DEPLOY_ROLE_ID)
+
+known=" ${deploy_knobs[*]} ${test_knobs[*]} ${pipeline_knobs[*]} ${setup_knobs[*]} "
+while IFS= read -r knob; do
+  [[ "$known" == *" $knob "* ]] || die "deploy/config.env sets $knob, which deploy/pipeline.sh does not carry to the builds: add it to one of the lists in pipeline.sh (and to cloudbuild.yaml if the deploy reads it)"
+done < <(sed -nE 's/^([A-Z][A-Z0-9_]*)=.*/\1/p' "$DEPLOY_DIR/config.env")
+
+substitutions_of() { # knob names -> "_NAME=value,..." (a value holding a comma is refused)
+  local knob items=()
+  for knob in "$@"; do
+    items+=("_$knob=${!knob}")
+  done
+  join_commas "${items[@]}"
+}
+deploy_substitutions="$(substitutions_of "${deploy_knobs[@]}")"
+test_substitutions="$(substitutions_of "${test_knobs[@]}")"
 
 git -C "$REPO_ROOT" rev-parse --verify -q HEAD >/dev/null || die "$REPO_ROOT is not a git checkout with a commit"
 commit="$(git -C "$REPO_ROOT" rev-parse HEAD)"
@@ -65,5 +78,5 @@ submit() { # config, service account email, substitutions
 }
 
 # gcloud builds submit waits for the build and fails when it fails: no deploy without tests.
-submit cloudbuild-test.yaml "$TESTER_SA_EMAIL" "$(join_commas "${test_substitutions[@]}")"
-submit cloudbuild.yaml "$DEPLOYER_SA_EMAIL" "$(join_commas "${substitutions[@]}")"
+submit cloudbuild-test.yaml "$TESTER_SA_EMAIL" "$test_substitutions"
+submit cloudbuild.yaml "$DEPLOYER_SA_EMAIL" "$deploy_substitutions"

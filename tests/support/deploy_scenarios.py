@@ -100,6 +100,8 @@ class Run:
 
     result: subprocess.CompletedProcess[str]
     calls: list[dict[str, Any]]
+    step_env: dict[str, str] | None = None
+    """A simulated build step's environment (``run_builds``); None for a script run."""
 
     @property
     def argvs(self) -> list[list[str]]:
@@ -186,15 +188,15 @@ def run_builds(pipeline: Run, fake_dir: Path, check: bool = True) -> list[Run]:
             if step.get("args") != ["deploy/deploy.sh"]:
                 continue
             env = dict(item.split("=", 1) for item in (substituted(e, values) for e in step["env"]))
-            runs.append(
-                run_script(
-                    "deploy.sh",
-                    fake_dir,
-                    env={"FAKE_GCLOUD_ACCOUNT": f"serviceAccount:{account}", **env},
-                    clean=True,
-                    check=check,
-                )
+            run = run_script(
+                "deploy.sh",
+                fake_dir,
+                env={"FAKE_GCLOUD_ACCOUNT": f"serviceAccount:{account}", **env},
+                clean=True,
+                check=check,
             )
+            run.step_env = env
+            runs.append(run)
     return runs
 
 
