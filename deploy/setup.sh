@@ -60,6 +60,21 @@ create_database() {
   fi
   run gcloud firestore databases create --database="$FIRESTORE_DATABASE" \
     --location="$FIRESTORE_LOCATION" --type=firestore-native --project="$PROJECT_ID" --quiet
+  # CreateDatabase returns before the database exists; the TTL and index steps below need it.
+  [[ "$DRY_RUN" == 1 ]] || retry gcloud firestore databases describe --database="$FIRESTORE_DATABASE" \
+    --project="$PROJECT_ID" --format='value(name)' >/dev/null ||
+    die "Firestore database $FIRESTORE_DATABASE was created but is not there yet: run setup again in a minute"
+}
+
+# A burst of TTL and index-field updates draws 409s (another field operation in progress)
+# from the Firestore Admin API; IAM bindings can be refused while a new account propagates.
+# Such calls are retried with a growing pause (printed once in a dry run).
+run_retried() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    run "$@"
+  else
+    retry "$@"
+  fi
 }
 
 # Firestore deletes a collection group's documents only under its own TTL policy (a
@@ -74,7 +89,7 @@ create_ttl_policies() {
   while IFS= read -r group; do
     grep -q "/collectionGroups/$group/fields/$field\$" <<<"$existing" && continue
     # --async: the policy takes minutes to become active and needs no waiting for.
-    run gcloud firestore fields ttls update "$field" --collection-group="$group" \
+    run_retried gcloud firestore fields ttls update "$field" --collection-group="$group" \
       --enable-ttl --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async --quiet
   done <<<"$groups"
 }
@@ -108,7 +123,7 @@ exempt_unqueried_fields() {
     --project="$PROJECT_ID" --format='value(name)')"
   while read -r group field; do
     grep -q "/collectionGroups/$group/fields/$field\$" <<<"$existing" && continue
-    run gcloud firestore indexes fields update "$field" --collection-group="$group" \
+    run_retried gcloud firestore indexes fields update "$field" --collection-group="$group" \
       --disable-indexes --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async --quiet
   done <<<"$pairs"
 }
@@ -253,11 +268,7 @@ grant() { # kind, resource, member, role[, condition]
   elif [[ "$kind" == projects ]]; then
     args+=(--condition=None)
   fi
-  if [[ "$DRY_RUN" == 1 ]]; then
-    run "${args[@]}" --project="$PROJECT_ID" --format=none --quiet
-  else
-    retry "${args[@]}" --project="$PROJECT_ID" --format=none --quiet
-  fi
+  run_retried "${args[@]}" --project="$PROJECT_ID" --format=none --quiet
 }
 
 grant_roles() {
@@ -303,11 +314,12 @@ grant_roles() {
   [[ "$MODEL_PROVIDER" == vertex ]] || grant secrets "$SECRET_NAME" "$deployer" roles/secretmanager.viewer
 
   # Builder (builds the function's image): write its log and the image into the one
-  # repository, and read the function source that Cloud Functions stages in its
-  # gcf-v2-sources-* bucket, no other.
+  # repository, and the objects of the gcf-v2-sources-* buckets where Cloud Functions stages
+  # the source, no other: roles/storage.objectAdmin, what Cloud Run's build-account page
+  # lists for source builds (a read alone can be too narrow), under that condition.
   grant projects "$PROJECT_ID" "$builder" roles/logging.logWriter
   grant repositories "$ARTIFACT_REPOSITORY" "$builder" roles/artifactregistry.writer
-  grant projects "$PROJECT_ID" "$builder" roles/storage.objectViewer \
+  grant projects "$PROJECT_ID" "$builder" roles/storage.objectAdmin \
     'expression=resource.name.startsWith("projects/_/buckets/gcf-v2-sources-"),title=gcf-v2-sources-only'
 
   # Tester (runs cloudbuild-test.yaml and so every package the tests install): its build log

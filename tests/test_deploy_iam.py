@@ -85,7 +85,7 @@ def expected_bindings(provider: str = "openai") -> set[tuple[str, str, str, str,
             "roles/artifactregistry.writer",
             None,
         ),
-        ("projects", PROJECT, builder, "roles/storage.objectViewer", gcf_sources),
+        ("projects", PROJECT, builder, "roles/storage.objectAdmin", gcf_sources),
         # tester: its log and the uploaded source, nothing else
         ("projects", PROJECT, tester, "roles/logging.logWriter", None),
         ("buckets", source, tester, "roles/storage.objectViewer", None),

@@ -206,3 +206,30 @@ def test_an_unknown_model_provider_is_refused_before_any_call(
     assert run.result.returncode != 0
     assert f"MODEL_PROVIDER={provider}: use openai" in run.result.stderr
     assert run.calls == []
+
+
+def test_setup_waits_for_a_new_database_before_its_ttl_policies(partial_project: Run) -> None:
+    """Issue 19 item 6: CreateDatabase returns before the database exists."""
+    argvs = partial_project.argvs
+    create = argvs.index(calls_of(partial_project, "firestore", "databases", "create")[0])
+    describes = [
+        i for i, a in enumerate(argvs) if command(a) == ("firestore", "databases", "describe")
+    ]
+    waits = [i for i in describes if i > create]
+    assert len(waits) == 3, "two NOT_FOUND answers, then the database"
+    first_ttl = min(
+        i for i, a in enumerate(argvs) if command(a) == ("firestore", "fields", "ttls", "update")
+    )
+    assert waits[-1] < first_ttl
+    assert partial_project.calls[waits[-1]]["exit"] == 0
+
+
+@pytest.mark.parametrize("flag", ["--enable-ttl", "--disable-indexes"])
+def test_field_updates_refused_with_409_are_retried(partial_project: Run, flag: str) -> None:
+    """Issue 19 item 6: a burst of TTL and index-field updates draws 409s."""
+    calls = [c for c in partial_project.calls if flag in c["argv"]]
+    assert calls[0]["exit"] == 1 and calls[1]["exit"] == 0
+    assert calls[0]["argv"] == calls[1]["argv"]
+    assert all(c["exit"] == 0 for c in calls[1:])
+    succeeded = {json.dumps(c["argv"]) for c in calls if c["exit"] == 0}
+    assert len(succeeded) == len({json.dumps(c["argv"]) for c in calls}), "one was given up"

@@ -386,7 +386,8 @@ def vertex_scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 @pytest.fixture(scope="session")
 def partial_project(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One setup run against a project that is partly there already, with a retention
-    override and one IAM call failing the way a just-created account does."""
+    override, one IAM call failing the way a just-created account does, one TTL and one
+    index-field update drawing a 409, and a new database that takes a while to exist."""
     fake_dir = tmp_path_factory.mktemp("partial")
     results = "gs://" + expanded("RESULTS_BUCKET")
     (fake_dir / "state.json").write_text(
@@ -399,7 +400,10 @@ def partial_project(tmp_path_factory: pytest.TempPathFactory) -> Run:
     )
     env = {
         "RESULTS_RETENTION_DAYS": "3",
-        "FAKE_GCLOUD_FAIL_ONCE": "add-iam-policy-binding",
+        # IAM propagation, and the Firestore Admin API's 409s on a burst of field updates
+        "FAKE_GCLOUD_FAIL_ONCE": "add-iam-policy-binding,--enable-ttl,--disable-indexes",
+        # CreateDatabase returns before the database exists
+        "FAKE_GCLOUD_DB_READY_AFTER": "2",
     }
     return run_script("setup.sh", fake_dir, stdin="key", env=env)
 
