@@ -66,17 +66,51 @@ cd "$source_dir"
 
 # Both uploads keep the tests and tooling and drop local state (deploy/build.gcloudignore);
 # each build gets its own copy in the staging bucket.
-submit() { # config, service account email, substitutions
-  run gcloud builds submit . \
-    --config="$1" \
-    --ignore-file=deploy/build.gcloudignore \
-    --region="$REGION" \
-    --project="$PROJECT_ID" \
-    --service-account="projects/$PROJECT_ID/serviceAccounts/$2" \
-    --gcs-source-staging-dir="gs://$BUILD_SOURCE_BUCKET/source" \
-    --substitutions="$3"
+# The builds log to Cloud Logging only (they run as user-specified accounts), which GA
+# `gcloud builds submit` does not stream: a failing test build would show nothing. So each
+# build is submitted without waiting, its log is streamed from Cloud Logging with the beta
+# command (gcloud 528: surface/builds/log.py, LogBeta, _support_gcl = True), and its outcome
+# is read afterwards: on failure the build's status, its failing step and its log URL.
+build_field() { # build id, format (and more flags)
+  local id="$1"
+  shift
+  gcloud builds describe "$id" --region="$REGION" --project="$PROJECT_ID" "$@"
 }
 
-# gcloud builds submit waits for the build and fails when it fails: no deploy without tests.
+submit() { # config, service account email, substitutions
+  local args=(gcloud beta builds submit .
+    --config="$1"
+    --ignore-file=deploy/build.gcloudignore
+    --region="$REGION"
+    --project="$PROJECT_ID"
+    --service-account="projects/$PROJECT_ID/serviceAccounts/$2"
+    --gcs-source-staging-dir="gs://$BUILD_SOURCE_BUCKET/source"
+    --substitutions="$3"
+    --async)
+  if [[ "$DRY_RUN" == 1 ]]; then
+    run "${args[@]}"
+    return
+  fi
+  local id url status failing
+  id="$("${args[@]}" --format='value(id)')"
+  [[ -n "$id" ]] || die "$1: the build was not created"
+  url="$(build_field "$id" --format='value(logUrl)')"
+  log "$1: build $id, log at $url"
+  gcloud beta builds log "$id" --stream --region="$REGION" --project="$PROJECT_ID" ||
+    log "$1: cannot stream the log of build $id; waiting for it to end"
+  status="$(build_field "$id" --format='value(status)')"
+  while [[ "$status" =~ ^(PENDING|QUEUED|WORKING)$ ]]; do
+    sleep "$RETRY_DELAY_SECONDS"
+    status="$(build_field "$id" --format='value(status)')"
+  done
+  if [[ "$status" != SUCCESS ]]; then
+    failing="$(build_field "$id" --flatten=steps --format='value(steps.id,steps.status)' |
+      awk -F '\t' '$2 != "SUCCESS" && $2 != "" { printf "%s%s (%s)", sep, $1, $2; sep = ", " }')"
+    die "$1: build $id ended $status; failing step: ${failing:-none recorded}; log: $url"
+  fi
+  log "$1: build $id passed"
+}
+
+# The deploy build is submitted only after the test build passed: no deploy without tests.
 submit cloudbuild-test.yaml "$TESTER_SA_EMAIL" "$test_substitutions"
 submit cloudbuild.yaml "$DEPLOYER_SA_EMAIL" "$deploy_substitutions"

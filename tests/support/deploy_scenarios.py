@@ -240,7 +240,7 @@ KNOWN_COMMANDS = [
     storage buckets get-iam-policy | storage buckets add-iam-policy-binding
     secrets describe | secrets create | secrets get-iam-policy | secrets add-iam-policy-binding
     secrets versions list | secrets versions add
-    functions deploy | builds submit | functions describe
+    functions deploy | builds submit | functions describe | builds describe | builds log
     functions get-iam-policy | functions add-iam-policy-binding
     artifacts repositories describe | artifacts repositories create
     artifacts repositories get-iam-policy | artifacts repositories add-iam-policy-binding
@@ -253,7 +253,9 @@ KNOWN_COMMANDS = [
 
 
 def command(argv: list[str]) -> tuple[str, ...]:
-    """The command words of a call, e.g. ('storage', 'buckets', 'create')."""
+    """The command words of a call, e.g. ('storage', 'buckets', 'create'); a call on the
+    beta track is named like its GA command."""
+    argv = argv[1:] if argv[:1] == ["beta"] else argv
     matches = [c for c in KNOWN_COMMANDS if tuple(argv[: len(c)]) == c]
     if matches:
         return max(matches, key=len)

@@ -242,6 +242,16 @@ def checks(
         return _deploy_checks(pos, flags, caller, p, loc, function_exists, project_number)
     if starts("builds", "submit"):
         return _build_checks(flags, caller, p)
+    if starts("builds", "describe"):
+        # cloudbuild v1 projects.locations.builds.get: cloudbuild.builds.get.
+        return one("cloudbuild.builds.get", p, "builds describe (REST: builds.get)")
+    if starts("builds", "log"):
+        # surface/builds/log.py: GetBuild, then (beta) the build's entries from Cloud
+        # Logging (entries.list: logging.logEntries.list).
+        return [
+            Check(caller, "cloudbuild.builds.get", p, "builds log: GetBuild"),
+            Check(caller, "logging.logEntries.list", p, "builds log --stream: Cloud Logging"),
+        ]
     raise NotModelled(f"no permission model for: gcloud {' '.join(argv)}")
 
 
