@@ -250,7 +250,11 @@ def public_project(fake: Path, **state_changes: object) -> Path:
             " --member=allAuthenticatedUsers",
         ),
         (
-            {"run_annotations": {"svc-behind": {"run.googleapis.com/invoker-iam-disabled": "true"}}},
+            {
+                "run_annotations": {
+                    "svc-behind": {"run.googleapis.com/invoker-iam-disabled": "true"}
+                }
+            },
             "gcloud run services update svc-behind --invoker-iam-check",
         ),
     ],

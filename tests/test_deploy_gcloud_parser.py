@@ -62,11 +62,7 @@ def test_every_recorded_command_passes_the_real_gcloud_parser(
     if REAL_GCLOUD is None:
         pytest.skip("gcloud CLI not installed: recorded commands cannot be replayed")
     unique: dict[str, tuple[list[str], Any]] = {}
-    runs = [
-        run
-        for s in (scenario, vertex_scenario)
-        for run in s.runs()
-    ]
+    runs = [run for s in (scenario, vertex_scenario) for run in s.runs()]
     for run in runs:
         for call in run.calls:
             argv = list(call["argv"])

@@ -9,9 +9,9 @@ nobody gets a role on a secret, since there is none.
 
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from tests.support.deploy_scenarios import (
     PROJECT,
@@ -259,10 +259,18 @@ def test_setup_then_two_pipeline_deploys_are_permitted_at_every_call(
         (call,) = [c for c in deploy.calls if c["argv"][:2] == ["functions", "deploy"]]
         assert call["caller"] == "serviceAccount:" + sa_email("DEPLOYER_SA_NAME")
         assert call["checks"], "the deploy was not checked against the model"
-    create = {c[1] for c in run.deploy.calls if c["argv"][:2] == ["functions", "deploy"]
-              for c in c["checks"]}
-    update = {c[1] for c in run.redeploy.calls if c["argv"][:2] == ["functions", "deploy"]
-              for c in c["checks"]}
+    create = {
+        c[1]
+        for c in run.deploy.calls
+        if c["argv"][:2] == ["functions", "deploy"]
+        for c in c["checks"]
+    }
+    update = {
+        c[1]
+        for c in run.redeploy.calls
+        if c["argv"][:2] == ["functions", "deploy"]
+        for c in c["checks"]
+    }
     assert "cloudfunctions.functions.create" in create - update
     assert "cloudfunctions.functions.update" in update - create
     assert {"cloudfunctions.functions.sourceCodeSet", "resourcemanager.projects.get"} <= create
@@ -282,7 +290,9 @@ def test_the_model_refuses_a_deployer_without_the_project_role(tmp_path: Path) -
 
     p = f"projects/{PROJECT}"
     deployer = "serviceAccount:" + sa_email("DEPLOYER_SA_NAME")
-    on_function = [(f"{p}/locations/r/functions/f", "roles/cloudfunctions.developer", deployer, None)]
+    on_function = [
+        (f"{p}/locations/r/functions/f", "roles/cloudfunctions.developer", deployer, None)
+    ]
     on_project = [(p, "roles/cloudfunctions.developer", deployer, None)]
     perm = "cloudfunctions.functions.sourceCodeSet"
     assert not allowed(on_function, {}, deployer, perm, f"{p}/locations/r", PROJECT)
@@ -290,7 +300,14 @@ def test_the_model_refuses_a_deployer_without_the_project_role(tmp_path: Path) -
     # A condition narrows a project binding to the resources it names.
     cond = 'expression=resource.name.startsWith("projects/_/buckets/gcf-v2-sources-"),title=t'
     viewer = [(p, "roles/storage.objectViewer", deployer, cond)]
-    assert allowed(viewer, {}, deployer, "storage.objects.get",
-                   "projects/_/buckets/gcf-v2-sources-1-r/objects/x", PROJECT)
-    assert not allowed(viewer, {}, deployer, "storage.objects.get",
-                       "projects/_/buckets/other/objects/x", PROJECT)
+    assert allowed(
+        viewer,
+        {},
+        deployer,
+        "storage.objects.get",
+        "projects/_/buckets/gcf-v2-sources-1-r/objects/x",
+        PROJECT,
+    )
+    assert not allowed(
+        viewer, {}, deployer, "storage.objects.get", "projects/_/buckets/other/objects/x", PROJECT
+    )

@@ -95,8 +95,12 @@ ROLES: dict[str, frozenset[str]] = {
     ),
     # IAM_ROLES_REFERENCE/secretmanager: viewer (metadata, versions list), secretAccessor.
     "roles/secretmanager.viewer": frozenset(
-        {"secretmanager.secrets.get", "secretmanager.secrets.list", "secretmanager.versions.list",
-         "secretmanager.versions.get"}
+        {
+            "secretmanager.secrets.get",
+            "secretmanager.secrets.list",
+            "secretmanager.versions.list",
+            "secretmanager.versions.get",
+        }
     ),
     "roles/secretmanager.secretAccessor": frozenset({"secretmanager.versions.access"}),
     # IAM_ROLES_REFERENCE/artifactregistry: roles/artifactregistry.writer (holds reader's too).
@@ -148,9 +152,7 @@ def bucket_resource(url: str) -> str:
     return "projects/_/buckets/" + url.removeprefix("gs://").split("/", 1)[0]
 
 
-def checks(
-    argv: list[str], caller: str, function_exists: bool, project_number: str
-) -> list[Check]:
+def checks(argv: list[str], caller: str, function_exists: bool, project_number: str) -> list[Check]:
     """The permissions a gcloud call checks. ``function_exists``: whether the named
     function exists before a ``functions deploy`` (create or update)."""
     pos, flags = _split(argv)
@@ -192,52 +194,89 @@ def checks(
     loc = f"{p}/locations/{region}"
     if starts("iam", "service-accounts"):
         sa = f"{p}/serviceAccounts/{pos[3]}"
-        verb = {"describe": "get", "get-iam-policy": "getIamPolicy",
-                "add-iam-policy-binding": "setIamPolicy"}[pos[2]]
+        verb = {
+            "describe": "get",
+            "get-iam-policy": "getIamPolicy",
+            "add-iam-policy-binding": "setIamPolicy",
+        }[pos[2]]
         return one(f"iam.serviceAccounts.{verb}", sa, f"gcloud iam service-accounts {pos[2]}")
     if starts("artifacts", "repositories"):
         repo = f"{loc}/repositories/{pos[3]}"
-        verb = {"describe": "get", "create": "create", "get-iam-policy": "getIamPolicy",
-                "add-iam-policy-binding": "setIamPolicy"}[pos[2]]
+        verb = {
+            "describe": "get",
+            "create": "create",
+            "get-iam-policy": "getIamPolicy",
+            "add-iam-policy-binding": "setIamPolicy",
+        }[pos[2]]
         target = loc if verb == "create" else repo
         return one(f"artifactregistry.repositories.{verb}", target, "gcloud artifacts")
     if starts("storage", "buckets"):
-        verb = {"describe": "get", "create": "create", "update": "update",
-                "get-iam-policy": "getIamPolicy", "add-iam-policy-binding": "setIamPolicy"}[pos[2]]
+        verb = {
+            "describe": "get",
+            "create": "create",
+            "update": "update",
+            "get-iam-policy": "getIamPolicy",
+            "add-iam-policy-binding": "setIamPolicy",
+        }[pos[2]]
         target = p if verb == "create" else bucket_resource(pos[3])
         return one(f"storage.buckets.{verb}", target, "gcloud storage buckets")
     if starts("secrets", "versions", "list"):
         # secretmanager v1 projects.secrets.versions.list: secretmanager.versions.list on
         # the secret.
-        return one("secretmanager.versions.list", f"{p}/secrets/{pos[3]}",
-                   "secrets versions list (REST: versions.list on the parent secret)",
-                   "secretmanager.googleapis.com")
+        return one(
+            "secretmanager.versions.list",
+            f"{p}/secrets/{pos[3]}",
+            "secrets versions list (REST: versions.list on the parent secret)",
+            "secretmanager.googleapis.com",
+        )
     if starts("secrets", "versions", "add"):
         return one("secretmanager.versions.add", f"{p}/secrets/{pos[3]}", "secrets versions add")
     if starts("secrets"):
-        verb = {"describe": "get", "get-iam-policy": "getIamPolicy",
-                "add-iam-policy-binding": "setIamPolicy"}[pos[1]]
+        verb = {
+            "describe": "get",
+            "get-iam-policy": "getIamPolicy",
+            "add-iam-policy-binding": "setIamPolicy",
+        }[pos[1]]
         return one(f"secretmanager.secrets.{verb}", f"{p}/secrets/{pos[2]}", "gcloud secrets")
     if starts("functions", "get-iam-policy") or starts("functions", "add-iam-policy-binding"):
         verb = "getIamPolicy" if pos[1] == "get-iam-policy" else "setIamPolicy"
-        return one(f"cloudfunctions.functions.{verb}", f"{loc}/functions/{pos[2]}",
-                   "gcloud functions *-iam-policy*")
+        return one(
+            f"cloudfunctions.functions.{verb}",
+            f"{loc}/functions/{pos[2]}",
+            "gcloud functions *-iam-policy*",
+        )
     if starts("functions", "describe"):
         # cloudfunctions v2 projects.locations.functions.get.
-        return one("cloudfunctions.functions.get", f"{loc}/functions/{pos[2]}",
-                   "functions describe (REST v2 functions.get)", "cloudfunctions.googleapis.com")
+        return one(
+            "cloudfunctions.functions.get",
+            f"{loc}/functions/{pos[2]}",
+            "functions describe (REST v2 functions.get)",
+            "cloudfunctions.googleapis.com",
+        )
     if starts("projects", "describe"):
         # cloudresourcemanager v1 projects.get: resourcemanager.projects.get.
-        return one("resourcemanager.projects.get", p, "projects describe (CRM projects.get)",
-                   "cloudresourcemanager.googleapis.com")
+        return one(
+            "resourcemanager.projects.get",
+            p,
+            "projects describe (CRM projects.get)",
+            "cloudresourcemanager.googleapis.com",
+        )
     if starts("run", "services", "get-iam-policy"):
         # run v1 projects.locations.services.getIamPolicy.
-        return one("run.services.getIamPolicy", f"{loc}/services/{pos[3]}",
-                   "run services get-iam-policy (REST: services.getIamPolicy)", "run.googleapis.com")
+        return one(
+            "run.services.getIamPolicy",
+            f"{loc}/services/{pos[3]}",
+            "run services get-iam-policy (REST: services.getIamPolicy)",
+            "run.googleapis.com",
+        )
     if starts("run", "services", "describe"):
         # run v1 namespaces.services.get / v2 projects.locations.services.get.
-        return one("run.services.get", f"{loc}/services/{pos[3]}",
-                   "run services describe (REST: services.get)", "run.googleapis.com")
+        return one(
+            "run.services.get",
+            f"{loc}/services/{pos[3]}",
+            "run services describe (REST: services.get)",
+            "run.googleapis.com",
+        )
     if starts("functions", "deploy"):
         return _deploy_checks(pos, flags, caller, p, loc, function_exists, project_number)
     if starts("builds", "submit"):
@@ -280,36 +319,72 @@ def _deploy_checks(
         # _GetSourceLocal: GenerateUploadUrl on the PARENT (projects/P/locations/R); REST v2
         # functions.generateUploadUrl: cloudfunctions.functions.sourceCodeSet on the parent.
         # A role bound on the function alone does not reach it.
-        Check(caller, "cloudfunctions.functions.sourceCodeSet", loc,
-              f"{SOURCE} _GetSourceLocal: GenerateUploadUrl(parent)", cf),
+        Check(
+            caller,
+            "cloudfunctions.functions.sourceCodeSet",
+            loc,
+            f"{SOURCE} _GetSourceLocal: GenerateUploadUrl(parent)",
+            cf,
+        ),
         # ValidateDefaultBuildServiceAccountAndPromptWarning (command_lib/functions/
         # service_account_util.py) calls project_util.GetProjectNumber on every deploy, and
         # _GetServiceConfig does too whenever a secrets flag is given: Cloud Resource
         # Manager projects.get, resourcemanager.projects.get on the project.
-        Check(caller, "resourcemanager.projects.get", p,
-              "service_account_util: projects_util.GetProjectNumber",
-              "cloudresourcemanager.googleapis.com"),
+        Check(
+            caller,
+            "resourcemanager.projects.get",
+            p,
+            "service_account_util: projects_util.GetProjectNumber",
+            "cloudresourcemanager.googleapis.com",
+        ),
     ]
     if exists:
         # _UpdateAndWait: functions.patch: cloudfunctions.functions.update on the function.
-        out.append(Check(caller, "cloudfunctions.functions.update", function,
-                         f"{SOURCE} _UpdateAndWait: Patch", cf))
+        out.append(
+            Check(
+                caller,
+                "cloudfunctions.functions.update",
+                function,
+                f"{SOURCE} _UpdateAndWait: Patch",
+                cf,
+            )
+        )
     else:
         # _CreateAndWait: functions.create on the parent: cloudfunctions.functions.create.
-        out.append(Check(caller, "cloudfunctions.functions.create", loc,
-                         f"{SOURCE} _CreateAndWait: Create(parent)", cf))
+        out.append(
+            Check(
+                caller,
+                "cloudfunctions.functions.create",
+                loc,
+                f"{SOURCE} _CreateAndWait: Create(parent)",
+                cf,
+            )
+        )
     # Both wait on the long-running operation (operations.get) and read the function again
     # (_GetFunctionWithRetry).
-    out.append(Check(caller, "cloudfunctions.operations.get", f"{loc}/operations/op",
-                     f"{SOURCE} _CreateAndWait/_UpdateAndWait: WaitForOperation", cf))
+    out.append(
+        Check(
+            caller,
+            "cloudfunctions.operations.get",
+            f"{loc}/operations/op",
+            f"{SOURCE} _CreateAndWait/_UpdateAndWait: WaitForOperation",
+            cf,
+        )
+    )
     # The function runs as --service-account and builds as --build-service-account: Cloud
     # Functions checks the caller may act as each (functions roles page, "Additional
     # configuration for deployment": roles/iam.serviceAccountUser on the runtime account).
     for flag in ("service-account", "build-service-account"):
         if flags.get(flag):
             email = flags[flag].rsplit("/", 1)[-1]
-            out.append(Check(caller, "iam.serviceAccounts.actAs",
-                             f"{p}/serviceAccounts/{email}", f"--{flag}: actAs"))
+            out.append(
+                Check(
+                    caller,
+                    "iam.serviceAccounts.actAs",
+                    f"{p}/serviceAccounts/{email}",
+                    f"--{flag}: actAs",
+                )
+            )
     # The image build runs as the build account: it reads the staged source from the
     # gcf-v2-sources-NUMBER-REGION bucket, pushes the image to --docker-repository and writes
     # its log (Cloud Run functions "build service account" page).
@@ -320,9 +395,12 @@ def _deploy_checks(
         staged = f"projects/_/buckets/gcf-v2-sources-{project_number}-{region}/objects/src.zip"
         out += [
             Check(member, "storage.objects.get", staged, "image build reads the staged source"),
-            Check(member, "artifactregistry.repositories.uploadArtifacts",
-                  flags.get("docker-repository", f"{loc}/repositories/gcf-artifacts"),
-                  "image build pushes the image"),
+            Check(
+                member,
+                "artifactregistry.repositories.uploadArtifacts",
+                flags.get("docker-repository", f"{loc}/repositories/gcf-artifacts"),
+                "image build pushes the image",
+            ),
             Check(member, "logging.logEntries.create", p, "image build writes its log"),
         ]
     return out
@@ -338,10 +416,18 @@ def _build_checks(flags: dict[str, str], caller: str, p: str) -> list[Check]:
     return [
         Check(caller, "storage.objects.create", f"{staging}/objects/source.tgz", "upload"),
         Check(caller, "cloudbuild.builds.create", p, "builds.create"),
-        Check(caller, "iam.serviceAccounts.actAs", f"{p}/serviceAccounts/{account}",
-              "a build run as a user-specified service account"),
-        Check(member, "storage.objects.get", f"{staging}/objects/source.tgz",
-              "the build fetches its source"),
+        Check(
+            caller,
+            "iam.serviceAccounts.actAs",
+            f"{p}/serviceAccounts/{account}",
+            "a build run as a user-specified service account",
+        ),
+        Check(
+            member,
+            "storage.objects.get",
+            f"{staging}/objects/source.tgz",
+            "the build fetches its source",
+        ),
         Check(member, "logging.logEntries.create", p, "logging: CLOUD_LOGGING_ONLY"),
     ]
 
