@@ -38,7 +38,10 @@ pipeline_knobs=(BUILD_SOURCE_BUCKET DEPLOYER_SA_NAME TESTER_SA_NAME)
 # Read by setup.sh only: they shape what setup creates (where the database lives, how long
 # objects are kept, the custom roles' ids) and nothing a deploy does. Accepted here so that
 # one exported environment serves both scripts.
-setup_knobs=(FIRESTORE_LOCATION RESULTS_RETENTION_DAYS BUILD_SOURCE_RETENTION_DAYS SIGNER_ROLE_ID DEPLOY_ROLE_ID)
+setup_knobs=(
+  FIRESTORE_LOCATION RESULTS_RETENTION_DAYS BUILD_SOURCE_RETENTION_DAYS SIGNER_ROLE_ID DEPLOY_ROLE_ID
+  ARTIFACT_RETENTION_DAYS ARTIFACT_KEEP_VERSIONS
+)
 
 known=" ${deploy_knobs[*]} ${test_knobs[*]} ${pipeline_knobs[*]} ${setup_knobs[*]} "
 while IFS= read -r knob; do

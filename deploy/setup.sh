@@ -58,8 +58,11 @@ create_database() {
     --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1; then
     return
   fi
+  # Delete protection: deleting the database (every conversation) takes a deliberate
+  # `gcloud firestore databases update --no-delete-protection` first.
   run gcloud firestore databases create --database="$FIRESTORE_DATABASE" \
-    --location="$FIRESTORE_LOCATION" --type=firestore-native --project="$PROJECT_ID" --quiet
+    --location="$FIRESTORE_LOCATION" --type=firestore-native --delete-protection \
+    --project="$PROJECT_ID" --quiet
   # CreateDatabase returns before the database exists; the TTL and index steps below need it.
   [[ "$DRY_RUN" == 1 ]] || retry gcloud firestore databases describe --database="$FIRESTORE_DATABASE" \
     --project="$PROJECT_ID" --format='value(name)' >/dev/null ||
@@ -157,12 +160,24 @@ create_roles() {
 
 create_repository() {
   log "Artifact Registry repository $ARTIFACT_REPOSITORY"
-  if [[ "$DRY_RUN" == 0 ]] && gcloud artifacts repositories describe "$ARTIFACT_REPOSITORY" --location="$REGION" \
+  if [[ "$DRY_RUN" == 1 ]] || ! gcloud artifacts repositories describe "$ARTIFACT_REPOSITORY" --location="$REGION" \
     --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1; then
-    return
+    run gcloud artifacts repositories create "$ARTIFACT_REPOSITORY" --repository-format=docker \
+      --location="$REGION" --description="Images of the function" --project="$PROJECT_ID" --quiet
   fi
-  run gcloud artifacts repositories create "$ARTIFACT_REPOSITORY" --repository-format=docker \
-    --location="$REGION" --description="Images of the function" --project="$PROJECT_ID" --quiet
+  # Every deploy pushes an image; without a cleanup policy they pile up (and are billed)
+  # forever. Keep policies win over delete policies (Artifact Registry's rule), so the most
+  # recent images stay for rollbacks however old. Re-applied on every run: same policy, no
+  # change. Format: gcloud 528, command_lib/artifacts/cleanup_policy_util.py.
+  [[ "$ARTIFACT_RETENTION_DAYS" =~ ^[1-9][0-9]*$ ]] || die "ARTIFACT_RETENTION_DAYS must be a whole number of days"
+  [[ "$ARTIFACT_KEEP_VERSIONS" =~ ^[1-9][0-9]*$ ]] || die "ARTIFACT_KEEP_VERSIONS must be a positive whole number"
+  local policy="$WORK_DIR/cleanup-$ARTIFACT_REPOSITORY.json"
+  printf '[{"name": "delete-old", "action": {"type": "Delete"}, "condition": {"olderThan": "%dd"}},
+ {"name": "keep-recent", "action": {"type": "Keep"}, "mostRecentVersions": {"keepCount": %d}}]\n' \
+    "$ARTIFACT_RETENTION_DAYS" "$ARTIFACT_KEEP_VERSIONS" >"$policy"
+  log "$ARTIFACT_REPOSITORY cleanup policy: $(tr -d '\n' <"$policy")"
+  run gcloud artifacts repositories set-cleanup-policies "$ARTIFACT_REPOSITORY" --location="$REGION" \
+    --policy="$policy" --no-dry-run --project="$PROJECT_ID" --quiet
 }
 
 # Uniform access (IAM only, no object ACLs), public access prevention, and a lifecycle rule

@@ -66,7 +66,8 @@ def test_every_recorded_command_passes_the_real_gcloud_parser(
     for run in runs:
         for call in run.calls:
             argv = list(call["argv"])
-            unique.setdefault(json.dumps(normalized(argv)), (argv, call.get("lifecycle")))
+            content = call.get("lifecycle", call.get("cleanup_policy"))
+            unique.setdefault(json.dumps(normalized(argv)), (argv, content))
     recorded = len(unique)
     documented = readme_commands()
     assert len(documented) >= 8, "deploy/README.md lost its gcloud commands?"

@@ -66,6 +66,8 @@ OVERRIDES = {
     "SIGNED_URL_TTL_SECONDS": "777",
     "RESULT_INLINE_MAX_BYTES": "99999",
     "ARTIFACT_REPOSITORY": "repo-override",
+    "ARTIFACT_RETENTION_DAYS": "41",
+    "ARTIFACT_KEEP_VERSIONS": "43",
     "TESTER_SA_NAME": "ts-override",
     "SIGNER_ROLE_ID": "signerOverride",
     "DEPLOY_ROLE_ID": "deployOverride",

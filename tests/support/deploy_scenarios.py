@@ -64,6 +64,7 @@ MUTATING = (
     "update",
     "deploy",
     "submit",
+    "set-cleanup-policies",
 )
 
 
@@ -243,6 +244,7 @@ KNOWN_COMMANDS = [
     functions deploy | builds submit | functions describe | builds describe | builds log
     functions get-iam-policy | functions add-iam-policy-binding
     artifacts repositories describe | artifacts repositories create
+    artifacts repositories set-cleanup-policies
     artifacts repositories get-iam-policy | artifacts repositories add-iam-policy-binding
     iam roles describe | iam roles create | iam roles update
     firestore indexes fields list | firestore indexes fields update
@@ -281,7 +283,11 @@ def calls_of(run: Run, *words: str) -> list[list[str]]:
 
 def normalized(argv: list[str]) -> list[str]:
     return [
-        re.sub(r"^--lifecycle-file=.*/lifecycle-", "--lifecycle-file=<tmp>/lifecycle-", a)
+        re.sub(
+            r"^--policy=.*/cleanup-",
+            "--policy=<tmp>/cleanup-",
+            re.sub(r"^--lifecycle-file=.*/lifecycle-", "--lifecycle-file=<tmp>/lifecycle-", a),
+        )
         for a in argv
     ]
 

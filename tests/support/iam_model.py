@@ -207,6 +207,8 @@ def checks(argv: list[str], caller: str, function_exists: bool, project_number: 
             "create": "create",
             "get-iam-policy": "getIamPolicy",
             "add-iam-policy-binding": "setIamPolicy",
+            # artifactregistry v1 repositories.patch (cleanupPolicies): update.
+            "set-cleanup-policies": "update",
         }[pos[2]]
         target = loc if verb == "create" else repo
         return one(f"artifactregistry.repositories.{verb}", target, "gcloud artifacts")
