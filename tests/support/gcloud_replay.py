@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -108,9 +108,7 @@ def replay_all(
         if content is not None:
             path = workdir / f"file-{index}.json"
             path.write_text(json.dumps(content))
-            argv = [
-                re.sub(r"^(--lifecycle-file|--policy)=.*", rf"\1={path}", a) for a in argv
-            ]
+            argv = [re.sub(r"^(--lifecycle-file|--policy)=.*", rf"\1={path}", a) for a in argv]
         commands.append(argv)
     chunks = [commands[i::workers] for i in range(workers)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
