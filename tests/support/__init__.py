@@ -7,6 +7,7 @@ and IAM signBlob), checkers (``openapi_contract``: responses against openapi.yam
 (``sse_client``), the deploy tests' harness (``deploy_scenarios``: the scripts run against
 the recording fake gcloud; ``gcloud_replay`` and its ``gcloud_replay_driver``: commands
 through the real gcloud parser; ``iam_model``: the permissions each gcloud call checks and
-each granted role holds, which the fake gcloud enforces), fixture plugins (``storage_fixtures``, ``deploy_scenarios``;
-listed in ``pytest_plugins`` of tests/conftest.py) and the shared constants (``constants``).
+each granted role holds, which the fake gcloud enforces), fixture plugins
+(``storage_fixtures``, ``deploy_scenarios``; listed in ``pytest_plugins`` of
+tests/conftest.py) and the shared constants (``constants``).
 """
