@@ -22,12 +22,30 @@ NAME = "COLLECTION_GROUPS"
 TTL_NAME = "TTL_FIELD"
 
 
-DOC_TYPES = {"SessionDoc": "SESSIONS", "ChunkDoc": "CHUNKS", "KeyDoc": "IDEMPOTENCY"}
-"""Each document TypedDict of the schema, and the constant naming its collection group."""
-QUERIED = frozenset({("IDEMPOTENCY", "SESSION_ID")})
-"""(group constant, field constant) pairs a query filters on: agent_idempotency by
-session_id (store/idempotency_records.py, deleting a session's keys). These keep their
-index; tests/test_deploy_indexes.py fails when the code queries a field not listed here."""
+DOC_TYPES = {
+    "SessionDoc": "SESSIONS",
+    "ChunkDoc": "CHUNKS",
+    "KeyDoc": "IDEMPOTENCY",
+    "SpendShardDoc": "SPEND",
+    "SpendDoc": "SPEND_TURNS",
+    "ToolRunDoc": "TOOL_RUNS",
+}
+"""Each document TypedDict of the schema, and the constant naming its collection group.
+Every group in COLLECTION_GROUPS must have one: ``unindexed`` refuses a group without (its
+fields would keep their default indexes unnoticed)."""
+QUERIED = frozenset(
+    {
+        ("IDEMPOTENCY", "SESSION_ID"),
+        ("TOOL_RUNS", "CALL_ID"),
+        ("SPEND_TURNS", "HOLDING"),
+        ("SPEND_TURNS", "CHARGE_MICROS"),
+    }
+)
+"""(group constant, field constant) pairs a query filters on or aggregates: agent_idempotency
+by session_id (store/idempotency_records.py, deleting a session's keys), agent_tool_runs by
+call_id (store/tool_runs.py, a pause reusing a call id), agent_spend_turns by holding and
+the sum of charge_micros (store/spend.py, a principal's day). These keep their index;
+tests/test_deploy_indexes.py fails when the code queries a field not listed here."""
 
 
 class Unresolvable(Exception):
@@ -147,14 +165,23 @@ def _typed_dict_fields(name: str) -> list[str]:
     raise Unresolvable(f"{name} is not a class in {SOURCE_MODULE}")
 
 
-def unindexed() -> list[tuple[str, str]]:
-    """(group, field) for every field of every document type that no query uses."""
+def unindexed(doc_types: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(group, field) for every field of every document type that no query uses.
+    ``doc_types``: {TypedDict name: group constant}, DOC_TYPES by default."""
+    doc_types = DOC_TYPES if doc_types is None else doc_types
+    typed = {resolve(SOURCE_MODULE, name) for name in doc_types.values()}
+    untyped = [group for group in collection_groups() if group not in typed]
+    if untyped:
+        raise Unresolvable(
+            f"collection groups without a document type in DOC_TYPES: {', '.join(untyped)}"
+            " (add the group's TypedDict to deploy/collection_groups.py)"
+        )
     queried = {
         (str(resolve(SOURCE_MODULE, group)), str(resolve(SOURCE_MODULE, field)))
         for group, field in QUERIED
     }
     pairs: list[tuple[str, str]] = []
-    for doc_type, group_name in DOC_TYPES.items():
+    for doc_type, group_name in doc_types.items():
         group = resolve(SOURCE_MODULE, group_name)
         if not isinstance(group, str):
             raise Unresolvable(f"{group_name} is not a string")

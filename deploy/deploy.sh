@@ -114,6 +114,56 @@ fi
 env_vars+=("AUTH_AUDIENCE=$audiences")
 env_list="$(join_env "${env_vars[@]}")"
 
+# The Cloud Run service behind the function, as the function names it
+# (serviceConfig.service), not assumed to share its name; empty while the function does
+# not exist. Any other failure to read it stops the deploy.
+function_service() {
+  local out err
+  err="$(mktemp)"
+  if out="$(gcloud functions describe "$FUNCTION_NAME" --region="$REGION" --project="$PROJECT_ID" \
+    --format='value(serviceConfig.service.basename())' 2>"$err")"; then
+    rm -f "$err"
+    printf '%s' "$out"
+  elif grep -q NOT_FOUND "$err"; then
+    rm -f "$err"
+  else
+    cat "$err" >&2
+    rm -f "$err"
+    die "cannot read function $FUNCTION_NAME to check that it is private"
+  fi
+}
+
+# Private means both: Cloud Run checks the invoker's IAM (the service does not carry
+# run.googleapis.com/invoker-iam-disabled=true, set by --no-invoker-iam-check, which lets
+# anyone call it with no binding at all), and no invoker binding for allUsers or
+# allAuthenticatedUsers. Prints what is wrong and how to fix it; empty when private.
+public_problems() { # service
+  local disabled policy
+  disabled="$(gcloud run services describe "$1" --region="$REGION" --project="$PROJECT_ID" \
+    --format='value(metadata.annotations."run.googleapis.com/invoker-iam-disabled")')"
+  policy="$(gcloud run services get-iam-policy "$1" --region="$REGION" --project="$PROJECT_ID" \
+    --flatten='bindings[].members' --format='value(bindings.role,bindings.members)')"
+  if [[ "$disabled" == true ]]; then
+    printf '%s\n' "- Cloud Run's invoker IAM check is OFF on service $1: anyone can call it. Fix: gcloud run services update $1 --invoker-iam-check --region=$REGION --project=$PROJECT_ID"
+  fi
+  local member
+  for member in allUsers allAuthenticatedUsers; do
+    if grep -Eq $'\t'"$member\$" <<<"$policy"; then
+      printf '%s\n' "- $member may invoke service $1. Fix: gcloud run services remove-iam-policy-binding $1 --member=$member --role=roles/run.invoker --region=$REGION --project=$PROJECT_ID"
+    fi
+  done
+}
+
+# Before: an existing function that is public would serve the new code publicly the moment
+# traffic moves, so nothing is deployed until it is private again.
+if [[ "$DRY_RUN" == 0 ]]; then
+  service="$(function_service)"
+  if [[ -n "$service" ]]; then
+    problems="$(public_problems "$service")"
+    [[ -z "$problems" ]] || die "function $FUNCTION_NAME is PUBLIC; nothing was deployed. Make it private, then run the deploy again:"$'\n'"$problems"
+  fi
+fi
+
 cd "$REPO_ROOT"
 # --serve-all-traffic-latest-revision: after a rollback pinned traffic to an old revision,
 # the next deploy takes it back. .gcloudignore keeps tests, venvs and data out of --source.
@@ -121,7 +171,7 @@ cd "$REPO_ROOT"
 # Run service's IAM policy (run.services.setIamPolicy, which roles/cloudfunctions.developer
 # lacks), failing every deploy after the first once the new revision already serves. A new
 # function is private: under --quiet gcloud's "allow unauthenticated?" prompt takes its
-# default, no. What the function must not be, public, is checked right after.
+# default, no. Checked before (above) and after (below).
 run gcloud functions deploy "$FUNCTION_NAME" \
   --gen2 \
   --region="$REGION" \
@@ -144,13 +194,13 @@ run gcloud functions deploy "$FUNCTION_NAME" \
   --serve-all-traffic-latest-revision \
   --quiet
 
-# Private means: no invoker binding for allUsers or allAuthenticatedUsers on the Cloud Run
-# service behind the function (reading the policy needs run.services.getIamPolicy only).
+# After: the deploy cannot make the function public (no flag asks for it, and the deployer
+# cannot set IAM policies), but a change made meanwhile by someone else would now serve the
+# new revision publicly: say so loudly, with the fix.
 if [[ "$DRY_RUN" == 0 ]]; then
-  policy="$(gcloud run services get-iam-policy "$FUNCTION_NAME" --region="$REGION" --project="$PROJECT_ID" \
-    --flatten='bindings[].members' --format='value(bindings.role,bindings.members)')"
-  if grep -Eq $'\t(allUsers|allAuthenticatedUsers)$' <<<"$policy"; then
-    die "function $FUNCTION_NAME is PUBLIC: remove the allUsers/allAuthenticatedUsers binding (gcloud run services remove-iam-policy-binding $FUNCTION_NAME --region=$REGION --member=allUsers --role=roles/run.invoker --project=$PROJECT_ID)"
-  fi
-  log "function $FUNCTION_NAME is private: no public invoker binding"
+  service="$(function_service)"
+  [[ -n "$service" ]] || die "function $FUNCTION_NAME was deployed but cannot be found to check that it is private"
+  problems="$(public_problems "$service")"
+  [[ -z "$problems" ]] || die "function $FUNCTION_NAME is PUBLIC and its new revision already serves. Fix it now (or roll back: deploy/README.md, Roll back):"$'\n'"$problems"
+  log "function $FUNCTION_NAME is private: service $service checks the invoker's IAM and no public invoker binding"
 fi

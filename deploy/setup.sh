@@ -36,6 +36,8 @@ APIS=(
   telemetry.googleapis.com          # the function's spans, sent over OTLP
   cloudtrace.googleapis.com         # where those spans are read
   iam.googleapis.com                # creating the service accounts below
+  # gcloud functions deploy reads the project (projects.get) on every run, as the deployer
+  cloudresourcemanager.googleapis.com
 )
 # Vertex AI instead of the key's Secret Manager: Gemini, called with the runtime's own token.
 [[ "$MODEL_PROVIDER" != vertex ]] || APIS=("${APIS[@]/#secretmanager.googleapis.com/aiplatform.googleapis.com}")
@@ -56,8 +58,26 @@ create_database() {
     --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1; then
     return
   fi
+  # Delete protection: deleting the database (every conversation) takes a deliberate
+  # `gcloud firestore databases update --no-delete-protection` first.
   run gcloud firestore databases create --database="$FIRESTORE_DATABASE" \
-    --location="$FIRESTORE_LOCATION" --type=firestore-native --project="$PROJECT_ID" --quiet
+    --location="$FIRESTORE_LOCATION" --type=firestore-native --delete-protection \
+    --project="$PROJECT_ID" --quiet
+  # CreateDatabase returns before the database exists; the TTL and index steps below need it.
+  [[ "$DRY_RUN" == 1 ]] || retry gcloud firestore databases describe --database="$FIRESTORE_DATABASE" \
+    --project="$PROJECT_ID" --format='value(name)' >/dev/null ||
+    die "Firestore database $FIRESTORE_DATABASE was created but is not there yet: run setup again in a minute"
+}
+
+# A burst of TTL and index-field updates draws 409s (another field operation in progress)
+# from the Firestore Admin API; IAM bindings can be refused while a new account propagates.
+# Such calls are retried with a growing pause (printed once in a dry run).
+run_retried() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    run "$@"
+  else
+    retry "$@"
+  fi
 }
 
 # Firestore deletes a collection group's documents only under its own TTL policy (a
@@ -72,7 +92,7 @@ create_ttl_policies() {
   while IFS= read -r group; do
     grep -q "/collectionGroups/$group/fields/$field\$" <<<"$existing" && continue
     # --async: the policy takes minutes to become active and needs no waiting for.
-    run gcloud firestore fields ttls update "$field" --collection-group="$group" \
+    run_retried gcloud firestore fields ttls update "$field" --collection-group="$group" \
       --enable-ttl --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async --quiet
   done <<<"$groups"
 }
@@ -106,7 +126,7 @@ exempt_unqueried_fields() {
     --project="$PROJECT_ID" --format='value(name)')"
   while read -r group field; do
     grep -q "/collectionGroups/$group/fields/$field\$" <<<"$existing" && continue
-    run gcloud firestore indexes fields update "$field" --collection-group="$group" \
+    run_retried gcloud firestore indexes fields update "$field" --collection-group="$group" \
       --disable-indexes --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async --quiet
   done <<<"$pairs"
 }
@@ -132,22 +152,32 @@ create_roles() {
   # signBlob as itself and nothing else: roles/iam.serviceAccountTokenCreator would also let
   # the function mint access and ID tokens for itself.
   ensure_role "$SIGNER_ROLE_ID" "Agent: sign blobs (signed URLs)" iam.serviceAccounts.signBlob
-  # What deploying the one function needs beyond roles/cloudfunctions.developer bound on that
-  # function: creating it the first time (the function-level binding needs it to exist),
-  # reading it and its operations, and reading the Cloud Run service's IAM policy to check
-  # the function is not public.
-  ensure_role "$DEPLOY_ROLE_ID" "Agent: create the function, check it is private" \
-    cloudfunctions.functions.create,cloudfunctions.functions.get,cloudfunctions.operations.get,run.services.getIamPolicy
+  # What the deploy's privacy check reads beyond roles/cloudfunctions.developer: the Cloud
+  # Run service behind the function (its invoker-IAM-check switch) and its IAM policy.
+  ensure_role "$DEPLOY_ROLE_ID" "Agent: check the function is private" \
+    run.services.get,run.services.getIamPolicy
 }
 
 create_repository() {
   log "Artifact Registry repository $ARTIFACT_REPOSITORY"
-  if [[ "$DRY_RUN" == 0 ]] && gcloud artifacts repositories describe "$ARTIFACT_REPOSITORY" --location="$REGION" \
+  if [[ "$DRY_RUN" == 1 ]] || ! gcloud artifacts repositories describe "$ARTIFACT_REPOSITORY" --location="$REGION" \
     --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1; then
-    return
+    run gcloud artifacts repositories create "$ARTIFACT_REPOSITORY" --repository-format=docker \
+      --location="$REGION" --description="Images of the function" --project="$PROJECT_ID" --quiet
   fi
-  run gcloud artifacts repositories create "$ARTIFACT_REPOSITORY" --repository-format=docker \
-    --location="$REGION" --description="Images of the function" --project="$PROJECT_ID" --quiet
+  # Every deploy pushes an image; without a cleanup policy they pile up (and are billed)
+  # forever. Keep policies win over delete policies (Artifact Registry's rule), so the most
+  # recent images stay for rollbacks however old. Re-applied on every run: same policy, no
+  # change. Format: gcloud 528, command_lib/artifacts/cleanup_policy_util.py.
+  [[ "$ARTIFACT_RETENTION_DAYS" =~ ^[1-9][0-9]*$ ]] || die "ARTIFACT_RETENTION_DAYS must be a whole number of days"
+  [[ "$ARTIFACT_KEEP_VERSIONS" =~ ^[1-9][0-9]*$ ]] || die "ARTIFACT_KEEP_VERSIONS must be a positive whole number"
+  local policy="$WORK_DIR/cleanup-$ARTIFACT_REPOSITORY.json"
+  printf '[{"name": "delete-old", "action": {"type": "Delete"}, "condition": {"olderThan": "%dd"}},
+ {"name": "keep-recent", "action": {"type": "Keep"}, "mostRecentVersions": {"keepCount": %d}}]\n' \
+    "$ARTIFACT_RETENTION_DAYS" "$ARTIFACT_KEEP_VERSIONS" >"$policy"
+  log "$ARTIFACT_REPOSITORY cleanup policy: $(tr -d '\n' <"$policy")"
+  run gcloud artifacts repositories set-cleanup-policies "$ARTIFACT_REPOSITORY" --location="$REGION" \
+    --policy="$policy" --no-dry-run --project="$PROJECT_ID" --quiet
 }
 
 # Uniform access (IAM only, no object ACLs), public access prevention, and a lifecycle rule
@@ -253,16 +283,7 @@ grant() { # kind, resource, member, role[, condition]
   elif [[ "$kind" == projects ]]; then
     args+=(--condition=None)
   fi
-  if [[ "$DRY_RUN" == 1 ]]; then
-    run "${args[@]}" --project="$PROJECT_ID" --format=none --quiet
-  else
-    retry "${args[@]}" --project="$PROJECT_ID" --format=none --quiet
-  fi
-}
-
-function_exists() {
-  [[ "$DRY_RUN" == 0 ]] && gcloud functions describe "$FUNCTION_NAME" --region="$REGION" \
-    --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1
+  run_retried "${args[@]}" --project="$PROJECT_ID" --format=none --quiet
 }
 
 grant_roles() {
@@ -290,16 +311,17 @@ grant_roles() {
   fi
   grant service-accounts "$RUNTIME_SA_EMAIL" "$runtime" "projects/$PROJECT_ID/roles/$SIGNER_ROLE_ID"
 
-  # Deployer (runs cloudbuild.yaml, no package code): Cloud Functions Developer on the one
-  # function (once it exists; before, the custom role lets the first deploy create it), write
-  # its build log, act as the runtime and image-build accounts it hands to the function, read
-  # the uploaded source, and list the secret's versions to pin one (metadata, not the value).
+  # Deployer (runs cloudbuild.yaml, no package code): Cloud Functions Developer on the
+  # project, Google's documented deployer role. gcloud functions deploy needs it there, not
+  # on the function: it asks for an upload URL on projects/P/locations/R
+  # (cloudfunctions.functions.sourceCodeSet on that parent), creates the function on the
+  # same parent, lists runtimes and reads the project (resourcemanager.projects.get), on
+  # the first deploy and on every update. The custom role adds reading the Cloud Run
+  # service and its policy (the privacy check). Then: write its build log, act as the
+  # runtime and image-build accounts it hands to the function, read the uploaded source,
+  # and list the secret's versions to pin one (metadata, not the value).
+  grant projects "$PROJECT_ID" "$deployer" roles/cloudfunctions.developer
   grant projects "$PROJECT_ID" "$deployer" "projects/$PROJECT_ID/roles/$DEPLOY_ROLE_ID"
-  if function_exists; then
-    grant functions "$FUNCTION_NAME" "$deployer" roles/cloudfunctions.developer
-  else
-    log "function $FUNCTION_NAME does not exist yet: after the first deploy, run setup again to bind roles/cloudfunctions.developer on it (updates need it)"
-  fi
   grant projects "$PROJECT_ID" "$deployer" roles/logging.logWriter
   grant service-accounts "$RUNTIME_SA_EMAIL" "$deployer" roles/iam.serviceAccountUser
   grant service-accounts "$BUILDER_SA_EMAIL" "$deployer" roles/iam.serviceAccountUser
@@ -307,11 +329,12 @@ grant_roles() {
   [[ "$MODEL_PROVIDER" == vertex ]] || grant secrets "$SECRET_NAME" "$deployer" roles/secretmanager.viewer
 
   # Builder (builds the function's image): write its log and the image into the one
-  # repository, and read the function source that Cloud Functions stages in its
-  # gcf-v2-sources-* bucket, no other.
+  # repository, and the objects of the gcf-v2-sources-* buckets where Cloud Functions stages
+  # the source, no other: roles/storage.objectAdmin, what Cloud Run's build-account page
+  # lists for source builds (a read alone can be too narrow), under that condition.
   grant projects "$PROJECT_ID" "$builder" roles/logging.logWriter
   grant repositories "$ARTIFACT_REPOSITORY" "$builder" roles/artifactregistry.writer
-  grant projects "$PROJECT_ID" "$builder" roles/storage.objectViewer \
+  grant projects "$PROJECT_ID" "$builder" roles/storage.objectAdmin \
     'expression=resource.name.startsWith("projects/_/buckets/gcf-v2-sources-"),title=gcf-v2-sources-only'
 
   # Tester (runs cloudbuild-test.yaml and so every package the tests install): its build log

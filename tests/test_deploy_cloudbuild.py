@@ -50,7 +50,7 @@ def test_pipeline_tests_as_the_tester_then_deploys_as_the_deployer(
         )
         assert flags["gcs-source-staging-dir"] == f"gs://{expanded('BUILD_SOURCE_BUCKET')}/source"
         assert flags["ignore-file"] == "deploy/build.gcloudignore"
-        assert argv[2] == "."
+        assert argv[:4] == ["beta", "builds", "submit", "."]
         passed = dict(item.split("=", 1) for item in flags["substitutions"].split(","))
         defined = cloudbuild(config)["substitutions"]
         assert set(passed) == set(defined)
@@ -178,3 +178,37 @@ def test_the_model_provider_reaches_the_deploy_step(vertex_scenario: Scenario) -
     passed = dict(item.split("=", 1) for item in flags_of(deploy)["substitutions"].split(","))
     assert passed["_MODEL_PROVIDER"] == "vertex"
     assert passed["_VERTEX_LOCATION"] == expanded("VERTEX_LOCATION")
+
+
+def test_each_build_log_is_streamed_and_its_outcome_read(scenario: Scenario) -> None:
+    """Issue 19 item 5: the builds log to Cloud Logging only, which GA `builds submit` does
+    not stream. Each build is submitted without waiting, its log streamed (beta builds log
+    --stream reads Cloud Logging) and its status read; the log URL is printed."""
+    argvs = scenario.pipeline.argvs
+    logs = [a for a in argvs if a[:3] == ["beta", "builds", "log"]]
+    assert [a[3] for a in logs] == ["build-1", "build-2"]
+    assert all("--stream" in a for a in logs)
+    for argv in calls_of(scenario.pipeline, "builds", "submit"):
+        assert "--async" in argv and "--format=value(id)" in argv
+    out = scenario.pipeline.output()
+    assert "log at https://console.cloud.google.com/cloud-build/builds/build-1" in out
+    assert "(fake) log of build-1: cloudbuild-test.yaml" in out
+
+
+def test_a_failing_test_build_names_its_step_and_log_and_stops_the_deploy(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from tests.support.deploy_scenarios import run_script
+
+    (tmp_path / "state.json").write_text(
+        json.dumps({"iam_checks": False, "failing_builds": {"cloudbuild-test.yaml": "test"}})
+    )
+    run = run_script("pipeline.sh", tmp_path, check=False)
+    assert run.result.returncode != 0
+    err = run.result.stderr
+    assert "cloudbuild-test.yaml: build build-1 ended FAILURE; failing step: test (FAILURE)" in err
+    assert "log: https://console.cloud.google.com/cloud-build/builds/build-1" in err
+    configs = [flags_of(a)["config"] for a in calls_of(run, "builds", "submit")]
+    assert configs == ["cloudbuild-test.yaml"], "no deploy build after a failed test build"

@@ -29,6 +29,7 @@ from tests.support.deploy_scenarios import (
     run_script,
     sa_email,
     seed_secret,
+    without_iam,
 )
 
 pytestmark = pytest.mark.usefixtures("repo_on_path")
@@ -201,10 +202,18 @@ def test_updates_never_touch_the_services_iam_policy_and_check_it_is_private(
         argv = the_deploy(run)
         assert not any("allow-unauthenticated" in a for a in argv)
         assert "--quiet" in argv  # a new function: the prompt's default, private
-        (check,) = calls_of(run, "run", "services", "get-iam-policy")
-        assert check[3] == expanded("FUNCTION_NAME")
-        assert run.argvs.index(check) > run.argvs.index(argv)
+        checks = [
+            i for i, a in enumerate(run.argvs) if a[:3] == ["run", "services", "get-iam-policy"]
+        ]
+        assert run.argvs[checks[-1]][3] == expanded("FUNCTION_NAME")
+        assert checks[-1] > run.argvs.index(argv)
         assert "is private" in run.output()
+    # Issue 19 item 7: the update checks before the deploy too (the function exists then).
+    before = scenario.redeploy.argvs.index(the_deploy(scenario.redeploy))
+    assert [a[:3] for a in scenario.redeploy.argvs[:before] if a[0] == "run"] == [
+        ["run", "services", "describe"],
+        ["run", "services", "get-iam-policy"],
+    ]
 
 
 def test_a_public_function_fails_the_deploy(tmp_path: Path) -> None:
@@ -216,7 +225,61 @@ def test_a_public_function_fails_the_deploy(tmp_path: Path) -> None:
     (fake / "state.json").write_text(json.dumps(state))
     run = run_script("deploy.sh", fake, check=False)
     assert run.result.returncode != 0
-    assert "is PUBLIC" in run.result.stderr
+    assert "is PUBLIC and its new revision already serves" in run.result.stderr
+    assert "remove-iam-policy-binding agent --member=allUsers" in run.result.stderr
+
+
+def public_project(fake: Path, **state_changes: object) -> Path:
+    """A fake project whose function exists, behind a service named unlike it."""
+    import json
+
+    seed_secret(fake)
+    state = json.loads((fake / "state.json").read_text())
+    name = expanded("FUNCTION_NAME")
+    state.update(functions=[name], function_services={name: "svc-behind"}, **state_changes)
+    (fake / "state.json").write_text(json.dumps(state))
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("state", "fix"),
+    [
+        (
+            {"run_policy": [["roles/run.invoker", "allAuthenticatedUsers"]]},
+            "gcloud run services remove-iam-policy-binding svc-behind"
+            " --member=allAuthenticatedUsers",
+        ),
+        (
+            {
+                "run_annotations": {
+                    "svc-behind": {"run.googleapis.com/invoker-iam-disabled": "true"}
+                }
+            },
+            "gcloud run services update svc-behind --invoker-iam-check",
+        ),
+    ],
+    ids=["public-binding", "invoker-iam-check-off"],
+)
+def test_a_public_function_is_refused_before_anything_is_deployed(
+    tmp_path: Path, state: dict[str, object], fix: str
+) -> None:
+    """Issue 19 item 7: the check reads the service the function names
+    (serviceConfig.service), counts Cloud Run's invoker-IAM-check switch as public, and runs
+    before traffic could move to new code."""
+    run = run_script("deploy.sh", public_project(tmp_path, **state), check=False)
+    assert run.result.returncode != 0
+    assert "is PUBLIC; nothing was deployed" in run.result.stderr
+    assert fix in run.result.stderr
+    assert calls_of(run, "functions", "deploy") == []
+    for argv in calls_of(run, "run", "services", "describe") + calls_of(
+        run, "run", "services", "get-iam-policy"
+    ):
+        assert argv[3] == "svc-behind"
+
+
+def test_a_private_function_behind_another_service_name_deploys(tmp_path: Path) -> None:
+    run = run_script("deploy.sh", public_project(tmp_path))
+    assert "service svc-behind checks the invoker's IAM" in run.result.stderr
 
 
 def test_the_project_number_comes_from_cloud_build_or_is_looked_up(tmp_path: Path) -> None:
@@ -346,7 +409,7 @@ def test_vertex_overrides_reach_the_service(tmp_path: Path) -> None:
     model = "google/gemini-2.5-pro"
     run = run_script(
         "deploy.sh",
-        tmp_path,
+        without_iam(tmp_path),
         env=VERTEX | {"VERTEX_LOCATION": "europe-west4", "AGENT_MODEL": model},
     )
     argv = the_deploy(run)

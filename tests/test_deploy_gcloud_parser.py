@@ -62,15 +62,12 @@ def test_every_recorded_command_passes_the_real_gcloud_parser(
     if REAL_GCLOUD is None:
         pytest.skip("gcloud CLI not installed: recorded commands cannot be replayed")
     unique: dict[str, tuple[list[str], Any]] = {}
-    runs = [
-        run
-        for s in (scenario, vertex_scenario)
-        for run in (s.setup, s.second, s.deploy, s.after_deploy, s.pipeline)
-    ]
+    runs = [run for s in (scenario, vertex_scenario) for run in s.runs()]
     for run in runs:
         for call in run.calls:
             argv = list(call["argv"])
-            unique.setdefault(json.dumps(normalized(argv)), (argv, call.get("lifecycle")))
+            content = call.get("lifecycle", call.get("cleanup_policy"))
+            unique.setdefault(json.dumps(normalized(argv)), (argv, content))
     recorded = len(unique)
     documented = readme_commands()
     assert len(documented) >= 8, "deploy/README.md lost its gcloud commands?"

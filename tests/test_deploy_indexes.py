@@ -58,12 +58,47 @@ def test_every_query_in_the_code_uses_an_indexed_field() -> None:
     queried: set[str] = set()
     for path in (REPO / "agent").rglob("*.py"):
         text = path.read_text()
-        for name in re.findall(r"FieldFilter\(\s*([A-Z_]+)", text):
+        for name in re.findall(r"(?:FieldFilter|\.sum)\(\s*([A-Z_]+)", text):
             queried.add(getattr(schema, name))
         assert ".order_by(" not in text, f"{path}: an ordered query needs its field indexed"
-    assert queried == {schema.SESSION_ID, schema.HOLDING}
+    assert queried == {schema.SESSION_ID, schema.HOLDING, schema.CALL_ID, schema.CHARGE_MICROS}
     # The field a query uses is never exempted in the group it is queried in.
     assert (schema.IDEMPOTENCY, schema.SESSION_ID) not in pairs
     assert schema.SESSION_ID not in exempted_fields
-    # The spend's holds query and its sum keep their single-field indexes.
-    assert not {field for group, field in pairs if group == schema.SPEND_TURNS}
+    # The spend's holds query and its sum keep their single-field indexes, and so does
+    # the tool runs' query by call id.
+    assert (schema.SPEND_TURNS, schema.HOLDING) not in pairs
+    assert (schema.SPEND_TURNS, schema.CHARGE_MICROS) not in pairs
+    assert (schema.TOOL_RUNS, schema.CALL_ID) not in pairs
+
+
+def test_every_collection_group_has_a_document_type_and_its_exemptions(
+    scenario: Scenario,
+) -> None:
+    """Issue 19 item 3: agent_spend and agent_tool_runs were written without exemptions.
+    Every group of the schema gets its fields' exemptions from its document type."""
+    from agent.store import schema
+
+    exempted_groups = {
+        flags_of(argv)["collection-group"]
+        for argv in calls_of(scenario.setup, "firestore", "indexes", "fields", "update")
+    }
+    assert exempted_groups == set(schema.COLLECTION_GROUPS)
+    pairs = unindexed()
+    for field in ("owner", "day", "cost_usd", schema.TTL_FIELD):
+        assert (schema.SPEND, field) in pairs  # the shards an upgrade leaves
+    for field in (schema.OWNER, schema.DAY, schema.CALLS, schema.TTL_FIELD):
+        assert (schema.SPEND_TURNS, field) in pairs
+    for field in (schema.STATE, schema.OUTPUT, schema.STARTED_AT, schema.USAGE):
+        assert (schema.TOOL_RUNS, field) in pairs
+
+
+def test_a_group_without_a_document_type_is_refused() -> None:
+    sys.path.insert(0, str(REPO / "deploy"))
+    try:
+        import collection_groups
+    finally:
+        sys.path.remove(str(REPO / "deploy"))
+    partial = {k: v for k, v in collection_groups.DOC_TYPES.items() if v != "SPEND"}
+    with pytest.raises(collection_groups.Unresolvable, match="agent_spend"):
+        collection_groups.unindexed(partial)

@@ -119,8 +119,13 @@ def test_setup_without_a_key_fails_clearly_and_adds_no_version(tmp_path: Path) -
 def test_second_run_changes_nothing(scenario: Scenario) -> None:
     assert scenario.state_after_second == scenario.state_after_setup
     changing = [argv for argv in scenario.second.argvs if is_mutating(argv)]
-    # Existing buckets get their settings re-applied (same values, no change); nothing else.
-    assert all(command(argv) == ("storage", "buckets", "update") for argv in changing), changing
+    # Existing buckets and the repository's cleanup policy are re-applied (same values, no
+    # change); nothing else.
+    reapplied = {
+        ("storage", "buckets", "update"),
+        ("artifacts", "repositories", "set-cleanup-policies"),
+    }
+    assert all(command(argv) in reapplied for argv in changing), changing
     assert "already has a value" in scenario.second.result.stderr
 
 
@@ -183,7 +188,11 @@ def test_vertex_creates_no_secret_and_says_so(vertex_scenario: Scenario) -> None
 def test_vertex_second_run_changes_nothing(vertex_scenario: Scenario) -> None:
     assert vertex_scenario.state_after_second == vertex_scenario.state_after_setup
     changing = [argv for argv in vertex_scenario.second.argvs if is_mutating(argv)]
-    assert all(command(argv) == ("storage", "buckets", "update") for argv in changing), changing
+    reapplied = {
+        ("storage", "buckets", "update"),
+        ("artifacts", "repositories", "set-cleanup-policies"),
+    }
+    assert all(command(argv) in reapplied for argv in changing), changing
 
 
 def test_vertex_dry_run_prints_what_a_first_run_does(
@@ -206,3 +215,62 @@ def test_an_unknown_model_provider_is_refused_before_any_call(
     assert run.result.returncode != 0
     assert f"MODEL_PROVIDER={provider}: use openai" in run.result.stderr
     assert run.calls == []
+
+
+def test_setup_waits_for_a_new_database_before_its_ttl_policies(partial_project: Run) -> None:
+    """Issue 19 item 6: CreateDatabase returns before the database exists."""
+    argvs = partial_project.argvs
+    create = argvs.index(calls_of(partial_project, "firestore", "databases", "create")[0])
+    describes = [
+        i for i, a in enumerate(argvs) if command(a) == ("firestore", "databases", "describe")
+    ]
+    waits = [i for i in describes if i > create]
+    assert len(waits) == 3, "two NOT_FOUND answers, then the database"
+    first_ttl = min(
+        i for i, a in enumerate(argvs) if command(a) == ("firestore", "fields", "ttls", "update")
+    )
+    assert waits[-1] < first_ttl
+    assert partial_project.calls[waits[-1]]["exit"] == 0
+
+
+@pytest.mark.parametrize("flag", ["--enable-ttl", "--disable-indexes"])
+def test_field_updates_refused_with_409_are_retried(partial_project: Run, flag: str) -> None:
+    """Issue 19 item 6: a burst of TTL and index-field updates draws 409s."""
+    calls = [c for c in partial_project.calls if flag in c["argv"]]
+    assert calls[0]["exit"] == 1 and calls[1]["exit"] == 0
+    assert calls[0]["argv"] == calls[1]["argv"]
+    assert all(c["exit"] == 0 for c in calls[1:])
+    succeeded = {json.dumps(c["argv"]) for c in calls if c["exit"] == 0}
+    assert len(succeeded) == len({json.dumps(c["argv"]) for c in calls}), "one was given up"
+
+
+def test_the_database_is_created_with_delete_protection(scenario: Scenario) -> None:
+    """Issue 19 item 8."""
+    (create,) = calls_of(scenario.setup, "firestore", "databases", "create")
+    assert "--delete-protection" in create
+
+
+def test_the_image_repository_has_a_cleanup_policy_that_keeps_recent_images(
+    scenario: Scenario,
+) -> None:
+    """Issue 19 item 8: images older than the retention are deleted, the most recent kept
+    (keep wins over delete), in the format gcloud 528 parses
+    (command_lib/artifacts/cleanup_policy_util.py: a list; each has name, action.type and
+    exactly one of condition or mostRecentVersions; durations like "30d")."""
+    (call,) = [
+        c
+        for c in scenario.setup.calls
+        if command(list(c["argv"])) == ("artifacts", "repositories", "set-cleanup-policies")
+    ]
+    argv = list(call["argv"])
+    assert argv[3] == expanded("ARTIFACT_REPOSITORY") and "--no-dry-run" in argv
+    policy = call["cleanup_policy"]
+    assert isinstance(policy, list)
+    for rule in policy:
+        assert {"name", "action"} <= set(rule) and rule["action"]["type"] in ("Delete", "Keep")
+        assert ("condition" in rule) != ("mostRecentVersions" in rule)
+    by_type = {rule["action"]["type"]: rule for rule in policy}
+    assert by_type["Delete"]["condition"] == {"olderThan": f"{CONFIG['ARTIFACT_RETENTION_DAYS']}d"}
+    assert by_type["Keep"]["mostRecentVersions"] == {
+        "keepCount": int(CONFIG["ARTIFACT_KEEP_VERSIONS"])
+    }

@@ -271,6 +271,17 @@ class SpendDoc(TypedDict):
     expire_at: dt.datetime  # a couple of days after the day ends
 
 
+class SpendShardDoc(TypedDict):
+    """``agent_spend/{sha256(principal)}_{day}_{shard}``: a day's spend shard as releases
+    before the per-turn spend wrote it. Nothing writes it now; its group keeps its TTL
+    policy and exemptions so that the shards left by an upgrade expire."""
+
+    owner: str
+    day: str  # YYYY-MM-DD (UTC)
+    cost_usd: float
+    expire_at: dt.datetime  # a couple of days after the day ends
+
+
 def chunk_id(index: int) -> str:
     return f"{index:06d}"
 

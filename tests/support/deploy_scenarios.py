@@ -49,6 +49,7 @@ EXPECTED_APIS = {
     "telemetry.googleapis.com",
     "cloudtrace.googleapis.com",
     "iam.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
 }
 # With MODEL_PROVIDER=vertex: Vertex AI instead of Secret Manager (there is no key).
 VERTEX_APIS = EXPECTED_APIS - {"secretmanager.googleapis.com"} | {"aiplatform.googleapis.com"}
@@ -63,6 +64,7 @@ MUTATING = (
     "update",
     "deploy",
     "submit",
+    "set-cleanup-policies",
 )
 
 
@@ -99,6 +101,8 @@ class Run:
 
     result: subprocess.CompletedProcess[str]
     calls: list[dict[str, Any]]
+    step_env: dict[str, str] | None = None
+    """A simulated build step's environment (``run_builds``); None for a script run."""
 
     @property
     def argvs(self) -> list[list[str]]:
@@ -122,15 +126,18 @@ def run_script(
     stdin: str | None = None,
     env: dict[str, str] | None = None,
     check: bool = True,
+    clean: bool = False,
 ) -> Run:
+    """Run a deploy script against the fake gcloud. ``clean``: ``env`` is the whole
+    environment (a build step's), not added to the defaults (PROJECT_ID among them)."""
     before = len(read_calls(fake_dir))
     full_env = {
         "PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}",
         "HOME": str(fake_dir),
         "FAKE_GCLOUD_DIR": str(fake_dir),
-        "PROJECT_ID": PROJECT,
         "PYTHON": sys.executable,
         "RETRY_DELAY_SECONDS": "0",
+        **({} if clean else {"PROJECT_ID": PROJECT}),
         **(env or {}),
     }
     result = subprocess.run(
@@ -146,6 +153,65 @@ def run_script(
     return Run(result, read_calls(fake_dir)[before:])
 
 
+PROJECT_NUMBER = "123456789012"
+"""The fake project's number (tests/fakes/gcloud answers it to ``projects describe``)."""
+
+
+def substituted(text: str, values: dict[str, str]) -> str:
+    """Cloud Build's substitution of ``$NAME`` and ``${NAME}`` in a build config value."""
+    return re.sub(
+        r"\$\{([A-Z_][A-Z0-9_]*)\}|\$([A-Z_][A-Z0-9_]*)",
+        lambda m: values[m.group(1) or m.group(2)],
+        text,
+    )
+
+
+def run_builds(pipeline: Run, fake_dir: Path, check: bool = True) -> list[Run]:
+    """What Cloud Build does with the builds pipeline.sh submitted: each build's deploy
+    step (cloudbuild.yaml's deploy/deploy.sh) runs with exactly the environment the
+    build config gives it (the substitutions passed, else the config's defaults, under
+    ``substitutionOption: MUST_MATCH``) and as the build's service account, against the
+    same fake project. The test build's step (apt and the suite) is not run here."""
+    runs = []
+    for argv in pipeline.argvs:
+        if command(argv) != ("builds", "submit"):
+            continue
+        flags = flags_of(argv)
+        config = cloudbuild(flags["config"])
+        passed = dict(item.split("=", 1) for item in flags["substitutions"].split(",") if item)
+        unknown = set(passed) - set(config["substitutions"])
+        assert not unknown, f"MUST_MATCH: {flags['config']} does not define {unknown}"
+        values = {"PROJECT_ID": flags["project"], "PROJECT_NUMBER": PROJECT_NUMBER}
+        for key, default in config["substitutions"].items():
+            values[key] = passed.get(key, substituted(str(default), values))
+        account = flags["service-account"].rsplit("/", 1)[-1]
+        for step in config["steps"]:
+            if step.get("args") != ["deploy/deploy.sh"]:
+                continue
+            env = dict(item.split("=", 1) for item in (substituted(e, values) for e in step["env"]))
+            run = run_script(
+                "deploy.sh",
+                fake_dir,
+                env={"FAKE_GCLOUD_ACCOUNT": f"serviceAccount:{account}", **env},
+                clean=True,
+                check=check,
+            )
+            run.step_env = env
+            runs.append(run)
+    return runs
+
+
+def without_iam(fake_dir: Path) -> Path:
+    """A fake project that setup did not make: no account holds a role there, so the IAM
+    model is off (the scenarios, which run setup first, check IAM)."""
+    fake_dir.mkdir(parents=True, exist_ok=True)
+    state = fake_dir / "state.json"
+    current = json.loads(state.read_text()) if state.exists() else {}
+    current["iam_checks"] = False
+    state.write_text(json.dumps(current))
+    return fake_dir
+
+
 def seed_secret(fake_dir: Path) -> Path:
     """A fake project whose model-key secret has a version (what setup leaves), so that
     deploy.sh can pin it."""
@@ -155,6 +221,9 @@ def seed_secret(fake_dir: Path) -> Path:
     current.setdefault("secrets", {})[expanded("SECRET_NAME")] = {
         "versions": [{"sha256": "0" * 64, "length": 1}]
     }
+    # Setup did not run here, so no account holds a role: IAM is not modelled (the
+    # scenarios, which run setup first, check it).
+    current["iam_checks"] = False
     state.write_text(json.dumps(current))
     return fake_dir
 
@@ -172,20 +241,23 @@ KNOWN_COMMANDS = [
     storage buckets get-iam-policy | storage buckets add-iam-policy-binding
     secrets describe | secrets create | secrets get-iam-policy | secrets add-iam-policy-binding
     secrets versions list | secrets versions add
-    functions deploy | builds submit | functions describe
+    functions deploy | builds submit | functions describe | builds describe | builds log
     functions get-iam-policy | functions add-iam-policy-binding
     artifacts repositories describe | artifacts repositories create
+    artifacts repositories set-cleanup-policies
     artifacts repositories get-iam-policy | artifacts repositories add-iam-policy-binding
     iam roles describe | iam roles create | iam roles update
     firestore indexes fields list | firestore indexes fields update
-    projects describe | run services get-iam-policy
+    projects describe | run services get-iam-policy | run services describe
     """.replace("\n", "|").split("|")
     if line.strip()
 ]
 
 
 def command(argv: list[str]) -> tuple[str, ...]:
-    """The command words of a call, e.g. ('storage', 'buckets', 'create')."""
+    """The command words of a call, e.g. ('storage', 'buckets', 'create'); a call on the
+    beta track is named like its GA command."""
+    argv = argv[1:] if argv[:1] == ["beta"] else argv
     matches = [c for c in KNOWN_COMMANDS if tuple(argv[: len(c)]) == c]
     if matches:
         return max(matches, key=len)
@@ -211,7 +283,11 @@ def calls_of(run: Run, *words: str) -> list[list[str]]:
 
 def normalized(argv: list[str]) -> list[str]:
     return [
-        re.sub(r"^--lifecycle-file=.*/lifecycle-", "--lifecycle-file=<tmp>/lifecycle-", a)
+        re.sub(
+            r"^--policy=.*/cleanup-",
+            "--policy=<tmp>/cleanup-",
+            re.sub(r"^--lifecycle-file=.*/lifecycle-", "--lifecycle-file=<tmp>/lifecycle-", a),
+        )
         for a in argv
     ]
 
@@ -232,9 +308,12 @@ def env_of(flags: dict[str, str]) -> dict[str, str]:
 
 @dataclass
 class Scenario:
-    """One fake project taken through setup, setup again (no key piped), deploy, deploy
-    again (an update), setup after the first deploy, and pipeline, all with one environment
-    (``env``: empty for the default provider, ``VERTEX`` for Vertex AI)."""
+    """One fake project taken through what an operator does, all with one environment
+    (``env``: empty for the default provider, ``VERTEX`` for Vertex AI): setup, setup
+    again (no key piped), the pipeline (its deploy build creates the function, as the
+    deployer account), setup again after that deploy, and the pipeline once more (its
+    deploy build updates the function). ``deploy`` and ``redeploy`` are the two deploy
+    builds' runs of deploy/deploy.sh, in Cloud Build's environment and identity."""
 
     fake_dir: Path
     secret: str
@@ -242,44 +321,48 @@ class Scenario:
     state_after_setup: str
     second: Run
     state_after_second: str
-    deploy: Run
-    redeploy: Run
-    after_deploy: Run
     pipeline: Run
+    deploy: Run
+    after_deploy: Run
+    pipeline2: Run
+    redeploy: Run
     env: dict[str, str]
 
     def runs(self) -> list[Run]:
         return [
             self.setup,
             self.second,
-            self.deploy,
-            self.redeploy,
-            self.after_deploy,
             self.pipeline,
+            self.deploy,
+            self.after_deploy,
+            self.pipeline2,
+            self.redeploy,
         ]
 
     def all_argvs(self) -> list[list[str]]:
-        return (
-            self.setup.argvs
-            + self.second.argvs
-            + self.deploy.argvs
-            + self.redeploy.argvs
-            + self.after_deploy.argvs
-            + self.pipeline.argvs
-        )
+        return [argv for run in self.runs() for argv in run.argvs]
+
+    def all_calls(self) -> list[dict[str, Any]]:
+        return [call for run in self.runs() for call in run.calls]
+
+
+def pipeline_and_deploy(fake_dir: Path, env: dict[str, str]) -> tuple[Run, Run]:
+    """pipeline.sh as the operator, then its deploy build as Cloud Build runs it."""
+    pipeline = run_script("pipeline.sh", fake_dir, env=env)
+    (deploy,) = run_builds(pipeline, fake_dir, check=False)
+    return pipeline, deploy
 
 
 def take_through(fake_dir: Path, secret: str, env: dict[str, str]) -> Scenario:
-    """Setup (``secret`` piped in; empty: nothing), setup again, deploy twice, setup
-    after the first deploy, pipeline: each with ``env`` on top of the defaults."""
+    """Setup (``secret`` piped in; empty: nothing), setup again, pipeline (create),
+    setup after that deploy, pipeline (update): each with ``env`` on top of the defaults."""
     setup = run_script("setup.sh", fake_dir, stdin=secret + "\n" if secret else "", env=env)
     state_after_setup = (fake_dir / "state.json").read_text()
     second = run_script("setup.sh", fake_dir, stdin="", env=env)
     state_after_second = (fake_dir / "state.json").read_text()
-    deploy = run_script("deploy.sh", fake_dir, env=env)
-    redeploy = run_script("deploy.sh", fake_dir, env=env)
+    pipeline, deploy = pipeline_and_deploy(fake_dir, env)
     after_deploy = run_script("setup.sh", fake_dir, stdin="", env=env)
-    pipeline = run_script("pipeline.sh", fake_dir, env=env)
+    pipeline2, redeploy = pipeline_and_deploy(fake_dir, env)
     return Scenario(
         fake_dir,
         secret,
@@ -287,10 +370,11 @@ def take_through(fake_dir: Path, secret: str, env: dict[str, str]) -> Scenario:
         state_after_setup,
         second,
         state_after_second,
-        deploy,
-        redeploy,
-        after_deploy,
         pipeline,
+        deploy,
+        after_deploy,
+        pipeline2,
+        redeploy,
         env,
     )
 
@@ -310,7 +394,8 @@ def vertex_scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 @pytest.fixture(scope="session")
 def partial_project(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One setup run against a project that is partly there already, with a retention
-    override and one IAM call failing the way a just-created account does."""
+    override, one IAM call failing the way a just-created account does, one TTL and one
+    index-field update drawing a 409, and a new database that takes a while to exist."""
     fake_dir = tmp_path_factory.mktemp("partial")
     results = "gs://" + expanded("RESULTS_BUCKET")
     (fake_dir / "state.json").write_text(
@@ -323,7 +408,10 @@ def partial_project(tmp_path_factory: pytest.TempPathFactory) -> Run:
     )
     env = {
         "RESULTS_RETENTION_DAYS": "3",
-        "FAKE_GCLOUD_FAIL_ONCE": "add-iam-policy-binding",
+        # IAM propagation, and the Firestore Admin API's 409s on a burst of field updates
+        "FAKE_GCLOUD_FAIL_ONCE": "add-iam-policy-binding,--enable-ttl,--disable-indexes",
+        # CreateDatabase returns before the database exists
+        "FAKE_GCLOUD_DB_READY_AFTER": "2",
     }
     return run_script("setup.sh", fake_dir, stdin="key", env=env)
 

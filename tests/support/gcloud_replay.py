@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -98,17 +99,16 @@ def replay_batch(commands: list[list[str]], workdir: Path) -> list[Replayed]:
 def replay_all(
     items: list[tuple[list[str], Any]], workdir: Path, workers: int = 2
 ) -> list[Replayed]:
-    """Replay (argv, lifecycle rule or None) pairs in a bounded pool of batch processes."""
+    """Replay (argv, file content or None) pairs in a bounded pool of batch processes. The
+    content (a bucket's lifecycle rule, a repository's cleanup policy) is written to a file
+    of its own and named in the flag that read it: gcloud parses those files too."""
     workdir.mkdir(parents=True, exist_ok=True)
     commands = []
-    for index, (argv, lifecycle) in enumerate(items):
-        if lifecycle is not None:
-            rules = workdir / f"lifecycle-{index}.json"
-            rules.write_text(json.dumps(lifecycle))
-            argv = [
-                f"--lifecycle-file={rules}" if a.startswith("--lifecycle-file=") else a
-                for a in argv
-            ]
+    for index, (argv, content) in enumerate(items):
+        if content is not None:
+            path = workdir / f"file-{index}.json"
+            path.write_text(json.dumps(content))
+            argv = [re.sub(r"^(--lifecycle-file|--policy)=.*", rf"\1={path}", a) for a in argv]
         commands.append(argv)
     chunks = [commands[i::workers] for i in range(workers)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
