@@ -89,8 +89,9 @@ def test_every_collection_group_has_a_document_type_and_its_exemptions(
         assert (schema.SPEND, field) in pairs  # the shards an upgrade leaves
     for field in (schema.OWNER, schema.DAY, schema.CALLS, schema.TTL_FIELD):
         assert (schema.SPEND_TURNS, field) in pairs
-    for field in (schema.STATE, schema.OUTPUT, schema.STARTED_AT, schema.USAGE):
+    for field in (schema.STATE, schema.OUTPUT, schema.STARTED_AT, schema.WRITER):
         assert (schema.TOOL_RUNS, field) in pairs
+    assert (schema.SESSIONS, schema.USAGE) in pairs
 
 
 def test_a_group_without_a_document_type_is_refused() -> None:
