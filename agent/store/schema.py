@@ -55,6 +55,12 @@ check, so that they never touch a later life of the same id."""
 LAST_COMMIT: Final = "last_commit"
 """The claim token of the turn whose commit wrote the document last: how a turn whose
 commit reply was lost finds out whether it landed."""
+CHUNK_EXPIRY: Final = "chunk_expiry"
+"""A map: ``at``, no later than the ``expire_at`` of any sealed chunk, and ``commit``, the
+claim token of the commit that wrote it (the record is trusted only while that commit is
+``last_commit``): what lets a commit skip sliding the chunks' expiry (``history.py``)."""
+EXPIRY_AT: Final = "at"
+EXPIRY_COMMIT: Final = "commit"
 SUMMARY: Final = "summary"
 SUMMARY_ITEMS: Final = "summary_items"
 SUMMARY_OFFSET: Final = "summary_offset"
@@ -139,6 +145,7 @@ class SessionDoc(TypedDict, total=False):
     owner: str  # the principal that created it
     generation: str  # this life of the id (a new one when an absent or expired id is claimed)
     last_commit: str  # claim token of the last committed turn
+    chunk_expiry: ChunkExpiryDoc  # how long the sealed chunks live at least
     created_at: dt.datetime
     updated_at: dt.datetime
     expire_at: dt.datetime
@@ -149,6 +156,13 @@ class SessionDoc(TypedDict, total=False):
     token_ratio: float  # provider's token count over the local estimate, per session
     paused: PausedDoc | None  # a run waiting for approval
     approvals: list[dict[str, Any]]  # the last decisions: call_id, tool, approved, reason, by, at
+
+
+class ChunkExpiryDoc(TypedDict):
+    """``chunk_expiry`` on a session document (``store/history.py``, "Expiry")."""
+
+    at: dt.datetime  # no sealed chunk expires before it
+    commit: str  # the commit that wrote it: trusted only while it is ``last_commit``
 
 
 class SummaryProvenanceDoc(TypedDict):
@@ -202,7 +216,7 @@ class ChunkDoc(TypedDict):
     """``.../agent_history_chunks/{index:06d}``: exactly one chunk of the history."""
 
     data: bytes
-    expire_at: dt.datetime  # kept equal to the session's
+    expire_at: dt.datetime  # never before the session's: up to half a TTL after it
 
 
 class KeyDoc(TypedDict):
