@@ -131,9 +131,7 @@ def test_turn_writes_do_not_grow_with_the_chunks(store, counter) -> None:
     assert set(measured.values()) == {2}, measured
 
 
-def test_chunks_slide_only_when_their_expiry_would_fall_before_the_session(
-    store, counter
-) -> None:
+def test_chunks_slide_only_when_their_expiry_would_fall_before_the_session(store, counter) -> None:
     grow(store, "slide", 2, NOW)  # 9 chunks, written with 1.5 TTL
     session, chunks = expiries("slide")
     assert session == NOW + dt.timedelta(seconds=TTL)
