@@ -23,6 +23,8 @@ names and document shapes: ``schema.py``)::
         fenced       str        claim token of the last claim a fence released
         deleted_by   str        on a tombstone (what DELETE leaves): the delete's token
         deleted_generation str  on a tombstone: the life it removed
+        chunk_expiry map        ``at``: no sealed chunk expires before it; ``commit``: the
+                                commit that wrote it (see Expiry)
         summary      str|null   running summary of the oldest items (what the model is sent
                                 instead of them once the history passes its context budget)
         summary_items int       leading items the summary covers
@@ -44,7 +46,7 @@ names and document shapes: ``schema.py``)::
         expire_at    Timestamp  TTL field
     agent_sessions/{doc_id}/agent_history_chunks/{000000..}
         data         bytes      exactly CHUNK_BYTES of the encoded history
-        expire_at    Timestamp  TTL field, kept equal to the session's
+        expire_at    Timestamp  TTL field, never before the session's (see Expiry)
     agent_sessions/{doc_id}/agent_tool_runs/{generation}~{call_id}
                                                      one approved tool call's run, written
                                                      by store/tool_runs.py
@@ -130,10 +132,24 @@ Consistency
 
 Expiry
 ------
-Every document carries ``expire_at``; each turn slides it on all of them to
-now + ``SESSION_TTL_SECONDS``. Firestore's TTL deletion is lazy (up to about 24 h)
-and the emulator never deletes, so reads treat an expired session as absent, and a
-turn on an expired id starts a new, empty history under it.
+Every document carries ``expire_at``. Each commit slides the session document's to
+now + ``SESSION_TTL_SECONDS`` (the TTL). Sliding every sealed chunk's too would make a
+turn's writes grow with the history (one write per 512 KiB), so a chunk is written with
+half a TTL more (now + 1.5 TTL) and a commit slides the sealed chunks only when the
+earliest of their expiries (``chunk_expiry.at``) is before the session document's new
+one, all of them in that commit (``chunks_to_refresh``): each chunk is rewritten at most
+once per half TTL, and the commits in between write no chunk they do not seal. Hence
+the invariant: **no chunk of a session expires before its session document** (every
+write that moves either moves both in one atomic commit, the claim's slide included).
+Firestore's TTL deletion is lazy (up to about 24 h) and the emulator never deletes:
+an expired document may still be read, and a chunk may outlive its session. So the
+session document alone decides: reads treat an expired session as absent, whatever
+its chunks; a turn on an expired id starts a new, empty history under it (its dead
+chunks are rewritten or deleted by its commit, never read); and a chunk the TTL sweep
+takes has passed its ``expire_at``, hence so has its session. ``chunk_expiry`` is
+trusted only while the commit that wrote it is ``last_commit``; otherwise (a document
+written before it existed) the chunks are known to expire with the session document,
+as older code kept them. docs/design.md ("Expiry") has the argument in full.
 """
 
 from __future__ import annotations
@@ -170,6 +186,7 @@ from agent.store.schema import (
     BYTES,
     CACHED_INPUT_TOKENS,
     CHUNK_COUNT,
+    CHUNK_EXPIRY,
     CHUNKS,
     CLAIM_TOKEN,
     CLAIM_UNTIL,
@@ -179,6 +196,8 @@ from agent.store.schema import (
     DATA,
     DELETED_BY,
     DELETED_GENERATION,
+    EXPIRY_AT,
+    EXPIRY_COMMIT,
     FENCED,
     GENERATION,
     INPUT_TOKENS,
@@ -406,6 +425,8 @@ class Claim:
     own usage (nobody else writes them while the claim is held)."""
     commits: tuple[str, ...] = ()
     """The recent commit tokens as the claim read them (the commit adds its own)."""
+    chunks_expire_at: dt.datetime | None = None
+    """No sealed chunk expires before it (None: not known, no chunk)."""
 
 
 def doc_id(session_id: str) -> str:
@@ -637,9 +658,9 @@ class HistoryStore:
             # TTL must not delete the document mid-turn: it lives at least as long as the claim.
             slide = {TTL_FIELD: max(data[TTL_FIELD], until), GENERATION: generation}
             batch.update(ref, hold | slide, option=self._precondition(snap.update_time))
-            if data[TTL_FIELD] < until:  # a TTL shorter than the turn: its chunks too
-                for index in range(data[CHUNK_COUNT]):
-                    batch.update(self._chunk_ref(session_id, index), {TTL_FIELD: until})
+            # A TTL shorter than the turn: its chunks too, none before the document.
+            for index in chunks_to_refresh(data[CHUNK_COUNT], _chunk_floor(data), until):
+                batch.update(self._chunk_ref(session_id, index), {TTL_FIELD: until})
         results = batch.commit(retry=self._retry, timeout=self._timeout)
         claimed_at = results[0].update_time
         return self._claimed(session_id, snap, token, now, until, generation, claimed_at)
@@ -712,6 +733,7 @@ class HistoryStore:
             approvals=tuple(data.get(APPROVALS) or ()),
             totals=UsageTotals.from_doc(data.get(USAGE)),
             commits=commits,
+            chunks_expire_at=_chunk_floor(data),
         )
 
     def commit(
@@ -761,16 +783,22 @@ class HistoryStore:
         else:
             first_chunk, tail, old_chunks = claim.chunks, claim.tail + added, claim.chunks
         expire_at = now + self._ttl
+        chunk_expire_at = expire_at + self._ttl / 2  # see Expiry in the header
         ref = self._session_ref(claim.session_id)
         batch = self._client.batch()
         sealed = 0
         while len(tail) >= CHUNK_BYTES:
-            chunk = {DATA: tail[:CHUNK_BYTES], TTL_FIELD: expire_at}
+            chunk = {DATA: tail[:CHUNK_BYTES], TTL_FIELD: chunk_expire_at}
             batch.set(self._chunk_ref(claim.session_id, first_chunk + sealed), chunk)
             tail, sealed = tail[CHUNK_BYTES:], sealed + 1
         chunks = first_chunk + sealed
-        for index in range(first_chunk):  # sealed earlier: only their expiry slides
-            batch.update(self._chunk_ref(claim.session_id, index), {TTL_FIELD: expire_at})
+        # Sealed earlier: only their expiry slides, and only when it would fall before the
+        # session document's.
+        refresh = chunks_to_refresh(first_chunk, claim.chunks_expire_at, expire_at)
+        for index in refresh:
+            batch.update(self._chunk_ref(claim.session_id, index), {TTL_FIELD: chunk_expire_at})
+        kept_floor = claim.chunks_expire_at if first_chunk and not refresh else None
+        floor = min(kept_floor or chunk_expire_at, chunk_expire_at)
         for index in range(chunks, max(old_chunks, claim.stale_chunks)):
             batch.delete(self._chunk_ref(claim.session_id, index))
         before = claim.item_count or len(claim.history)
@@ -787,6 +815,7 @@ class HistoryStore:
             CLAIM_UNTIL: None,
             LAST_COMMIT: claim.token,
             COMMITS: [*claim.commits, claim.token][-RECENT_COMMITS:],
+            CHUNK_EXPIRY: {EXPIRY_AT: floor, EXPIRY_COMMIT: claim.token} if chunks else None,
             CREATED_AT: claim.created_at,
             **_summary_fields(summary or claim.summary),
             **({TOKEN_RATIO: token_ratio} if token_ratio is not None else {}),
@@ -1052,6 +1081,34 @@ def _tombstone(
 def _is_tombstone(data: dict[str, Any]) -> bool:
     """A deleted session's document, untouched since: nothing in it to delete."""
     return DELETED_BY in data and GENERATION not in data and not data.get(CHUNK_COUNT)
+
+
+def chunks_to_refresh(
+    sealed: int, floor: dt.datetime | None, session_expire_at: dt.datetime
+) -> range:
+    """Which of ``sealed`` chunks a write that moves the session document's expiry to
+    ``session_expire_at`` must slide: all when the earliest of their expiries (``floor``;
+    None: not known) is before it, else none. So no chunk ever expires before its
+    session document, and a chunk slid to half a TTL past the document is left alone
+    until the document's expiry passes that (``Expiry`` in the header)."""
+    if floor is not None and floor >= session_expire_at:
+        return range(0)
+    return range(sealed)
+
+
+def _chunk_floor(data: dict[str, Any]) -> dt.datetime | None:
+    """No sealed chunk of the session ``data`` expires before this (None: no chunk).
+    The record is trusted only while the commit that wrote it is the last one; else
+    the chunks expire with the document, as every commit before the record kept them."""
+    if not data.get(CHUNK_COUNT):
+        return None
+    record = data.get(CHUNK_EXPIRY)
+    if isinstance(record, dict) and record.get(EXPIRY_COMMIT) == data.get(LAST_COMMIT):
+        at = record.get(EXPIRY_AT)
+        if isinstance(at, dt.datetime):
+            return at
+    ttl: dt.datetime = data[TTL_FIELD]
+    return ttl
 
 
 def _is_live(data: dict[str, Any], now: dt.datetime) -> bool:

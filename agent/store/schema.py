@@ -81,6 +81,12 @@ DELETED_GENERATION: Final = "deleted_generation"
 WRITER: Final = "writer"
 """On an Idempotency-Key record and a tool-run record: a random token of the request that
 created it, so that a create whose reply was lost recognises itself on re-read."""
+CHUNK_EXPIRY: Final = "chunk_expiry"
+"""A map: ``at``, no later than the ``expire_at`` of any sealed chunk, and ``commit``, the
+claim token of the commit that wrote it (the record is trusted only while that commit is
+``last_commit``): what lets a commit skip sliding the chunks' expiry (``history.py``)."""
+EXPIRY_AT: Final = "at"
+EXPIRY_COMMIT: Final = "commit"
 SUMMARY: Final = "summary"
 SUMMARY_ITEMS: Final = "summary_items"
 SUMMARY_OFFSET: Final = "summary_offset"
@@ -178,6 +184,7 @@ class SessionDoc(TypedDict, total=False):
     fenced: str  # claim token of the last claim a fence released
     deleted_by: str  # on a tombstone: the delete's token
     deleted_generation: str  # on a tombstone: the life it removed
+    chunk_expiry: ChunkExpiryDoc  # how long the sealed chunks live at least
     created_at: dt.datetime
     updated_at: dt.datetime
     expire_at: dt.datetime
@@ -189,6 +196,13 @@ class SessionDoc(TypedDict, total=False):
     paused: PausedDoc | None  # a run waiting for approval
     approvals: list[dict[str, Any]]  # the last decisions: call_id, tool, approved, reason, by, at
     usage: UsageTotalsDoc  # running totals of every committed turn of this life
+
+
+class ChunkExpiryDoc(TypedDict):
+    """``chunk_expiry`` on a session document (``store/history.py``, "Expiry")."""
+
+    at: dt.datetime  # no sealed chunk expires before it
+    commit: str  # the commit that wrote it: trusted only while it is ``last_commit``
 
 
 class SummaryProvenanceDoc(TypedDict):
@@ -242,7 +256,7 @@ class ChunkDoc(TypedDict):
     """``.../agent_history_chunks/{index:06d}``: exactly one chunk of the history."""
 
     data: bytes
-    expire_at: dt.datetime  # kept equal to the session's
+    expire_at: dt.datetime  # never before the session's: up to half a TTL after it
 
 
 class KeyDoc(TypedDict):
