@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from agents import OpenAIChatCompletionsModel, OpenAIResponsesModel, set_trace_processors
-from agents.tracing import TracingProcessor, get_trace_provider
+from agents.tracing import TracingProcessor, get_trace_provider, set_trace_provider
+from agents.tracing.provider import DefaultTraceProvider
 from flask.testing import FlaskClient
 
 from agent.base.settings import Settings
@@ -35,11 +36,18 @@ class Recorder(TracingProcessor):
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
+    """A trace provider of its own for the test, whose only processor is the recorder (no
+    exporter: nothing can leave the machine); the process's provider, with whatever the
+    service registered on it (the OpenTelemetry bridge), is put back after."""
+    previous = get_trace_provider()
+    provider = DefaultTraceProvider()
+    set_trace_provider(provider)
     recorder = Recorder()
-    set_trace_processors([recorder])  # no exporter: nothing can leave the machine
+    set_trace_processors([recorder])
     yield recorder
     set_trace_processors([])
-    get_trace_provider().set_disabled(True)
+    provider.set_disabled(True)
+    set_trace_provider(previous)
 
 
 def test_no_traces_by_default(make_client: Any, recorder: Recorder) -> None:
