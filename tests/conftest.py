@@ -9,7 +9,8 @@ test. Where it is not installed, those tests skip with the reason and the run's 
 line says how many were skipped and why; with REQUIRE_FIRESTORE_EMULATOR=1 (CI, Cloud
 Build) they fail instead.
 More fixtures come from the plugins in ``pytest_plugins`` (tests/support/): the storage
-emulator and signing keys for results, and the deploy scripts' runs for the deploy tests.
+emulator and signing keys for results, the deploy scripts' runs for the deploy tests, the
+fault proxy in front of Firestore, and exported spans kept in memory.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from tests.support.stores import backend_under_test
 pytest_plugins = [
     "tests.support.storage_fixtures",
     "tests.support.deploy_scenarios",
+    "tests.support.fault_fixtures",
+    "tests.support.span_fixtures",
 ]
 
 _firestore_only_skipped: set[str] = set()

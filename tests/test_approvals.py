@@ -30,11 +30,6 @@ from tests.support.stores import service_of
 
 
 @pytest.fixture
-def outbox(tmp_path: Path) -> Path:
-    return tmp_path / "outbox.jsonl"
-
-
-@pytest.fixture
 def acting(make_client: Callable[..., FlaskClient], outbox: Path) -> FlaskClient:
     return make_client(outbox_path=str(outbox))
 

@@ -21,6 +21,7 @@ import pytest
 from tests.support.deploy_scenarios import (
     CONFIG,
     DEPLOY,
+    OVERRIDES,
     Run,
     calls_of,
     env_of,
@@ -31,50 +32,6 @@ from tests.support.deploy_scenarios import (
 )
 
 pytestmark = pytest.mark.usefixtures("repo_on_path")
-
-OVERRIDES = {
-    "REGION": "europe-west9",
-    "FUNCTION_NAME": "fn-override",
-    "RUNTIME": "python313",
-    "ENTRY_POINT": "entry_override",
-    "MEMORY": "2Gi",
-    "CPU": "2",
-    "CONCURRENCY": "17",
-    "MIN_INSTANCES": "3",
-    "MAX_INSTANCES": "23",
-    "FUNCTION_TIMEOUT_SECONDS": "1234",
-    "FIRESTORE_DATABASE": "db-override",
-    "FIRESTORE_LOCATION": "eur3",
-    "RESULTS_BUCKET": "bucket-override",
-    "RESULTS_RETENTION_DAYS": "11",
-    "BUILD_SOURCE_BUCKET": "source-override",
-    "BUILD_SOURCE_RETENTION_DAYS": "13",
-    "RUNTIME_SA_NAME": "rt-override",
-    "DEPLOYER_SA_NAME": "dp-override",
-    "BUILDER_SA_NAME": "bd-override",
-    "SECRET_NAME": "secret-override",
-    "MODEL_PROVIDER": "vertex",
-    "VERTEX_LOCATION": "europe-west4",
-    "OPENAI_DEFAULT_MODEL": "openai-default-override",
-    "VERTEX_DEFAULT_MODEL": "vertex-default-override",
-    "SESSION_TTL_SECONDS": "4321",
-    "AGENT_MODEL": "model-override",
-    "OPENAI_BASE_URL": "http://llm.example:8000/v1",
-    "MODEL_API": "chat_completions",
-    "LOG_LEVEL": "DEBUG",
-    "TRACE_EXPORT": "otlp",
-    "SIGNED_URL_TTL_SECONDS": "777",
-    "RESULT_INLINE_MAX_BYTES": "99999",
-    "ARTIFACT_REPOSITORY": "repo-override",
-    "ARTIFACT_RETENTION_DAYS": "41",
-    "ARTIFACT_KEEP_VERSIONS": "43",
-    "TESTER_SA_NAME": "ts-override",
-    "SIGNER_ROLE_ID": "signerOverride",
-    "DEPLOY_ROLE_ID": "deployOverride",
-    "TEST_IMAGE": "python:3.12-slim@sha256:" + "1" * 64,
-    "DEPLOY_IMAGE": "gcr.io/x/gcloud@sha256:" + "2" * 64,
-    "EMULATOR_SDK_VERSION": "527.0.0-0",
-}
 
 # What the deploy hands the service, by knob: the deploy call must carry the override.
 SERVICE_ENV = {

@@ -28,10 +28,9 @@ two, so finding out the outcome can succeed.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from google.cloud import firestore as fs
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from agent.store.schema import IDEMPOTENCY, SESSIONS, TOOL_RUNS
-from local.emulators import FirestoreEmulator
+from tests.support.fault_fixtures import PairBuilder, sent, users
 from tests.support.fault_proxy import FaultProxy, Rule
 from tests.support.grpc_writes import label
 
@@ -65,40 +64,9 @@ class Case:
 
 
 @pytest.fixture
-def proxy(firestore: FirestoreEmulator) -> Iterator[FaultProxy]:
-    with FaultProxy(firestore.host) as fault_proxy:
-        yield fault_proxy
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Path:
-    return tmp_path / "outbox.jsonl"
-
-
-@pytest.fixture
-def pair(
-    make_client: Build, proxy: FaultProxy, outbox: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[FlaskClient, FlaskClient]:
+def pair(build_pair: PairBuilder) -> tuple[FlaskClient, FlaskClient]:
     """(through the proxy, direct), both with the acting tool's outbox."""
-    env = {"outbox_path": str(outbox), "firestore_timeout_seconds": str(TIMEOUT)}
-    with monkeypatch.context() as patch:
-        patch.setenv("FIRESTORE_EMULATOR_HOST", proxy.host)
-        through = make_client(**env)
-    return through, make_client(**env)
-
-
-def sent(outbox: Path, word: str) -> int:
-    if not outbox.exists():
-        return 0
-    return sum(word in json.loads(line)["text"] for line in outbox.read_text().splitlines())
-
-
-def user_messages(direct: FlaskClient, session_id: str) -> list[str]:
-    response = direct.get(f"/sessions/{session_id}")
-    if response.status_code == 404:
-        return []
-    assert response.status_code == 200, response.get_json()
-    return [i["content"] for i in response.get_json()["items"] if i.get("role") == "user"]
+    return build_pair(TIMEOUT)
 
 
 def run_matrix(
@@ -166,7 +134,7 @@ def test_every_write_of_a_turn_lost_or_held(
     def check(case: Case, fault: str) -> list[str]:
         problems: list[str] = []
         message = f"{word} {case.key}"
-        stored = user_messages(direct, case.session_id).count(message)
+        stored = users(direct, case.session_id).count(message)
         if case.status not in (200, 503, 504):
             problems.append(f"answered {case.status} {case.body}")
         if case.status == 200 and stored != 1:
@@ -178,7 +146,7 @@ def test_every_write_of_a_turn_lost_or_held(
         again = direct.post("/chat", json=body, headers={"Idempotency-Key": case.key})
         if again.status_code != 200:
             problems.append(f"retry with the key: {again.status_code} {again.get_json()}")
-        elif user_messages(direct, case.session_id).count(message) != 1:
+        elif users(direct, case.session_id).count(message) != 1:
             problems.append("retry with the key did not leave the turn stored once")
         other = {"message": "after", "session_id": case.session_id}
         if (status := direct.post("/chat", json=other).status_code) != 200:

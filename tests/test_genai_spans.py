@@ -5,7 +5,7 @@ and finish reasons, the cache-read tokens and the conversation; a failed call ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -18,21 +18,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from agent.base import otel, tracing
+from agent.base import tracing
 from agent.base.settings import Settings
 from agent.runtime.otel_bridge import OpenTelemetryBridge
 from local.demo_model import LATEST_ALIAS, SNAPSHOT, DemoModelServer
 from tests.support.sse_client import parse_body
 
 TOOL_TURN = "What is 12 * (3 + 4)?"  # the demo model calls calculate, then answers
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    memory = InMemorySpanExporter()
-    monkeypatch.setattr(otel, "build_exporter", lambda settings: memory)
-    yield memory
-    tracing.configure(Settings())  # export off again for the tests that follow
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ the keys' records 1, the tool runs 2).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from flask.testing import FlaskClient
 from google.cloud import firestore as fs
 
 from agent.store.schema import IDEMPOTENCY, SESSIONS, TOOL_RUNS, TTL_FIELD
-from local.emulators import FirestoreEmulator
+from tests.support.fault_fixtures import PairBuilder, sent, users
 from tests.support.fault_proxy import FaultProxy
 
 Build = Callable[..., FlaskClient]
@@ -37,48 +36,8 @@ TIMEOUT = 1.0
 times out quickly."""
 
 
-@pytest.fixture
-def proxy(firestore: FirestoreEmulator) -> Iterator[FaultProxy]:
-    with FaultProxy(firestore.host) as fault_proxy:
-        yield fault_proxy
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Path:
-    return tmp_path / "outbox.jsonl"
-
-
-@pytest.fixture
-def build_pair(
-    make_client: Build, proxy: FaultProxy, outbox: Path, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., tuple[FlaskClient, FlaskClient]]:
-    """(through the proxy, direct), with the acting tool's outbox and ``overrides``."""
-
-    def build(**overrides: str) -> tuple[FlaskClient, FlaskClient]:
-        env = {"outbox_path": str(outbox), "firestore_timeout_seconds": str(TIMEOUT)}
-        with monkeypatch.context() as patch:
-            patch.setenv("FIRESTORE_EMULATOR_HOST", proxy.host)
-            through = make_client(**env | overrides)
-        return through, make_client(**env | overrides)
-
-    return build
-
-
 def sid() -> str:
     return "s" + secrets.token_hex(6)
-
-
-def sent(outbox: Path, word: str) -> int:
-    if not outbox.exists():
-        return 0
-    return sum(word in json.loads(line)["text"] for line in outbox.read_text().splitlines())
-
-
-def users(client: FlaskClient, session_id: str) -> list[str]:
-    response = client.get(f"/sessions/{session_id}")
-    if response.status_code == 404:
-        return []
-    return [i["content"] for i in response.get_json()["items"] if i.get("role") == "user"]
 
 
 def pause(client: FlaskClient, session_id: str, word: str, **headers: str) -> str:
@@ -121,9 +80,9 @@ def never_lands(proxy: FaultProxy, write: int) -> None:
 
 @pytest.mark.parametrize("kind", ["second turn", "keyed turn", "first turn"])
 def test_a_commit_that_never_lands_whose_fence_reply_is_lost_is_not_a_200(
-    build_pair: Callable[..., tuple[FlaskClient, FlaskClient]], proxy: FaultProxy, kind: str
+    build_pair: PairBuilder, proxy: FaultProxy, kind: str
 ) -> None:
-    through, direct = build_pair()
+    through, direct = build_pair(TIMEOUT)
     outcomes: Counter[str] = Counter()
     for _ in range(TRIES):
         session_id, word = sid(), secrets.token_hex(6)
@@ -141,9 +100,9 @@ def test_a_commit_that_never_lands_whose_fence_reply_is_lost_is_not_a_200(
 
 
 def test_a_resume_whose_commit_never_lands_and_fence_reply_is_lost_loses_no_decision(
-    build_pair: Callable[..., tuple[FlaskClient, FlaskClient]], proxy: FaultProxy, outbox: Path
+    build_pair: PairBuilder, proxy: FaultProxy, outbox: Path
 ) -> None:
-    through, direct = build_pair()
+    through, direct = build_pair(TIMEOUT)
     outcomes: Counter[str] = Counter()
     for _ in range(TRIES):
         session_id, word = sid(), secrets.token_hex(6)
@@ -168,9 +127,9 @@ def test_a_resume_whose_commit_never_lands_and_fence_reply_is_lost_loses_no_deci
 
 
 def test_a_delete_whose_reply_is_lost_is_204_and_cleans_its_life(
-    build_pair: Callable[..., tuple[FlaskClient, FlaskClient]], proxy: FaultProxy
+    build_pair: PairBuilder, proxy: FaultProxy
 ) -> None:
-    through, direct = build_pair()
+    through, direct = build_pair(TIMEOUT)
     client = fs.Client()
     outcomes: Counter[str] = Counter()
     for _ in range(TRIES):
@@ -191,9 +150,9 @@ def test_a_delete_whose_reply_is_lost_is_204_and_cleans_its_life(
 
 
 def test_a_key_record_left_by_a_deleted_life_never_replays_in_a_new_one(
-    build_pair: Callable[..., tuple[FlaskClient, FlaskClient]], proxy: FaultProxy
+    build_pair: PairBuilder, proxy: FaultProxy
 ) -> None:
-    through, direct = build_pair()
+    through, direct = build_pair(TIMEOUT)
     outcomes: Counter[str] = Counter()
     for _ in range(TRIES):
         session_id, word = sid(), secrets.token_hex(6)
@@ -228,9 +187,9 @@ def sweep(now: dt.datetime) -> int:
 
 
 def test_a_guard_is_not_swept_while_a_failed_resume_keeps_its_pause_alive(
-    build_pair: Callable[..., tuple[FlaskClient, FlaskClient]], proxy: FaultProxy, outbox: Path
+    build_pair: PairBuilder, proxy: FaultProxy, outbox: Path
 ) -> None:
-    through, direct = build_pair(session_ttl_seconds="3")
+    through, direct = build_pair(TIMEOUT, session_ttl_seconds="3")
     cases = []
     for _ in range(TRIES):
         session_id, word = sid(), secrets.token_hex(6)
@@ -254,7 +213,7 @@ def test_a_guard_is_not_swept_while_a_failed_resume_keeps_its_pause_alive(
 
 
 def test_each_claim_of_a_pause_keeps_its_guards(
-    build_pair: Callable[..., tuple[FlaskClient, FlaskClient]], proxy: FaultProxy, outbox: Path
+    build_pair: PairBuilder, proxy: FaultProxy, outbox: Path
 ) -> None:
     # Claims end 9 s after their request starts; records last 2 s past their write.
     budget = 9.0
@@ -263,7 +222,7 @@ def test_each_claim_of_a_pause_keeps_its_guards(
         "function_timeout_seconds": "10",
         "deadline_margin_seconds": "1",
     }
-    through, direct = build_pair(**env)
+    through, direct = build_pair(TIMEOUT, **env)
     session_id, word = sid(), secrets.token_hex(6)
     call_id = pause(direct, session_id, word)
     # Two resumes run the call (the second finds its record), each failing at its commit
@@ -288,9 +247,9 @@ def test_each_claim_of_a_pause_keeps_its_guards(
 
 @pytest.mark.parametrize("write", ["claim", "key record"])
 def test_a_create_whose_reply_is_lost_is_not_409_to_its_own_request(
-    build_pair: Callable[..., tuple[FlaskClient, FlaskClient]], proxy: FaultProxy, write: str
+    build_pair: PairBuilder, proxy: FaultProxy, write: str
 ) -> None:
-    through, direct = build_pair()
+    through, direct = build_pair(TIMEOUT)
     outcomes: Counter[str] = Counter()
     for _ in range(TRIES):
         session_id, word = sid(), secrets.token_hex(6)
@@ -303,9 +262,9 @@ def test_a_create_whose_reply_is_lost_is_not_409_to_its_own_request(
 
 
 def test_a_guard_create_held_past_the_timeout_is_503_and_the_tool_did_not_run(
-    build_pair: Callable[..., tuple[FlaskClient, FlaskClient]], proxy: FaultProxy, outbox: Path
+    build_pair: PairBuilder, proxy: FaultProxy, outbox: Path
 ) -> None:
-    through, direct = build_pair()
+    through, direct = build_pair(TIMEOUT)
     outcomes: Counter[str] = Counter()
     for _ in range(TRIES):
         session_id, word = sid(), secrets.token_hex(6)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import cast
 
 import pytest
@@ -17,17 +17,10 @@ from google.cloud import firestore as fs
 
 from agent.store.spend import DaySpend, SpendStore
 from agent.turn.budget import Budget
-from local.emulators import FirestoreEmulator
 from tests.support.fault_proxy import Action, FaultProxy
 
 DAY = dt.datetime(2031, 5, 6, 12, tzinfo=dt.UTC)
 TIMEOUT = 1.0
-
-
-@pytest.fixture
-def proxy(firestore: FirestoreEmulator) -> Iterator[FaultProxy]:
-    with FaultProxy(firestore.host) as fault_proxy:
-        yield fault_proxy
 
 
 @pytest.fixture

@@ -29,9 +29,10 @@ from google.cloud import firestore as fs
 from agent.store.history import HistoryStore
 from agent.store.schema import CHUNKS, IDEMPOTENCY, SESSIONS, TTL_FIELD
 from local.demo_model import DemoModelServer
-from local.emulators import FirestoreEmulator, StorageEmulator
+from local.emulators import StorageEmulator
 from local.server import LiveServer
 from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY
+from tests.support.fault_fixtures import users
 from tests.support.fault_proxy import FaultProxy
 from tests.support.openapi_contract import assert_conforms
 
@@ -43,25 +44,10 @@ def marker() -> str:
     return "mark" + secrets.token_hex(8)
 
 
-def users(client: FlaskClient, session_id: str, headers: dict[str, str] | None = None) -> list:
-    response = client.get(f"/sessions/{session_id}", headers=headers or {})
-    if response.status_code == 404:
-        return []
-    assert response.status_code == 200, response.get_json()
-    return [i["content"] for i in response.get_json()["items"] if i.get("role") == "user"]
-
-
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
         data: bytes = response.read()
         return data
-
-
-@pytest.fixture
-def proxy(firestore: FirestoreEmulator) -> Iterator[FaultProxy]:
-    """A fault proxy in front of the Firestore emulator."""
-    with FaultProxy(firestore.host) as fault_proxy:
-        yield fault_proxy
 
 
 @pytest.fixture

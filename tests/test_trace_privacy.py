@@ -20,8 +20,6 @@ from agents.tracing.processors import BackendSpanExporter, BatchTraceProcessor
 from flask.testing import FlaskClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agent.base import otel, tracing
-from agent.base.settings import Settings
 from local.demo_model import DemoModelServer
 
 SECRET = "my secret is 42"
@@ -80,14 +78,6 @@ def ingest() -> Iterator[IngestStandIn]:
     get_trace_provider().set_disabled(True)
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    memory = InMemorySpanExporter()
-    monkeypatch.setattr(otel, "build_exporter", lambda settings: memory)
-    yield memory
-    tracing.configure(Settings())  # export off again for the tests that follow
 
 
 def sent(ingest: IngestStandIn, spans: InMemorySpanExporter) -> tuple[list[dict[str, Any]], str]:

@@ -16,7 +16,6 @@ from flask.testing import FlaskClient
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agent.base import otel, tracing
 from agent.base.logs import JsonFormatter
 from agent.base.settings import Settings, SettingsError
 from local.demo_model import DemoModelServer
@@ -32,15 +31,6 @@ PARENT = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE}-{PARENT}-01"
 SECRET = "my secret is 42"
 TOOL_TURN = f"{SECRET}. What is 12 * (3 + 4)?"  # the demo model calls calculate for it
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    """Every exported span, in memory, for services built with TRACE_EXPORT on."""
-    memory = InMemorySpanExporter()
-    monkeypatch.setattr(otel, "build_exporter", lambda settings: memory)
-    yield memory
-    tracing.configure(Settings())  # export off again for the tests that follow
 
 
 @pytest.fixture
