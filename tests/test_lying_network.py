@@ -25,6 +25,7 @@ import pytest
 from flask.testing import FlaskClient
 from google.cloud import firestore as fs
 
+from agent.store.history import doc_id
 from agent.store.schema import IDEMPOTENCY, SESSIONS, TOOL_RUNS, TTL_FIELD
 from tests.support.fault_fixtures import PairBuilder, sent, users
 from tests.support.fault_proxy import FaultProxy
@@ -240,6 +241,51 @@ def test_each_claim_of_a_pause_keeps_its_guards(
     assert time.monotonic() < starts[1] + budget - 1.0, "too slow to test the window"
     again = decide(direct, session_id, call_id)
     assert (again.status_code, sent(outbox, word)) == (200, 1), again.get_json()
+
+
+@pytest.mark.parametrize("fault", ["reset", "hold_reply"])
+def test_a_kept_guard_whose_reply_is_lost_or_late_still_runs_its_call_once(
+    build_pair: PairBuilder, proxy: FaultProxy, outbox: Path, fault: str
+) -> None:
+    """The write that makes a pause's guards last as long as a retried resume's claim
+    (``keep``, the resume's second write, after its claim): its reply lost or held past
+    the timeout, the resume either goes on (the write is idempotent) or answers 503
+    before any tool runs; deciding again then answers, and the call ran once in all."""
+    through, direct = build_pair(TIMEOUT, session_ttl_seconds="3")
+    outcomes: Counter[str] = Counter()
+    for _ in range(TRIES):
+        session_id, word = sid(), secrets.token_hex(6)
+        call_id = pause(direct, session_id, word)
+        # A first resume runs the tool, then its commit never lands: 503, pause kept,
+        # and its guard now expires before the next claim ends.
+        proxy.arm_write(3, "hold_request", seconds=TIMEOUT + 0.3, then="cut")
+        failed = decide(through, session_id, call_id)
+        proxy.disarm_writes()
+        before = guard_expiry(session_id)
+        if fault == "reset":
+            proxy.arm_write(1, "reset")
+        else:
+            proxy.arm_write(1, "hold_reply", seconds=2 * TIMEOUT + 0.3)
+        retried = decide(through, session_id, call_id)
+        proxy.disarm_writes()
+        kept = guard_expiry(session_id) > before  # the faulted write was the keep, and landed
+        final = retried if retried.status_code == 200 else decide(direct, session_id, call_id)
+        outcomes[
+            f"{failed.status_code} {retried.status_code} kept={kept}"
+            f" then {final.status_code} ran={sent(outbox, word)}"
+        ] += 1
+    # A lost reply: the client writes it again and the resume goes on. A late one: 503
+    # before the tool, and the next decision answers.
+    retried = {"reset": 200, "hold_reply": 503}[fault]
+    assert outcomes == {f"503 {retried} kept=True then 200 ran=1": TRIES}, outcomes
+
+
+def guard_expiry(session_id: str) -> dt.datetime:
+    """When the session's one tool-run record expires."""
+    runs = fs.Client().collection(SESSIONS).document(doc_id(session_id)).collection(TOOL_RUNS)
+    [run] = list(runs.stream())
+    expire_at: dt.datetime = run.get(TTL_FIELD)
+    return expire_at
 
 
 # -- 16. A write recognises itself on re-read ----------------------------------------------
