@@ -332,6 +332,39 @@ class Settings:
     """Browser origins allowed to call the API, comma-separated
     (``https://app.example.com``). Unset: no cross-origin access."""
 
+    # --- Background runs (agent/runs) ---------------------------------------------
+    runs_queue: str | None = None
+    """The Cloud Tasks queue that delivers background runs' work, as
+    ``projects/P/locations/L/queues/Q``. Unset off Cloud Functions: the process is its own
+    queue (it delivers each task over HTTP to its own URL, as Cloud Tasks would). Unset
+    where ``K_SERVICE`` is set: background runs are refused (503), never run in-instance."""
+
+    runs_target_url: str | None = None
+    """The URL tasks are delivered to (this service's base URL). Unset: the URL the run
+    was submitted on. Set it on Cloud Functions (the function's URL)."""
+
+    runs_invoker: str | None = None
+    """The service account whose OIDC token the queue's tasks carry (``...@...``); a task
+    request from any other identity is refused. Required with ``RUNS_QUEUE``."""
+
+    run_slice_seconds: float | None = None
+    """The work one task does before it checkpoints and enqueues the next: no new model
+    or tool call starts after it (1 s up to the turn budget). Unset: half the turn
+    budget (``FUNCTION_TIMEOUT_SECONDS`` less ``DEADLINE_MARGIN_SECONDS``), so a call
+    begun late in a slice still ends before the platform's timeout."""
+
+    run_max_seconds: int = 3600
+    """How long a background run may take from submission, queueing included (60 s to
+    86400 s); past it the run fails with ``deadline_exceeded``."""
+
+    webhook_allowed_hosts: str | None = None
+    """Host names a run's ``webhook`` may name, comma-separated (bare names, no port or
+    scheme). Unset: webhooks are refused (400)."""
+
+    webhook_signing_secret: str | None = field(default=None, repr=False)
+    """The Standard Webhooks secret (``whsec_`` and base64) that signs webhook deliveries,
+    from Secret Manager. Never logged."""
+
     # --- The chat page (agent/api/playground.py) -------------------------------------
     playground_enabled: bool = True
     """Serve the chat page at ``GET /``. Unset: true on a developer's machine, false
@@ -429,6 +462,7 @@ class Settings:
         self._validate_tracing()
         self._validate_results()
         self._validate_access()
+        self._validate_runs()
 
     def _key_file_signs(self) -> bool:
         """True when GOOGLE_APPLICATION_CREDENTIALS holds a private key for the signing
@@ -585,12 +619,43 @@ class Settings:
                     f"CORS_ALLOWED_ORIGINS: {origin!r} is not an origin like https://host[:port]"
                 )
 
+    def _validate_runs(self) -> None:
+        if self.run_slice_seconds is not None:
+            _check_range("run_slice_seconds", self.run_slice_seconds, 1, self.turn_budget_seconds)
+        _check_range("run_max_seconds", self.run_max_seconds, 60, 86400)
+        if self.runs_queue is not None:
+            if not _QUEUE.fullmatch(self.runs_queue):
+                raise SettingsError(
+                    "RUNS_QUEUE must be projects/PROJECT/locations/LOCATION/queues/QUEUE"
+                )
+            if not self.runs_invoker or "@" not in self.runs_invoker:
+                raise SettingsError("RUNS_QUEUE needs RUNS_INVOKER (the tasks' service account)")
+        if self.runs_target_url is not None and not https_or_loopback(self.runs_target_url):
+            raise SettingsError("RUNS_TARGET_URL must be https:// (or loopback http)")
+        for host in csv(self.webhook_allowed_hosts):
+            if not _HOST.fullmatch(host):
+                raise SettingsError(f"WEBHOOK_ALLOWED_HOSTS: {host!r} is not a bare host name")
+        secret = self.webhook_signing_secret
+        if secret is not None and not _WHSEC.fullmatch(secret):
+            raise SettingsError("WEBHOOK_SIGNING_SECRET must be whsec_ followed by base64")
+
+    @property
+    def slice_seconds(self) -> float:
+        """The work one background task does (``RUN_SLICE_SECONDS``, else half the turn
+        budget)."""
+        if self.run_slice_seconds is not None:
+            return self.run_slice_seconds
+        return self.turn_budget_seconds / 2
+
 
 _LOCATION = re.compile(r"[a-z][a-z0-9-]{1,62}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _LOOPBACK_NETLOC = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+_QUEUE = re.compile(r"projects/[a-z0-9:.-]+/locations/[a-z0-9-]+/queues/[A-Za-z0-9-]{1,100}")
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62}\.?)*[A-Za-z0-9]|localhost|127\.0\.0\.1")
+_WHSEC = re.compile(r"whsec_[A-Za-z0-9+/]+={0,2}")
 
 
 def _one_store_timeout(values: dict[str, object]) -> None:

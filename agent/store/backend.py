@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary, UsageTotals
 from agent.store.idempotency_records import KeyClaim, StoredResponse
 from agent.store.paused_runs import Decision, PausedRun
+from agent.store.run_records import CancelAction, LoggedEvent, NewEvent, Run, RunStatus
 from agent.store.spend import DaySpend
 from agent.store.tool_runs import EarlierRun, ToolCall
 
@@ -156,4 +157,73 @@ class SpendBackend(Protocol):
 
     def settle(self, principal: str, day: dt.date, turn: str, cost_micros: int, calls: int) -> None:
         """Turn ``turn`` ended: its hold is replaced by what it was charged."""
+        ...
+
+
+class RunBackend(Protocol):
+    """Background runs and their event logs (the promises: ``run_records.py``)."""
+
+    def create(self, run: Run, first: Sequence[NewEvent], *, enqueue: bool) -> Run:
+        """Store a new run with its first events; ``RunInFlight`` when its session has a
+        run not ended and ``enqueue`` is false; with ``enqueue``, the run's ``after`` is
+        set to the session's last run. A retry of the same ``run_id`` returns the run."""
+        ...
+
+    def get(self, run_id: str, now: dt.datetime, owner: str | None = None) -> Run | None:
+        """The run; None when absent, expired, or (with ``owner``) another's."""
+        ...
+
+    def take(self, run_id: str, step: int, token: str, now: dt.datetime, until: dt.datetime) -> Run:
+        """Lease the run to work from ``step`` until ``until`` under ``token`` (the same
+        token renews). ``StepDone`` when ``step`` is behind the run's, ``RunFinished``
+        when it ended, ``LeaseHeld`` while another token's lease is unexpired."""
+        ...
+
+    def checkpoint(
+        self,
+        run_id: str,
+        token: str,
+        now: dt.datetime,
+        *,
+        step: int,
+        state: bytes | None,
+        usage: dict[str, Any],
+        events: Sequence[NewEvent],
+        status: RunStatus | None = None,
+        claim_token: str | None = None,
+        generation: str | None = None,
+    ) -> Run:
+        """Keep a step: state, usage and events in one atomic write, under the lease
+        (``LeaseLost`` otherwise). Returns the run as stored (its ``cancel`` included)."""
+        ...
+
+    def end(
+        self,
+        run_id: str,
+        token: str | None,
+        now: dt.datetime,
+        *,
+        status: RunStatus,
+        events: Sequence[NewEvent],
+        usage: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        pending: dict[str, Any] | None = None,
+    ) -> tuple[Run, Run | None]:
+        """Set a terminal status or ``approval_required`` with its events and release the
+        lease (``token`` None: a run no worker holds, such as a queued one cancelled).
+        Returns the run and, when it ended, the next run queued behind it, if any."""
+        ...
+
+    def cancel(self, run_id: str, action: CancelAction, now: dt.datetime) -> Run:
+        """Record a cancel request (the first one counts); ``RunFinished`` if ended."""
+        ...
+
+    def resume(self, run_id: str, decisions: dict[str, Any], now: dt.datetime) -> Run:
+        """An ``approval_required`` run is decided: it is queued again with the decisions
+        in ``request["resume"]`` and a ``status`` event; ``RunFinished`` if it ended."""
+        ...
+
+    def events(self, run_id: str, after: int, limit: int) -> list[LoggedEvent]:
+        """Up to ``limit`` events with ``seq`` above ``after``, in order; reads only those."""
         ...
