@@ -91,6 +91,11 @@ class Settings:
     """Longest accepted ``message`` in characters."""
 
     # --- The agent and its model --------------------------------------------------
+    agent_factory: str | None = None
+    """``package.module:name`` of the function ``name(model, settings)`` that returns the
+    Agents SDK ``Agent`` to run, or of an ``Agent`` object (``agent/runtime/factory.py``).
+    Unset: the demo agent, ``agent_examples.demo.agent:build_agent``."""
+
     agent_name: str = "assistant"
     agent_instructions: str = (
         "You are a concise, helpful assistant. Use the calculate tool for arithmetic."
