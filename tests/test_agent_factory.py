@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from agents import Agent, FunctionTool
+from agents import FunctionTool
 
 from agent.base.settings import Settings
 from agent.runtime.factory import DEFAULT_FACTORY, FactoryError, build_agent, reachable
@@ -74,7 +74,9 @@ def test_an_agent_object_at_the_path_works_too() -> None:
     ],
 )
 def test_a_failing_factory_is_one_line_naming_it(factory: str, named: str) -> None:
-    settings = Settings.from_env({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "AGENT_FACTORY": factory})
+    settings = Settings.from_env(
+        {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "AGENT_FACTORY": factory}
+    )
     with pytest.raises(FactoryError) as refused:
         build_agent(settings, build_model(settings))
     message = str(refused.value)
@@ -106,7 +108,8 @@ def test_the_server_refuses_to_start_with_one_clear_line(tmp_path: Path) -> None
     failed = [json.loads(line) for line in output.splitlines() if "AGENT_FACTORY" in line]
     assert len(failed) == 1, output
     assert failed[0]["severity"] == "CRITICAL"
-    assert "AGENT_FACTORY=tests.user_agent.app:broken_factory failed: RuntimeError:" in (
-        failed[0]["message"]
+    assert (
+        "AGENT_FACTORY=tests.user_agent.app:broken_factory failed: RuntimeError:"
+        in (failed[0]["message"])
     )
     assert not (tmp_path / "history.sqlite3").exists()  # nothing was opened for it

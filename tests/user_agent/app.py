@@ -42,7 +42,8 @@ async def send_message(ctx: RunContextWrapper[RunContext], to: str, text: str) -
         to: who receives it.
         text: the message.
     """
-    SENT.append({"to": to, "text": text, "by": ctx.context.principal})
+    run = ctx.context
+    SENT.append({"to": to, "text": text, "by": run.principal, "request": run.request_id})
     return f"sent to {to}"
 
 
