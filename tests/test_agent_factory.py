@@ -113,3 +113,42 @@ def test_the_server_refuses_to_start_with_one_clear_line(tmp_path: Path) -> None
         in (failed[0]["message"])
     )
     assert not (tmp_path / "history.sqlite3").exists()  # nothing was opened for it
+
+
+def test_approval_required_tools_reach_an_agent_behind_a_handoff() -> None:
+    settings = Settings.from_env(
+        {
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "AGENT_FACTORY": "tests.user_agent.app:build_agent",
+            "APPROVAL_REQUIRED_TOOLS": "whoami",
+        }
+    )
+    agent = build_agent(settings, build_model(settings))
+    gates = {
+        t.name: t.needs_approval
+        for a in reachable(agent)
+        for t in a.tools
+        if isinstance(t, FunctionTool)
+    }
+    assert gates == {"whoami": True, "send_message": True}
+
+
+def test_a_sync_tool_is_named_in_a_warning_it_cannot_be_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from agents import function_tool
+
+    from agent.runtime.tools import fit_tools
+
+    def blocking(x: int) -> int:
+        """Blocks its thread.
+
+        Args:
+            x: a number.
+        """
+        return x
+
+    with caplog.at_level("WARNING"):
+        (tool,) = fit_tools([function_tool(blocking)], SETTINGS)
+    assert isinstance(tool, FunctionTool) and tool.timeout_seconds is None
+    assert "'blocking' is not async: TOOL_TIMEOUT_SECONDS cannot bound it" in caplog.text
