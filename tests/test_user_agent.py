@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,15 @@ def test_a_text_agent_has_no_output(make: Make) -> None:
     client, _ = make()
     body = chat(client, "hello", "plain-1").get_json()
     assert "output" not in body and body["reply"].startswith("[demo model]")
+
+
+def test_the_readme_shows_this_package() -> None:
+    """ "Make it yours" in the README quotes tests/user_agent/app.py: every function it
+    shows is there, and each is exercised above."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Make it yours", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    shown = re.findall(r"^(?:async )?def (\w+)", code, re.MULTILINE)
+    assert shown == ["whoami", "send_message", "no_forbidden_words", "build_agent"]
+    assert all(hasattr(user, name) for name in shown)
+    assert "AGENT_FACTORY" in section and "tests/test_user_agent.py" in section

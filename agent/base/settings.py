@@ -97,9 +97,11 @@ class Settings:
     Unset: the demo agent, ``agent_examples.demo.agent:build_agent``."""
 
     agent_name: str = "assistant"
+    """The demo agent's name (a factory may read it too)."""
     agent_instructions: str = (
         "You are a concise, helpful assistant. Use the calculate tool for arithmetic."
     )
+    """The demo agent's instructions."""
     agent_model: str = "gpt-4o-mini"
     agent_max_turns: int = 10
     """Model calls one request may make (tool round trips count); 1-100."""
