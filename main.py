@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import socket
 from typing import Any
 
@@ -20,11 +21,18 @@ from flask import request as flask_request
 from agent.api.app import BODY_UNREAD, create_app
 from agent.base.logs import configure_logging
 from agent.base.settings import Settings
+from agent.runtime.factory import FactoryError
 from agent.service import build_service
 
 _settings = Settings.from_env()
 configure_logging(_settings.log_level)
-app = create_app(build_service(_settings))
+try:
+    app = create_app(build_service(_settings))
+except FactoryError as exc:
+    # The user's code failed: one line that names the factory and what it raised, not a
+    # traceback through the service's start-up; and no instance that serves without it.
+    logging.getLogger("main").critical("agent factory failed, not starting: %s", exc)
+    raise SystemExit(1) from None
 
 
 @functions_framework.http

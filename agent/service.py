@@ -24,8 +24,8 @@ from agent.results.bucket import ResultBucket
 from agent.results.policy import OffloadPolicy
 from agent.runtime import catalog
 from agent.runtime.context import default_budget
-from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.factory import build_agent
 from agent.runtime.model import build_model
 from agent.runtime.pricing import PriceTable, PriceTableError, parse_prices
 from agent.store.backend import HistoryBackend, IdempotencyBackend, SpendBackend, ToolRunBackend
@@ -77,6 +77,9 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
     ``clock`` tells the budget which UTC day it is (tests move it)."""
     prices = _prices(settings)  # first: a bad table starts nothing
     tracing.configure(settings)
+    model = build_model(settings)
+    # Before any store is opened: a factory that fails (FactoryError) starts nothing.
+    agent = build_agent(settings, model)
     store, idempotency, tool_runs, spend, project = _stores(settings)
     limit = settings.budget_usd_per_principal_per_day
     spending = None
@@ -84,8 +87,6 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
         reserve = settings.budget_reserve_usd_per_turn
         spending = Budget(spend, limit, clock, reserve_usd=reserve)
     _warn_of_retirement(settings, clock().date())
-    model = build_model(settings)
-    agent = build_agent(settings, model)
     summarizer = model
     if settings.context_summary_model not in (None, settings.agent_model):
         summarizer = build_model(settings, settings.context_summary_model)
@@ -99,7 +100,7 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
     results = OffloadPolicy(settings, ResultBucket(settings) if settings.results_bucket else None)
     log.info(
         "agent %r ready: model %s via %s (%s API); tracing upload %s; trace export %s",
-        settings.agent_name,
+        agent.name,
         settings.agent_model,
         redact_url(settings.openai_base_url) or "OpenAI",  # never its credentials
         settings.model_api,

@@ -41,8 +41,8 @@ from typing import IO, Any
 from google.cloud import firestore
 
 from agent.base.settings import Settings
-from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.factory import build_agent
 from agent.runtime.model import build_model
 from agent.store.history import HistoryStore
 from agent.turn.context_window import ContextKeeper

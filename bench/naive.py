@@ -15,12 +15,13 @@ from typing import Any
 
 import flask
 import functions_framework
-from agents import Agent, OpenAIChatCompletionsModel, Runner, Tool, set_tracing_disabled
+from agents import Agent, OpenAIChatCompletionsModel, Runner, set_tracing_disabled
 from google.cloud import firestore
 from openai import AsyncOpenAI
 
 from agent.base.settings import Settings
-from agent.runtime.tools import build_tools
+from agent.runtime.tools import fit_tools
+from agent_examples.demo.tools import demo_tools
 
 set_tracing_disabled(True)
 agent = Agent(
@@ -33,7 +34,7 @@ agent = Agent(
             api_key=os.environ.get("OPENAI_API_KEY", "not-needed"),
         ),
     ),
-    tools=list[Tool](build_tools(Settings())),
+    tools=fit_tools(demo_tools(None), Settings()),
 )
 sessions = firestore.Client().collection("naive_sessions")
 

@@ -24,8 +24,8 @@ from typing import Any
 from google.cloud import firestore
 
 from agent.base.settings import Settings
-from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.factory import build_agent
 from agent.runtime.model import build_model
 from agent.store.history import HistoryStore, encode
 from agent.turn.runner import TurnRunner

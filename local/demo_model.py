@@ -33,7 +33,14 @@ Its rules, checked against the last message and the tools the request offers:
   starts with "sent", otherwise ``The message was not sent: <output>.`` (the output of
   a rejected call is the rejection message); for any other tool, ``The calculator
   says: <output>.``
+* A user message that mentions ``@name`` while a handoff ``transfer_to_name`` is offered
+  gets a call to it; the agent it reaches then takes up that user message by these rules.
+* A user message ``call <tool>`` with that tool offered gets a call to it with no
+  arguments; its result gets ``The <tool> tool says: <output>.``
 * Anything else is echoed with the conversation's length and first message.
+* Asked for structured output (a ``json_schema`` ``response_format``), a text reply is a
+  JSON value that fits the schema: its strings hold the reply's text, its numbers the count
+  of user messages.
 
 Call ids are deterministic (a checksum of the messages), so a retried request gets
 the same id and another position in the conversation gets another. Controls make it
@@ -158,6 +165,60 @@ def _answered_tool(messages: list[Json], call_id: Any) -> str | None:
     return None
 
 
+_HANDOFF = "transfer_to_"
+_MENTION = re.compile(r"@(\w+)")
+_CALL = re.compile(r"\bcall (\w+)\b", re.IGNORECASE)
+
+
+def find_handoff(text: str, offered: set[Any]) -> str | None:
+    """``transfer_to_<name>`` when ``text`` mentions ``@<name>`` and that handoff is offered."""
+    for mention in _MENTION.findall(text):
+        name = f"{_HANDOFF}{mention.lower()}"
+        if name in offered:
+            return name
+    return None
+
+
+def find_call(text: str, offered: set[Any]) -> str | None:
+    """The tool that ``text`` asks for by name (``call whoami``), with no arguments."""
+    for name in _CALL.findall(text):
+        if name in offered and not name.startswith(_HANDOFF):
+            return str(name)
+    return None
+
+
+def _schema_of(response_format: Any) -> Json | None:
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
+def fill_schema(schema: Json, text: str, count: int) -> Any:
+    """A value that fits ``schema``: strings are ``text``, numbers ``count``, booleans
+    true, arrays empty, every property of an object filled, the first of any choice."""
+    for choice in ("anyOf", "oneOf", "allOf"):
+        if schema.get(choice):
+            return fill_schema(schema[choice][0], text, count)
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: fill_schema(sub, text, count) for name, sub in properties.items()}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        return count
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return text
+
+
 def fit_to_bytes(text: str, size: int) -> str:
     """Cut or pad ``text`` to exactly ``size`` UTF-8 bytes; the filler is ASCII."""
     text = text.encode()[:size].decode(errors="ignore")  # a cut may split a character
@@ -165,8 +226,20 @@ def fit_to_bytes(text: str, size: int) -> str:
     return text + filler[: size - len(text.encode())]
 
 
-def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
-    """(text, None) for a text reply, or ("", tool_call) for a call to a tool."""
+def decide_reply(
+    messages: list[Json], tools: Any, response_format: Any = None
+) -> tuple[str, Json | None]:
+    """(text, None) for a text reply, or ("", tool_call) for a call to a tool. With a
+    JSON schema ``response_format`` a text reply is a JSON value that fits it."""
+    text, call = _decide(messages, tools)
+    schema = _schema_of(response_format)
+    if call is None and schema is not None:
+        users = sum(1 for m in messages if m.get("role") == "user" and not _is_summary(m))
+        text = json.dumps(fill_schema(schema, text, users))
+    return text, call
+
+
+def _decide(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
     last = messages[-1]
     summaries = [_text_of(m.get("content")) for m in messages if _is_summary(m)]
     users = [
@@ -176,8 +249,17 @@ def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
     ]
     offered = {(t.get("function") or {}).get("name") for t in tools or [] if isinstance(t, dict)}
     call_id = f"call_{zlib.crc32(json.dumps(messages, sort_keys=True).encode())}"
-    if last.get("role") == "user":
-        said = _text_of(last.get("content"))
+    answered = _answered_tool(messages, last.get("tool_call_id"))
+    handed_off = last.get("role") == "tool" and (answered or "").startswith(_HANDOFF)
+    if last.get("role") == "user" or handed_off:
+        # After a handoff the agent it reached takes up the user's last message.
+        said = _text_of(last.get("content")) if not handed_off else (users[-1] if users else "")
+        target = None if handed_off else find_handoff(said, offered)
+        if target is not None:
+            return "", {"id": call_id, "name": target, "arguments": "{}"}
+        named = find_call(said, offered)
+        if named is not None:
+            return "", {"id": call_id, "name": named, "arguments": "{}"}
         send = find_send(said) if "send_message" in offered else None
         if send is not None:
             arguments = json.dumps({"to": send[0], "text": send[1]})
@@ -186,9 +268,11 @@ def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
         if expression is not None:
             arguments = json.dumps({"expression": expression})
             return "", {"id": call_id, "name": "calculate", "arguments": arguments}
-    if last.get("role") == "tool":
+    if last.get("role") == "tool" and not handed_off:
         output = _text_of(last.get("content"))
-        if _answered_tool(messages, last.get("tool_call_id")) != "send_message":
+        if answered not in (None, "calculate", "send_message"):
+            return f"{PREFIX}The {answered} tool says: {output}.", None
+        if answered != "send_message":
             return f"{PREFIX}The calculator says: {output}.", None
         if output.startswith("sent"):
             return f"{PREFIX}Done: {output.rstrip('.')}.", None
@@ -444,7 +528,7 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             text, call = summarize(messages), None
         else:
-            text, call = decide_reply(messages, body.get("tools"))
+            text, call = decide_reply(messages, body.get("tools"), body.get("response_format"))
         if call is None and controls.reply_bytes is not None:
             text = fit_to_bytes(text, controls.reply_bytes)
         calls = misbehave(call, controls)

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from agent.base.settings import Settings, SettingsError
 from agent.runtime.deadline import DeadlineBoundModel, NoTimeForModelCall, within
-from agent.runtime.definition import build_agent
+from agent.runtime.factory import build_agent
 from local.demo_model import DemoModelServer
 from tests.support.constants import MODEL
 from tests.support.openapi_contract import assert_conforms

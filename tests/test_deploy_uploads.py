@@ -28,6 +28,8 @@ def upload_list(ignore_file: Path, tmp_path: Path) -> set[str]:
         "requirements.txt",
         "agent/__init__.py",
         "agent/base/settings.py",
+        "agent_examples/demo/agent.py",
+        "my_agent/agent.py",  # a user's own package, named by AGENT_FACTORY
         "tests/test_deploy.py",
         "tests/fakes/gcloud",
         ".venv/bin/python",
@@ -63,13 +65,18 @@ def upload_list(ignore_file: Path, tmp_path: Path) -> set[str]:
     return set(result.stdout.split())
 
 
-def test_function_upload_holds_the_service_and_nothing_else(tmp_path: Path) -> None:
+def test_function_upload_holds_the_service_and_its_agent_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """The service, the demo agent, and a user's package beside them (AGENT_FACTORY)."""
     files = upload_list(REPO / ".gcloudignore", tmp_path)
     assert files == {
         "main.py",
         "requirements.txt",
         "agent/__init__.py",
         "agent/base/settings.py",
+        "agent_examples/demo/agent.py",
+        "my_agent/agent.py",
     }
 
 

@@ -15,8 +15,8 @@ from google.cloud import firestore as fs
 from openai import AsyncOpenAI
 
 from agent.base.settings import Settings
-from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.factory import build_agent
 from agent.runtime.model import build_model
 from agent.store.history import CHUNK_BYTES, HistoryStore, SessionBusy, encode
 from agent.store.schema import CHUNKS, COLLECTION_GROUPS, SESSIONS, TTL_FIELD

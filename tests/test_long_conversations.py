@@ -20,8 +20,8 @@ from google.cloud import firestore as fs
 
 from agent.base import errors
 from agent.base.settings import Settings
-from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.factory import build_agent
 from agent.runtime.model import build_model
 from agent.store.history import HistoryStore
 from agent.turn.context_window import ContextKeeper

@@ -9,7 +9,7 @@ from agents import OpenAIChatCompletionsModel, Runner, set_tracing_disabled
 from openai import AsyncOpenAI
 
 from agent.base.settings import Settings
-from agent.runtime.definition import build_agent
+from agent.runtime.factory import build_agent
 from agent.runtime.openai_client import ChatCompletionsClient
 from local.demo_model import DemoModelServer
 from tests.support.constants import MODEL

@@ -80,7 +80,7 @@ EXPECTED_CODES = {
     },
     "413": {"request_too_large"},
     "415": {"unsupported_media_type"},
-    "422": {"max_turns_exceeded", "idempotency_key_reused"},
+    "422": {"max_turns_exceeded", "guardrail_tripped", "idempotency_key_reused"},
     "429": {"budget_exceeded"},
     "500": {"internal_error"},
     "502": {

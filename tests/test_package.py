@@ -1,8 +1,9 @@
 """The service is an installable package (issue 25 item 5): pyproject.toml declares its
 build, its dependencies (requirements.in, the one source the hashed lock is compiled
-from) and its packages (``agent`` with its static files; not local/, bench/, deploy/,
-tests/). The wheel is built offline from a copy of the tree, installed into an empty
-venv with ``--no-deps --no-index``, and imported and served from there."""
+from) and its packages (``agent`` with its static files, and ``agent_examples``, whose demo
+agent is the default ``AGENT_FACTORY``; not local/, bench/, deploy/, tests/). The wheel
+is built offline from a copy of the tree, installed into an empty venv with ``--no-deps
+--no-index``, and imported and served from there."""
 
 from __future__ import annotations
 
@@ -66,11 +67,18 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-def test_the_wheel_holds_the_agent_package_alone_with_its_static_files(wheel: Path) -> None:
+def test_the_wheel_holds_the_agent_package_and_the_examples_with_its_static_files(
+    wheel: Path,
+) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
-    assert tops == {"agent", next(t for t in tops if t.endswith(".dist-info"))}
-    sources = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "agent").rglob("*.py")}
+    dist_info = next(t for t in tops if t.endswith(".dist-info"))
+    assert tops == {"agent", "agent_examples", dist_info}
+    sources = {
+        p.relative_to(REPO_ROOT).as_posix()
+        for package in ("agent", "agent_examples")
+        for p in (REPO_ROOT / package).rglob("*.py")
+    }
     assert sources <= set(names)
     for static in ("playground.html", "playground.css", "playground.js"):
         assert f"agent/api/static/{static}" in names

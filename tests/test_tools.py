@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from agents import Agent, OpenAIChatCompletionsModel, Runner, Tool
+from agents import Agent, FunctionTool, OpenAIChatCompletionsModel, Runner, function_tool
 from openai import AsyncOpenAI
 
 from agent.base.settings import Settings
-from agent.runtime.tools import MAX_RESULT_BITS, build_tools, calculate_text, evaluate
+from agent.runtime.tools import fit_tools
+from agent_examples.demo.tools import MAX_RESULT_BITS, calculate_text, demo_tools, evaluate
 from local.demo_model import DemoModelServer
 from local.server import LiveServer
 from tests.support.constants import MODEL, PROJECT
@@ -109,10 +110,11 @@ def test_anything_accepted_finishes_fast() -> None:
 
 
 def test_every_tool_carries_the_configured_timeout() -> None:
-    tools = build_tools(Settings.from_env({"TOOL_TIMEOUT_SECONDS": "2.5"}))
-    assert tools and all(tool.timeout_seconds == 2.5 for tool in tools)
-    assert all(tool.timeout_behavior == "error_as_result" for tool in tools)
-    assert build_tools(Settings())[0].timeout_seconds == 30.0
+    tools = fit_tools(demo_tools(None), Settings.from_env({"TOOL_TIMEOUT_SECONDS": "2.5"}))
+    assert tools and all(isinstance(tool, FunctionTool) for tool in tools)
+    assert all(tool.timeout_seconds == 2.5 for tool in tools)  # type: ignore[union-attr]
+    assert all(tool.timeout_behavior == "error_as_result" for tool in tools)  # type: ignore[union-attr]
+    assert fit_tools(demo_tools(None), Settings())[0].timeout_seconds == 30.0  # type: ignore[union-attr]
 
 
 def test_a_tool_past_its_timeout_gives_the_model_an_error_and_the_turn_goes_on(
@@ -134,7 +136,7 @@ def test_a_tool_past_its_timeout_gives_the_model_an_error_and_the_turn_goes_on(
             model=MODEL,
             openai_client=AsyncOpenAI(base_url=model.base_url, api_key="x", max_retries=0),
         ),
-        tools=list[Tool](build_tools(settings, [calculate])),
+        tools=fit_tools([function_tool(calculate)], settings),
     )
 
     async def turn() -> tuple[float, str]:

@@ -13,8 +13,8 @@ import pytest
 from google.cloud import firestore as fs
 
 from agent.base.settings import Settings
-from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.factory import build_agent
 from agent.runtime.model import build_model
 from agent.store.history import CHUNK_BYTES, HistoryStore
 from agent.store.schema import CHUNK_EXPIRY, CHUNKS, LAST_COMMIT, SESSIONS, TTL_FIELD

@@ -177,7 +177,9 @@ def create_app(service: Service) -> Flask:
             return _stream(session_id, message, requested, key)
         replayed = False
         if key is None:
-            outcome = service.turns.run(session_id, message, g.started, owner=g.principal)
+            outcome = service.turns.run(
+                session_id, message, g.started, owner=g.principal, request_id=g.request_id
+            )
         else:
             outcome, replayed = run_once(
                 service.idempotency,
@@ -189,6 +191,7 @@ def create_app(service: Service) -> Flask:
                 session_id=session_id,
                 started=g.started,
                 budget_seconds=settings.turn_budget_seconds,
+                request_id=g.request_id,
             )
         g.session_id = outcome.session_id
         g.usage = None if replayed else outcome.usage
@@ -205,7 +208,12 @@ def create_app(service: Service) -> Flask:
         replayed = False
         if key is None:
             events = service.turns.stream(
-                session_id, message, started, sse.KEEPALIVE_SECONDS, owner=g.principal
+                session_id,
+                message,
+                started,
+                sse.KEEPALIVE_SECONDS,
+                owner=g.principal,
+                request_id=request_id,
             )
         else:
             events, replayed = stream_once(
@@ -219,6 +227,7 @@ def create_app(service: Service) -> Flask:
                 started=started,
                 budget_seconds=settings.turn_budget_seconds,
                 idle_seconds=sse.KEEPALIVE_SECONDS,
+                request_id=request_id,
             )
         g.outcome = "replayed" if replayed else "streamed"
         g.streaming, span = True, g.span

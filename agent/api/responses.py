@@ -20,6 +20,8 @@ def chat_response(outcome: TurnOutcome) -> dict[str, object]:
         "expires_at": rfc3339(outcome.expire_at),
         "status": outcome.status,
     }
+    if outcome.output_json is not None:
+        answer["output"] = outcome.output
     if outcome.pending_approvals:
         if outcome.pause_id is not None:  # None: a replay stored before pauses had ids
             answer["pause_id"] = outcome.pause_id

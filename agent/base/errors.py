@@ -133,6 +133,17 @@ def max_turns_exceeded() -> ApiError:
     return ApiError(422, "max_turns_exceeded", "The agent needed more model turns than allowed.")
 
 
+def guardrail_tripped(guardrail: str, kind: str) -> ApiError:
+    """A guardrail of the agent refused the request or its answer; ``kind`` is ``input``,
+    ``output``, ``tool_input`` or ``tool_output``."""
+    return ApiError(
+        422,
+        "guardrail_tripped",
+        "A guardrail of the agent refused this request or its answer; nothing was stored.",
+        details={"guardrail": guardrail, "kind": kind},
+    )
+
+
 def budget_exceeded(retry_after: int) -> ApiError:
     return ApiError(
         429,

@@ -91,10 +91,17 @@ class Settings:
     """Longest accepted ``message`` in characters."""
 
     # --- The agent and its model --------------------------------------------------
+    agent_factory: str | None = None
+    """``package.module:name`` of the function ``name(model, settings)`` that returns the
+    Agents SDK ``Agent`` to run, or of an ``Agent`` object (``agent/runtime/factory.py``).
+    Unset: the demo agent, ``agent_examples.demo.agent:build_agent``."""
+
     agent_name: str = "assistant"
+    """The demo agent's name (a factory may read it too)."""
     agent_instructions: str = (
         "You are a concise, helpful assistant. Use the calculate tool for arithmetic."
     )
+    """The demo agent's instructions."""
     agent_model: str = "gpt-4o-mini"
     agent_max_turns: int = 10
     """Model calls one request may make (tool round trips count); 1-100."""

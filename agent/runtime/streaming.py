@@ -87,7 +87,7 @@ class StreamedRun:
     def __init__(
         self,
         loop: BackgroundLoop,
-        agent: Agent[None],
+        agent: Agent[Any],
         message: RunInput,
         session: Session,
         *,
@@ -95,18 +95,21 @@ class StreamedRun:
         deadline: float,
         run_config: RunConfig | None = None,
         guard: CallGuard | None = None,
+        context: Any = None,
     ) -> None:
         """``message``: the user's message, or a paused run's state to resume;
-        ``guard``: what approved calls run through (``tools.guarded_run``)."""
+        ``guard``: what approved calls run through (``tools.guarded_run``); ``context``:
+        the run context its tools get."""
         self._events: queue.SimpleQueue[RunEvent | _Finished] = queue.SimpleQueue()
         self._deadline = deadline
         self._run_config = run_config
         self._guard = guard
+        self._context = context
         self._task = loop.submit(self._run(agent, message, session, max_turns))
 
     async def _run(
         self,
-        agent: Agent[None],
+        agent: Agent[Any],
         message: RunInput,
         session: Session,
         max_turns: int,
@@ -118,13 +121,18 @@ class StreamedRun:
 
     async def _pump(
         self,
-        agent: Agent[None],
+        agent: Agent[Any],
         message: RunInput,
         session: Session,
         max_turns: int,
     ) -> RunResultStreaming:
         result = Runner.run_streamed(
-            agent, message, session=session, max_turns=max_turns, run_config=self._run_config
+            agent,
+            message,
+            session=session,
+            max_turns=max_turns,
+            run_config=self._run_config,
+            context=self._context,
         )
         try:
             async for event in result.stream_events():

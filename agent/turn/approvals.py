@@ -41,8 +41,9 @@ earlier attempt already ran (an approval whose resume failed or whose reader lef
 the tool ran) is refused with 409 ``approval_conflict``, and a dropped pause gives each
 call that ran its recorded output instead of "not run".
 
-A paused run remembers a fingerprint of the agent definition (instructions, model,
-tools, and the SDK's run-state schema version). If the deployed agent differs at
+A paused run remembers a fingerprint of the agent definition: of every agent reachable by
+handoff, its instructions, model, tools, handoffs and output type; and the SDK's run-state
+schema version. If the deployed agent differs at
 resume, or the installed SDK cannot read the stored state's ``$schemaVersion`` (an SDK
 rolled back past the one that paused), the run's state may not fit it: the pause is
 dropped (the calls get a "not run" result, or their recorded output, and the history a
@@ -62,12 +63,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
-from agents import Agent, ModelResponse, RunState, ToolApprovalItem, Usage
+from agents import Agent, ModelResponse, RunContextWrapper, RunState, ToolApprovalItem, Usage
 from agents.run_state import CURRENT_SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS
 from agents.usage import deserialize_usage
 
 from agent.base import errors
 from agent.base.clock import utc_now
+from agent.runtime.factory import reachable
 from agent.store.backend import HistoryBackend, ToolRunBackend
 from agent.store.history import Item
 from agent.store.paused_runs import Decision, PausedRun, PendingCall
@@ -127,8 +129,21 @@ def paused_run(store: HistoryBackend, session_id: str, owner: str | None) -> Pau
 
 
 def fingerprint(agent: Agent[Any], model: str) -> str:
-    """SHA-256 of what a paused run's state depends on: instructions, model, tools, and
-    the run-state schema version the installed SDK writes."""
+    """SHA-256 of what a paused run's state depends on: of every agent reachable by
+    handoff (a run may pause in any of them), its name, instructions, model, tools,
+    handoffs and output type; and the run-state schema version the installed SDK writes."""
+    canonical = json.dumps(
+        {
+            "agents": [_definition(each, model) for each in reachable(agent)],
+            "state_schema": CURRENT_SCHEMA_VERSION,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _definition(agent: Agent[Any], model: str) -> dict[str, Any]:
     tools = [
         {
             "name": getattr(tool, "name", ""),
@@ -138,17 +153,36 @@ def fingerprint(agent: Agent[Any], model: str) -> str:
         }
         for tool in agent.tools
     ]
-    canonical = json.dumps(
-        {
-            "name": agent.name,
-            "instructions": str(agent.instructions),
-            "model": model,
-            "tools": tools,
-            "state_schema": CURRENT_SCHEMA_VERSION,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    output = agent.output_type
+    return {
+        "name": agent.name,
+        "instructions": _stable(agent.instructions),
+        # AGENT_MODEL names the service's model; an agent's own model, by what it holds.
+        "model": model,
+        "own_model": None if agent.model is None else _model_name(agent.model),
+        "tools": tools,
+        "handoffs": [getattr(h, "agent_name", getattr(h, "name", "")) for h in agent.handoffs],
+        "output_type": None if output is None else _stable(output),
+    }
+
+
+def _stable(value: Any) -> str:
+    """Text that is the same in every process: a function or class by its qualified name
+    (``str`` of a function holds its address, which would make every pause stale)."""
+    if isinstance(value, str):
+        return value
+    name = getattr(value, "__qualname__", None)
+    if name is not None:
+        return f"{getattr(value, '__module__', '')}.{name}"
+    return type(value).__qualname__
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, str):
+        return model
+    while not hasattr(model, "model") and hasattr(model, "inner"):
+        model = model.inner
+    return str(getattr(model, "model", type(model).__qualname__))
 
 
 def check(pause: PausedRun, resume: Resume) -> None:
@@ -249,9 +283,11 @@ def pending_of(
     CallsRefused for a pause that cannot be put to a person."""
     if len(interruptions) > MAX_PENDING_CALLS:
         raise CallsRefused(f"more than {MAX_PENDING_CALLS} calls in one pause")
+    # The agent that paused may be any reachable by handoff; its own tools come first.
     schemas = {
         str(getattr(tool, "name", "")): getattr(tool, "params_json_schema", None)
-        for tool in agent.tools
+        for each in reversed(list(reachable(agent)))
+        for tool in each.tools
     }
     calls = []
     for item in interruptions:
@@ -260,7 +296,13 @@ def pending_of(
         if not call_id or len(call_id) > 128:
             raise CallsRefused("a call without a usable id")
         text = str(_field(item.raw_item, "arguments") or "")
-        arguments = canonical_arguments(text, schemas.get(tool))
+        owner = getattr(item, "agent", None)
+        schema = schemas.get(tool)
+        if isinstance(owner, Agent):
+            own = {str(getattr(t, "name", "")): t for t in owner.tools}
+            if tool in own:
+                schema = getattr(own[tool], "params_json_schema", None)
+        arguments = canonical_arguments(text, schema)
         calls.append(PendingCall(call_id, tool, arguments))
     if len({call.call_id for call in calls}) != len(calls):
         raise CallsRefused("two calls of one pause share an id")
@@ -366,10 +408,25 @@ def approved(pause: PausedRun, call: PendingCall) -> ToolCall:
     return ToolCall(pause.pause_id, call.call_id, call.tool, digest(call.arguments))
 
 
-async def restore(agent: Agent[Any], pause: PausedRun, resume: Resume) -> Restored:
-    """The paused run's state with every decision applied."""
+def state_json(state: RunState[Any, Any]) -> dict[str, Any]:
+    """A paused run's state as stored, without its run context: that names the caller
+    and the request (``agent/runtime/run_context.py``), and a resume brings its own."""
+    return state.to_json(context_serializer=_no_context)
+
+
+def _no_context(_: Any) -> dict[str, Any]:
+    return {}
+
+
+async def restore(
+    agent: Agent[Any], pause: PausedRun, resume: Resume, context: Any = None
+) -> Restored:
+    """The paused run's state with every decision applied, its run context ``context``
+    (the resuming request's)."""
     data = json.loads(pause.state_json())
-    state: RunState[Any, Any] = await RunState.from_json(agent, data)
+    state: RunState[Any, Any] = await RunState.from_json(
+        agent, data, context_override=RunContextWrapper(context)
+    )
     verdicts = {v.call_id: v for v in resume.verdicts}
     for item in state.get_interruptions():
         verdict = verdicts[str(_field(item.raw_item, "call_id"))]

@@ -27,6 +27,7 @@ from agent.base.settings import Settings
 from agent.runtime import context
 from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
+from agent.runtime.factory import reachable
 from agent.runtime.sdk_traces import run_tracing
 from agent.store.history import Claim, Summary
 from agent.store.session import FirestoreSession
@@ -54,7 +55,7 @@ class ContextKeeper:
 
     def __init__(
         self,
-        agent: Agent[None],
+        agent: Agent[Any],
         summary_model: Model,
         budget: int,
         *,
@@ -66,7 +67,12 @@ class ContextKeeper:
         self._settings = settings or Settings()
         self._summary_model = summary_model
         self._summary_model_name = summary_model_name or _name_of(summary_model)
-        self._fixed = context.estimate_text(str(agent.instructions or "")) + _tools_tokens(agent)
+        # A handoff sends the next call another agent's instructions and tools: room is
+        # kept for the largest of them.
+        self._fixed = max(
+            context.estimate_text(str(each.instructions or "")) + _tools_tokens(each)
+            for each in reachable(agent)
+        )
 
     def prepare(
         self,
@@ -145,8 +151,12 @@ class ContextKeeper:
         session.set_token_ratio(ratio)
 
 
-def _tools_tokens(agent: Agent[None]) -> int:
-    schemas = [
+def _tools_tokens(agent: Agent[Any]) -> int:
+    handoffs: list[dict[str, Any]] = [
+        {"name": getattr(h, "tool_name", None) or getattr(h, "name", ""), "parameters": {}}
+        for h in agent.handoffs
+    ]
+    schemas = handoffs + [
         {
             "name": getattr(tool, "name", ""),
             "description": getattr(tool, "description", ""),

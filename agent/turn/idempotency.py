@@ -45,6 +45,7 @@ def run_once(
     session_id: str,
     started: float,
     budget_seconds: float,
+    request_id: str | None = None,
 ) -> tuple[TurnOutcome, bool]:
     """Run the turn at most once for ``key``: (outcome, replayed). ``session_id`` is
     the id to use when the request named none (``requested_session_id``)."""
@@ -59,6 +60,7 @@ def run_once(
             started,
             owner=principal,
             on_commit=_completion(store, claim),
+            request_id=request_id,
         )
     return outcome, False
 
@@ -75,6 +77,7 @@ def stream_once(
     started: float,
     budget_seconds: float,
     idle_seconds: float,
+    request_id: str | None = None,
 ) -> tuple[TurnEvents, bool]:
     """``run_once`` for a streamed turn: (events, replayed). A replay is the stored
     outcome alone; a turn that does not reach its outcome (a failure, or a client
@@ -91,6 +94,7 @@ def stream_once(
             idle_seconds,
             owner=principal,
             on_commit=_completion(store, claim),
+            request_id=request_id,
         )
     return _abandon_unless_done(events, store, claim, deadline), False
 

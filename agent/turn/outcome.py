@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,14 @@ class TurnOutcome:
     """The tool calls the run paused on (call_id, tool, arguments); none: it completed."""
     pause_id: str | None = None
     """The pause those calls belong to: what their decisions name."""
+    output_json: str | None = None
+    """An agent's structured output (``output_type``), validated, as JSON text; None: the
+    answer is text (or was offloaded to a result file)."""
+
+    @property
+    def output(self) -> Any:
+        """The structured output's value (only when ``output_json`` is set)."""
+        return json.loads(self.output_json) if self.output_json is not None else None
 
     @property
     def status(self) -> str:
@@ -47,6 +56,8 @@ class TurnOutcome:
             "warnings": list(self.warnings),
             "pending_approvals": list(self.pending_approvals),
             "pause_id": self.pause_id,
+            "output": self.output,
+            "has_output": self.output_json is not None,
         }
 
     @classmethod
@@ -62,4 +73,5 @@ class TurnOutcome:
             warnings=tuple(response.get("warnings") or ()),
             pending_approvals=tuple(response.get("pending_approvals") or ()),
             pause_id=response.get("pause_id"),
+            output_json=json.dumps(response.get("output")) if response.get("has_output") else None,
         )

@@ -57,7 +57,9 @@ from agent.results.policy import Delivery, OffloadPolicy, shrink_answer
 from agent.runtime.deadline import within
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.metering import ReservationSpent
+from agent.runtime.outputs import guardrail_of, structured_output
 from agent.runtime.pricing import DEFAULT_PRICES, Price, usage_cost_usd
+from agent.runtime.run_context import RunContext
 from agent.runtime.sdk_traces import run_tracing
 from agent.runtime.streaming import RunEvent, StreamedRun
 from agent.runtime.tools import guarded_run
@@ -93,7 +95,7 @@ class TurnRunner:
 
     def __init__(
         self,
-        agent: Agent[None],
+        agent: Agent[Any],
         store: HistoryBackend,
         loop: BackgroundLoop,
         settings: Settings,
@@ -135,17 +137,18 @@ class TurnRunner:
         *,
         owner: str | None,
         on_commit: OnCommit | None = None,
+        request_id: str | None = None,
     ) -> TurnOutcome:
         """``message``: the user's, or the decisions that resume a paused run.
         ``started`` is the request's ``time.monotonic()`` at arrival; ``owner`` the
         caller's principal, required so that no route can forget it (None, for library
         use only, skips ownership checks); ``on_commit`` adds writes to the turn's
-        commit (the idempotency record)."""
+        commit (the idempotency record); ``request_id`` is the tools' run context's."""
         # Every model call of the turn is charged, whatever its outcome (metering.py).
         charge = self._admit(owner)
         try:
             with metering.metered(charge):
-                return self._run(session_id, message, started, owner, on_commit)
+                return self._run(session_id, message, started, owner, on_commit, request_id)
         finally:
             metering.finish(charge)
 
@@ -156,8 +159,9 @@ class TurnRunner:
         started: float,
         owner: str | None,
         on_commit: OnCommit | None,
+        request_id: str | None,
     ) -> TurnOutcome:
-        turn = self._open(session_id, message, started, owner)
+        turn = self._open(session_id, message, started, owner, request_id)
         try:
             try:
                 result = self._run_once(turn)
@@ -185,6 +189,8 @@ class TurnRunner:
             session=turn.session,
             max_turns=self._settings.agent_max_turns,
             run_config=self._run_config(turn),
+            # Also for a resumed run: the context is the resuming request's, never stored.
+            context=turn.context,
         )
         return self._loop.run(
             within(turn.run_deadline, guarded_run(self._guard(turn), run)),
@@ -226,6 +232,7 @@ class TurnRunner:
         *,
         owner: str | None,
         on_commit: OnCommit | None = None,
+        request_id: str | None = None,
     ) -> Generator[RunEvent | TurnOutcome | None, None, None]:
         """Like ``run``, streamed: claims the session now (raising ApiError as ``run``
         does), then returns an iterator of the run's events, ``None`` after each
@@ -235,7 +242,7 @@ class TurnRunner:
         charge = self._admit(owner)
         try:
             with metering.metered(charge):  # the run's task copies it now
-                turn, run = self._start_stream(session_id, message, started, owner)
+                turn, run = self._start_stream(session_id, message, started, owner, request_id)
         except BaseException:
             metering.finish(charge)
             raise
@@ -246,9 +253,14 @@ class TurnRunner:
         return events
 
     def _start_stream(
-        self, session_id: str, message: str | Resume, started: float, owner: str | None
+        self,
+        session_id: str,
+        message: str | Resume,
+        started: float,
+        owner: str | None,
+        request_id: str | None,
     ) -> tuple[_OpenTurn, StreamedRun]:
-        turn = self._open(session_id, message, started, owner)
+        turn = self._open(session_id, message, started, owner, request_id)
         try:
             run = StreamedRun(
                 self._loop,
@@ -259,6 +271,7 @@ class TurnRunner:
                 deadline=turn.run_deadline,
                 run_config=self._run_config(turn),
                 guard=self._guard(turn),
+                context=turn.context,
             )
         except BaseException as exc:
             raise self._fail(turn, exc) from exc
@@ -308,7 +321,12 @@ class TurnRunner:
         yield outcome
 
     def _open(
-        self, session_id: str, message: str | Resume, started: float, owner: str | None
+        self,
+        session_id: str,
+        message: str | Resume,
+        started: float,
+        owner: str | None,
+        request_id: str | None = None,
     ) -> _OpenTurn:
         deadline = started + self._settings.turn_budget_seconds
         session = FirestoreSession(session_id, self._store, owner=owner)
@@ -327,7 +345,8 @@ class TurnRunner:
         if claim.replaced:
             self._sweep_previous_life(claim)
         run_deadline = deadline - self._commit_reserve - self._offload_reserve
-        turn = _OpenTurn(session, claim, deadline, run_deadline)
+        context = RunContext(owner, session_id, request_id)
+        turn = _OpenTurn(session, claim, deadline, run_deadline, context)
         if resume is not None:
             return self._open_resume(turn, resume)
         assert isinstance(message, str)
@@ -375,7 +394,7 @@ class TurnRunner:
             window = Window(summary, pause.folded, 0, compacted=False)
         try:
             restored = self._loop.run(
-                approvals.restore(self._agent, pause, resume),
+                approvals.restore(self._agent, pause, resume, turn.context),
                 timeout=turn.run_deadline - time.monotonic(),
             )
         except BaseException as exc:
@@ -417,6 +436,11 @@ class TurnRunner:
                 turn.deadline - self._commit_reserve - time.monotonic(),
                 turn.claim.generation,
             )
+            # Structured output: the validated value, as the JSON the reply holds (inline
+            # only; an offloaded answer is the result's file).
+            output = None
+            if paused is None and delivery.result is None and structured_output(result.last_agent):
+                output = delivery.reply
             if delivery.history_text is not None:
                 kept = delivery.history_text
                 session.rewrite_turn(lambda items: shrink_answer(items, kept))
@@ -427,7 +451,7 @@ class TurnRunner:
                     # Joins the turn's commit: it lands if and only if the turn does.
                     assert delivery is not None and on_commit is not None
                     outcome = _outcome(
-                        session.session_id, usage, new_session, expire_at, delivery, paused
+                        session.session_id, usage, new_session, expire_at, delivery, paused, output
                     )
                     on_commit(batch, outcome, turn.claim.generation)
 
@@ -449,7 +473,9 @@ class TurnRunner:
             if delivery is not None and delivery.object_name and not isinstance(exc, CommitUnknown):
                 self._results.discard(delivery.object_name)
             raise error from exc
-        return _outcome(session.session_id, usage, new_session, history.expire_at, delivery, paused)
+        return _outcome(
+            session.session_id, usage, new_session, history.expire_at, delivery, paused, output
+        )
 
     def _paused(self, turn: _OpenTurn, result: RunResultBase) -> PausedRun | None:
         """The paused run to store, when the run stopped for approval."""
@@ -468,7 +494,7 @@ class TurnRunner:
             turn.claim.approvals,
             used,
         )
-        state = json.dumps(result.to_state().to_json())
+        state = json.dumps(approvals.state_json(result.to_state()))
         return PausedRun(
             pause_id=secrets.token_urlsafe(12),
             pending=pending,
@@ -553,6 +579,8 @@ class _OpenTurn:
     """``time.monotonic()`` by which the turn must have answered."""
     run_deadline: float
     """By which the agent run must end, leaving time to deliver and commit."""
+    context: RunContext
+    """What the run's tools get as ``RunContextWrapper.context``; never stored."""
     window: Window | None = None
     """What the model calls are sent of the history (None: all of it)."""
     input: str | RunState[Any, Any] = ""
@@ -606,6 +634,7 @@ def _outcome(
     expire_at: dt.datetime,
     delivery: Delivery,
     paused: PausedRun | None = None,
+    output: str | None = None,
 ) -> TurnOutcome:
     return TurnOutcome(
         session_id=session_id,
@@ -617,6 +646,7 @@ def _outcome(
         warnings=delivery.warnings,
         pending_approvals=tuple(c.as_json() for c in paused.pending) if paused else (),
         pause_id=paused.pause_id if paused else None,
+        output_json=output,
     )
 
 
@@ -631,6 +661,10 @@ def _as_api_error(exc: BaseException) -> BaseException:
         return errors.budget_exceeded(seconds_to_next_day(utc_now()))
     if isinstance(exc, MaxTurnsExceeded):
         return errors.max_turns_exceeded()
+    tripped = guardrail_of(exc)
+    if tripped is not None:
+        log.info("guardrail tripped: %s (%s)", *tripped)
+        return errors.guardrail_tripped(*tripped)
     if isinstance(exc, openai.BadRequestError) and _is_overflow(exc):
         log.warning("context overflow at the provider after compacting")
         return errors.context_overflow()

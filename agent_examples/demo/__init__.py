@@ -1,0 +1,1 @@
+"""The demo agent: a calculator and a message sender that needs approval."""
