@@ -62,8 +62,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
         from google.cloud import firestore as fs
 
         from agent.store.history import HistoryStore
-
-        RunStore = pytest.importorskip("agent.store.runs").RunStore  # until it lands
+        from agent.store.runs import RunStore
 
         request.getfixturevalue("firestore")  # the emulator, wiped; skips where absent
         client = fs.Client()
