@@ -230,6 +230,10 @@ def test_take_leases_renews_and_refuses_while_held(stores: Stores) -> None:
             run.run_id, "t1", later, step=1, state=b"x", usage={}, events=[delta("lost")]
         )
     assert stores.runs.events(run.run_id, 2, 100) == []
+    # A slice that ends gives its lease back by renewing it until now: the next slice's
+    # task takes the run at once.
+    stores.runs.take(run.run_id, 0, "t2", later, later)
+    assert stores.runs.take(run.run_id, 0, "t3", later, later + 30 * SECOND).lease == "t3"
 
 
 def test_take_of_a_done_step_a_finished_run_or_a_paused_run_does_nothing(stores: Stores) -> None:
