@@ -236,6 +236,29 @@ def test_take_leases_renews_and_refuses_while_held(stores: Stores) -> None:
     assert stores.runs.take(run.run_id, 0, "t3", later, later + 30 * SECOND).lease == "t3"
 
 
+def test_racing_takes_lease_the_run_to_exactly_one(stores: Stores) -> None:
+    run = stores.runs.create(new_run(), [status("queued")], enqueue=False)
+    now = utc_now()
+    # Running, its lease given back: a take appends no event (only the lease is contested).
+    stores.runs.take(run.run_id, 0, "t", now, now)
+    start = threading.Barrier(4)
+
+    def race(n: int) -> str:
+        start.wait()
+        try:
+            stores.runs.take(run.run_id, 0, f"t{n}", now, now + 60 * SECOND)
+        except LeaseHeld:
+            return "held"
+        return f"t{n}"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(race, range(4)))
+    winners = [o for o in outcomes if o != "held"]
+    assert len(winners) == 1
+    stored = stores.runs.get(run.run_id, now)
+    assert stored is not None and stored.lease == winners[0] and stored.seq == 2
+
+
 def test_take_of_a_done_step_a_finished_run_or_a_paused_run_does_nothing(stores: Stores) -> None:
     run, token = started(stores)
     now = utc_now()
