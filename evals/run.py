@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from local.demo_model import DemoModelServer
+
 from .cases import CASES_DIR, Case, CaseError, load_cases
 from .checks import check_turn
 from .client import Api, ApiError, Conversation, auth_headers
@@ -63,7 +65,7 @@ def run_case(api: Api, case: Case, judge: Judge | None) -> RunResult:
 
 
 def run_all(
-    api: Api, cases: list[Case], judge: Judge | None, demo: object | None
+    api: Api, cases: list[Case], judge: Judge | None, demo: DemoModelServer | None
 ) -> list[CaseResult]:
     results = []
     for case in cases:
@@ -82,10 +84,9 @@ def run_all(
 
 
 @contextmanager
-def _controls(demo: object | None, case: Case) -> Iterator[None]:
-    from local.demo_model import DemoModelServer
-
-    if not isinstance(demo, DemoModelServer) or not case.demo_controls:
+def _controls(demo: DemoModelServer | None, case: Case) -> Iterator[None]:
+    """The case's demo-model controls for its runs (cases run one at a time)."""
+    if demo is None or not case.demo_controls:
         yield
         return
     demo.control(**case.demo_controls)
