@@ -174,12 +174,12 @@ def test_dry_run_prints_the_four_steps_in_order(tmp_path: Path) -> None:
     assert run.calls == []
 
 
-def test_setup_staging_creates_the_staging_set_with_setups_own_code(tmp_path: Path) -> None:
-    run = run_script("setup.sh", tmp_path, "--staging", "--dry-run")
-    out = run.result.stdout
+def test_setup_and_deploy_take_the_staging_names_with_their_own_code(tmp_path: Path) -> None:
+    out = run_script("setup.sh", tmp_path, "--staging", "--dry-run").result.stdout
     assert f"--database={expanded('STAGING_FIRESTORE_DATABASE')}" in out
     assert f"gs://{expanded('STAGING_RESULTS_BUCKET')}" in out
-    assert (
-        f"{expanded('STAGING_RUNTIME_SA_NAME')} " in out
-        or expanded("STAGING_RUNTIME_SA_NAME") in out
-    )
+    assert f"create {expanded('STAGING_RUNTIME_SA_NAME')} " in out
+    out = run_script("deploy.sh", tmp_path, "--staging", "--dry-run").result.stdout
+    assert f"functions deploy {expanded('STAGING_FUNCTION_NAME')} " in out
+    assert f"--service-account={sa_email('STAGING_RUNTIME_SA_NAME')}" in out
+    assert "--min-instances=0 " in out
