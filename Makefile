@@ -2,6 +2,8 @@
 #   make run   - the service on http://127.0.0.1:8080 with the Firestore and storage emulators
 #                (and the offline demo model when no OPENAI_API_KEY/OPENAI_BASE_URL)
 #   make test  - installs what the tests need and runs them all
+#   make eval  - the eval cases (evals/cases/) over the HTTP API: the local stack with the demo
+#                model (or OPENAI_BASE_URL...), or EVAL_URL; exits 1 when the gate fails
 #   make bench - the performance benchmark (docs/performance.md); not part of make test
 #   make lock  - recompile the hashed locks (requirements*.txt) from the requirements*.in files
 # Every install is from a lock with --require-hashes: no package, direct or transitive, is
@@ -10,7 +12,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench clean load-faults lock
+.PHONY: run test eval lint bench clean load-faults lock
 
 PIP_INSTALL := $(BIN)/python -m pip install -q --require-hashes --no-deps
 
@@ -36,6 +38,10 @@ run: $(VENV)/.local
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The same lock as make run (the local stack and jsonschema); docs/testing.md, "The eval gate".
+eval: $(VENV)/.local
+	$(BIN)/python -m evals $(EVAL_ARGS)
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

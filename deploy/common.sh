@@ -16,6 +16,7 @@ parse_args() {
   for arg in "$@"; do
     case "$arg" in
       --dry-run) DRY_RUN=1 ;;
+      --staging) STAGING=1 ;;
       -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown argument: $arg (try --help)" ;;
     esac
@@ -34,6 +35,7 @@ load_config() {
     openai | vertex) ;;
     *) die "MODEL_PROVIDER=$MODEL_PROVIDER: use openai (OpenAI, key in Secret Manager) or vertex (Gemini on Vertex AI, no key)" ;;
   esac
+  [[ "${STAGING:-0}" != 1 ]] || use_staging
   # shellcheck disable=SC2034  # used by the scripts that source this file
   RUNTIME_SA_EMAIL="$RUNTIME_SA_NAME@$PROJECT_ID.iam.gserviceaccount.com"
   # shellcheck disable=SC2034
@@ -42,6 +44,20 @@ load_config() {
   BUILDER_SA_EMAIL="$BUILDER_SA_NAME@$PROJECT_ID.iam.gserviceaccount.com"
   # shellcheck disable=SC2034
   TESTER_SA_EMAIL="$TESTER_SA_NAME@$PROJECT_ID.iam.gserviceaccount.com"
+}
+
+# The staging function (--staging; the pipeline's evals run against it): the production
+# names swapped for its own, so that it shares nothing mutable with production: its own
+# function, Firestore database (histories, keys, tool runs, the budget's spend), results
+# bucket and runtime account (whose Firestore grant names that database only).
+# `setup.sh --staging` creates them, `deploy.sh --staging` deploys there by hand.
+# shellcheck disable=SC2034  # read by the scripts that source this file
+use_staging() {
+  FUNCTION_NAME="$STAGING_FUNCTION_NAME"
+  FIRESTORE_DATABASE="$STAGING_FIRESTORE_DATABASE"
+  RESULTS_BUCKET="$STAGING_RESULTS_BUCKET"
+  RUNTIME_SA_NAME="$STAGING_RUNTIME_SA_NAME"
+  MIN_INSTANCES="$STAGING_MIN_INSTANCES"
 }
 
 # Commands that change something go through run: printed shell-quoted with --dry-run,

@@ -41,6 +41,10 @@ Its rules, checked against the last message and the tools the request offers:
 * Asked for structured output (a ``json_schema`` ``response_format``), a text reply is a
   JSON value that fits the schema: its strings hold the reply's text, its numbers the count
   of user messages.
+* Instructions (a system message) that say ``do not use tools`` (or ``never call tools``,
+  ``don't use any tools``...) are followed as a real model would: no tool is called, the
+  message is echoed. This is how a change to the agent's instructions can stop its tool
+  calls, which the eval gate must catch (``evals/``).
 
 Call ids are deterministic (a checksum of the messages), so a retried request gets
 the same id and another position in the conversation gets another. Controls make it
@@ -88,6 +92,7 @@ _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
 _FACT = re.compile(r"\d|\s(?!I\b)[A-Z][a-z]+")  # a number, or a name inside the sentence
 _SPEAKER = re.compile(r"^(user|assistant|tool result):\s*")
 _RECIPIENT = r"(?P<to>[\w@+-]+(?:\.[\w@+-]+)*)"  # a name or an address, not a full stop
+_NO_TOOLS = re.compile(r"\b(?:do not|don't|never)\s+(?:use|call)\s+(?:any\s+)?tools?\b", re.I)
 _SAYING = r"\s+(?:saying|that says)\s*:?\s*(?P<text>.+)"
 _SEND_PATTERNS = [
     re.compile(p, re.IGNORECASE | re.DOTALL)
@@ -248,6 +253,11 @@ def _decide(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
         if m.get("role") == "user" and not _is_summary(m)
     ]
     offered = {(t.get("function") or {}).get("name") for t in tools or [] if isinstance(t, dict)}
+    if any(
+        m.get("role") in ("system", "developer") and _NO_TOOLS.search(_text_of(m.get("content")))
+        for m in messages
+    ):
+        offered = set()  # told not to use tools: it does not
     call_id = f"call_{zlib.crc32(json.dumps(messages, sort_keys=True).encode())}"
     answered = _answered_tool(messages, last.get("tool_call_id"))
     handed_off = last.get("role") == "tool" and (answered or "").startswith(_HANDOFF)

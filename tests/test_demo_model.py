@@ -514,3 +514,17 @@ def test_agents_sdk_pauses_for_approval_and_resumes(server: DemoModelServer) -> 
         == "[demo model] The message was not sent: Rejected: not now."
     )
     assert sent == [("alice", "hi")]
+
+
+def test_instructions_not_to_use_tools_are_followed() -> None:
+    """A real model follows instructions that forbid tools; so does the demo model, which
+    is how the eval gate's test changes the agent's behaviour (tests/test_evals.py)."""
+    from local.demo_model import decide_reply
+
+    tools = [{"type": "function", "function": {"name": "calculate"}}]
+    ask = {"role": "user", "content": "What is 12 * (3 + 4)?"}
+    _, call = decide_reply([{"role": "system", "content": "Be brief."}, ask], tools)
+    assert call is not None and call["name"] == "calculate"
+    for rule in ("Do not use tools.", "never call any tools", "Don't use tools"):
+        text, call = decide_reply([{"role": "system", "content": rule}, ask], tools)
+        assert call is None and text.startswith("[demo model] You said")

@@ -38,9 +38,10 @@ def test_pipeline_tests_as_the_tester_then_deploys_as_the_deployer(
     """Issue 10 item 7: no package code runs with deploy rights. The test build runs as an
     account with no role that changes anything; the deploy build, after it, as the deployer,
     on its own upload of the same commit."""
-    tests, deploy = calls_of(scenario.pipeline, "builds", "submit")
+    tests, staging, deploy = calls_of(scenario.pipeline, "builds", "submit")
     for argv, config, account in (
         (tests, "cloudbuild-test.yaml", "TESTER_SA_NAME"),
+        (staging, "cloudbuild.yaml", "DEPLOYER_SA_NAME"),
         (deploy, "cloudbuild.yaml", "DEPLOYER_SA_NAME"),
     ):
         flags = flags_of(argv)
@@ -49,13 +50,15 @@ def test_pipeline_tests_as_the_tester_then_deploys_as_the_deployer(
             f"projects/{PROJECT}/serviceAccounts/{sa_email(account)}"
         )
         assert flags["gcs-source-staging-dir"] == f"gs://{expanded('BUILD_SOURCE_BUCKET')}/source"
-        assert flags["ignore-file"] == "deploy/build.gcloudignore"
-        assert argv[:4] == ["beta", "builds", "submit", "."]
+        if argv is not deploy:  # production deploys staging's upload (test_deploy_staging.py)
+            assert flags["ignore-file"] == "deploy/build.gcloudignore"
+            assert argv[:4] == ["beta", "builds", "submit", "."]
         passed = dict(item.split("=", 1) for item in flags["substitutions"].split(","))
         defined = cloudbuild(config)["substitutions"]
         assert set(passed) == set(defined)
         for key, value in passed.items():
-            assert value == expanded(key[1:]), key
+            staged = f"STAGING_{key[1:]}" if argv is staging else key[1:]
+            assert value == expanded(staged if staged in CONFIG else key[1:]), key
     # The tester holds nothing but its log and a read of the uploaded source.
     from tests.test_deploy_iam import expected_bindings
 
@@ -174,7 +177,7 @@ def test_the_model_provider_reaches_the_deploy_step(vertex_scenario: Scenario) -
     assert "VERTEX_LOCATION=${_VERTEX_LOCATION}" in step["env"]
     assert config["substitutions"]["_MODEL_PROVIDER"] == "openai"
     assert config["substitutions"]["_VERTEX_LOCATION"] == "global"
-    _, deploy = calls_of(vertex_scenario.pipeline, "builds", "submit")
+    _, _, deploy = calls_of(vertex_scenario.pipeline, "builds", "submit")
     passed = dict(item.split("=", 1) for item in flags_of(deploy)["substitutions"].split(","))
     assert passed["_MODEL_PROVIDER"] == "vertex"
     assert passed["_VERTEX_LOCATION"] == expanded("VERTEX_LOCATION")
@@ -186,7 +189,7 @@ def test_each_build_log_is_streamed_and_its_outcome_read(scenario: Scenario) -> 
     --stream reads Cloud Logging) and its status read; the log URL is printed."""
     argvs = scenario.pipeline.argvs
     logs = [a for a in argvs if a[:3] == ["beta", "builds", "log"]]
-    assert [a[3] for a in logs] == ["build-1", "build-2"]
+    assert [a[3] for a in logs] == ["build-1", "build-2", "build-3"]
     assert all("--stream" in a for a in logs)
     for argv in calls_of(scenario.pipeline, "builds", "submit"):
         assert "--async" in argv and "--format=value(id)" in argv

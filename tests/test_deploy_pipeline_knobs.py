@@ -52,16 +52,16 @@ def knob_lists() -> dict[str, list[str]]:
     """pipeline.sh's knob lists, as it declares them."""
     text = (DEPLOY / "pipeline.sh").read_text()
     lists = {}
-    for name in ("deploy_knobs", "test_knobs", "pipeline_knobs", "setup_knobs"):
+    for name in ("deploy_knobs", "test_knobs", "staging_knobs", "pipeline_knobs", "setup_knobs"):
         match = re.search(rf"^{name}=\(([^)]*)\)", text, re.M)
         assert match, f"pipeline.sh lost its {name} list"
         lists[name] = match.group(1).split()
     return lists
 
 
-def pipeline_with(fake: Path, env: dict[str, str]) -> tuple[Run, Run]:
-    """The pipeline and its deploy build on a fake project whose model-key secret (under
-    the overriding name, if any) has a version."""
+def pipeline_with(fake: Path, env: dict[str, str]) -> tuple[Run, Run, Run]:
+    """The pipeline and its deploy builds (staging, production) on a fake project whose
+    model-key secret (under the overriding name, if any) has a version."""
     state = {
         "iam_checks": False,
         "secrets": {env.get("SECRET_NAME", expanded("SECRET_NAME")): {"versions": [{}]}},
@@ -69,8 +69,8 @@ def pipeline_with(fake: Path, env: dict[str, str]) -> tuple[Run, Run]:
     fake.mkdir(parents=True, exist_ok=True)
     (fake / "state.json").write_text(json.dumps(state))
     pipeline = run_script("pipeline.sh", fake, env=env)
-    (deploy,) = run_builds(pipeline, fake)
-    return pipeline, deploy
+    staging, deploy = run_builds(pipeline, fake)
+    return pipeline, staging, deploy
 
 
 def test_every_knob_is_in_exactly_one_list() -> None:
@@ -86,8 +86,8 @@ def test_every_knob_is_in_exactly_one_list() -> None:
 @pytest.mark.parametrize("provider", ["vertex", "openai"])
 def test_every_override_reaches_where_it_takes_effect(tmp_path: Path, provider: str) -> None:
     env = OVERRIDES | {"MODEL_PROVIDER": provider}
-    pipeline, deploy = pipeline_with(tmp_path, env)
-    tests_submit, deploy_submit = calls_of(pipeline, "builds", "submit")
+    pipeline, staging, deploy = pipeline_with(tmp_path, env)
+    tests_submit, _, deploy_submit = calls_of(pipeline, "builds", "submit")
     lists = knob_lists()
     step_env = deploy.step_env
     assert step_env is not None
@@ -109,6 +109,16 @@ def test_every_override_reaches_where_it_takes_effect(tmp_path: Path, provider: 
     assert flags_of(deploy_submit)["gcs-source-staging-dir"].startswith("gs://source-override/")
     assert "dp-override@" in flags_of(deploy_submit)["service-account"]
     assert "ts-override@" in flags_of(tests_submit)["service-account"]
+    # Staging: its own names in its deploy build (common.sh use_staging), and the gate's bar.
+    (staged,) = calls_of(staging, "functions", "deploy")
+    staged_flags = flags_of(staged)
+    assert staged[2] == env["STAGING_FUNCTION_NAME"]
+    assert env_of(staged_flags)["FIRESTORE_DATABASE"] == env["STAGING_FIRESTORE_DATABASE"]
+    assert env_of(staged_flags)["RESULTS_BUCKET"] == env["STAGING_RESULTS_BUCKET"]
+    assert staged_flags["service-account"].startswith(env["STAGING_RUNTIME_SA_NAME"] + "@")
+    assert staged_flags["min-instances"] == env["STAGING_MIN_INSTANCES"]
+    assert set(lists["staging_knobs"]) == {k for k in CONFIG if k.startswith("STAGING_")}
+    assert "eval gate PASSED: pass rate 100% (minimum 50%)" in pipeline.output()
     setup_text = (DEPLOY / "setup.sh").read_text() + (DEPLOY / "config.env").read_text()
     deploy_text = (DEPLOY / "deploy.sh").read_text()
     for knob in lists["setup_knobs"]:
@@ -118,7 +128,7 @@ def test_every_override_reaches_where_it_takes_effect(tmp_path: Path, provider: 
 
 def test_the_model_defaults_reach_the_deploy_when_agent_model_is_empty(tmp_path: Path) -> None:
     env = {"OPENAI_DEFAULT_MODEL": "openai-default-override"}
-    _, deploy = pipeline_with(tmp_path, env)
+    _, _, deploy = pipeline_with(tmp_path, env)
     (deploy_call,) = calls_of(deploy, "functions", "deploy")
     assert env_of(flags_of(deploy_call))["AGENT_MODEL"] == "openai-default-override"
 

@@ -47,6 +47,8 @@ def upload_list(ignore_file: Path, tmp_path: Path) -> set[str]:
         "requirements.in",
         "requirements-dev.in",
         "local/run.py",
+        "evals/run.py",
+        "evals/cases/approval_pause.json",
         "pyproject.toml",
         "openapi.yaml",
     ]:
@@ -91,6 +93,8 @@ def test_pipeline_upload_keeps_tests_and_tooling_but_not_local_state(
         "cloudbuild.yaml",
         "Makefile",
         "main.py",
+        "evals/run.py",  # the pipeline's gate runs the cases of the same upload
+        "evals/cases/approval_pause.json",
     ]:
         assert needed in files
     for local in [

@@ -133,6 +133,12 @@ OVERRIDES: dict[str, str] = {
     "TEST_IMAGE": "python:3.12-slim@sha256:" + "1" * 64,
     "DEPLOY_IMAGE": "gcr.io/x/gcloud@sha256:" + "2" * 64,
     "EMULATOR_SDK_VERSION": "527.0.0-0",
+    "STAGING_FUNCTION_NAME": "fn-staging-override",
+    "STAGING_FIRESTORE_DATABASE": "db-staging-override",
+    "STAGING_RESULTS_BUCKET": "bucket-staging-override",
+    "STAGING_RUNTIME_SA_NAME": "rt-staging-override",
+    "STAGING_MIN_INSTANCES": "2",
+    "EVAL_MIN_PASS_RATE": "0.5",
 }
 """A value other than the default for every knob of config.env."""
 
@@ -177,12 +183,18 @@ def run_script(
     """Run a deploy script against the fake gcloud. ``clean``: ``env`` is the whole
     environment (a build step's), not added to the defaults (PROJECT_ID among them)."""
     before = len(read_calls(fake_dir))
+    if script == "pipeline.sh" and "FAKE_GCLOUD_FUNCTION_URL" not in (env or {}):
+        # Its eval gate calls the staging function: here a local service with the demo model.
+        from tests.support.eval_target import staging_url
+
+        env = {"FAKE_GCLOUD_FUNCTION_URL": staging_url(), **(env or {})}
     full_env = {
         "PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}",
         "HOME": str(fake_dir),
         "FAKE_GCLOUD_DIR": str(fake_dir),
         "PYTHON": sys.executable,
         "RETRY_DELAY_SECONDS": "0",
+        "EVAL_REPORT_DIR": str(fake_dir / "eval"),
         **({} if clean else {"PROJECT_ID": PROJECT}),
         **(env or {}),
     }
@@ -288,6 +300,7 @@ KNOWN_COMMANDS = [
     secrets describe | secrets create | secrets get-iam-policy | secrets add-iam-policy-binding
     secrets versions list | secrets versions add
     functions deploy | builds submit | functions describe | builds describe | builds log
+    auth print-identity-token
     functions get-iam-policy | functions add-iam-policy-binding
     artifacts repositories describe | artifacts repositories create
     artifacts repositories set-cleanup-policies
@@ -373,12 +386,19 @@ class Scenario:
     pipeline2: Run
     redeploy: Run
     env: dict[str, str]
+    staging_setup: Run
+    """``setup.sh --staging``, after the second setup: the staging function's own database,
+    bucket and runtime account."""
+    staging: Run
+    """The first pipeline's staging deploy build (the production one is ``deploy``)."""
 
     def runs(self) -> list[Run]:
         return [
             self.setup,
             self.second,
+            self.staging_setup,
             self.pipeline,
+            self.staging,
             self.deploy,
             self.after_deploy,
             self.pipeline2,
@@ -392,11 +412,12 @@ class Scenario:
         return [call for run in self.runs() for call in run.calls]
 
 
-def pipeline_and_deploy(fake_dir: Path, env: dict[str, str]) -> tuple[Run, Run]:
-    """pipeline.sh as the operator, then its deploy build as Cloud Build runs it."""
+def pipeline_and_deploy(fake_dir: Path, env: dict[str, str]) -> tuple[Run, Run, Run]:
+    """pipeline.sh as the operator, then its deploy builds (staging, then production) as
+    Cloud Build runs them: (pipeline, staging deploy, production deploy)."""
     pipeline = run_script("pipeline.sh", fake_dir, env=env)
-    (deploy,) = run_builds(pipeline, fake_dir, check=False)
-    return pipeline, deploy
+    staging, deploy = run_builds(pipeline, fake_dir, check=False)
+    return pipeline, staging, deploy
 
 
 def take_through(fake_dir: Path, secret: str, env: dict[str, str]) -> Scenario:
@@ -406,9 +427,10 @@ def take_through(fake_dir: Path, secret: str, env: dict[str, str]) -> Scenario:
     state_after_setup = (fake_dir / "state.json").read_text()
     second = run_script("setup.sh", fake_dir, stdin="", env=env)
     state_after_second = (fake_dir / "state.json").read_text()
-    pipeline, deploy = pipeline_and_deploy(fake_dir, env)
+    staging_setup = run_script("setup.sh", fake_dir, "--staging", stdin="", env=env)
+    pipeline, staging, deploy = pipeline_and_deploy(fake_dir, env)
     after_deploy = run_script("setup.sh", fake_dir, stdin="", env=env)
-    pipeline2, redeploy = pipeline_and_deploy(fake_dir, env)
+    pipeline2, _, redeploy = pipeline_and_deploy(fake_dir, env)
     return Scenario(
         fake_dir,
         secret,
@@ -422,6 +444,8 @@ def take_through(fake_dir: Path, secret: str, env: dict[str, str]) -> Scenario:
         pipeline2,
         redeploy,
         env,
+        staging_setup,
+        staging,
     )
 
 

@@ -282,7 +282,14 @@ def checks(argv: list[str], caller: str, function_exists: bool, project_number: 
     if starts("functions", "deploy"):
         return _deploy_checks(pos, flags, caller, p, loc, function_exists, project_number)
     if starts("builds", "submit"):
-        return _build_checks(flags, caller, p)
+        return _build_checks(flags, caller, p, pos[2] if len(pos) > 2 else ".")
+    if starts("auth", "print-identity-token"):
+        # surface/auth/print_identity_token.py: an ID token of the active account, from its
+        # own credentials (a person's refresh token, or the metadata server of a service
+        # account): no IAM permission. The call it is for (the eval gate calling the staging
+        # function) needs run.routes.invoke on that service, which Google's front end
+        # checks; the operator (an Owner) has it.
+        return []
     if starts("builds", "describe"):
         # cloudbuild v1 projects.locations.builds.get: cloudbuild.builds.get.
         return one("cloudbuild.builds.get", p, "builds describe (REST: builds.get)")
@@ -408,14 +415,21 @@ def _deploy_checks(
     return out
 
 
-def _build_checks(flags: dict[str, str], caller: str, p: str) -> list[Check]:
-    """`gcloud builds submit --service-account=... --gcs-source-staging-dir=gs://B/x`: the
-    caller uploads the source and creates the build as that account; the build account
-    then fetches the source and writes its log (CLOUD_LOGGING_ONLY)."""
+def _build_checks(flags: dict[str, str], caller: str, p: str, source: str) -> list[Check]:
+    """`gcloud builds submit SOURCE --service-account=... --gcs-source-staging-dir=gs://B/x`:
+    the caller uploads the source (a directory), or has Cloud Storage copy an object already
+    staged (a gs:// SOURCE: command_lib/builds/staging_bucket_util.py Upload, a rewrite,
+    which reads it: storage.objects.get), and creates the build as that account; the build
+    account then fetches the source and writes its log (CLOUD_LOGGING_ONLY)."""
     account = flags.get("service-account", "").rsplit("/", 1)[-1]
     staging = bucket_resource(flags.get("gcs-source-staging-dir", "gs://missing"))
     member = f"serviceAccount:{account}"
+    copied = []
+    if source.startswith("gs://"):
+        name = f"{bucket_resource(source)}/objects/{source.removeprefix('gs://').split('/', 1)[-1]}"
+        copied = [Check(caller, "storage.objects.get", name, "rewrite: reads the staged source")]
     return [
+        *copied,
         Check(caller, "storage.objects.create", f"{staging}/objects/source.tgz", "upload"),
         Check(caller, "cloudbuild.builds.create", p, "builds.create"),
         Check(
