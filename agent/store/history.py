@@ -89,7 +89,8 @@ Consistency
   middle of the turn.
 * All items of a turn are written in one atomic commit, conditioned on the claim
   write's ``update_time``: if the claim was lost, nothing is written. A run that
-  fails leaves the history exactly as it was.
+  fails leaves the history exactly as it was. What the commit writes is planned once
+  (``commit_plan.py``, the plan SQLite applies too) and applied here as one batch.
 * The usage totals ride in that commit as absolute values: the totals the claim read
   plus the turn's own usage. Nobody else writes the document while the claim is held,
   so no increment is needed and none is lost; a failed turn adds nothing. Whatever
@@ -156,7 +157,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import secrets
 import time
@@ -188,15 +188,12 @@ from agent.store.history_types import (
     Summary,
     TurnTooLarge,
     UsageTotals,
+    decode,
+    decode_from,
     encode,
     new_generation,
 )
-from agent.store.paused_runs import (
-    PausedRun,
-    check_claim,
-    paused_fields,
-    paused_from,
-)
+from agent.store.paused_runs import PausedRun, check_claim, paused_fields, paused_from
 from agent.store.schema import (
     APPROVALS,
     BYTES,
@@ -290,24 +287,6 @@ def doc_id(session_id: str) -> str:
     if session_id.startswith("__") and session_id.endswith("__"):
         return "~" + session_id
     return session_id
-
-
-def decode(data: bytes) -> list[Item]:
-    return [json.loads(line) for line in data.split(b"\n") if line]
-
-
-def decode_from(data: bytes, start: int, base: int) -> tuple[list[Item], tuple[int, ...]]:
-    """The items of ``data[start:]`` (``start`` is an item boundary), and the offset just
-    past each, counted from ``base`` (where ``data`` begins in the whole history)."""
-    items: list[Item] = []
-    ends: list[int] = []
-    position = start
-    for line in data[start:].split(b"\n"):
-        position += len(line) + 1
-        if line:
-            items.append(json.loads(line))
-            ends.append(base + position)
-    return items, tuple(ends)
 
 
 class HistoryStore(PlannedCommits):
@@ -797,7 +776,7 @@ def _committed(plan: CommitPlan) -> dict[str, Any]:
         CLAIM_UNTIL: None,
         LAST_COMMIT: claim.token,
         COMMITS: [*claim.commits, claim.token][-RECENT_COMMITS:],
-        CHUNK_EXPIRY: {EXPIRY_AT: floor, EXPIRY_COMMIT: claim.token} if floor else None,
+        CHUNK_EXPIRY: {EXPIRY_AT: floor, EXPIRY_COMMIT: claim.token} if floor is not None else None,
         CREATED_AT: claim.created_at,
         **_summary_fields(plan.summary),
         **({TOKEN_RATIO: plan.token_ratio} if plan.token_ratio is not None else {}),

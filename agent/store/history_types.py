@@ -248,3 +248,21 @@ def item_line(item: Item) -> str:
 
 def encode(items: Sequence[Item]) -> bytes:
     return b"".join(item_line(item).encode() + b"\n" for item in items)
+
+
+def decode(data: bytes) -> list[Item]:
+    return [json.loads(line) for line in data.split(b"\n") if line]
+
+
+def decode_from(data: bytes, start: int, base: int) -> tuple[list[Item], tuple[int, ...]]:
+    """The items of ``data[start:]`` (``start`` is an item boundary), and the offset just
+    past each, counted from ``base`` (where ``data`` begins in the whole history)."""
+    items: list[Item] = []
+    ends: list[int] = []
+    position = start
+    for line in data[start:].split(b"\n"):
+        position += len(line) + 1
+        if line:
+            items.append(json.loads(line))
+            ends.append(base + position)
+    return items, tuple(ends)

@@ -62,13 +62,7 @@ from agent.store.history_types import (
     UsageTotals,
     new_generation,
 )
-from agent.store.paused_runs import (
-    Decision,
-    PausedRun,
-    check_claim,
-    paused_fields,
-    paused_from,
-)
+from agent.store.paused_runs import Decision, PausedRun, check_claim, paused_fields, paused_from
 from agent.store.schema import (
     APPROVALS,
     BYTES,
