@@ -4,7 +4,9 @@
 
 A module may import its own package and packages of a lower layer; never a higher
 layer, never a sibling of its own layer, and never a private (``_``) name of another
-package.
+package. And no two modules import each other, directly or through others: every
+import counts, a deferred one inside a function too (it still ties the two modules
+together; a shape both need belongs in a third module).
 """
 
 from __future__ import annotations
@@ -124,3 +126,103 @@ def test_the_check_catches_what_it_should(
         assert problems == []
     else:
         assert any(expected in problem for problem in problems), problems
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Each module of ``root`` and the modules of ``root`` it imports (a name imported
+    from a package counts as its submodule when there is one)."""
+    paths = {module_name(path): path for path in sorted(root.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for mine, path in paths.items():
+        found: set[str] = set()
+        for module, names, _ in imports_of(path):
+            submodules = {f"{module}.{name}" for name in names} & paths.keys()
+            found |= submodules
+            if module in paths and (not names or len(submodules) < len(names)):
+                found.add(module)
+        graph[mine] = found - {mine}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other (strongly connected components of
+    more than one module, Tarjan's algorithm), each sorted."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in order:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], order[other])
+        if low[module] == order[module]:
+            group = stack[stack.index(module) :]
+            del stack[stack.index(module) :]
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return cycles
+
+
+def test_no_modules_import_each_other() -> None:
+    assert import_cycles(import_graph(AGENT)) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {
+                "base/a.py": "from agent.base import b\n",
+                "base/b.py": "from agent.base.a import x\n",
+            },
+            [["agent.base.a", "agent.base.b"]],
+        ),
+        (
+            # A deferred import inside a function ties the two modules all the same.
+            {
+                "base/a.py": "def f():\n    from agent.base import b\n",
+                "base/b.py": "from agent.base.a import f\n",
+            },
+            [["agent.base.a", "agent.base.b"]],
+        ),
+        (
+            {
+                "store/a.py": "import agent.store.b\n",
+                "store/b.py": "from agent.store.c import y\n",
+                "store/c.py": "from agent.store import a\n",
+            },
+            [["agent.store.a", "agent.store.b", "agent.store.c"]],
+        ),
+        (
+            # One way only: a shape both need in a third module.
+            {
+                "base/a.py": "from agent.base import shapes\n",
+                "base/b.py": "from agent.base import a, shapes\n",
+                "base/shapes.py": "import json\n",
+            },
+            [],
+        ),
+    ],
+)
+def test_the_cycle_check_catches_what_it_should(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    files: dict[str, str],
+    expected: list[list[str]],
+) -> None:
+    fake = tmp_path / "agent"
+    for name, source in files.items():
+        (fake / name).parent.mkdir(parents=True, exist_ok=True)
+        (fake / name).write_text(source)
+    monkeypatch.setattr(__import__(__name__, fromlist=["AGENT"]), "AGENT", fake)
+    assert import_cycles(import_graph(fake)) == expected

@@ -34,13 +34,13 @@ from opentelemetry.util.re import parse_env_headers
 
 from agent.base.logs import IncomingTrace, cloud_logging_trace
 from agent.base.settings import Settings, resource_attributes
-from agent.base.tracing import Attribute, Kind, Span
+from agent.base.span_types import Attribute, Kind, Span
 
 _KINDS = {"internal": SpanKind.INTERNAL, "server": SpanKind.SERVER, "client": SpanKind.CLIENT}
 
 
 class OtelSpan:
-    """An OpenTelemetry span behind ``tracing.Span`` and ``tracing.RequestSpan``."""
+    """An OpenTelemetry span behind ``span_types.Span`` and ``span_types.RequestSpan``."""
 
     def __init__(self, span: trace.Span) -> None:
         self.span = span

@@ -17,57 +17,23 @@ Message text never goes into a span unless ``TRACE_CONTENT=true`` (``content()``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from werkzeug.datastructures import Headers
 
-from agent.base.logs import IncomingTrace, incoming_trace
+from agent.base.logs import incoming_trace
+
+# The shapes live apart so that ``otel.py`` needs them, not this module; named here too,
+# as every caller knows them (``tracing.Span``).
+from agent.base.span_types import Attribute as Attribute
+from agent.base.span_types import Backend
+from agent.base.span_types import Kind as Kind
+from agent.base.span_types import RequestSpan as RequestSpan
+from agent.base.span_types import Span as Span
 
 if TYPE_CHECKING:
     from agent.base.settings import Settings
-
-Attribute = str | bool | int | float | tuple[str, ...]
-Kind = Literal["internal", "server", "client"]
-
-
-class Span(Protocol):
-    def set(self, key: str, value: Attribute | None) -> None:
-        """Set an attribute; None is skipped (a value the caller does not have)."""
-
-    def rename(self, name: str) -> None: ...
-
-    def fail(self, description: str) -> None:
-        """Mark the span as failed; ``description`` must hold no message text."""
-
-    def end(self) -> None: ...
-
-    def made_current(self) -> contextlib.AbstractContextManager[None]:
-        """Within the block, spans started without a parent are this one's children."""
-
-
-class RequestSpan(Span, Protocol):
-    def attach(self) -> None:
-        """Make this the current span of the calling thread, until ``detach``."""
-
-    def detach(self) -> None: ...
-
-    def log_fields(self, project: str | None) -> dict[str, object]:
-        """Cloud Logging's trace fields naming this span, so log lines and spans meet."""
-
-
-class Backend(Protocol):
-    def start_span(
-        self, name: str, parent: Span | None, kind: Kind, attributes: Mapping[str, Attribute]
-    ) -> Span: ...
-
-    def start_request(
-        self, name: str, incoming: IncomingTrace | None, attributes: Mapping[str, Attribute]
-    ) -> RequestSpan: ...
-
-    def flush(self) -> None: ...
-
-    def shutdown(self) -> None: ...
 
 
 class _NoSpan:

@@ -50,7 +50,9 @@ def _route_sdk_traces(settings: Settings) -> None:
         # (processors of their own) is kept.
         set_trace_provider(DefaultTraceProvider())
     if settings.trace_export != "none":
-        sdk_traces.install(settings.model_provider)
+        from agent.runtime import otel_bridge  # OpenTelemetry: only now
+
+        otel_bridge.install(settings.model_provider)
     # Explicitly, both ways: the SDK's provider reads OPENAI_AGENTS_DISABLE_TRACING once,
     # and a manual setting overrides it, so "on" must never be set past that variable.
     set_tracing_disabled(not sdk_traces.sdk_tracing_on(settings))

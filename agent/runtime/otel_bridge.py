@@ -1,5 +1,5 @@
 """The Agents SDK's traces as OpenTelemetry spans, through its trace-processor interface,
-in the request's trace (loaded by ``sdk_traces.install`` only with ``TRACE_EXPORT`` on).
+in the request's trace (loaded and ``install``-ed by ``model.py`` only with ``TRACE_EXPORT`` on).
 
 The SDK reports each trace and span as it starts and ends, on the run's task; the
 run's context holds the request's span (``base/tracing.py``), so the SDK's trace
@@ -23,6 +23,7 @@ import json
 import threading
 from typing import Any
 
+from agents import add_trace_processor
 from agents.tracing import (
     AgentSpanData,
     FunctionSpanData,
@@ -167,3 +168,18 @@ def _json(value: object) -> str | None:
     if hasattr(value, "model_dump_json"):
         return str(value.model_dump_json())
     return json.dumps(value, default=str)
+
+
+_installed: OpenTelemetryBridge | None = None
+_install_lock = threading.Lock()
+
+
+def install(model_provider: str) -> None:
+    """Register the bridge with the SDK's trace provider, once per process."""
+    global _installed
+    with _install_lock:
+        if _installed is None:
+            _installed = OpenTelemetryBridge()
+            add_trace_processor(_installed)
+            sdk_traces.note_calls()
+        _installed.provider = sdk_traces.PROVIDERS.get(model_provider, model_provider)

@@ -1,7 +1,8 @@
 """The Agents SDK's own traces: where they go, and what each run's trace may carry.
 
 ``TRACING_ENABLED`` uploads them to OpenAI, ``TRACE_EXPORT`` mirrors them into the
-request's OpenTelemetry trace (``otel_bridge.py``, loaded only then), and
+request's OpenTelemetry trace (``otel_bridge.py``, loaded and installed only then; it
+reads this module, never the other way round), and
 ``OPENAI_AGENTS_DISABLE_TRACING`` stops both. Each run's ``RunConfig`` gets its tracing
 fields here (``run_tracing``): message text only with ``TRACE_CONTENT``, the conversation
 as a hash of its id. A model call's response facts the SDK's spans do not keep (the
@@ -15,16 +16,12 @@ import contextvars
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypedDict
+from typing import TypedDict
 
-from agents import add_trace_processor
 from agents.tracing import GenerationSpanData, get_current_span
 from agents.tracing.spans import NoOpSpan
 
 from agent.base.settings import Settings
-
-if TYPE_CHECKING:
-    from agent.runtime.otel_bridge import OpenTelemetryBridge
 
 PROVIDERS = {"openai": "openai", "vertex": "gcp.vertex_ai"}
 """``gen_ai.provider.name`` of each MODEL_PROVIDER."""
@@ -100,7 +97,7 @@ _calls_lock = threading.Lock()
 def current_call() -> CallFacts | None:
     """The facts of the model call whose span is current, to be filled in by the
     client; None when no bridge would read them (export off, or tracing off)."""
-    if _installed is None:
+    if not _noting:
         return None
     span = get_current_span()
     if span is None or isinstance(span, NoOpSpan):
@@ -117,17 +114,10 @@ def call_ended(span_id: str) -> CallFacts | None:
         return _calls.pop(span_id, None)
 
 
-_installed: OpenTelemetryBridge | None = None
-_install_lock = threading.Lock()
+_noting = False  # a bridge reads the facts: set once by ``otel_bridge.install``
 
 
-def install(model_provider: str) -> None:
-    """Register the bridge with the SDK's trace provider, once per process."""
-    global _installed
-    from agent.runtime.otel_bridge import OpenTelemetryBridge  # OpenTelemetry: only now
-
-    with _install_lock:
-        if _installed is None:
-            _installed = OpenTelemetryBridge()
-            add_trace_processor(_installed)
-        _installed.provider = PROVIDERS.get(model_provider, model_provider)
+def note_calls() -> None:
+    """From now on, note each model call's facts (``current_call``): a bridge reads them."""
+    global _noting
+    _noting = True

@@ -1,4 +1,6 @@
-"""The history store: its interface (``backend.py``), and two backends behind it.
+"""The history store: its interface (``backend.py``), and two backends behind it, which
+share their data types (``history_types.py``) and the plan of what a turn's commit
+writes (``commit_plan.py``).
 
 Firestore (deployed): the schema, bounded calls, conversation histories, the SDK's
 Session adapter and Idempotency-Key records. SQLite (``HISTORY_BACKEND=sqlite``, a

@@ -18,8 +18,9 @@ naming it resumes it (``paused_runs.py``); an approved tool call is recorded bef
 runs, once (``tool_runs.py``); an Idempotency-Key's record is marked done, with the
 turn's generation, in the turn's own commit (``extra_writes``); a principal's spend of
 the day is held and charged per turn apart from any commit (``spend.py``). The data
-types and errors are the Firestore module's (``History``, ``Claim``, ``Deleted``,
-``SessionBusy``, ...), shared as they are.
+types and errors both share are in ``history_types.py`` (``History``, ``Claim``,
+``Deleted``, ``SessionBusy``, ...); what a turn's commit writes is planned once
+(``commit_plan.py``) and applied by each backend.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from agent.store.history import Claim, Deleted, History, Item, SessionInfo, Summary, UsageTotals
+from agent.store.history_types import (
+    Claim,
+    Deleted,
+    History,
+    Item,
+    SessionInfo,
+    Summary,
+    UsageTotals,
+)
 from agent.store.idempotency_records import KeyClaim, StoredResponse
 from agent.store.paused_runs import Decision, PausedRun
 from agent.store.run_records import CancelAction, LoggedEvent, NewEvent, Run, RunStatus

@@ -89,7 +89,8 @@ Consistency
   middle of the turn.
 * All items of a turn are written in one atomic commit, conditioned on the claim
   write's ``update_time``: if the claim was lost, nothing is written. A run that
-  fails leaves the history exactly as it was.
+  fails leaves the history exactly as it was. What the commit writes is planned once
+  (``commit_plan.py``, the plan SQLite applies too) and applied here as one batch.
 * The usage totals ride in that commit as absolute values: the totals the claim read
   plus the turn's own usage. Nobody else writes the document while the claim is held,
   so no increment is needed and none is lost; a failed turn adds nothing. Whatever
@@ -157,13 +158,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import enum
-import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -172,27 +170,40 @@ from google.cloud import firestore
 from agent.base import tracing
 from agent.base.clock import retry_after, utc_now
 from agent.store.calls import OUTAGE, StoreUnavailable, bounded_retry, outage_as_unavailable
+from agent.store.commit_plan import CHUNK_BYTES, CommitPlan, PlannedCommits, chunks_to_refresh
 from agent.store.doc_size import clip_utf8
-from agent.store.paused_runs import (
-    Decision,
-    PausedRun,
-    PendingCall,
-    check_claim,
-    logged,
-    paused_fields,
-    paused_from,
+from agent.store.history_types import (
+    MAX_TURN_BYTES,
+    Claim,
+    ClaimLost,
+    CommitFailed,
+    CommitUnknown,
+    Deleted,
+    Deletion,
+    History,
+    Item,
+    SessionBusy,
+    SessionInfo,
+    SessionTaken,
+    StoreError,
+    Summary,
+    TurnTooLarge,
+    UsageTotals,
+    decode,
+    decode_from,
+    encode,
+    new_generation,
 )
+from agent.store.paused_runs import PausedRun, check_claim, paused_fields, paused_from
 from agent.store.schema import (
     APPROVALS,
     BYTES,
-    CACHED_INPUT_TOKENS,
     CHUNK_COUNT,
     CHUNK_EXPIRY,
     CHUNKS,
     CLAIM_TOKEN,
     CLAIM_UNTIL,
     COMMITS,
-    COST_USD,
     CREATED_AT,
     DATA,
     DELETED_BY,
@@ -201,11 +212,9 @@ from agent.store.schema import (
     EXPIRY_COMMIT,
     FENCED,
     GENERATION,
-    INPUT_TOKENS,
     ITEMS,
     LAST_COMMIT,
     MAX_SUMMARY_BYTES,
-    OUTPUT_TOKENS,
     OWNER,
     PAUSE_ATTEMPTS,
     PAUSE_FINGERPRINT,
@@ -214,7 +223,6 @@ from agent.store.schema import (
     PAUSE_PENDING,
     PAUSED,
     PAUSED_AT,
-    REQUESTS,
     SESSIONS,
     SUMMARY,
     SUMMARY_ITEMS,
@@ -226,18 +234,40 @@ from agent.store.schema import (
     TURNS,
     UPDATED_AT,
     USAGE,
-    UsageTotalsDoc,
     chunk_id,
 )
 from agent.store.summary_provenance import SummaryProvenance
 
+# The store's names as callers have long imported them: the shared types and errors
+# live in history_types.py, the commit's plan in commit_plan.py.
+__all__ = [
+    "CHUNK_BYTES",
+    "MAX_TURN_BYTES",
+    "Claim",
+    "ClaimLost",
+    "CommitFailed",
+    "CommitUnknown",
+    "Deleted",
+    "Deletion",
+    "History",
+    "HistoryStore",
+    "Item",
+    "SessionBusy",
+    "SessionInfo",
+    "SessionTaken",
+    "StoreError",
+    "Summary",
+    "TurnTooLarge",
+    "UsageTotals",
+    "chunks_to_refresh",
+    "decode",
+    "doc_id",
+    "encode",
+    "new_generation",
+]
+
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 512 * 1024
-MAX_TURN_BYTES = 3 * 1024 * 1024
-"""Largest history growth one turn may add: our limit. Its commit is one gRPC message;
-the emulator refuses messages over 4 MiB (real Firestore allows 10 MiB), and the tests
-run on the emulator, so the service stays under the tighter cap."""
 _ATTEMPTS = 3
 """How often a claim or a delete whose condition failed looks again before it gives
 up: each failure means the document changed, and a session changes about once a second
@@ -247,187 +277,11 @@ RECENT_COMMITS = 16
 """Commit tokens kept in ``commits``: a turn whose reply was lost re-reads within seconds,
 so its token is still there unless 16 turns committed in between."""
 
-Item = dict[str, Any]
-
 # A commit refused with these did not land in that attempt; an earlier attempt of the
 # same call (the client retries transient errors) may have.
 _REFUSED = (gexc.FailedPrecondition, gexc.NotFound)
 # A commit that ended with these may or may not have landed.
 _UNKNOWN = (*OUTAGE, gexc.Aborted, gexc.Cancelled)
-
-
-class StoreError(Exception):
-    """Base of the errors this module raises on purpose."""
-
-
-class SessionBusy(StoreError):
-    """Another turn holds the session."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("session is busy")
-        self.retry_after = retry_after
-
-
-class SessionTaken(StoreError):
-    """The id names a live session of another principal."""
-
-
-class ClaimLost(StoreError):
-    """The claim lapsed before the commit; nothing was written."""
-
-
-class CommitFailed(StoreError):
-    """Firestore failed the commit and the claim was fenced: nothing was written, and
-    the commit can never land later."""
-
-
-class CommitUnknown(StoreError):
-    """Whether the commit landed could not be found out in time (Firestore did not
-    answer). Anything the turn might reference must be kept."""
-
-
-class TurnTooLarge(StoreError):
-    """One turn's items exceed MAX_TURN_BYTES."""
-
-
-class Deletion(enum.Enum):
-    DELETED = "deleted"  # a live session of the caller's
-    ABSENT = "absent"  # nothing live under this id (an expired history's leftovers went)
-    NOT_YOURS = "not_yours"  # someone else's: left alone, reported to them as absent
-
-
-@dataclass(frozen=True)
-class Deleted:
-    """What ``delete`` did, and the life (generation) whose documents it removed; for a
-    session an earlier delete removed (its tombstone), the life that one removed, so a
-    clean-up that failed then can be repeated."""
-
-    outcome: Deletion
-    generation: str | None = None
-
-
-@dataclass(frozen=True)
-class UsageTotals:
-    """A session's running totals: what its committed turns spent on the model."""
-
-    requests: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def plus(self, other: UsageTotals) -> UsageTotals:
-        return UsageTotals(
-            self.requests + other.requests,
-            self.input_tokens + other.input_tokens,
-            self.cached_input_tokens + other.cached_input_tokens,
-            self.output_tokens + other.output_tokens,
-            # Rounded as each cost is: sums of float dollars drift in the last digits.
-            round(self.cost_usd + other.cost_usd, 8),
-        )
-
-    def as_doc(self) -> UsageTotalsDoc:
-        return {
-            REQUESTS: self.requests,
-            INPUT_TOKENS: self.input_tokens,
-            CACHED_INPUT_TOKENS: self.cached_input_tokens,
-            OUTPUT_TOKENS: self.output_tokens,
-            COST_USD: self.cost_usd,
-        }
-
-    @classmethod
-    def from_doc(cls, doc: Any) -> UsageTotals:
-        """From a stored map; a session written before totals existed has none (zero)."""
-        if not isinstance(doc, dict):
-            return cls()
-        return cls(
-            int(doc.get(REQUESTS) or 0),
-            int(doc.get(INPUT_TOKENS) or 0),
-            int(doc.get(CACHED_INPUT_TOKENS) or 0),
-            int(doc.get(OUTPUT_TOKENS) or 0),
-            float(doc.get(COST_USD) or 0.0),
-        )
-
-
-@dataclass(frozen=True)
-class History:
-    session_id: str
-    items: list[Item]
-    turns: int
-    expire_at: dt.datetime
-    summary: str | None = None
-    summary_items: int = 0
-    """How many leading items ``summary`` covers (they are still in ``items``)."""
-    pending: tuple[PendingCall, ...] = ()
-    """Tool calls of a paused run waiting for approval."""
-    approvals: tuple[Decision, ...] = ()
-    """The last approval decisions, oldest first."""
-    totals: UsageTotals = UsageTotals()
-    """The running usage totals of the session's committed turns."""
-    pause_id: str | None = None
-    """The paused run's id (what decisions name), when it waits for approval."""
-    summary_provenance: SummaryProvenance | None = None
-    """Where ``summary`` came from (None: no summary, or one older than provenance)."""
-
-
-@dataclass(frozen=True)
-class Summary:
-    """A running summary, and where the items it does not cover begin."""
-
-    text: str
-    items: int
-    """Leading items of the whole history it covers."""
-    offset: int
-    """Byte offset in the encoded history of the first item it does not cover."""
-    provenance: SummaryProvenance | None = None
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """Who owns a live session, and which life of its id it is."""
-
-    owner: str | None
-    generation: str | None
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A running turn's hold on a session, with the history it loaded."""
-
-    session_id: str
-    token: str
-    update_time: Any  # protobuf Timestamp of the claim write: the commit's precondition
-    new_session: bool
-    history: list[Item]
-    turns: int
-    tail: bytes
-    chunks: int
-    stale_chunks: int  # chunk documents of an expired history, deleted at commit
-    total_bytes: int
-    created_at: dt.datetime
-    until: dt.datetime
-    """When the claim lapses (the turn's deadline)."""
-    generation: str
-    """The life of the session this turn belongs to."""
-    replaced: bool = False
-    """The claim took over the document of an earlier, dead life of this id."""
-    summary: Summary | None = None
-    """The running summary; ``history`` then holds only the items after it."""
-    item_count: int = 0
-    """Items in the whole stored history (``history`` may be only its uncovered end)."""
-    item_ends: tuple[int, ...] = ()
-    """Byte offset, in the whole encoded history, just past each item of ``history``."""
-    token_ratio: float = 1.0
-    paused: PausedRun | None = None
-    """The paused run this claim resumes (``claim(resume=...)``), with its state."""
-    approvals: tuple[Decision, ...] = ()
-    totals: UsageTotals = UsageTotals()
-    """The session's usage totals as the claim read them: a turn commits them plus its
-    own usage (nobody else writes them while the claim is held)."""
-    commits: tuple[str, ...] = ()
-    """The recent commit tokens as the claim read them (the commit adds its own)."""
-    chunks_expire_at: dt.datetime | None = None
-    """No sealed chunk expires before it (None: not known, no chunk)."""
 
 
 def doc_id(session_id: str) -> str:
@@ -436,36 +290,7 @@ def doc_id(session_id: str) -> str:
     return session_id
 
 
-def new_generation() -> str:
-    return secrets.token_urlsafe(12)
-
-
-def encode(items: Sequence[Item]) -> bytes:
-    return b"".join(
-        json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        for item in items
-    )
-
-
-def decode(data: bytes) -> list[Item]:
-    return [json.loads(line) for line in data.split(b"\n") if line]
-
-
-def decode_from(data: bytes, start: int, base: int) -> tuple[list[Item], tuple[int, ...]]:
-    """The items of ``data[start:]`` (``start`` is an item boundary), and the offset just
-    past each, counted from ``base`` (where ``data`` begins in the whole history)."""
-    items: list[Item] = []
-    ends: list[int] = []
-    position = start
-    for line in data[start:].split(b"\n"):
-        position += len(line) + 1
-        if line:
-            items.append(json.loads(line))
-            ends.append(base + position)
-    return items, tuple(ends)
-
-
-class HistoryStore:
+class HistoryStore(PlannedCommits):
     """Reads and writes conversation histories. Thread-safe; calls are synchronous."""
 
     def __init__(
@@ -488,20 +313,15 @@ class HistoryStore:
             if data is None or not _is_live(data, now) or not _owned_by(data, owner):
                 return None
             stream = self._read_chunks(session_id, data[CHUNK_COUNT], snap.read_time)
-        summary = _summary_of(data)
-        paused = paused_from(data.get(PAUSED))
-        return History(
+        return History.of(
             session_id,
             decode(stream + bytes(data[TAIL])),
             data[TURNS],
             data[TTL_FIELD],
-            summary.text if summary else None,
-            summary.items if summary else 0,
-            paused.pending if paused else (),
-            tuple(data.get(APPROVALS) or ()),
+            _summary_of(data),
+            paused_from(data.get(PAUSED)),
+            data.get(APPROVALS) or (),
             UsageTotals.from_doc(data.get(USAGE)),
-            paused.pause_id if paused else None,
-            summary.provenance if summary else None,
         )
 
     def paused_run(
@@ -759,113 +579,26 @@ class HistoryStore:
             chunks_expire_at=_chunk_floor(data),
         )
 
-    def commit(
-        self,
-        claim: Claim,
-        new_items: Sequence[Item],
-        now: dt.datetime,
-        *,
-        replace: bool = False,
-        count_turn: bool = True,
-        extra_writes: Callable[[Any, dt.datetime], None] | None = None,
-        time_left: float | None = None,
-        summary: Summary | None = None,
-        token_ratio: float | None = None,
-        paused: PausedRun | None = None,
-        decisions: Sequence[Decision] = (),
-        totals: UsageTotals | None = None,
-    ) -> History:
-        """Append ``new_items`` (or, with ``replace``, make them the whole history)
-        and release the claim, in one atomic commit.
-
-        ``extra_writes(batch, expire_at)`` adds writes of its own to that commit, so
-        they land if and only if the turn does (the idempotency record).
-        ``time_left`` (seconds) bounds the commit and, should its reply be lost,
-        finding out whether it landed; without it each call gets the store's timeout.
-        ``summary`` replaces the running summary in the same commit (a summary covers
-        only stored items, so it lands with them or not at all); ``token_ratio`` updates
-        the session's calibration; ``totals`` replaces the usage totals (absolute values:
-        the claim's plus this turn's, so a commit that fails adds nothing). ``paused`` is
-        the run the turn paused (None: the session has none after this commit, so a
-        resumed run's state goes with it); ``decisions`` join the decision log.
-
-        Returns when the turn is stored, also when the reply was lost but the turn
-        landed. Raises ClaimLost (the claim had lapsed; nothing written),
-        CommitFailed (not written, and fenced so it never will be) or CommitUnknown
-        (could not be found out in time); the claim is no longer ours after any of
-        them."""
-        added = encode(new_items)
-        if len(added) > MAX_TURN_BYTES:
-            raise TurnTooLarge(f"{len(added)} bytes in one turn")
-        if replace and claim.summary is not None:
-            # The claim holds only the end of the history: rewriting it whole would drop
-            # the rest. Only library use replaces, and it never summarises.
-            raise ValueError("cannot replace a summarised history")
-        if replace:
-            first_chunk, tail, old_chunks = 0, added, claim.chunks
-        else:
-            first_chunk, tail, old_chunks = claim.chunks, claim.tail + added, claim.chunks
-        expire_at = now + self._ttl
-        chunk_expire_at = expire_at + self._ttl / 2  # see Expiry in the header
-        ref = self._session_ref(claim.session_id)
+    def _apply(self, plan: CommitPlan, time_left: float | None) -> History:
+        """The commit ``plan`` as one batch conditioned on the claim write; a lost reply
+        is resolved before it returns (``_resolve``, the header's Consistency)."""
+        claim = plan.claim
         batch = self._client.batch()
-        sealed = 0
-        while len(tail) >= CHUNK_BYTES:
-            chunk = {DATA: tail[:CHUNK_BYTES], TTL_FIELD: chunk_expire_at}
-            batch.set(self._chunk_ref(claim.session_id, first_chunk + sealed), chunk)
-            tail, sealed = tail[CHUNK_BYTES:], sealed + 1
-        chunks = first_chunk + sealed
-        # Sealed earlier: only their expiry slides, and only when it would fall before the
-        # session document's.
-        refresh = chunks_to_refresh(first_chunk, claim.chunks_expire_at, expire_at)
-        for index in refresh:
-            batch.update(self._chunk_ref(claim.session_id, index), {TTL_FIELD: chunk_expire_at})
-        kept_floor = claim.chunks_expire_at if first_chunk and not refresh else None
-        floor = min(kept_floor or chunk_expire_at, chunk_expire_at)
-        for index in range(chunks, max(old_chunks, claim.stale_chunks)):
+        for index, data in plan.sealed:
+            chunk = {DATA: data, TTL_FIELD: plan.chunk_expire_at}
+            batch.set(self._chunk_ref(claim.session_id, index), chunk)
+        for index in plan.refresh:
+            chunk = {TTL_FIELD: plan.chunk_expire_at}
+            batch.update(self._chunk_ref(claim.session_id, index), chunk)
+        for index in plan.dropped:
             batch.delete(self._chunk_ref(claim.session_id, index))
-        before = claim.item_count or len(claim.history)
-        items = len(new_items) if replace else before + len(new_items)
-        total = len(added) if replace else claim.total_bytes + len(added)
-        turns = claim.turns + (1 if count_turn else 0)
-        fields = {
-            TAIL: tail,
-            CHUNK_COUNT: chunks,
-            ITEMS: items,
-            BYTES: total,
-            TURNS: turns,
-            CLAIM_TOKEN: None,
-            CLAIM_UNTIL: None,
-            LAST_COMMIT: claim.token,
-            COMMITS: [*claim.commits, claim.token][-RECENT_COMMITS:],
-            CHUNK_EXPIRY: {EXPIRY_AT: floor, EXPIRY_COMMIT: claim.token} if chunks else None,
-            CREATED_AT: claim.created_at,
-            **_summary_fields(summary or claim.summary),
-            **({TOKEN_RATIO: token_ratio} if token_ratio is not None else {}),
-            PAUSED: paused_fields(paused) if paused is not None else None,
-            **({APPROVALS: logged(claim.approvals, decisions)} if decisions else {}),
-            **({USAGE: totals.as_doc()} if totals is not None else {}),
-            UPDATED_AT: now,
-            TTL_FIELD: expire_at,
-        }
-        batch.update(ref, fields, option=self._precondition(claim.update_time))
-        if extra_writes is not None:
-            extra_writes(batch, expire_at)
-        history = claim.history if not replace else []
-        kept = summary or claim.summary
-        stored = History(
-            claim.session_id,
-            [*history, *new_items],
-            turns,
-            expire_at,
-            kept.text if kept else None,
-            kept.items if kept else 0,
-            paused.pending if paused else (),
-            tuple(logged(claim.approvals, decisions)),
-            totals or claim.totals,
-            paused.pause_id if paused else None,
-            kept.provenance if kept else None,
+        batch.update(
+            self._session_ref(claim.session_id),
+            _committed(plan),
+            option=self._precondition(claim.update_time),
         )
+        if plan.extra_writes is not None:
+            plan.extra_writes(batch, plan.expire_at)
         # Half of the time left for the commit, half for finding out its outcome.
         ends = time.monotonic() + (time_left if time_left is not None else 3 * self._timeout)
         timeout = min(self._timeout, (ends - time.monotonic()) / 2)
@@ -881,7 +614,7 @@ class HistoryStore:
                 log.warning("commit failed (%s): %s", type(exc).__name__, type(outcome).__name__)
                 raise
             log.warning("commit failed (%s) but had landed", type(exc).__name__)
-        return stored
+        return plan.stored
 
     def _resolve(self, claim: Claim, ends: float, *, refused: bool) -> None:
         """Find out whether a commit whose reply was lost landed: returns if it did,
@@ -1050,6 +783,34 @@ def _summary_of(data: dict[str, Any]) -> Summary | None:
     )
 
 
+def _committed(plan: CommitPlan) -> dict[str, Any]:
+    """The session document's fields after the commit ``plan``: the plan's, the claim
+    released, and the commit's own marks (``commits``, ``last_commit``), by which a
+    lost reply is resolved (``_resolve``)."""
+    claim = plan.claim
+    floor = plan.chunk_floor
+    return {
+        TAIL: plan.tail,
+        CHUNK_COUNT: plan.chunks,
+        ITEMS: plan.items,
+        BYTES: plan.total_bytes,
+        TURNS: plan.turns,
+        CLAIM_TOKEN: None,
+        CLAIM_UNTIL: None,
+        LAST_COMMIT: claim.token,
+        COMMITS: [*claim.commits, claim.token][-RECENT_COMMITS:],
+        CHUNK_EXPIRY: {EXPIRY_AT: floor, EXPIRY_COMMIT: claim.token} if floor is not None else None,
+        CREATED_AT: claim.created_at,
+        **_summary_fields(plan.summary),
+        **({TOKEN_RATIO: plan.token_ratio} if plan.token_ratio is not None else {}),
+        PAUSED: paused_fields(plan.paused) if plan.paused is not None else None,
+        **({APPROVALS: list(plan.approvals)} if plan.decided else {}),
+        **({USAGE: plan.totals.as_doc()} if plan.totals is not None else {}),
+        UPDATED_AT: plan.now,
+        TTL_FIELD: plan.expire_at,
+    }
+
+
 def _summary_fields(summary: Summary | None) -> dict[str, Any]:
     if summary is None:
         return {}
@@ -1104,19 +865,6 @@ def _tombstone(
 def _is_tombstone(data: dict[str, Any]) -> bool:
     """A deleted session's document, untouched since: nothing in it to delete."""
     return DELETED_BY in data and GENERATION not in data and not data.get(CHUNK_COUNT)
-
-
-def chunks_to_refresh(
-    sealed: int, floor: dt.datetime | None, session_expire_at: dt.datetime
-) -> range:
-    """Which of ``sealed`` chunks a write that moves the session document's expiry to
-    ``session_expire_at`` must slide: all when the earliest of their expiries (``floor``;
-    None: not known) is before it, else none. So no chunk ever expires before its
-    session document, and a chunk slid to half a TTL past the document is left alone
-    until the document's expiry passes that (``Expiry`` in the header)."""
-    if floor is not None and floor >= session_expire_at:
-        return range(0)
-    return range(sealed)
 
 
 def _chunk_floor(data: dict[str, Any]) -> dt.datetime | None:

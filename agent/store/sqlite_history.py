@@ -44,35 +44,25 @@ import datetime as dt
 import json
 import secrets
 import sqlite3
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.base.clock import retry_after
 from agent.store.calls import StoreUnavailable
-from agent.store.history import (
-    MAX_TURN_BYTES,
+from agent.store.commit_plan import CommitPlan, PlannedCommits
+from agent.store.history_types import (
     Claim,
     ClaimLost,
     Deleted,
     Deletion,
     History,
-    Item,
     SessionBusy,
     SessionInfo,
     SessionTaken,
     Summary,
-    TurnTooLarge,
     UsageTotals,
     new_generation,
 )
-from agent.store.paused_runs import (
-    Decision,
-    PausedRun,
-    check_claim,
-    logged,
-    paused_fields,
-    paused_from,
-)
+from agent.store.paused_runs import Decision, PausedRun, check_claim, paused_fields, paused_from
 from agent.store.schema import (
     APPROVALS,
     BYTES,
@@ -119,11 +109,6 @@ _DELETE_TOOL_RUNS = f"DELETE FROM {TOOL_RUNS} WHERE {SESSION_ID} = ?"
 _MIN_COMMIT_SECONDS = 0.05
 
 
-def _encode(item: Item) -> str:
-    # As history.encode: the byte offsets (item_ends, a summary's offset) match Firestore's.
-    return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
-
-
 class _Row:
     """A session row, its times as datetimes."""
 
@@ -164,7 +149,7 @@ class _Row:
         return bool(self.claim_token and self.claim_until and self.claim_until > now)
 
 
-class SqliteHistoryStore:
+class SqliteHistoryStore(PlannedCommits):
     """Reads and writes conversation histories in SQLite. Thread-safe; synchronous."""
 
     def __init__(self, database: Database, *, ttl_seconds: int) -> None:
@@ -181,19 +166,15 @@ class SqliteHistoryStore:
             if row is None or not row.live(now) or not row.owned_by(owner):
                 return None
             items = [json.loads(text) for text in _texts(conn, session_id)]
-        summary = row.summary
-        return History(
+        return History.of(
             session_id,
             items,
             row.turns,
             row.expire_at,
-            summary.text if summary else None,
-            summary.items if summary else 0,
-            row.paused.pending if row.paused else (),
+            row.summary,
+            row.paused,
             row.approvals,
             row.totals,
-            row.paused.pause_id if row.paused else None,
-            summary.provenance if summary else None,
         )
 
     def paused_run(
@@ -389,48 +370,14 @@ class SqliteHistoryStore:
             totals=row.totals,
         )
 
-    def commit(
-        self,
-        claim: Claim,
-        new_items: Sequence[Item],
-        now: dt.datetime,
-        *,
-        replace: bool = False,
-        count_turn: bool = True,
-        extra_writes: Callable[[Any, dt.datetime], None] | None = None,
-        time_left: float | None = None,
-        summary: Summary | None = None,
-        token_ratio: float | None = None,
-        paused: PausedRun | None = None,
-        decisions: Sequence[Decision] = (),
-        totals: UsageTotals | None = None,
-    ) -> History:
-        """Append ``new_items`` (with ``replace``, make them the whole history) and
-        release the claim, in one transaction, only if the row still holds this claim.
-        Raises ClaimLost (nothing written), TurnTooLarge.
-
-        ``extra_writes(connection, expire_at)`` runs inside that transaction, so its
-        writes land if and only if the turn does (the idempotency record). ``summary``
-        replaces the running summary, ``token_ratio`` the calibration and ``totals``
-        the usage totals, in the same transaction, as do ``paused`` (the run the turn
-        paused; None clears it) and ``decisions`` (added to the decision log).
-        ``time_left`` (seconds): with too
-        little left the claim is left to lapse unused, as on Firestore."""
-        encoded = [_encode(item) for item in new_items]
-        added = sum(len(text.encode()) + 1 for text in encoded)  # JSON lines, as on Firestore
-        if added > MAX_TURN_BYTES:
-            raise TurnTooLarge(f"{added} bytes in one turn")
-        if replace and claim.summary is not None:
-            raise ValueError("cannot replace a summarised history")
+    def _apply(self, plan: CommitPlan, time_left: float | None) -> History:
+        """The commit ``plan`` as one transaction, only while the row still holds its
+        claim (ClaimLost otherwise: nothing written). With too little ``time_left`` the
+        claim is left to lapse unused, as on Firestore."""
+        claim = plan.claim
         if time_left is not None and time_left < _MIN_COMMIT_SECONDS:
             raise ClaimLost(claim.session_id)
-        expire_at = now + self._ttl
-        before = claim.item_count or len(claim.history)
-        items = len(new_items) if replace else before + len(new_items)
-        total = added if replace else claim.total_bytes + added
-        turns = claim.turns + (1 if count_turn else 0)
-        kept = summary or claim.summary
-        log = logged(claim.approvals, decisions)
+        kept = plan.summary
         with self._db.write() as conn:
             found = conn.execute(
                 f"SELECT {CLAIM_TOKEN}, {GENERATION} FROM {SESSIONS} WHERE {ID} = ?",
@@ -438,12 +385,14 @@ class SqliteHistoryStore:
             ).fetchone()
             if found is None or tuple(found) != (claim.token, claim.generation):
                 raise ClaimLost(claim.session_id)
-            if replace:
+            if plan.replace:
                 conn.execute(_DELETE_ITEMS, (claim.session_id,))
-            first = 0 if replace else before
             conn.executemany(
                 f"INSERT INTO {HISTORY_ITEMS} ({SESSION_ID}, {SEQ}, {ITEM}) VALUES (?, ?, ?)",
-                [(claim.session_id, first + n, text) for n, text in enumerate(encoded)],
+                [
+                    (claim.session_id, plan.first_item + n, line)
+                    for n, line in enumerate(plan.lines)
+                ],
             )
             conn.execute(
                 f"UPDATE {SESSIONS} SET {TURNS} = :turns, {ITEMS} = :items, {BYTES} = :bytes,"
@@ -455,33 +404,21 @@ class SqliteHistoryStore:
                 f" {PAUSED} = :paused, {PAUSED_STATE} = :paused_state, {APPROVALS} = :approvals,"
                 f" {USAGE} = COALESCE(:usage, {USAGE}),"
                 f" {UPDATED_AT} = :now, {TTL_FIELD} = :expire WHERE {ID} = :id",
-                {"turns": turns, "items": items, "bytes": total}
-                | {"created": to_micros(claim.created_at), "ratio": token_ratio}
-                | {"usage": None if totals is None else json.dumps(totals.as_doc())}
+                {"turns": plan.turns, "items": plan.items, "bytes": plan.total_bytes}
+                | {"created": to_micros(claim.created_at), "ratio": plan.token_ratio}
+                | {"usage": None if plan.totals is None else json.dumps(plan.totals.as_doc())}
                 | {"summary": kept.text if kept else None}
                 | {"summary_items": kept.items if kept else 0}
                 | {"summary_offset": kept.offset if kept else 0}
                 | {"summary_provenance": _provenance_text(kept)}
-                | _paused_columns(paused)
-                | {"approvals": json.dumps(log) if log else None}
-                | {"now": to_micros(now), "expire": to_micros(expire_at), "id": claim.session_id},
+                | _paused_columns(plan.paused)
+                | {"approvals": json.dumps(plan.approvals) if plan.approvals else None}
+                | {"now": to_micros(plan.now), "expire": to_micros(plan.expire_at)}
+                | {"id": claim.session_id},
             )
-            if extra_writes is not None:
-                extra_writes(conn, expire_at)
-        history = [] if replace else claim.history
-        return History(
-            claim.session_id,
-            [*history, *new_items],
-            turns,
-            expire_at,
-            kept.text if kept else None,
-            kept.items if kept else 0,
-            paused.pending if paused else (),
-            tuple(log),
-            totals or claim.totals,
-            paused.pause_id if paused else None,
-            kept.provenance if kept else None,
-        )
+            if plan.extra_writes is not None:
+                plan.extra_writes(conn, plan.expire_at)
+        return plan.stored
 
     def release(self, claim: Claim) -> None:
         """Give the session back after a failed turn; the history stays untouched.
