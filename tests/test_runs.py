@@ -5,19 +5,22 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from agent.base.clock import utc_now
-from agent.runs.queue import LocalQueue
+from agent.runs.queue import TASK_SECRET_HEADER, LocalQueue
 from local.demo_model import DemoModelServer
-from tests.support.constants import MODEL
+from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY, MODEL
 from tests.support.run_servers import RunServer
 
 CHAIN = "1+1 then 2+2 then 3+3 then 4+4 then 5+5"
 """Six model calls (one per step) and five tool calls (demo model's chained rule)."""
+ALICE = {"X-API-Key": ALICE_KEY}
+BOB = {"X-API-Key": BOB_KEY}
 PRICES = json.dumps({MODEL: {"input": 2.0, "cached_input": 1.0, "output": 8.0}})
 
 
@@ -205,3 +208,66 @@ def test_every_task_delivered_twice_runs_each_call_once(
         assert run["usage"]["requests"] == 6
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("action", ["rollback", "interrupt"])
+def test_a_cancel_stops_the_run_at_its_next_step_and_leaves_the_history_as_stated(
+    serve: Callable[..., RunServer], model: DemoModelServer, action: str
+) -> None:
+    server = serve(function_timeout_seconds=20)
+    model.control(delay_seconds=1.5)
+    _, accepted, _ = server.call("POST", "/chat", {"message": CHAIN, "background": True})
+    run_id, session_id = accepted["run_id"], accepted["session_id"]
+    while model.request_count < 1:  # its first model call is on
+        time.sleep(0.02)
+    status, body, _ = server.call("POST", f"/runs/{run_id}/cancel", {"action": action})
+    assert status == 200, body
+    assert body["run_id"] == run_id and body["cancel"] == action
+    run = server.wait(run_id)
+    assert run["status"] == "cancelled"
+    time.sleep(2)  # nothing starts after the cancel: no second model call, ever
+    assert model.request_count == 1
+    events, ended = _read_events(server.port, run_id, None, None)
+    assert ended and events[-1][1:] == ("status", {"status": "cancelled"})
+    status, session, _ = server.call("GET", f"/sessions/{session_id}")
+    if action == "rollback":
+        assert status == 404  # the session's first turn was never committed
+    else:
+        assert status == 200 and session["turns"] == 1
+        kinds = [item.get("type", item.get("role")) for item in session["items"]]
+        assert kinds == ["user", "function_call", "function_call_output", "message"]
+        assert "cancelled" in json.dumps(session["items"][-1])
+    # The session is free again; a finished run cannot be cancelled.
+    status, _, _ = server.call("POST", "/chat", {"message": "hi", "session_id": session_id})
+    assert status == 200
+    status, body, _ = server.call("POST", f"/runs/{run_id}/cancel", {})
+    assert status == 409 and body["error"]["code"] == "run_finished"
+
+
+def test_another_principal_gets_404_and_tasks_need_the_queue(
+    serve: Callable[..., RunServer], model: DemoModelServer
+) -> None:
+    server = serve(auth_mode="api_key", auth_api_keys=API_KEYS)
+    _, accepted, _ = server.call(
+        "POST", "/chat", {"message": "hello", "background": True}, headers=ALICE
+    )
+    run_id = accepted["run_id"]
+    assert server.wait(run_id, headers=ALICE)["status"] == "completed"
+    for method, path in (
+        ("GET", f"/runs/{run_id}"),
+        ("GET", f"/runs/{run_id}/events"),
+        ("POST", f"/runs/{run_id}/cancel"),
+    ):
+        status, body, _ = server.call(method, path, {} if method == "POST" else None, BOB)
+        assert (status, body["error"]["code"]) == (404, "run_not_found"), path
+    # The task route takes no caller credential: none is 401, a caller's 401, a wrong
+    # queue secret 403; nothing runs.
+    calls = model.request_count
+    task = {"run_id": run_id, "step": 0}
+    assert server.call("POST", "/tasks/runs", task)[0] == 401
+    assert server.call("POST", "/tasks/runs", task, ALICE)[0] == 401
+    wrong = {TASK_SECRET_HEADER: "not-the-secret"}
+    assert server.call("POST", "/tasks/runs", task, wrong)[0] == 403
+    assert model.request_count == calls
+    status, body, _ = server.call("POST", "/chat", {"message": "x", "background": 1}, ALICE)
+    assert status == 400 and body["error"]["code"] == "invalid_request"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import secrets
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -176,6 +177,7 @@ class SteppedTurn:
         """Commit what the steps did so far and a note that the run was cancelled."""
         turn = self._turn
         note: Item = {
+            "id": f"msg_cancelled_{secrets.token_hex(8)}",
             "type": "message",
             "role": "assistant",
             "status": "completed",

@@ -4,6 +4,7 @@ delivers each task to it over HTTP as Cloud Tasks would, and the test counts the
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import threading
 import time
@@ -43,8 +44,6 @@ class RunServer:
             return self.app(environ, start_response)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         raw = environ["wsgi.input"].read(length)
-        import io
-
         environ["wsgi.input"] = io.BytesIO(raw)
         seen: dict[str, Any] = {}
 
@@ -86,11 +85,17 @@ class RunServer:
             raw, status, got = error.read(), error.code, error.headers
         return status, json.loads(raw) if raw else {}, dict(got)
 
-    def wait(self, run_id: str, timeout: float = 60, until: tuple[str, ...] = TERMINAL) -> Any:
+    def wait(
+        self,
+        run_id: str,
+        timeout: float = 60,
+        until: tuple[str, ...] = TERMINAL,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """The run once its status is one of ``until``."""
         ends = time.monotonic() + timeout
         while True:
-            status, run, _ = self.call("GET", f"/runs/{run_id}")
+            status, run, _ = self.call("GET", f"/runs/{run_id}", headers=headers)
             assert status == 200, run
             if run["status"] in until:
                 return run
