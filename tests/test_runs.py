@@ -271,3 +271,28 @@ def test_another_principal_gets_404_and_tasks_need_the_queue(
     assert model.request_count == calls
     status, body, _ = server.call("POST", "/chat", {"message": "x", "background": 1}, ALICE)
     assert status == 400 and body["error"]["code"] == "invalid_request"
+
+
+def test_a_budget_exhausted_between_slices_fails_the_run(
+    serve: Callable[..., RunServer], model: DemoModelServer
+) -> None:
+    # One model call of the chain costs about 600 micro-dollars at PRICES: the first
+    # slice is admitted, the second is over the day's budget.
+    server = serve(
+        function_timeout_seconds=4,
+        model_prices=PRICES,
+        budget_usd_per_principal_per_day="0.0005",
+    )
+    model.control(delay_seconds=2.0)  # one step per slice
+    _, accepted, _ = server.call("POST", "/chat", {"message": CHAIN, "background": True})
+    run = server.wait(accepted["run_id"], timeout=60)
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "budget_exceeded"
+    assert model.request_count == 1
+    assert run["usage"]["requests"] == 1
+    events, _ = _read_events(server.port, accepted["run_id"], None, None)
+    assert [kind for _, kind, _ in events][-2:] == ["error", "status"]
+    # Nothing was committed: the session is as before the run (here: none), and free.
+    assert server.call("GET", f"/sessions/{accepted['session_id']}")[0] == 404
+    status, body, _ = server.call("POST", "/chat", {"message": "hi"})
+    assert status == 429 and body["error"]["code"] == "budget_exceeded"
