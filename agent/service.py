@@ -173,7 +173,10 @@ def _queue(settings: Settings) -> Queue | None:
     if settings.k_service:
         return None
     # A task is one slice: its attempt may last the whole turn budget and its commit.
-    return LocalQueue(dispatch_deadline=settings.function_timeout_seconds + 5.0)
+    return LocalQueue(
+        dispatch_deadline=settings.function_timeout_seconds + 5.0,
+        secret=settings.runs_task_secret,
+    )
 
 
 class UnpricedModelError(PriceTableError):
