@@ -22,6 +22,7 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -117,12 +118,14 @@ class LocalQueue:
         self._order = itertools.count()
         self._lock = threading.Condition()
         self._closed = False
+        self._workers = workers
         self._idle = threading.Semaphore(workers)
-        self._dispatcher = threading.Thread(target=self._dispatch, name="local-queue", daemon=True)
-        self._dispatcher.start()
+        self._pid = 0
+        self._dispatcher: threading.Thread | None = None
 
     def enqueue(self, task: Task) -> None:
         now = time.monotonic()
+        self._started()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the local queue is closed")
@@ -134,11 +137,29 @@ class LocalQueue:
             heapq.heappush(self._due, _Due(now + task.delay_seconds, next(self._order), task))
             self._lock.notify()
 
+    def _started(self) -> None:
+        """The dispatcher runs in this process: started on first use, and again in a
+        child the server forked (gunicorn's worker: threads do not survive a fork, and
+        the parent's pending tasks are not the child's)."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._due, self._names = [], {}
+            self._idle = threading.Semaphore(self._workers)
+            self._dispatcher = threading.Thread(
+                target=self._dispatch, name="local-queue", daemon=True
+            )
+            self._dispatcher.start()
+            self._pid = os.getpid()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
-        self._dispatcher.join(timeout=2)
+        if self._dispatcher is not None and self._pid == os.getpid():
+            self._dispatcher.join(timeout=2)
 
     def _forget(self, now: float) -> None:
         if len(self._names) < 10_000:
