@@ -296,3 +296,15 @@ def test_a_budget_exhausted_between_slices_fails_the_run(
     assert server.call("GET", f"/sessions/{accepted['session_id']}")[0] == 404
     status, body, _ = server.call("POST", "/chat", {"message": "hi"})
     assert status == 429 and body["error"]["code"] == "budget_exceeded"
+
+
+def test_agent_max_turns_bounds_the_whole_run_not_a_slice(
+    serve: Callable[..., RunServer], model: DemoModelServer
+) -> None:
+    server = serve(function_timeout_seconds=4, agent_max_turns=3)
+    model.control(delay_seconds=2.0)  # one step per slice: each slice alone is under 3
+    _, accepted, _ = server.call("POST", "/chat", {"message": CHAIN, "background": True})
+    run = server.wait(accepted["run_id"], timeout=60)
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "max_turns_exceeded"
+    assert model.request_count == 3
