@@ -90,21 +90,15 @@ def parse_chat(body: bytes, max_message_chars: int) -> ChatRequest:
     webhook = data.get("webhook")
     if webhook is not None and not isinstance(webhook, str):
         raise errors.bad_request("invalid_webhook", "'webhook' must be a URL.")
-    if not background and (webhook is not None or "multitask" in data):
-        raise errors.bad_request(
-            "invalid_request", "'multitask' and 'webhook' apply to background runs only."
-        )
-    if background and stream:
-        raise errors.bad_request(
-            "invalid_request", "A background run answers 202; follow GET /runs/<id>/events."
-        )
     return ChatRequest(
         message=message,
         session_id=session_id,
-        stream=stream,
+        # A background run answers 202 (its events are GET /runs/<id>/events): ``stream``
+        # does not apply to it, nor ``multitask`` and ``webhook`` to a foreground turn.
+        stream=None if background else stream,
         background=background,
-        enqueue=multitask == "enqueue",
-        webhook=webhook,
+        enqueue=background and multitask == "enqueue",
+        webhook=webhook if background else None,
     )
 
 
