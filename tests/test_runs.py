@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from agent.api import runs as runs_api
 from agent.base.clock import utc_now
 from agent.runs.queue import TASK_SECRET_HEADER, LocalQueue
 from local.demo_model import DemoModelServer
@@ -308,3 +309,23 @@ def test_agent_max_turns_bounds_the_whole_run_not_a_slice(
     assert run["status"] == "failed"
     assert run["error"]["code"] == "max_turns_exceeded"
     assert model.request_count == 3
+
+
+def test_the_stream_sends_heartbeats_and_closes_itself_before_the_timeout(
+    serve: Callable[..., RunServer], model: DemoModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs_api, "HEARTBEAT_SECONDS", 0.5)
+    server = serve(function_timeout_seconds=4)  # the stream closes 1 s before 3.6 s
+    model.control(delay_seconds=2.0)
+    _, accepted, _ = server.call("POST", "/chat", {"message": CHAIN, "background": True})
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    started = time.monotonic()
+    connection.request("GET", f"/runs/{accepted['run_id']}/events")
+    body = connection.getresponse().read()  # until the server closes it
+    took = time.monotonic() - started
+    assert 2.0 < took < 4.0
+    assert body.startswith(b"retry: 1000\n")
+    assert b": keep-alive\n\n" in body
+    assert b'"status":"completed"' not in body  # the run goes on; the client reconnects
+    run = server.wait(accepted["run_id"], timeout=60)
+    assert run["status"] == "completed"
