@@ -115,6 +115,8 @@ class SteppedTurn:
         """Run one SDK turn, bounded by ``deadline`` (``time.monotonic()``); raises
         ApiError as a foreground turn fails (the claim is kept: the caller decides)."""
         runner, turn = self._runner, self._turn
+        # The turn's own run deadline keeps back the time its finish needs.
+        deadline = min(deadline, turn.run_deadline)
         run_input: str | RunState[Any, Any] = turn.input
         if self._progress.state is not None:
             data = json.loads(self._progress.state)
