@@ -329,3 +329,19 @@ def test_the_stream_sends_heartbeats_and_closes_itself_before_the_timeout(
     assert b'"status":"completed"' not in body  # the run goes on; the client reconnects
     run = server.wait(accepted["run_id"], timeout=60)
     assert run["status"] == "completed"
+
+
+def test_a_retried_submit_with_its_idempotency_key_gets_the_same_run(
+    serve: Callable[..., RunServer], model: DemoModelServer
+) -> None:
+    server = serve()
+    key = {"Idempotency-Key": "submit-1"}
+    body = {"message": "hello", "background": True}
+    first = server.call("POST", "/chat", body, key)
+    second = server.call("POST", "/chat", body, key)
+    assert first[0] == second[0] == 202
+    assert first[1]["run_id"] == second[1]["run_id"]
+    assert server.wait(first[1]["run_id"])["status"] == "completed"
+    third = server.call("POST", "/chat", body, key)
+    assert third[0] == 202 and third[1]["run_id"] == first[1]["run_id"]
+    assert model.request_count == 1  # one run, one model call
