@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from agent.base.clock import utc_now
+from agent.store import run_rules
 from agent.store.backend import HistoryBackend, RunBackend
 from agent.store.history import ClaimLost
 from agent.store.run_records import (
@@ -41,10 +42,12 @@ from agent.store.run_records import (
 )
 from agent.store.run_rules import (
     MAX_EVENT_BYTES,
+    MAX_EVENTS_BYTES,
     MAX_EVENTS_PER_WRITE,
     MAX_RECORD_BYTES,
     MAX_STATE_BYTES,
 )
+from agent.store.runs import STATE_INLINE_BYTES
 
 SECOND = dt.timedelta(seconds=1)
 TTL = 600
@@ -227,6 +230,33 @@ def test_take_leases_renews_and_refuses_while_held(stores: Stores) -> None:
             run.run_id, "t1", later, step=1, state=b"x", usage={}, events=[delta("lost")]
         )
     assert stores.runs.events(run.run_id, 2, 100) == []
+    # A slice that ends gives its lease back by renewing it until now: the next slice's
+    # task takes the run at once.
+    stores.runs.take(run.run_id, 0, "t2", later, later)
+    assert stores.runs.take(run.run_id, 0, "t3", later, later + 30 * SECOND).lease == "t3"
+
+
+def test_racing_takes_lease_the_run_to_exactly_one(stores: Stores) -> None:
+    run = stores.runs.create(new_run(), [status("queued")], enqueue=False)
+    now = utc_now()
+    # Running, its lease given back: a take appends no event (only the lease is contested).
+    stores.runs.take(run.run_id, 0, "t", now, now)
+    start = threading.Barrier(4)
+
+    def race(n: int) -> str:
+        start.wait()
+        try:
+            stores.runs.take(run.run_id, 0, f"t{n}", now, now + 60 * SECOND)
+        except LeaseHeld:
+            return "held"
+        return f"t{n}"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(race, range(4)))
+    winners = [o for o in outcomes if o != "held"]
+    assert len(winners) == 1
+    stored = stores.runs.get(run.run_id, now)
+    assert stored is not None and stored.lease == winners[0] and stored.seq == 2
 
 
 def test_take_of_a_done_step_a_finished_run_or_a_paused_run_does_nothing(stores: Stores) -> None:
@@ -509,3 +539,27 @@ def test_reclaim_of_a_first_turn_and_of_a_lost_claim(stores: Stores) -> None:
     short = stores.history.claim("new", now, now + 5 * SECOND, "alice")
     with pytest.raises(ClaimLost):
         stores.history.reclaim("new", short.token, now + 6 * SECOND, "alice")
+
+
+def test_writes_at_every_bound_land(stores: Stores) -> None:
+    """The bounds fit the store: on Firestore a run document with its maps at their bound
+    and the largest inline state stays under 1 MiB, and a checkpoint with the largest
+    state and the most event bytes stays under the emulator's 4 MiB request."""
+    run = new_run()
+    run = dataclasses.replace(run, request={"message": "m" * (MAX_RECORD_BYTES - 1024)})
+    stores.runs.create(run, [status("queued")], enqueue=False)
+    token = "t"
+    now = utc_now()
+    stores.runs.take(run.run_id, 0, token, now, now + 60 * SECOND)
+    wrapper = len(run_rules.to_json({"text": ""}).encode())
+    full = [delta("é" * ((MAX_EVENT_BYTES - wrapper) // 2))] * (MAX_EVENTS_BYTES // MAX_EVENT_BYTES)
+    state = os.urandom(MAX_STATE_BYTES)
+    stores.runs.checkpoint(run.run_id, token, now, step=1, state=state, usage={}, events=full)
+    inline = os.urandom(STATE_INLINE_BYTES)
+    stores.runs.checkpoint(run.run_id, token, now, step=2, state=inline, usage={}, events=[])
+    many = [delta("x")] * MAX_EVENTS_PER_WRITE
+    stores.runs.checkpoint(run.run_id, token, now, step=3, state=inline, usage={}, events=many)
+    stored = stores.runs.get(run.run_id, now)
+    assert stored is not None and stored.state == inline and stored.request == run.request
+    assert stored.seq == 2 + len(full) + MAX_EVENTS_PER_WRITE
+    assert stores.runs.events(run.run_id, 2, 1)[0].data == full[0].data

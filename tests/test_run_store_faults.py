@@ -141,3 +141,35 @@ def test_a_checkpoint_that_arrives_after_its_retry_is_refused(
     assert seqs(direct, run.run_id) == [(1, ""), (2, "y")]
     stored = direct.get(run.run_id, utc_now())
     assert stored is not None and (stored.step, stored.seq, stored.state) == (1, 2, b"2")
+
+
+@pytest.mark.parametrize("fault", ["reset", "hold_reply"])
+def test_an_end_whose_reply_is_lost_or_late_ends_once_and_hands_on_once(
+    stores: tuple[RunStore, RunStore], proxy: FaultProxy, fault: str
+) -> None:
+    behind, direct = stores
+    session_id = "s-" + secrets.token_hex(4)
+    run = direct.create(new_run(session_id), [], enqueue=False)
+    queued = direct.create(new_run(session_id), [], enqueue=True)
+    token = secrets.token_hex(8)
+    now = utc_now()
+    direct.take(run.run_id, 0, token, now, now + 60 * SECOND)
+    done = [NewEvent(type="done", data={"text": "end"})]
+
+    def end() -> tuple[Run, Run | None]:
+        return behind.end(run.run_id, token, utc_now(), status="completed", events=done)
+
+    proxy.arm_write(0, cast(Action, fault), seconds=2 * TIMEOUT)
+    try:
+        first: tuple[Run, Run | None] | None = end()
+    except StoreUnavailable:
+        first = None
+    if fault == "hold_reply":
+        time.sleep(2 * TIMEOUT)
+    ended, following = end()
+    if first is not None:
+        assert (ended, following) == first
+    assert ended.status == "completed" and following is not None
+    assert following.run_id == queued.run_id
+    assert seqs(direct, run.run_id) == [(1, ""), (2, "end")]
+    assert queued_ids(session_id) == [queued.run_id]

@@ -18,19 +18,21 @@ Semantics the engine (``agent/runs``) relies on
   ``approval_required`` is ``StepDone`` (nothing to do until it is decided); a step
   behind the run's is ``StepDone``, one ahead of it ``LeaseLost`` (that task's work is
   not the run's); another token's unexpired lease is ``LeaseHeld``. The same token
-  renews. A ``queued`` run becomes ``running`` and the store appends the ``status``
-  event itself (take has no events of its own).
+  renews; renewed until ``now`` it is given back (a slice that ends lets the next
+  task take the run at once). A ``queued`` run becomes ``running`` and the store
+  appends the ``status`` event itself (take has no events of its own).
 * ``checkpoint(step=n)``: ``n`` is the number of steps done after this one
   (``run.step + 1`` for one step). Under the caller's unexpired lease it keeps state,
   usage and events at once. A checkpoint that finds the run already at ``n`` or beyond
   under its own token landed before (its reply was lost): nothing is written again,
   and the stored run is returned. A terminal status is ``end``'s, not a checkpoint's.
 * ``end``: under the caller's unexpired lease (``token`` None: only while no lease is
-  held, else ``LeaseHeld``). A terminal status takes the run out of its session's
-  queue; if it was the first, the next one is the run returned with it (and kept in
-  ``next_run``). ``approval_required`` releases the lease and keeps the run first in
-  its queue. An end repeated with the same status (its reply lost) writes nothing and
-  returns the same pair; an ended run otherwise refuses (``RunFinished``).
+  held, else ``LeaseHeld``; so a queued run, a paused one, or one whose worker is gone).
+  A terminal status takes the run out of its session's queue; if it was the first, the
+  next one is the run returned with it (and kept in ``next_run``). ``approval_required``
+  releases the lease and keeps the run first in its queue. An end repeated with the same
+  status (its reply lost) writes nothing and returns the same pair; an ended run
+  otherwise refuses (``RunFinished``).
 * ``cancel``: the first request is kept; ended is ``RunFinished``. It ends nothing
   itself: the worker sees ``cancel`` on the run its checkpoint returns, and a queued
   run is ended by the engine with ``end(token=None)``.
