@@ -345,3 +345,23 @@ def test_a_retried_submit_with_its_idempotency_key_gets_the_same_run(
     third = server.call("POST", "/chat", body, key)
     assert third[0] == 202 and third[1]["run_id"] == first[1]["run_id"]
     assert model.request_count == 1  # one run, one model call
+
+
+def test_a_run_enqueued_behind_another_runs_after_it(
+    serve: Callable[..., RunServer], model: DemoModelServer
+) -> None:
+    server = serve()
+    model.control(delay_seconds=1.0)
+    _, first, _ = server.call("POST", "/chat", {"message": "first", "background": True})
+    session_id = first["session_id"]
+    again = {"message": "second", "background": True, "session_id": session_id}
+    status, refused, _ = server.call("POST", "/chat", again)
+    assert status == 409 and refused["error"]["code"] == "session_busy"
+    status, second, _ = server.call("POST", "/chat", again | {"multitask": "enqueue"})
+    assert status == 202 and second["status"] == "queued"
+    assert server.wait(first["run_id"])["status"] == "completed"
+    run = server.wait(second["run_id"])
+    assert run["status"] == "completed"
+    assert "message 2 of our conversation" in run["response"]["reply"]
+    _, session, _ = server.call("GET", f"/sessions/{session_id}")
+    assert session["turns"] == 2 and model.request_count == 2
