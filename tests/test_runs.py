@@ -16,6 +16,7 @@ from agent.base.clock import utc_now
 from agent.runs.queue import TASK_SECRET_HEADER, LocalQueue
 from local.demo_model import DemoModelServer
 from tests.support.constants import ALICE_KEY, API_KEYS, BOB_KEY, MODEL
+from tests.support.google_id_tokens import CertsServer, SigningKey, strip_signature
 from tests.support.run_servers import RunServer
 
 CHAIN = "1+1 then 2+2 then 3+3 then 4+4 then 5+5"
@@ -365,3 +366,41 @@ def test_a_run_enqueued_behind_another_runs_after_it(
     assert "message 2 of our conversation" in run["response"]["reply"]
     _, session, _ = server.call("GET", f"/sessions/{session_id}")
     assert session["turns"] == 2 and model.request_count == 2
+
+
+def test_with_cloud_tasks_a_task_needs_the_invokers_token(
+    make_client: Callable[..., Any],
+) -> None:
+    key = SigningKey("key-1")
+    certs = CertsServer(key)
+    audience = "https://agent-abc123-uc.a.run.app"
+    invoker = "agent-tasks@proj.iam.gserviceaccount.com"
+    try:
+        settings = {
+            "auth_mode": "iam",
+            "auth_audience": audience,
+            "auth_certs_url": certs.url,
+            "runs_queue": "projects/proj/locations/us-central1/queues/agent-runs",
+            "runs_invoker": invoker,
+            "runs_target_url": audience,
+        }
+        client = make_client(**settings)
+        task = {"run_id": "nosuchrun", "step": 0}
+
+        def post(token: str | None) -> int:
+            headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+            return int(client.post("/tasks/runs", json=task, headers=headers).status_code)
+
+        assert post(None) == 401
+        assert post(key.token(audience, email="alice@example.com")) == 403  # a caller's
+        assert post(key.token("https://elsewhere.example", email=invoker)) == 401
+        assert post(key.token(audience, email=invoker)) == 200  # a run that ended: no-op
+        assert post(strip_signature(key.token(audience, email=invoker))) == 401
+        verified = make_client(**settings, auth_platform_verified="true")
+        stripped = strip_signature(key.token(audience, email=invoker))
+        answer = verified.post(
+            "/tasks/runs", json=task, headers={"Authorization": f"Bearer {stripped}"}
+        )
+        assert answer.status_code == 200
+    finally:
+        certs.stop()
