@@ -23,6 +23,19 @@ PRICES = json.dumps({MODEL: {"input": 2.0, "cached_input": 1.0, "output": 8.0}})
 SECRET = "s" * 40
 
 
+def _ready(server: LiveServer, timeout: float = 30) -> None:
+    """Until the server answers: its port opens before its worker has booted."""
+    ends = time.monotonic() + timeout
+    while True:
+        try:
+            if server.call("GET", "/healthz")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < ends, "the restarted server never answered"
+        time.sleep(0.1)
+
+
 def _run(server: LiveServer, run_id: str) -> Any:
     status, run, _ = server.call("GET", f"/runs/{run_id}")
     assert status == 200, run
@@ -60,6 +73,7 @@ def test_a_killed_worker_is_resumed_from_its_checkpoint_by_the_queue(
         first.kill()
         second = LiveServer(env, port=first.port)
         try:
+            _ready(second)
             run = _run(second, run_id)
             assert run["status"] == "running" and run["usage"]["requests"] == 2
             # The queue redelivers the killed slice's task (Cloud Tasks retries a task
