@@ -51,10 +51,10 @@ def _tool_calls(model: DemoModelServer) -> list[str]:
 def test_a_run_longer_than_the_function_timeout_completes_in_slices(
     serve: Callable[..., RunServer], model: DemoModelServer
 ) -> None:
-    server = serve(function_timeout_seconds=4)
-    # Six model calls of 2.1 s: 12.6 s of calls, three times the 4 s function timeout;
-    # each step outlasts the 1.8 s slice, so each slice does one.
-    model.control(delay_seconds=2.1)
+    server = serve(function_timeout_seconds=6)
+    # Six model calls of 3.1 s: 18.6 s of calls, three times the 6 s function timeout;
+    # each step outlasts the 2.7 s slice, so each slice does one.
+    model.control(delay_seconds=3.1)
     status, accepted, headers = server.call("POST", "/chat", {"message": CHAIN, "background": True})
     assert status == 202, accepted
     run_id, session_id = accepted["run_id"], accepted["session_id"]
@@ -281,11 +281,11 @@ def test_a_budget_exhausted_between_slices_fails_the_run(
     # One model call of the chain costs about 600 micro-dollars at PRICES: the first
     # slice is admitted, the second is over the day's budget.
     server = serve(
-        function_timeout_seconds=4,
+        function_timeout_seconds=6,
         model_prices=PRICES,
         budget_usd_per_principal_per_day="0.0005",
     )
-    model.control(delay_seconds=2.0)  # one step per slice
+    model.control(delay_seconds=3.0)  # one step per 2.7 s slice
     _, accepted, _ = server.call("POST", "/chat", {"message": CHAIN, "background": True})
     run = server.wait(accepted["run_id"], timeout=60)
     assert run["status"] == "failed"
@@ -303,8 +303,8 @@ def test_a_budget_exhausted_between_slices_fails_the_run(
 def test_agent_max_turns_bounds_the_whole_run_not_a_slice(
     serve: Callable[..., RunServer], model: DemoModelServer
 ) -> None:
-    server = serve(function_timeout_seconds=4, agent_max_turns=3)
-    model.control(delay_seconds=2.0)  # one step per slice: each slice alone is under 3
+    server = serve(function_timeout_seconds=6, agent_max_turns=3)
+    model.control(delay_seconds=3.0)  # one step per slice: each slice alone is under 3
     _, accepted, _ = server.call("POST", "/chat", {"message": CHAIN, "background": True})
     run = server.wait(accepted["run_id"], timeout=60)
     assert run["status"] == "failed"
