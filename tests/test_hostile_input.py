@@ -89,6 +89,10 @@ def test_the_api_conforms_to_its_spec_under_generated_input(case, live: Server) 
         # A valid key reused with another body is rightly 422; the generator reuses the
         # spec's example key, so give each case its own (test_idempotency covers reuse).
         case.headers["Idempotency-Key"] = uuid.uuid4().hex
+    if isinstance(case.body, dict) and case.body.get("background") is True:
+        # Whether a webhook's host is allowed is the deployment's list, which the spec
+        # cannot state (tests/test_webhooks.py covers it).
+        case.body.pop("webhook", None)
     response = case.call_and_validate(
         base_url=f"http://{LOOPBACK}:{live.port}", headers={"X-API-Key": KEY}, timeout=30
     )

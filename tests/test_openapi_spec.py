@@ -45,7 +45,21 @@ SESSION_OK: dict[str, Any] = {
 # here is an API change and should be deliberate.
 EXPECTED_STATUSES = {
     ("post", "/chat"): {
-        *("200", "400", "401", "403", "409", "413", "415", "422", "429", "500", "502", "503"),
+        *(
+            "200",
+            "202",
+            "400",
+            "401",
+            "403",
+            "409",
+            "413",
+            "415",
+            "422",
+            "429",
+            "500",
+            "502",
+            "503",
+        ),
         "504",
     },
     ("post", "/sessions/{session_id}/approvals"): {
@@ -56,6 +70,11 @@ EXPECTED_STATUSES = {
     ("delete", "/sessions/{session_id}"): {"204", "400", "401", "403", "404", "409", "500", "503"},
     ("get", "/sessions/{session_id}/results/{turn_id}"): {
         *("200", "400", "401", "403", "404", "500", "503")
+    },
+    ("get", "/runs/{run_id}"): {"200", "401", "403", "404", "500", "503"},
+    ("get", "/runs/{run_id}/events"): {"200", "400", "401", "403", "404", "500", "503"},
+    ("post", "/runs/{run_id}/cancel"): {
+        *("200", "400", "401", "403", "404", "409", "415", "500", "503")
     },
     ("get", "/healthz"): {"200", "500"},
     ("get", "/"): {"200", "500"},
@@ -69,14 +88,17 @@ EXPECTED_CODES = {
         "invalid_idempotency_key",
         "decisions_invalid",
         "decisions_incomplete",
+        "invalid_webhook",
+        "invalid_event_id",
     },
     "401": {"unauthenticated"},
     "403": {"forbidden"},
-    "404": {"not_found", "session_not_found", "result_not_found"},
+    "404": {"not_found", "session_not_found", "result_not_found", "run_not_found"},
     "405": {"method_not_allowed"},
     "409": {
         *("session_busy", "session_id_taken", "idempotency_key_in_progress"),
         *("approval_pending", "approval_not_pending", "approval_stale", "approval_conflict"),
+        "run_finished",
     },
     "413": {"request_too_large"},
     "415": {"unsupported_media_type"},
@@ -95,6 +117,7 @@ EXPECTED_CODES = {
         "result_storage_unavailable",
         "url_signing_failed",
         "model_overloaded",
+        "runs_unavailable",
     },
     "504": {"deadline_exceeded"},
 }
@@ -187,6 +210,7 @@ def test_retry_after_and_allow_are_required_where_promised() -> None:
         if pointer in (
             "/components/responses/ChatConflict",
             "/components/responses/ApprovalConflict",
+            "/components/responses/RunFinished",
         ):
             # session_id_taken and the approval conflicts have no Retry-After: waiting
             # would not help.

@@ -354,6 +354,12 @@ class Settings:
     """The service account whose OIDC token the queue's tasks carry (``...@...``); a task
     request from any other identity is refused. Required with ``RUNS_QUEUE``."""
 
+    runs_task_secret: str | None = field(default=None, repr=False)
+    """Without ``RUNS_QUEUE``: the secret the local queue's tasks carry (at least 32
+    characters). Unset: a random one made at start, known to this process alone. Set it
+    only to let a process outside deliver tasks too (a supervisor that redelivers a
+    killed worker's task, the tests). Never logged."""
+
     run_slice_seconds: float | None = None
     """The work one task does before it checkpoints and enqueues the next: no new model
     or tool call starts after it (1 s up to the turn budget). Unset: half the turn
@@ -630,6 +636,8 @@ class Settings:
         if self.run_slice_seconds is not None:
             _check_range("run_slice_seconds", self.run_slice_seconds, 1, self.turn_budget_seconds)
         _check_range("run_max_seconds", self.run_max_seconds, 60, 86400)
+        if self.runs_task_secret is not None and len(self.runs_task_secret) < 32:
+            raise SettingsError("RUNS_TASK_SECRET must be at least 32 characters")
         if self.runs_queue is not None:
             if not _QUEUE.fullmatch(self.runs_queue):
                 raise SettingsError(

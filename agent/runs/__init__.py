@@ -1,0 +1,1 @@
+"""Background runs: submit, the worker's slices and steps, events, the queue."""
