@@ -1,6 +1,6 @@
 """The packages of ``agent`` import in one direction only, read from the source (AST).
 
-    api -> service -> {auth, turn} -> {store, results, runtime} -> base
+    api -> service -> {auth, turn <- runs} -> {store, results, runtime} -> base
 
 A module may import its own package and packages of a lower layer; never a higher
 layer, never a sibling of its own layer, and never a private (``_``) name of another
@@ -22,6 +22,8 @@ LAYER = {
     "runtime": 1,
     "turn": 2,
     "auth": 2,
+    # Background runs sit beside turn and may use it (docs/design.md).
+    "runs": 2.5,
     "service": 3,
     "api": 4,
 }

@@ -1,0 +1,1 @@
+"""Background runs: work longer than a request, delivered in slices through a queue."""
