@@ -1,1 +1,1 @@
-"""Background runs: work longer than a request, delivered in slices through a queue."""
+"""Background runs: submit, the worker's slices and steps, events, the queue."""
