@@ -30,6 +30,7 @@ deploy_knobs=(
   MODEL_PROVIDER VERTEX_LOCATION OPENAI_DEFAULT_MODEL VERTEX_DEFAULT_MODEL AGENT_MODEL
   OPENAI_BASE_URL MODEL_API RUNTIME_SA_NAME BUILDER_SA_NAME SECRET_NAME SESSION_TTL_SECONDS
   LOG_LEVEL TRACE_EXPORT SIGNED_URL_TTL_SECONDS RESULT_INLINE_MAX_BYTES DEPLOY_IMAGE
+  RUNS_QUEUE_NAME INVOKER_SA_NAME WEBHOOK_ALLOWED_HOSTS WEBHOOK_SECRET_NAME
 )
 # The test build (cloudbuild-test.yaml's substitutions).
 test_knobs=(TEST_IMAGE EMULATOR_SDK_VERSION)
@@ -41,6 +42,8 @@ pipeline_knobs=(BUILD_SOURCE_BUCKET DEPLOYER_SA_NAME TESTER_SA_NAME)
 setup_knobs=(
   FIRESTORE_LOCATION RESULTS_RETENTION_DAYS BUILD_SOURCE_RETENTION_DAYS SIGNER_ROLE_ID DEPLOY_ROLE_ID
   ARTIFACT_RETENTION_DAYS ARTIFACT_KEEP_VERSIONS
+  RUNS_QUEUE_MAX_ATTEMPTS RUNS_QUEUE_MIN_BACKOFF RUNS_QUEUE_MAX_BACKOFF RUNS_QUEUE_MAX_DOUBLINGS
+  RUNS_QUEUE_MAX_RETRY_DURATION RUNS_QUEUE_MAX_DISPATCHES_PER_SECOND RUNS_QUEUE_MAX_CONCURRENT_DISPATCHES
 )
 
 known=" ${deploy_knobs[*]} ${test_knobs[*]} ${pipeline_knobs[*]} ${setup_knobs[*]} "
@@ -117,3 +120,6 @@ submit() { # config, service account email, substitutions
 # The deploy build is submitted only after the test build passed: no deploy without tests.
 submit cloudbuild-test.yaml "$TESTER_SA_EMAIL" "$test_substitutions"
 submit cloudbuild.yaml "$DEPLOYER_SA_EMAIL" "$deploy_substitutions"
+# The deployer may not set IAM policies; the operator running this lets the queue's invoker
+# account call the function (a no-op once it may; after the first deploy, the new service).
+grant_invoker
