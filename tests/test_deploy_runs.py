@@ -234,3 +234,23 @@ def test_a_webhook_host_the_service_would_refuse_stops_the_deploy_first(
     assert run.result.returncode != 0
     assert "is not a bare host name" in run.result.stderr
     assert run.calls == []
+
+
+@pytest.mark.parametrize("script", ["pipeline.sh", "setup.sh"])
+def test_the_invoker_grant_is_made_where_the_function_exists(tmp_path: Path, script: str) -> None:
+    """The pipeline after its deploy build (here: a function that exists already, the
+    binding missing), and setup when it finds the function."""
+    name = expanded("FUNCTION_NAME")
+    state = {"iam_checks": False, "functions": [name], "function_services": {name: "svc-1"}}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    run = run_script(script, tmp_path, stdin="sk-test-key\n")
+    invoker = "serviceAccount:" + sa_email("INVOKER_SA_NAME")
+    # On the service the function names (serviceConfig.service), not its own name.
+    assert ("run services", "svc-1", invoker, "roles/run.invoker") in bindings_of(run)
+    if script == "pipeline.sh":
+        words = [command(argv) for argv in run.argvs]
+        assert words.index(("run", "services", "add-iam-policy-binding")) > max(
+            i for i, w in enumerate(words) if w == ("builds", "submit")
+        )
+    again = run_script(script, tmp_path, stdin="")
+    assert not [b for b in bindings_of(again) if b[2] == invoker]
