@@ -17,24 +17,35 @@ from dataclasses import dataclass
 from google.cloud import firestore
 
 from agent.auth.modes import Authenticator, build_authenticator
+from agent.auth.tasks import TaskAuth, build_task_auth
 from agent.base import tracing
 from agent.base.clock import utc_now
 from agent.base.settings import Settings, redact_url
 from agent.results.bucket import ResultBucket
 from agent.results.policy import OffloadPolicy
+from agent.runs.engine import Runs
+from agent.runs.queue import TASK_SECRET_HEADER, LocalQueue, Queue
 from agent.runtime import catalog
 from agent.runtime.context import default_budget
 from agent.runtime.definition import build_agent
 from agent.runtime.event_loop import BackgroundLoop
 from agent.runtime.model import build_model
 from agent.runtime.pricing import PriceTable, PriceTableError, parse_prices
-from agent.store.backend import HistoryBackend, IdempotencyBackend, SpendBackend, ToolRunBackend
+from agent.store.backend import (
+    HistoryBackend,
+    IdempotencyBackend,
+    RunBackend,
+    SpendBackend,
+    ToolRunBackend,
+)
 from agent.store.history import HistoryStore
 from agent.store.idempotency_records import IdempotencyStore
+from agent.store.runs import RunStore
 from agent.store.spend import SpendStore
 from agent.store.sqlite_db import Database
 from agent.store.sqlite_history import SqliteHistoryStore
 from agent.store.sqlite_idempotency import SqliteIdempotencyStore
+from agent.store.sqlite_runs import SqliteRunStore
 from agent.store.sqlite_spend import SqliteSpendStore
 from agent.store.sqlite_tool_runs import SqliteToolRunStore
 from agent.store.tool_runs import ToolRunStore
@@ -63,21 +74,38 @@ class Service:
     """The Google Cloud project, for the trace field of the logs."""
     spend: SpendBackend
     """Principals' daily spend (written only when a budget is set)."""
+    runs: Runs
+    """Background runs (``agent/runs``)."""
+    task_auth: TaskAuth
+    """Who may deliver a run's task (``agent/auth/tasks.py``)."""
+    queue: Queue | None = None
+    """What delivers the runs' tasks (None: background runs are refused)."""
 
     @staticmethod
     def new_session_id() -> str:
         return secrets.token_urlsafe(24)  # 192 random bits
 
     def close(self) -> None:
+        if isinstance(self.queue, LocalQueue):
+            self.queue.close()
         self.loop.close()
 
 
-def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_now) -> Service:
+def build_service(
+    settings: Settings,
+    *,
+    clock: Callable[[], dt.datetime] = utc_now,
+    queue: Queue | None = None,
+) -> Service:
     """Build every process-wide object from ``settings``; makes no network call.
-    ``clock`` tells the budget which UTC day it is (tests move it)."""
+    ``clock`` tells the budget which UTC day it is (tests move it); ``queue`` replaces
+    the queue ``RUNS_QUEUE`` implies (tests: a local queue that delivers twice)."""
     prices = _prices(settings)  # first: a bad table starts nothing
     tracing.configure(settings)
-    store, idempotency, tool_runs, spend, project = _stores(settings)
+    store, idempotency, tool_runs, spend, project, run_store = _stores(settings)
+    if queue is None:
+        queue = _queue(settings)
+    secret = queue.secret if isinstance(queue, LocalQueue) else None
     limit = settings.budget_usd_per_principal_per_day
     spending = None
     if limit is not None:
@@ -106,20 +134,21 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
         "on" if settings.tracing_enabled else "off",
         settings.trace_export,
     )
+    turns = TurnRunner(
+        agent,
+        store,
+        loop,
+        settings,
+        results,
+        prices,
+        context,
+        budget=spending,
+        tool_runs=tool_runs,
+    )
     return Service(
         settings,
         store,
-        TurnRunner(
-            agent,
-            store,
-            loop,
-            settings,
-            results,
-            prices,
-            context,
-            budget=spending,
-            tool_runs=tool_runs,
-        ),
+        turns,
         loop,
         results=results,
         auth=build_authenticator(settings),
@@ -128,7 +157,23 @@ def build_service(settings: Settings, *, clock: Callable[[], dt.datetime] = utc_
         sessions=Sessions(store, results, idempotency, tool_runs),
         project=project,
         spend=spend,
+        runs=Runs(runs=run_store, history=store, turns=turns, queue=queue, settings=settings),
+        task_auth=build_task_auth(settings, secret, TASK_SECRET_HEADER),
+        queue=queue,
     )
+
+
+def _queue(settings: Settings) -> Queue | None:
+    """The queue of background runs: the process itself off Cloud Functions (unless
+    ``RUNS_QUEUE``); on Cloud Functions without ``RUNS_QUEUE``, none (runs refused)."""
+    if settings.runs_queue is not None:
+        # CLOUD TASKS HOOK: ``agent/runs/cloud_tasks.py`` (helper i21-deploy) once merged.
+        log.warning("RUNS_QUEUE is set but this build has no Cloud Tasks client")
+        return None
+    if settings.k_service:
+        return None
+    # A task is one slice: its attempt may last the whole turn budget and its commit.
+    return LocalQueue(dispatch_deadline=settings.function_timeout_seconds + 5.0)
 
 
 class UnpricedModelError(PriceTableError):
@@ -171,9 +216,11 @@ def _warn_of_retirement(settings: Settings, today: dt.date) -> None:
 
 def _stores(
     settings: Settings,
-) -> tuple[HistoryBackend, IdempotencyBackend, ToolRunBackend, SpendBackend, str | None]:
-    """The history, idempotency, tool-run and spend stores of ``HISTORY_BACKEND``, and
-    the project."""
+) -> tuple[
+    HistoryBackend, IdempotencyBackend, ToolRunBackend, SpendBackend, str | None, RunBackend
+]:
+    """The history, idempotency, tool-run and spend stores of ``HISTORY_BACKEND``, the
+    project, and the run store."""
     ttl, timeout = settings.session_ttl_seconds, settings.store_timeout
     if settings.history_backend == "sqlite":
         database = Database(settings.sqlite_path, timeout_seconds=timeout)
@@ -184,6 +231,7 @@ def _stores(
             SqliteToolRunStore(database, ttl_seconds=ttl),
             SqliteSpendStore(database),
             settings.google_cloud_project,
+            SqliteRunStore(database),
         )
     client = firestore.Client(
         project=settings.google_cloud_project, database=settings.firestore_database
@@ -194,4 +242,5 @@ def _stores(
         ToolRunStore(client, ttl_seconds=ttl, timeout_seconds=timeout),
         SpendStore(client, timeout_seconds=timeout),
         settings.google_cloud_project or client.project,
+        RunStore(client, timeout_seconds=timeout),
     )

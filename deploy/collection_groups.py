@@ -29,6 +29,10 @@ DOC_TYPES = {
     "SpendShardDoc": "SPEND",
     "SpendDoc": "SPEND_TURNS",
     "ToolRunDoc": "TOOL_RUNS",
+    "RunDoc": "RUNS",
+    "RunEventDoc": "RUN_EVENTS",
+    "RunStateDoc": "RUN_STATE",
+    "SessionRunsDoc": "SESSION_RUNS",
 }
 """Each document TypedDict of the schema, and the constant naming its collection group.
 Every group in COLLECTION_GROUPS must have one: ``unindexed`` refuses a group without (its

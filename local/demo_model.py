@@ -28,6 +28,9 @@ Its rules, checked against the last message and the tools the request offers:
   ...``). This rule comes before the calculator's, so a message may contain digits.
 * A user message with an arithmetic expression, with ``calculate`` offered, gets a
   call ``calculate(expression)``.
+* A user message that chains calculations with "then" (``1+1 then 2*3 then 4-1``) gets
+  one ``calculate`` call per step, one model turn each: after each result the next
+  expression is asked for, and after the last one the sentence below.
 * A tool result gets a sentence about it: for ``send_message`` (found through the
   ``tool_call_id`` of the call it answers), ``Done: sent to alice.`` when the output
   starts with "sent", otherwise ``The message was not sent: <output>.`` (the output of
@@ -158,6 +161,18 @@ def _answered_tool(messages: list[Json], call_id: Any) -> str | None:
     return None
 
 
+def _next_in_chain(messages: list[Json]) -> str | None:
+    """The next expression of a chained request (``A then B then C``): the one after as
+    many as have been answered since the last user message; None when all have been."""
+    asked = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    if asked is None:
+        return None
+    parts = re.split(r"\bthen\b", _text_of(asked.get("content")), flags=re.IGNORECASE)
+    chain = [e for e in (find_expression(p) for p in parts) if e is not None]
+    answered = sum(1 for m in messages[messages.index(asked) :] if m.get("role") == "tool")
+    return chain[answered] if len(chain) > 1 and answered < len(chain) else None
+
+
 def fit_to_bytes(text: str, size: int) -> str:
     """Cut or pad ``text`` to exactly ``size`` UTF-8 bytes; the filler is ASCII."""
     text = text.encode()[:size].decode(errors="ignore")  # a cut may split a character
@@ -188,6 +203,10 @@ def decide_reply(messages: list[Json], tools: Any) -> tuple[str, Json | None]:
             return "", {"id": call_id, "name": "calculate", "arguments": arguments}
     if last.get("role") == "tool":
         output = _text_of(last.get("content"))
+        following = _next_in_chain(messages) if "calculate" in offered else None
+        if following is not None:
+            arguments = json.dumps({"expression": following})
+            return "", {"id": call_id, "name": "calculate", "arguments": arguments}
         if _answered_tool(messages, last.get("tool_call_id")) != "send_message":
             return f"{PREFIX}The calculator says: {output}.", None
         if output.startswith("sent"):

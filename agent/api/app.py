@@ -21,7 +21,7 @@ from collections.abc import Generator
 from flask import Flask, Request, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from agent.api import cors, playground, sse
+from agent.api import cors, playground, runs, sse
 from agent.api.requests import (
     REPLAYED_HEADER,
     check_session_id,
@@ -88,7 +88,7 @@ def create_app(service: Service) -> Flask:
         g.log_token = bind_request({"request_id": g.request_id} | trace)
         if request.routing_exception is not None or request.method == "OPTIONS":
             return  # unknown routes and methods answer 404/405 before any identity
-        if request.endpoint not in PUBLIC_ENDPOINTS:
+        if request.endpoint not in PUBLIC_ENDPOINTS | runs.TASK_ENDPOINTS:
             g.principal = service.auth.authenticate(request.headers, request.host)
 
     @app.teardown_request
@@ -157,6 +157,8 @@ def create_app(service: Service) -> Flask:
     def chat() -> Response:
         chat_request = parse_chat(_json_body(), settings.max_message_chars)
         session_id = chat_request.session_id or service.new_session_id()
+        if chat_request.background:
+            return runs.submit(service, chat_request, session_id, parse_key(request.headers))
         return _turn(session_id, chat_request.message, chat_request.session_id, chat_request.stream)
 
     @app.post("/sessions/<session_id>/approvals")
@@ -309,6 +311,7 @@ def create_app(service: Service) -> Flask:
         )
         return _error_response(errors.internal_error(), request_id=g.get("request_id"))
 
+    app.register_blueprint(runs.blueprint(service))
     playground.install(app, settings)
     cors.install(app, csv(settings.cors_allowed_origins))
     return app

@@ -16,7 +16,8 @@ KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, as the IETF draft's examples
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_FIELDS = {"message", "session_id", "stream"}
+_FIELDS = {"message", "session_id", "stream", "background", "multitask", "webhook"}
+_MULTITASK = ("reject", "enqueue")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,11 @@ class ChatRequest:
     session_id: str | None
     stream: bool | None = None
     """Answer with Server-Sent Events; None: decided by the Accept header."""
+    background: bool = False
+    """Run it in the background: 202 with a run (``agent/runs``)."""
+    enqueue: bool = False
+    """``multitask: enqueue``: a busy session queues the run behind, not 409."""
+    webhook: str | None = None
 
 
 def is_valid_session_id(value: str) -> bool:
@@ -53,7 +59,8 @@ def parse_chat(body: bytes, max_message_chars: int) -> ChatRequest:
         names = ", ".join(repr(name) for name in unknown)
         raise errors.bad_request(
             "invalid_request",
-            f"Unknown field {names}; allowed fields are 'message', 'session_id' and 'stream'.",
+            f"Unknown field {names}; allowed fields are 'message', 'session_id', 'stream',"
+            " 'background', 'multitask' and 'webhook'.",
         )
     message = data.get("message")
     if not isinstance(message, str) or not message.strip():
@@ -74,7 +81,31 @@ def parse_chat(body: bytes, max_message_chars: int) -> ChatRequest:
     stream = data.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise errors.bad_request("invalid_request", "'stream' must be true or false.")
-    return ChatRequest(message=message, session_id=session_id, stream=stream)
+    background = data.get("background", False)
+    if not isinstance(background, bool):
+        raise errors.bad_request("invalid_request", "'background' must be true or false.")
+    multitask = data.get("multitask", "reject")
+    if multitask not in _MULTITASK:
+        raise errors.bad_request("invalid_request", "'multitask' must be 'reject' or 'enqueue'.")
+    webhook = data.get("webhook")
+    if webhook is not None and not isinstance(webhook, str):
+        raise errors.bad_request("invalid_webhook", "'webhook' must be a URL.")
+    if not background and (webhook is not None or "multitask" in data):
+        raise errors.bad_request(
+            "invalid_request", "'multitask' and 'webhook' apply to background runs only."
+        )
+    if background and stream:
+        raise errors.bad_request(
+            "invalid_request", "A background run answers 202; follow GET /runs/<id>/events."
+        )
+    return ChatRequest(
+        message=message,
+        session_id=session_id,
+        stream=stream,
+        background=background,
+        enqueue=multitask == "enqueue",
+        webhook=webhook,
+    )
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,19 @@ class LocalQueue:
 
     def _attempt(self, due: _Due) -> None:
         try:
-            results = [self._post(due.task, due.attempt) for _ in range(self._copies)]
+            if self._copies == 1:
+                results = [self._post(due.task, due.attempt)]
+            else:  # duplicates arrive together, as a redelivery racing the first may
+                results = [False] * self._copies
+
+                def one(i: int) -> None:
+                    results[i] = self._post(due.task, due.attempt)
+
+                threads = [threading.Thread(target=one, args=(i,)) for i in range(self._copies)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
         finally:
             self._idle.release()
         if any(ok for ok in results):

@@ -63,6 +63,17 @@ class HistoryBackend(Protocol):
         resume: str | None = None,
     ) -> Claim: ...
 
+    def reclaim(
+        self, session_id: str, token: str, now: dt.datetime, owner: str | None = None
+    ) -> Claim:
+        """The claim ``token`` still holds, unexpired, as a fresh ``Claim`` of the session
+        as it is now (its history loaded as ``claim`` loads it; on Firestore the current
+        document's ``update_time`` as the commit's precondition): how a background run's
+        later slices continue the claim its first slice took. Writes nothing; raises
+        ClaimLost when the token holds the session no more (lapsed, released, taken over,
+        another owner's)."""
+        ...
+
     def commit(
         self,
         claim: Claim,

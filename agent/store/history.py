@@ -155,6 +155,7 @@ as older code kept them. docs/design.md ("Expiry") has the argument in full.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import enum
 import json
@@ -664,6 +665,28 @@ class HistoryStore:
         results = batch.commit(retry=self._retry, timeout=self._timeout)
         claimed_at = results[0].update_time
         return self._claimed(session_id, snap, token, now, until, generation, claimed_at)
+
+    def reclaim(
+        self, session_id: str, token: str, now: dt.datetime, owner: str | None = None
+    ) -> Claim:
+        """The claim ``token`` still holds (unexpired), taken up again: a fresh Claim of
+        the session document as it is now, its history loaded as a claim loads it and its
+        ``update_time`` the commit's precondition. What a background run's later slices
+        continue (nobody else writes a held session, so it is the history the run began
+        from). Reads only; raises ClaimLost when the token holds it no more."""
+        ref = self._session_ref(session_id)
+        with outage_as_unavailable():
+            snap = ref.get(retry=self._retry, timeout=self._timeout)
+            data = snap.to_dict() if snap.exists else None
+            if data is None or data.get(CLAIM_TOKEN) != token or not _is_held(data, now):
+                raise ClaimLost(session_id)
+            if not _owned_by(data, owner):
+                raise ClaimLost(session_id)
+            until: dt.datetime = data[CLAIM_UNTIL]
+            generation = str(data.get(GENERATION))
+            claim = self._claimed(session_id, snap, token, now, until, generation, snap.update_time)
+        # The first slice's claim dealt with any dead life it replaced.
+        return dataclasses.replace(claim, replaced=False)
 
     def _claimed(
         self,

@@ -88,6 +88,11 @@ class Run:
     """When ``approval_required``: ``{"pause_id", "pending_approvals"}``."""
     after: str | None = None
     """The run of the same session this one waits behind (``multitask: enqueue``)."""
+    released_by: str | None = None
+    """The lease token of the ``end`` that last released the run: a retried end (its
+    reply lost) recognises itself and writes nothing again."""
+    next_run: str | None = None
+    """Once ended: the run queued behind it that ``end`` handed the session to."""
 
     @property
     def ended(self) -> bool:
@@ -120,3 +125,12 @@ class StepDone(RunStoreError):
 
 class LeaseLost(RunStoreError):
     """The caller's lease expired or was taken over: its work is not kept."""
+
+
+class NotPaused(RunStoreError):
+    """A resume of a run that is not waiting for approval (and was not resumed so)."""
+
+
+class RunTooLarge(RunStoreError):
+    """A run's record, state or events exceed the store's bounds (``run_rules.py``):
+    nothing was written."""

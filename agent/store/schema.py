@@ -18,11 +18,17 @@ Layout::
                                                      never written)
     agent_sessions/{doc_id}/agent_tool_runs/{generation}~{sha256(pause_id, call_id)}
                                                      one approved tool call (ToolRunDoc)
+    agent_runs/{run_id}                              one background run (RunDoc)
+    agent_runs/{run_id}/agent_run_events/{seq:010d}  one event of its log (RunEventDoc)
+    agent_runs/{run_id}/agent_run_state/{part:02d}   part of a large state (RunStateDoc)
+    agent_session_runs/{doc_id}                      a session's runs not ended, first
+                                                     in first out (SessionRunsDoc)
 
 ``store/history.py`` states the size bounds and consistency guarantees of the first
 two, ``store/idempotency_records.py`` those of the third, ``store/spend.py`` those of
-the fourth, ``store/tool_runs.py`` those of the last, and ``store/paused_runs.py``
-those of a paused run (a field of the session document).
+the fourth, ``store/tool_runs.py`` those of the fifth, ``store/runs.py`` those of the
+runs (the last four), and ``store/paused_runs.py`` those of a paused run (a field of
+the session document).
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ SPEND_TURNS: Final = "agent_spend_turns"
 """One principal's turns of one day, under ``agent_spend``; on SQLite the table of them
 (``agent_spend`` is the older per-day table there)."""
 TOOL_RUNS: Final = "agent_tool_runs"
+RUNS: Final = "agent_runs"
+RUN_EVENTS: Final = "agent_run_events"
+RUN_STATE: Final = "agent_run_state"
+SESSION_RUNS: Final = "agent_session_runs"
 COLLECTION_GROUPS: tuple[str, ...] = (
     SESSIONS,
     CHUNKS,
@@ -45,6 +55,10 @@ COLLECTION_GROUPS: tuple[str, ...] = (
     SPEND,
     SPEND_TURNS,
     TOOL_RUNS,
+    RUNS,
+    RUN_EVENTS,
+    RUN_STATE,
+    SESSION_RUNS,
 )
 """Every collection group the service writes; each needs a TTL policy on TTL_FIELD."""
 
@@ -143,6 +157,25 @@ CALL_ID: Final = "call_id"
 RUN_PAUSE_ID: Final = "pause_id"
 TOOL: Final = "tool"
 ARGUMENTS_DIGEST: Final = "arguments_sha256"
+
+# -- agent_runs, agent_run_events, agent_run_state, agent_session_runs ----------------
+RUN_STATUS: Final = "status"
+DEADLINE: Final = "deadline"
+REQUEST: Final = "request"
+STEP: Final = "step"
+STATE_PARTS: Final = "state_parts"
+"""Documents of ``agent_run_state`` holding the state (0: it is on the run document)."""
+LEASE: Final = "lease"
+LEASE_UNTIL: Final = "lease_until"
+CANCEL: Final = "cancel"
+ERROR: Final = "error"
+RUN_PENDING: Final = "pending"
+AFTER: Final = "after"
+RELEASED_BY: Final = "released_by"
+NEXT_RUN: Final = "next_run"
+EVENT_TYPE: Final = "type"
+QUEUE: Final = "queue"
+RUN_ID: Final = "run_id"
 
 # -- agent_idempotency ---------------------------------------------------------------
 FINGERPRINT: Final = "fingerprint"
@@ -296,6 +329,62 @@ class SpendShardDoc(TypedDict):
     expire_at: dt.datetime  # a couple of days after the day ends
 
 
+class RunDoc(TypedDict):
+    """``agent_runs/{run_id}``: a background run (``store/runs.py``). The maps of the
+    record are compact JSON text, so any JSON value round-trips."""
+
+    session_id: str
+    owner: str | None
+    status: str  # queued, running, approval_required, completed, failed, cancelled
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    expire_at: dt.datetime  # the caller's; never slides (events expire with it)
+    deadline: dt.datetime
+    request: str  # JSON: message, target, webhook, resume
+    claim_token: str | None
+    generation: str | None
+    step: int  # steps checkpointed
+    state: bytes | None  # the SDK's state, compressed, when small (else in parts)
+    state_parts: int  # agent_run_state documents holding it
+    usage: str  # JSON
+    seq: int  # the last event's sequence number
+    lease: str | None
+    lease_until: dt.datetime | None
+    cancel: str | None
+    response: str | None  # JSON
+    error: str | None  # JSON
+    pending: str | None  # JSON
+    after: str | None  # the run it waits behind
+    released_by: str | None  # the lease token of the end that released it
+    next_run: str | None  # the run it handed the session to when it ended
+
+
+class RunEventDoc(TypedDict):
+    """``agent_runs/{run_id}/agent_run_events/{seq:010d}``: one event, written once."""
+
+    type: str
+    data: str  # JSON
+    expire_at: dt.datetime  # the run's
+
+
+class RunStateDoc(TypedDict):
+    """``agent_runs/{run_id}/agent_run_state/{part:02d}``: part of a large state."""
+
+    data: bytes
+    expire_at: dt.datetime  # the run's
+
+
+class SessionRunsDoc(TypedDict):
+    """``agent_session_runs/{doc_id}``: the session's runs not ended, first in flight."""
+
+    queue: list[dict[str, Any]]  # {run_id, deadline}, oldest first
+    expire_at: dt.datetime  # the latest of its runs'
+
+
+def run_event_id(seq: int) -> str:
+    return f"{seq:010d}"
+
+
 def chunk_id(index: int) -> str:
     return f"{index:06d}"
 
@@ -310,11 +399,12 @@ SEQ: Final = "seq"
 ITEM: Final = "item"
 VERSION: Final = "version"
 
-SQLITE_SCHEMA_VERSION: Final = 6
+SQLITE_SCHEMA_VERSION: Final = 7
 """The tables' version (``PRAGMA user_version``); 2 added generations, summaries and the
 token ratio; 3 the sessions' usage totals and the spend table; 4 paused runs, the
 decision log and the tool-run table; 5 the tool runs' life, pause, call id, tool and
-argument digest; 6 the summary's provenance."""
+argument digest; 6 the summary's provenance; 7 background runs, their events and the
+sessions' run queues."""
 PAUSED_STATE: Final = f"{PAUSED}_{PAUSE_STATE}"
 """SQLite: the paused run's compressed state, apart from its JSON (column ``paused``)."""
 
@@ -395,6 +485,47 @@ CREATE TABLE IF NOT EXISTS {SPEND_TURNS} (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {SPEND_TURNS}_{OWNER}_{DAY} ON {SPEND_TURNS} ({OWNER}, {DAY});
 CREATE INDEX IF NOT EXISTS {SPEND_TURNS}_{TTL_FIELD} ON {SPEND_TURNS} ({TTL_FIELD});
+CREATE TABLE IF NOT EXISTS {RUNS} (
+    {ID} TEXT PRIMARY KEY,
+    {SESSION_ID} TEXT NOT NULL,
+    {OWNER} TEXT,
+    {RUN_STATUS} TEXT NOT NULL,
+    {CREATED_AT} INTEGER NOT NULL,
+    {UPDATED_AT} INTEGER NOT NULL,
+    {TTL_FIELD} INTEGER NOT NULL,
+    {DEADLINE} INTEGER NOT NULL,
+    {REQUEST} TEXT NOT NULL,
+    {CLAIM_TOKEN} TEXT,
+    {GENERATION} TEXT,
+    {STEP} INTEGER NOT NULL,
+    {STATE} BLOB,
+    {USAGE} TEXT NOT NULL,
+    {SEQ} INTEGER NOT NULL,
+    {LEASE} TEXT,
+    {LEASE_UNTIL} INTEGER,
+    {CANCEL} TEXT,
+    {RESPONSE} TEXT,
+    {ERROR} TEXT,
+    {RUN_PENDING} TEXT,
+    {AFTER} TEXT,
+    {RELEASED_BY} TEXT,
+    {NEXT_RUN} TEXT
+);
+CREATE INDEX IF NOT EXISTS {RUNS}_{TTL_FIELD} ON {RUNS} ({TTL_FIELD});
+CREATE TABLE IF NOT EXISTS {RUN_EVENTS} (
+    {RUN_ID} TEXT NOT NULL,
+    {SEQ} INTEGER NOT NULL,
+    {EVENT_TYPE} TEXT NOT NULL,
+    {DATA} TEXT NOT NULL,
+    {TTL_FIELD} INTEGER NOT NULL,
+    PRIMARY KEY ({RUN_ID}, {SEQ})
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {RUN_EVENTS}_{TTL_FIELD} ON {RUN_EVENTS} ({TTL_FIELD});
+CREATE TABLE IF NOT EXISTS {SESSION_RUNS} (
+    {ID} TEXT PRIMARY KEY,
+    {QUEUE} TEXT NOT NULL,
+    {TTL_FIELD} INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 """The SQLite backend's tables. Times are INTEGER microseconds since the Unix epoch (UTC),
 exact and comparable in SQL; items and responses are compact JSON text."""
@@ -410,6 +541,7 @@ SQLITE_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # ever meets: the table is made again (by SQLITE_TABLES) with the new columns.
     4: (f"DROP TABLE IF EXISTS {TOOL_RUNS}",),
     5: (f"ALTER TABLE {SESSIONS} ADD COLUMN {SUMMARY_PROVENANCE} TEXT",),
+    6: (),  # only new tables: the runs, their events, the sessions' run queues
 }
 """Version -> the statements that bring a file of that version to the next one (the new
 tables come from SQLITE_TABLES, which creates what is missing). A version not listed is

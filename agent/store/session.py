@@ -91,6 +91,20 @@ class FirestoreSession:
         self._summary, self._token_ratio = None, None
         return self._claim
 
+    def adopt_turn(self, claim: Claim, pending: Sequence[Item]) -> None:
+        """Carry on a turn begun elsewhere (a background run's earlier steps, in this
+        process or another): ``claim`` is its claim, taken again (``reclaim``), and
+        ``pending`` the items its steps added so far."""
+        if self._claim is not None:
+            raise RuntimeError("a turn is already open on this session object")
+        self._claim = claim
+        self._pending, self._popped, self._aborted = list(pending), False, False
+        self._summary, self._token_ratio = None, None
+
+    def pending_items(self) -> list[Item]:
+        """What the open turn will commit so far (the items its run added)."""
+        return list(self._pending)
+
     @property
     def has_open_turn(self) -> bool:
         return self._claim is not None

@@ -7,16 +7,18 @@ disk, so settings refuse it where ``K_SERVICE`` is set.
 
 Layout
 ------
-Four tables (``schema.SQLITE_TABLES``): ``agent_sessions`` (one row per conversation:
+The tables of ``schema.SQLITE_TABLES``: ``agent_sessions`` (one row per conversation:
 owner, counts, claim, generation, running summary, token ratio, usage totals as JSON,
 times), ``agent_history_items`` (one row per history item, keyed by session and sequence
 number), ``agent_idempotency`` (one row per Idempotency-Key, with a ``version`` that later
 writes are conditioned on) and ``agent_spend`` (one row per principal and UTC day:
-``sqlite_spend.py``). Times are integer microseconds since the epoch.
+``sqlite_spend.py``), and the tables of the tool runs, the spend per turn and the
+background runs (``sqlite_tool_runs.py``, ``sqlite_spend.py``, ``sqlite_runs.py``).
+Times are integer microseconds since the epoch.
 ``PRAGMA user_version`` holds ``SQLITE_SCHEMA_VERSION``. A file of an older version with a
 migration (``schema.SQLITE_MIGRATIONS``: version 2 gains the usage column and the spend
-table) is upgraded when opened, in one transaction; any other version is refused with
-the reason, never misread.
+table, version 6 the run tables) is upgraded when opened, in one transaction; any other
+version is refused with the reason, never misread.
 
 Size bounds
 -----------
@@ -73,8 +75,11 @@ from agent.store.schema import (
     HISTORY_ITEMS,
     ID,
     IDEMPOTENCY,
+    RUN_EVENTS,
     RUNNING_UNTIL,
+    RUNS,
     SESSION_ID,
+    SESSION_RUNS,
     SESSIONS,
     SPEND,
     SPEND_TURNS,
@@ -200,6 +205,8 @@ class Database:
             conn.execute(f"DELETE FROM {TOOL_RUNS} WHERE {TTL_FIELD} <= :at", {"at": at})
             conn.execute(f"DELETE FROM {SPEND} WHERE {TTL_FIELD} <= :at", {"at": at})
             conn.execute(f"DELETE FROM {SPEND_TURNS} WHERE {TTL_FIELD} <= :at", {"at": at})
+            for table in (RUNS, RUN_EVENTS, SESSION_RUNS):
+                conn.execute(f"DELETE FROM {table} WHERE {TTL_FIELD} <= :at", {"at": at})
 
     def close(self) -> None:
         with self._lock:

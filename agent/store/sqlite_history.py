@@ -331,6 +331,64 @@ class SqliteHistoryStore:
             totals=row.totals,
         )
 
+    def reclaim(
+        self, session_id: str, token: str, now: dt.datetime, owner: str | None = None
+    ) -> Claim:
+        """The claim ``token`` still holds (unexpired), taken up again with the session
+        as it is now: what a background run's later slice continues (nobody else writes
+        a held session). Reads only; raises ClaimLost when the token holds it no more."""
+        with self._db.read() as conn:
+            row = _row(conn, session_id)
+            if row is None or row.claim_token != token or not row.held(now):
+                raise ClaimLost(session_id)
+            if not row.owned_by(owner):
+                raise ClaimLost(session_id)
+            texts = _texts(conn, session_id) if row.live(now) else []
+        assert row.claim_until is not None
+        if not row.live(now):  # a new life's first turn: nothing committed yet
+            return Claim(
+                session_id,
+                token,
+                token,
+                new_session=True,
+                history=[],
+                turns=0,
+                tail=b"",
+                chunks=0,
+                stale_chunks=0,
+                total_bytes=0,
+                created_at=row.created_at,
+                until=row.claim_until,
+                generation=row.generation,
+            )
+        covered = row.summary.items if row.summary else 0
+        position, ends = 0, []
+        for text in texts:
+            position += len(text.encode()) + 1
+            ends.append(position)
+        return Claim(
+            session_id,
+            token,
+            token,
+            new_session=False,
+            history=[json.loads(text) for text in texts[covered:]],
+            turns=row.turns,
+            tail=b"",
+            chunks=0,
+            stale_chunks=0,
+            total_bytes=row.bytes,
+            created_at=row.created_at,
+            until=row.claim_until,
+            generation=row.generation,
+            summary=row.summary,
+            item_count=row.items,
+            item_ends=tuple(ends[covered:]),
+            token_ratio=row.token_ratio,
+            paused=row.paused,
+            approvals=row.approvals,
+            totals=row.totals,
+        )
+
     def commit(
         self,
         claim: Claim,
