@@ -224,3 +224,30 @@ def test_the_client_library_is_imported_on_first_enqueue_only() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_with_runs_queue_a_background_run_is_enqueued_on_cloud_tasks(
+    settings_env: dict[str, str], stand_in: CloudTasksStandIn, model: object
+) -> None:
+    from agent.service import build_service
+    from tests.support.run_servers import RunServer
+
+    env = settings_env | {"RUNS_QUEUE": QUEUE, "RUNS_INVOKER": INVOKER, "RUNS_TARGET_URL": TARGET}
+    built = build_service(Settings.from_env(env))
+    try:
+        assert isinstance(built.queue, CloudTasksQueue)  # the service's own choice
+    finally:
+        built.close()
+    queue = CloudTasksQueue(Settings.from_env(env), endpoint=f"127.0.0.1:{stand_in.port}")
+    server = RunServer(env, queue=queue)
+    try:
+        status, accepted, _ = server.call("POST", "/chat", {"message": "hi", "background": True})
+        assert status == 202, accepted
+        [create] = stand_in.creates()
+        http = create.task.http_request
+        assert json.loads(http.body) == {"run_id": accepted["run_id"], "step": 0}
+        assert http.url == TARGET + "/tasks/runs"
+        assert http.oidc_token.service_account_email == INVOKER
+        assert create.task.name == queue.task_name(f"{accepted['run_id']}-0")
+    finally:
+        server.stop()

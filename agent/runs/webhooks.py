@@ -31,12 +31,15 @@ from collections.abc import Mapping
 
 from agent.base.errors import ApiError
 from agent.base.settings import LOOPBACK_HOSTS, Settings, csv, redact_url
+from agent.runs.queue import Task
 
 log = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"
 DELIVERY_TIMEOUT_SECONDS = 10.0
 """One attempt's bound (connect and each read); the queue's retries do the rest."""
+WEBHOOK_TASK_PATH = "/tasks/webhooks"
+"""The route that delivers one webhook message (the queue's, not a caller's)."""
 MIN_KEY_BYTES, MAX_KEY_BYTES = 24, 64
 """The Standard Webhooks specification's bounds for a secret's key."""
 
@@ -111,6 +114,18 @@ def message_id(run_id: str, status: str, seq: int) -> str:
     """A message's ``webhook-id``: one per run and status change (its event ``seq``), the
     same for every attempt, so a receiver that saw it already can drop a retry."""
     return f"msg_{run_id}_{status}_{seq}"
+
+
+def webhook_task(run_id: str, status: str, step: int, target_url: str) -> Task:
+    """The queue task that delivers the message of ``run_id`` reaching ``status`` at
+    ``step``: named after it, so enqueueing it again (a retried slice) makes one task,
+    and retried by the queue until the receiver answers 2xx."""
+    return Task(
+        name=f"{run_id}-hook-{status}-{step}",
+        target_url=target_url,
+        body={"run_id": run_id, "status": status, "step": step},
+        path=WEBHOOK_TASK_PATH,
+    )
 
 
 def encode_body(status_body: Mapping[str, object]) -> bytes:
