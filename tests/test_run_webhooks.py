@@ -148,3 +148,24 @@ def test_the_webhook_task_route_is_the_queues_only(
         assert json.loads(receiver.requests[0][3])["run_id"] == run_id
     finally:
         receiver.close()
+
+
+def test_a_run_that_pauses_for_approval_posts_that_status(
+    serve: Callable[..., RunServer], model: DemoModelServer, tmp_path: Any
+) -> None:
+    server = serve(outbox_path=str(tmp_path / "outbox.jsonl"))
+    receiver = Receiver([200])
+    try:
+        _, accepted, _ = server.call(
+            "POST",
+            "/chat",
+            {"message": 'send "hi there" to alice', "background": True, "webhook": receiver.url()},
+        )
+        run = server.wait(accepted["run_id"], until=("approval_required", "failed", "completed"))
+        assert run["status"] == "approval_required", run
+        [(_, _, headers, body)] = _deliveries(receiver, 1)
+        payload = standardwebhooks.Webhook(SECRET).verify(body, headers)
+        assert payload["status"] == "approval_required"
+        assert payload["pending_approvals"] == run["pending_approvals"]
+    finally:
+        receiver.close()
