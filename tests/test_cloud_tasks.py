@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from agent.base.errors import ApiError
-from agent.base.settings import Settings
+from agent.base.settings import Settings, SettingsError
 from agent.runs.cloud_tasks import CloudTasksQueue
 from agent.runs.queue import Task, step_task
 from tests.support.cloud_tasks_stand_in import CloudTasksStandIn
@@ -205,6 +205,12 @@ def test_names_outside_cloud_tasks_alphabet_are_refused_before_any_call(
 def test_it_needs_the_queue_the_invoker_and_the_target() -> None:
     with pytest.raises(ValueError, match="RUNS_TARGET_URL"):
         CloudTasksQueue(settings(runs_target_url=None))
+    # Startup already refuses RUNS_QUEUE without the target or the invoker.
+    base = {"HISTORY_BACKEND": "sqlite", "RUNS_QUEUE": QUEUE}
+    with pytest.raises(SettingsError, match="RUNS_TARGET_URL"):
+        Settings.from_env(base | {"RUNS_INVOKER": INVOKER})
+    with pytest.raises(SettingsError, match="RUNS_INVOKER"):
+        Settings.from_env(base | {"RUNS_TARGET_URL": TARGET})
     with pytest.raises(ValueError, match="loopback"):
         CloudTasksQueue(settings(), endpoint="tasks.example.com:443")
 

@@ -343,7 +343,8 @@ class Settings:
 
     runs_target_url: str | None = None
     """The URL tasks are delivered to (this service's base URL). Unset: the URL the run
-    was submitted on. Set it on Cloud Functions (the function's URL)."""
+    was submitted on (local queue only). Required with ``RUNS_QUEUE`` (the function's URL,
+    also the audience of the tasks' tokens)."""
 
     runs_invoker: str | None = None
     """The service account whose OIDC token the queue's tasks carry (``...@...``); a task
@@ -632,6 +633,13 @@ class Settings:
                 )
             if not self.runs_invoker or "@" not in self.runs_invoker:
                 raise SettingsError("RUNS_QUEUE needs RUNS_INVOKER (the tasks' service account)")
+            if not self.runs_target_url:
+                # Never the request's own URL: its Host is the caller's to write, and the
+                # tasks' tokens are minted for this audience.
+                raise SettingsError(
+                    "RUNS_QUEUE needs RUNS_TARGET_URL (the function's URL: where Cloud Tasks"
+                    " delivers, and the audience of the tasks' tokens)"
+                )
         if self.runs_target_url is not None and not https_or_loopback(self.runs_target_url):
             raise SettingsError("RUNS_TARGET_URL must be https:// (or loopback http)")
         for host in csv(self.webhook_allowed_hosts):
