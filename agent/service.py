@@ -23,6 +23,7 @@ from agent.base.clock import utc_now
 from agent.base.settings import Settings, redact_url
 from agent.results.bucket import ResultBucket
 from agent.results.policy import OffloadPolicy
+from agent.runs.cloud_tasks import CloudTasksQueue
 from agent.runs.engine import Runs
 from agent.runs.queue import TASK_SECRET_HEADER, LocalQueue, Queue
 from agent.runtime import catalog
@@ -168,9 +169,8 @@ def _queue(settings: Settings) -> Queue | None:
     """The queue of background runs: the process itself off Cloud Functions (unless
     ``RUNS_QUEUE``); on Cloud Functions without ``RUNS_QUEUE``, none (runs refused)."""
     if settings.runs_queue is not None:
-        # CLOUD TASKS HOOK: ``agent/runs/cloud_tasks.py`` (helper i21-deploy) once merged.
-        log.warning("RUNS_QUEUE is set but this build has no Cloud Tasks client")
-        return None
+        # Cloud Tasks; its client library is imported on the first enqueue, not here.
+        return CloudTasksQueue(settings)
     if settings.k_service:
         return None
     # A task is one slice: its attempt may last the whole turn budget and its commit.

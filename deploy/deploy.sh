@@ -78,8 +78,21 @@ env_vars=(
 )
 # Empty means "use the service's default"; leave those out rather than pass "".
 [[ -z "$OPENAI_BASE_URL" ]] || env_vars+=("OPENAI_BASE_URL=$OPENAI_BASE_URL")
+[[ -z "$AGENT_FACTORY" ]] || env_vars+=("AGENT_FACTORY=$AGENT_FACTORY")
 [[ -z "$MODEL_API" ]] || env_vars+=("MODEL_API=$MODEL_API")
 [[ "$MODEL_PROVIDER" != vertex ]] || env_vars+=("MODEL_PROVIDER=vertex" "VERTEX_LOCATION=$VERTEX_LOCATION")
+# Background runs: the queue setup made, the invoker account its tasks carry a token of,
+# and the URL they are delivered to (the function's own, also the token's audience). With
+# webhooks on, the hosts they may name; their signing secret comes from Secret Manager.
+[[ "$RUNS_QUEUE_NAME" =~ ^[A-Za-z0-9-]{1,100}$ ]] || die "RUNS_QUEUE_NAME=$RUNS_QUEUE_NAME: letters, digits and dashes"
+runs_target="https://$REGION-$PROJECT_ID.cloudfunctions.net/$FUNCTION_NAME"
+env_vars+=(
+  "RUNS_QUEUE=projects/$PROJECT_ID/locations/$REGION/queues/$RUNS_QUEUE_NAME"
+  "RUNS_INVOKER=$INVOKER_SA_EMAIL"
+  "RUNS_TARGET_URL=$runs_target"
+)
+webhook_hosts="$(webhook_hosts)"
+[[ -z "$webhook_hosts" ]] || env_vars+=("WEBHOOK_ALLOWED_HOSTS=$webhook_hosts")
 join_env "${env_vars[@]}" >/dev/null # refuses a value it cannot carry, before any gcloud call
 
 # The function's two URLs, the tokens' audiences (AUTH_AUDIENCE): the cloudfunctions.net
@@ -100,15 +113,26 @@ audiences="https://$REGION-$PROJECT_ID.cloudfunctions.net/$FUNCTION_NAME,https:/
 # the next deploy, for every instance at once.
 # Vertex AI needs no secret: --clear-secrets, since without a secrets flag gcloud keeps the
 # ones of the function's current revision (a project that used a key before).
-if [[ "$MODEL_PROVIDER" == vertex ]]; then
-  secrets_flag="--clear-secrets"
-elif [[ "$DRY_RUN" == 1 ]]; then
-  secrets_flag="--set-secrets=OPENAI_API_KEY=$SECRET_NAME:LATEST_ENABLED_VERSION"
-else
-  secret_version="$(gcloud secrets versions list "$SECRET_NAME" --filter=state=ENABLED \
+pinned() { # variable, secret: VARIABLE=secret:N, N its newest enabled version
+  local version
+  if [[ "$DRY_RUN" == 1 ]]; then
+    printf '%s=%s:LATEST_ENABLED_VERSION' "$1" "$2"
+    return
+  fi
+  version="$(gcloud secrets versions list "$2" --filter=state=ENABLED \
     --sort-by=~createTime --limit=1 --format='value(name.basename())' --project="$PROJECT_ID")"
-  [[ "$secret_version" =~ ^[0-9]+$ ]] || die "secret $SECRET_NAME has no enabled version (deploy/setup.sh adds one)"
-  secrets_flag="--set-secrets=OPENAI_API_KEY=$SECRET_NAME:$secret_version"
+  [[ "$version" =~ ^[0-9]+$ ]] || die "secret $2 has no enabled version (deploy/setup.sh adds one)"
+  printf '%s=%s:%s' "$1" "$2" "$version"
+}
+secrets=()
+[[ "$MODEL_PROVIDER" == vertex ]] || secrets+=("$(pinned OPENAI_API_KEY "$SECRET_NAME")")
+# The webhook signing secret only by reference, pinned like the key; never a literal.
+[[ -z "$webhook_hosts" ]] || secrets+=("$(pinned WEBHOOK_SIGNING_SECRET "$WEBHOOK_SECRET_NAME")")
+# --set-secrets replaces every secret of the current revision, so a dropped key goes too.
+if ((${#secrets[@]})); then
+  secrets_flag="--set-secrets=$(join_commas "${secrets[@]}")"
+else
+  secrets_flag="--clear-secrets"
 fi
 
 env_vars+=("AUTH_AUDIENCE=$audiences")

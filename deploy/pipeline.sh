@@ -33,9 +33,10 @@ load_config
 deploy_knobs=(
   REGION FUNCTION_NAME RUNTIME ENTRY_POINT MEMORY CPU CONCURRENCY MIN_INSTANCES MAX_INSTANCES
   FUNCTION_TIMEOUT_SECONDS FIRESTORE_DATABASE RESULTS_BUCKET ARTIFACT_REPOSITORY
-  MODEL_PROVIDER VERTEX_LOCATION OPENAI_DEFAULT_MODEL VERTEX_DEFAULT_MODEL AGENT_MODEL
+  MODEL_PROVIDER VERTEX_LOCATION OPENAI_DEFAULT_MODEL VERTEX_DEFAULT_MODEL AGENT_MODEL AGENT_FACTORY
   OPENAI_BASE_URL MODEL_API RUNTIME_SA_NAME BUILDER_SA_NAME SECRET_NAME SESSION_TTL_SECONDS
   LOG_LEVEL TRACE_EXPORT SIGNED_URL_TTL_SECONDS RESULT_INLINE_MAX_BYTES DEPLOY_IMAGE
+  RUNS_QUEUE_NAME INVOKER_SA_NAME WEBHOOK_ALLOWED_HOSTS WEBHOOK_SECRET_NAME
 )
 # The test build (cloudbuild-test.yaml's substitutions).
 test_knobs=(TEST_IMAGE EMULATOR_SDK_VERSION)
@@ -43,7 +44,7 @@ test_knobs=(TEST_IMAGE EMULATOR_SDK_VERSION)
 # (common.sh, use_staging); setup.sh --staging reads them too.
 staging_knobs=(
   STAGING_FUNCTION_NAME STAGING_FIRESTORE_DATABASE STAGING_RESULTS_BUCKET STAGING_RUNTIME_SA_NAME
-  STAGING_MIN_INSTANCES
+  STAGING_MIN_INSTANCES STAGING_RUNS_QUEUE_NAME STAGING_INVOKER_SA_NAME
 )
 # Read by this script itself: where the source is staged, who each build runs as, the gate.
 pipeline_knobs=(BUILD_SOURCE_BUCKET DEPLOYER_SA_NAME TESTER_SA_NAME EVAL_MIN_PASS_RATE)
@@ -53,6 +54,8 @@ pipeline_knobs=(BUILD_SOURCE_BUCKET DEPLOYER_SA_NAME TESTER_SA_NAME EVAL_MIN_PAS
 setup_knobs=(
   FIRESTORE_LOCATION RESULTS_RETENTION_DAYS BUILD_SOURCE_RETENTION_DAYS SIGNER_ROLE_ID DEPLOY_ROLE_ID
   ARTIFACT_RETENTION_DAYS ARTIFACT_KEEP_VERSIONS
+  RUNS_QUEUE_MAX_ATTEMPTS RUNS_QUEUE_MIN_BACKOFF RUNS_QUEUE_MAX_BACKOFF RUNS_QUEUE_MAX_DOUBLINGS
+  RUNS_QUEUE_MAX_RETRY_DURATION RUNS_QUEUE_MAX_DISPATCHES_PER_SECOND RUNS_QUEUE_MAX_CONCURRENT_DISPATCHES
 )
 
 known=" ${deploy_knobs[*]} ${test_knobs[*]} ${staging_knobs[*]} ${pipeline_knobs[*]} ${setup_knobs[*]} "
@@ -170,7 +173,11 @@ staged_upload() { # build id -> gs:// URL of the source object the build ran on
 submit cloudbuild-test.yaml "$TESTER_SA_EMAIL" "$test_substitutions"
 log "staging: $STAGING_FUNCTION_NAME"
 submit cloudbuild.yaml "$DEPLOYER_SA_EMAIL" "$staging_substitutions"
+# The deployer may not set IAM policies; the operator running this lets each function's
+# queue invoker account call it (a no-op once it may; after a first deploy, the new service).
+(use_staging && account_emails && grant_invoker)
 upload="$(staged_upload "$build_id")"
 eval_gate
 log "production: $FUNCTION_NAME, from $upload"
 submit cloudbuild.yaml "$DEPLOYER_SA_EMAIL" "$deploy_substitutions" "$upload"
+grant_invoker

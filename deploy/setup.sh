@@ -36,11 +36,17 @@ APIS=(
   telemetry.googleapis.com          # the function's spans, sent over OTLP
   cloudtrace.googleapis.com         # where those spans are read
   iam.googleapis.com                # creating the service accounts below
+  cloudtasks.googleapis.com         # the queue that delivers background runs' slices
   # gcloud functions deploy reads the project (projects.get) on every run, as the deployer
   cloudresourcemanager.googleapis.com
 )
 # Vertex AI instead of the key's Secret Manager: Gemini, called with the runtime's own token.
 [[ "$MODEL_PROVIDER" != vertex ]] || APIS=("${APIS[@]/#secretmanager.googleapis.com/aiplatform.googleapis.com}")
+# With webhooks on, their signing secret lives in Secret Manager whatever the provider.
+WEBHOOK_HOSTS="$(webhook_hosts)"
+if [[ -n "$WEBHOOK_HOSTS" && "$MODEL_PROVIDER" == vertex ]]; then
+  APIS+=(secretmanager.googleapis.com)
+fi
 
 enable_apis() {
   log "APIs"
@@ -112,6 +118,7 @@ create_service_accounts() {
   create_service_account "$DEPLOYER_SA_NAME" "Agent pipeline deploy (Cloud Build)"
   create_service_account "$BUILDER_SA_NAME" "Agent function image build"
   create_service_account "$TESTER_SA_NAME" "Agent pipeline tests (Cloud Build, no roles)"
+  create_service_account "$INVOKER_SA_NAME" "Agent background-run tasks (invokes the function)"
 }
 
 # Firestore indexes every field of every document by default. No query reads these fields
@@ -205,6 +212,50 @@ create_buckets() {
   ensure_bucket "$BUILD_SOURCE_BUCKET" "$BUILD_SOURCE_RETENTION_DAYS"
 }
 
+# The background runs' queue. Every retry and rate setting is stated (none left to Cloud
+# Tasks' defaults, which retry for ever at up to 1,000 dispatches a second); an existing
+# queue gets them re-applied: the same values change nothing.
+create_queue() {
+  log "Cloud Tasks queue $RUNS_QUEUE_NAME"
+  local verb=create
+  if [[ "$DRY_RUN" == 0 ]] && gcloud tasks queues describe "$RUNS_QUEUE_NAME" --location="$REGION" \
+    --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1; then
+    verb=update
+  fi
+  run gcloud tasks queues "$verb" "$RUNS_QUEUE_NAME" --location="$REGION" \
+    --max-attempts="$RUNS_QUEUE_MAX_ATTEMPTS" --max-retry-duration="$RUNS_QUEUE_MAX_RETRY_DURATION" \
+    --min-backoff="$RUNS_QUEUE_MIN_BACKOFF" --max-backoff="$RUNS_QUEUE_MAX_BACKOFF" \
+    --max-doublings="$RUNS_QUEUE_MAX_DOUBLINGS" \
+    --max-dispatches-per-second="$RUNS_QUEUE_MAX_DISPATCHES_PER_SECOND" \
+    --max-concurrent-dispatches="$RUNS_QUEUE_MAX_CONCURRENT_DISPATCHES" \
+    --project="$PROJECT_ID" --quiet
+}
+
+# The webhooks' Standard Webhooks secret: whsec_ and the base64 of 32 random bytes, made
+# here and streamed to Secret Manager (never an argument, never printed). Only while
+# WEBHOOK_ALLOWED_HOSTS names a host: without one, webhooks are off and need no secret.
+create_webhook_secret() {
+  [[ -n "$WEBHOOK_HOSTS" ]] || return 0
+  log "Secret $WEBHOOK_SECRET_NAME (webhook signing)"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    run gcloud secrets create "$WEBHOOK_SECRET_NAME" --replication-policy=automatic --project="$PROJECT_ID" --quiet
+    run gcloud secrets versions add "$WEBHOOK_SECRET_NAME" --data-file=- --project="$PROJECT_ID" --format=none --quiet
+    return
+  fi
+  if ! gcloud secrets describe "$WEBHOOK_SECRET_NAME" --project="$PROJECT_ID" --format='value(name)' >/dev/null 2>&1; then
+    gcloud secrets create "$WEBHOOK_SECRET_NAME" --replication-policy=automatic --project="$PROJECT_ID" --quiet
+  fi
+  if [[ -n "$(gcloud secrets versions list "$WEBHOOK_SECRET_NAME" --filter='state=ENABLED' --limit=1 \
+    --project="$PROJECT_ID" --format='value(name)')" ]]; then
+    return
+  fi
+  { set +x; } 2>/dev/null
+  local secret
+  secret="whsec_$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
+  printf '%s' "$secret" | gcloud secrets versions add "$WEBHOOK_SECRET_NAME" --data-file=- \
+    --project="$PROJECT_ID" --format=none --quiet
+}
+
 add_secret_version() {
   # xtrace would print the key; keep it off while the key is in a variable.
   { set +x; } 2>/dev/null
@@ -244,7 +295,8 @@ create_secret() {
   fi
 }
 
-# kind is one of: projects, buckets, secrets, service-accounts, functions, repositories.
+# kind is one of: projects, buckets, secrets, service-accounts, functions, repositories,
+# queues.
 policy_command() {
   case "$1" in
     projects) echo "projects" ;;
@@ -253,6 +305,7 @@ policy_command() {
     service-accounts) echo "iam service-accounts" ;;
     functions) echo "functions" ;;
     repositories) echo "artifacts repositories" ;;
+    queues) echo "tasks queues" ;;
     *) die "unknown resource kind $1" ;;
   esac
 }
@@ -261,7 +314,7 @@ policy_command() {
 location_flags() {
   case "$1" in
     functions) echo "--region=$REGION" ;;
-    repositories) echo "--location=$REGION" ;;
+    repositories | queues) echo "--location=$REGION" ;;
     *) echo "" ;;
   esac
 }
@@ -311,6 +364,19 @@ grant_roles() {
   fi
   grant service-accounts "$RUNTIME_SA_EMAIL" "$runtime" "projects/$PROJECT_ID/roles/$SIGNER_ROLE_ID"
 
+  # Background runs: the runtime enqueues each slice into the one queue (create tasks, no
+  # queue administration), and names the invoker account in each task's OIDC token, which
+  # Cloud Tasks mints only for a caller that may act as that account. The invoker may
+  # invoke the function (grant_invoker, once the function exists) and holds nothing else.
+  # With webhooks on, the runtime reads their signing secret and the deployer lists its
+  # versions to pin one.
+  grant queues "$RUNS_QUEUE_NAME" "$runtime" roles/cloudtasks.enqueuer
+  grant service-accounts "$INVOKER_SA_EMAIL" "$runtime" roles/iam.serviceAccountUser
+  if [[ -n "$WEBHOOK_HOSTS" ]]; then
+    grant secrets "$WEBHOOK_SECRET_NAME" "$runtime" roles/secretmanager.secretAccessor
+    grant secrets "$WEBHOOK_SECRET_NAME" "$deployer" roles/secretmanager.viewer
+  fi
+
   # Deployer (runs cloudbuild.yaml, no package code): Cloud Functions Developer on the
   # project, Google's documented deployer role. gcloud functions deploy needs it there, not
   # on the function: it asks for an upload URL on projects/P/locations/R
@@ -351,6 +417,9 @@ create_service_accounts
 create_roles
 create_repository
 create_buckets
+create_queue
 create_secret
+create_webhook_secret
 grant_roles
+grant_invoker
 log "setup of $PROJECT_ID done; next: PROJECT_ID=$PROJECT_ID deploy/pipeline.sh"

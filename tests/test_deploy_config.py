@@ -71,6 +71,13 @@ def test_every_config_value_can_be_overridden_from_the_environment(
         "VERTEX_LOCATION": "VERTEX_LOCATION=europe-west4",
         "OPENAI_DEFAULT_MODEL": "AGENT_MODEL=openai-default-override",
         "VERTEX_DEFAULT_MODEL": "AGENT_MODEL=vertex-default-override",
+        "RUNS_QUEUE_MAX_ATTEMPTS": "--max-attempts=7",
+        "RUNS_QUEUE_MIN_BACKOFF": "--min-backoff=2s",
+        "RUNS_QUEUE_MAX_DOUBLINGS": "--max-doublings=3",
+        "RUNS_QUEUE_MAX_DISPATCHES_PER_SECOND": "--max-dispatches-per-second=4",
+        "RUNS_QUEUE_MAX_CONCURRENT_DISPATCHES": "--max-concurrent-dispatches=6",
+        "WEBHOOK_ALLOWED_HOSTS": "WEBHOOK_ALLOWED_HOSTS=hooks.example.com\\,ops.example.org",
+        "WEBHOOK_SECRET_NAME": "WEBHOOK_SIGNING_SECRET=whsecret-override:",
     }
     for name, text in expected.items():
         assert text in out, f"override of {name} ({text}) did not reach any command"

@@ -107,10 +107,18 @@ def deploy_problems(argv: list[str]) -> list[str]:
         problems.append("--min-instances above --max-instances")
     if "OPENAI_API_KEY" in env:
         problems.append("the model key must come from Secret Manager, not --set-env-vars")
+    if "WEBHOOK_SIGNING_SECRET" in env:
+        problems.append("the webhook secret must come from Secret Manager, not --set-env-vars")
+    webhook_secret = "WEBHOOK_SIGNING_SECRET=" in flags.get("set-secrets", "")
+    if bool(env.get("WEBHOOK_ALLOWED_HOSTS")) != webhook_secret:
+        problems.append("WEBHOOK_ALLOWED_HOSTS and the WEBHOOK_SIGNING_SECRET secret go together")
     if env.get("MODEL_PROVIDER") == "vertex":
-        if "set-secrets" in flags:
-            problems.append("MODEL_PROVIDER=vertex needs no secret: no --set-secrets")
-        if "clear-secrets" not in flags:
+        if "OPENAI_API_KEY=" in flags.get("set-secrets", ""):
+            problems.append(
+                "MODEL_PROVIDER=vertex needs no key: no --set-secrets of OPENAI_API_KEY"
+            )
+        # --set-secrets replaces every secret of the revision, as --clear-secrets does.
+        if "clear-secrets" not in flags and not webhook_secret:
             problems.append("--clear-secrets missing: an earlier revision's key would stay")
         if not env.get("VERTEX_LOCATION"):
             problems.append("VERTEX_LOCATION missing")

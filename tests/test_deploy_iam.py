@@ -51,6 +51,15 @@ def expected_bindings(provider: str = "openai") -> set[tuple[str, str, str, str,
             f'expression=resource.name == "{database}",title=agent-database-only',
         ),
         ("projects", PROJECT, runtime, "roles/telemetry.tracesWriter", None),
+        # runtime: enqueue into the runs' queue, name the invoker in the tasks' OIDC tokens
+        ("queues", expanded("RUNS_QUEUE_NAME"), runtime, "roles/cloudtasks.enqueuer", None),
+        (
+            "service-accounts",
+            sa_email("INVOKER_SA_NAME"),
+            runtime,
+            "roles/iam.serviceAccountUser",
+            None,
+        ),
         ("buckets", results, runtime, "roles/storage.objectUser", None),
         ("secrets", expanded("SECRET_NAME"), runtime, "roles/secretmanager.secretAccessor", None),
         ("service-accounts", sa_email("RUNTIME_SA_NAME"), runtime, signer, None),
@@ -111,6 +120,8 @@ KIND_OF = {
     ("iam", "service-accounts"): "service-accounts",
     ("functions",): "functions",
     ("artifacts", "repositories"): "repositories",
+    ("tasks", "queues"): "queues",
+    ("run", "services"): "run-services",
 }
 
 

@@ -64,7 +64,10 @@ def pipeline_with(fake: Path, env: dict[str, str]) -> tuple[Run, Run, Run]:
     model-key secret (under the overriding name, if any) has a version."""
     state = {
         "iam_checks": False,
-        "secrets": {env.get("SECRET_NAME", expanded("SECRET_NAME")): {"versions": [{}]}},
+        "secrets": {
+            env.get(name, expanded(name)): {"versions": [{}]}
+            for name in ("SECRET_NAME", "WEBHOOK_SECRET_NAME")
+        },
     }
     fake.mkdir(parents=True, exist_ok=True)
     (fake / "state.json").write_text(json.dumps(state))

@@ -119,11 +119,12 @@ def test_setup_without_a_key_fails_clearly_and_adds_no_version(tmp_path: Path) -
 def test_second_run_changes_nothing(scenario: Scenario) -> None:
     assert scenario.state_after_second == scenario.state_after_setup
     changing = [argv for argv in scenario.second.argvs if is_mutating(argv)]
-    # Existing buckets and the repository's cleanup policy are re-applied (same values, no
-    # change); nothing else.
+    # Existing buckets, the repository's cleanup policy and the queue's settings are
+    # re-applied (same values, no change); nothing else.
     reapplied = {
         ("storage", "buckets", "update"),
         ("artifacts", "repositories", "set-cleanup-policies"),
+        ("tasks", "queues", "update"),
     }
     assert all(command(argv) in reapplied for argv in changing), changing
     assert "already has a value" in scenario.second.result.stderr
@@ -191,6 +192,7 @@ def test_vertex_second_run_changes_nothing(vertex_scenario: Scenario) -> None:
     reapplied = {
         ("storage", "buckets", "update"),
         ("artifacts", "repositories", "set-cleanup-policies"),
+        ("tasks", "queues", "update"),
     }
     assert all(command(argv) in reapplied for argv in changing), changing
 

@@ -44,8 +44,13 @@ def steps(run: Run) -> list[str]:
             out.append(
                 f"build {flags_of(argv)['config']}" + ("" if "test" in argv[4] else f" {name}")
             )
-        elif words in (("functions", "describe"), ("auth", "print-identity-token")):
+        elif words == ("functions", "describe"):
+            if flags_of(argv).get("format") == "value(serviceConfig.uri)":
+                out.append(" ".join(words))
+        elif words == ("auth", "print-identity-token"):
             out.append(" ".join(words))
+        elif words == ("run", "services", "add-iam-policy-binding"):
+            out.append(f"invoker grant {argv[argv.index('add-iam-policy-binding') + 1]}")
     return out
 
 
@@ -54,15 +59,21 @@ def test_tests_then_staging_then_the_gate_then_production(scenario: Scenario) ->
     assert steps(scenario.pipeline) == [
         "build cloudbuild-test.yaml",
         f"build cloudbuild.yaml {staging}",
+        f"invoker grant {staging}",  # staging's queue may call staging, once it exists
         "functions describe",  # the staging function's URL
         "auth print-identity-token",  # the operator's token for the gate
         f"build cloudbuild.yaml {function}",
+        f"invoker grant {function}",
     ]
     out = scenario.pipeline.output()
     assert out.index("eval gate PASSED") < out.index(f"production: {function}")
     assert "calculator_trajectory  yes   PASS" in out
-    (describe,) = calls_of(scenario.pipeline, "functions", "describe")
-    assert describe[2] == staging and "--format=value(serviceConfig.uri)" in describe
+    (describe,) = [
+        c
+        for c in calls_of(scenario.pipeline, "functions", "describe")
+        if "--format=value(serviceConfig.uri)" in c
+    ]
+    assert describe[2] == staging
     # The token reaches the runner in its environment: in no argument, no output.
     token = "fake-identity-token-of-the-operator"
     assert token not in json.dumps(scenario.pipeline.argvs) and token not in out
@@ -97,6 +108,12 @@ def test_staging_shares_nothing_mutable_with_production(scenario: Scenario) -> N
     assert s_flags["service-account"] == sa_email("STAGING_RUNTIME_SA_NAME")
     assert p_flags["service-account"] == sa_email("RUNTIME_SA_NAME")
     assert s_flags["min-instances"] == "0"
+    # Background runs: staging's own queue and invoker, so its tasks never reach production.
+    assert s_env["RUNS_QUEUE"].endswith("/queues/" + expanded("STAGING_RUNS_QUEUE_NAME"))
+    assert p_env["RUNS_QUEUE"].endswith("/queues/" + expanded("RUNS_QUEUE_NAME"))
+    assert s_env["RUNS_INVOKER"] == sa_email("STAGING_INVOKER_SA_NAME") != p_env["RUNS_INVOKER"]
+    queues = [c[3] for c in calls_of(scenario.staging_setup, "tasks", "queues", "create")]
+    assert queues == [expanded("STAGING_RUNS_QUEUE_NAME")]
     # setup.sh --staging made the staging database, bucket and account, and granted the
     # staging account its own database (by condition) and bucket, nothing of production's.
     staging_db = expanded("STAGING_FIRESTORE_DATABASE")

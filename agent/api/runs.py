@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,11 +28,15 @@ from agent.api.requests import ChatRequest
 from agent.api.responses import chat_response, rfc3339
 from agent.base import errors
 from agent.base.clock import utc_now
+from agent.runs import webhooks
 from agent.runs.queue import TASK_SECRET_HEADER
 from agent.service import Service
 from agent.store.run_records import Run
+from agent.turn.store_errors import store_errors_as_api_errors
 
-TASK_ENDPOINTS = frozenset({"runs.task"})
+log = logging.getLogger(__name__)
+
+TASK_ENDPOINTS = frozenset({"runs.task", "runs.webhook_task"})
 """Endpoints that authenticate the queue, not a caller (``before_request`` skips them)."""
 HEARTBEAT_SECONDS = 15.0
 POLL_SECONDS = 0.5
@@ -61,18 +66,10 @@ def submit(service: Service, chat: ChatRequest, session_id: str, key: str | None
         owner=g.principal,
         target_url=target,
         enqueue=chat.enqueue,
-        webhook=_checked_webhook(chat.webhook),
+        webhook=None if chat.webhook is None else webhooks.check_webhook(chat.webhook, settings),
         run_id=run_id,
     )
     return _accepted(run)
-
-
-def _checked_webhook(url: str | None) -> str | None:
-    """WEBHOOK HOOK: ``agent.runs.webhooks.check_webhook(url, settings)`` (helper
-    i21-deploy) decides once merged; until then a webhook is refused, never fetched."""
-    if url is None:
-        return None
-    raise errors.bad_request("invalid_webhook", "Webhooks are not available on this service.")
 
 
 def _accepted(run: Run) -> Response:
@@ -139,6 +136,37 @@ def blueprint(service: Service) -> Blueprint:
         run_id, step = _task_body()
         service.runs.work(run_id, step, g.started, chat_response)
         return jsonify(run_id=run_id, step=step)
+
+    @routes.post(webhooks.WEBHOOK_TASK_PATH)
+    def webhook_task() -> Response:
+        """One attempt at a run's webhook message: the run's ``GET /runs/<id>`` body as
+        it is now, signed. A message overtaken by a later status (an approval decided
+        meanwhile) is dropped: that status sends its own. Non-2xx from the receiver:
+        503, and the queue tries again."""
+        service.task_auth.check(request.headers)
+        run_id, step, status = _webhook_body()
+        with store_errors_as_api_errors():
+            run = service.runs.store.get(run_id, utc_now())
+        url = run.request.get("webhook") if run is not None else None
+        if run is None or url is None or run.status != status:
+            return jsonify(run_id=run_id, delivered=False)
+        try:
+            webhooks.deliver(
+                url, run_body(run), settings, msg_id=webhooks.message_id(run_id, status, step)
+            )
+        except webhooks.WebhookFailed as failed:
+            log.warning("run %s: webhook not delivered: %s", run_id, failed)
+            raise errors.ApiError(
+                503,
+                "webhook_undelivered",
+                "The webhook's receiver did not accept it; the queue retries.",
+                {"Retry-After": "10"},
+            ) from None
+        except errors.ApiError:
+            # No longer allowed here (the settings changed since submit): never sent.
+            log.warning("run %s: webhook URL refused at delivery; dropped", run_id)
+            return jsonify(run_id=run_id, delivered=False)
+        return jsonify(run_id=run_id, delivered=True)
 
     return routes
 
@@ -213,8 +241,21 @@ def _action() -> Any:
     return action
 
 
-def _task_body() -> tuple[str, int]:
+def _webhook_body() -> tuple[str, int, str]:
+    """A webhook task: ``{"run_id", "step", "status"}`` (``webhooks.webhook_task``)."""
     body = _json(optional=False)
+    status = body.get("status")
+    if not isinstance(status, str):
+        raise errors.bad_request("invalid_task", "A webhook task has a string 'status'.")
+    run_id, step = _checked_task(body)
+    return run_id, step, status
+
+
+def _task_body() -> tuple[str, int]:
+    return _checked_task(_json(optional=False))
+
+
+def _checked_task(body: dict[str, Any]) -> tuple[str, int]:
     run_id, step = body.get("run_id"), body.get("step")
     if not isinstance(run_id, str) or isinstance(step, bool) or not isinstance(step, int):
         raise errors.bad_request("invalid_task", "A task is {'run_id': str, 'step': int}.")

@@ -9,6 +9,8 @@ bad deploy never serves a single request.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import os
@@ -348,7 +350,8 @@ class Settings:
 
     runs_target_url: str | None = None
     """The URL tasks are delivered to (this service's base URL). Unset: the URL the run
-    was submitted on. Set it on Cloud Functions (the function's URL)."""
+    was submitted on (local queue only). Required with ``RUNS_QUEUE`` (the function's URL,
+    also the audience of the tasks' tokens)."""
 
     runs_invoker: str | None = None
     """The service account whose OIDC token the queue's tasks carry (``...@...``); a task
@@ -645,14 +648,23 @@ class Settings:
                 )
             if not self.runs_invoker or "@" not in self.runs_invoker:
                 raise SettingsError("RUNS_QUEUE needs RUNS_INVOKER (the tasks' service account)")
+            if not self.runs_target_url:
+                # Never the request's own URL: its Host is the caller's to write, and the
+                # tasks' tokens are minted for this audience.
+                raise SettingsError(
+                    "RUNS_QUEUE needs RUNS_TARGET_URL (the function's URL: where Cloud Tasks"
+                    " delivers, and the audience of the tasks' tokens)"
+                )
         if self.runs_target_url is not None and not https_or_loopback(self.runs_target_url):
             raise SettingsError("RUNS_TARGET_URL must be https:// (or loopback http)")
         for host in csv(self.webhook_allowed_hosts):
             if not _HOST.fullmatch(host):
                 raise SettingsError(f"WEBHOOK_ALLOWED_HOSTS: {host!r} is not a bare host name")
         secret = self.webhook_signing_secret
-        if secret is not None and not _WHSEC.fullmatch(secret):
-            raise SettingsError("WEBHOOK_SIGNING_SECRET must be whsec_ followed by base64")
+        if secret is not None and not _whsec_ok(secret):
+            raise SettingsError(
+                "WEBHOOK_SIGNING_SECRET must be whsec_ followed by the base64 of 24 to 64 bytes"
+            )
 
     @property
     def slice_seconds(self) -> float:
@@ -671,6 +683,19 @@ _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _QUEUE = re.compile(r"projects/[a-z0-9:.-]+/locations/[a-z0-9-]+/queues/[A-Za-z0-9-]{1,100}")
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62}\.?)*[A-Za-z0-9]|localhost|127\.0\.0\.1")
 _WHSEC = re.compile(r"whsec_[A-Za-z0-9+/]+={0,2}")
+
+
+def _whsec_ok(secret: str) -> bool:
+    """A Standard Webhooks secret: ``whsec_`` and strict base64 of 24 to 64 bytes (the
+    specification's bounds); a value that only looks like one would sign with a key
+    nobody else can reproduce."""
+    if not _WHSEC.fullmatch(secret):
+        return False
+    try:
+        key = base64.b64decode(secret[len("whsec_") :], validate=True)
+    except binascii.Error:
+        return False
+    return 24 <= len(key) <= 64
 
 
 def _one_store_timeout(values: dict[str, object]) -> None:

@@ -32,6 +32,7 @@ from agent.base.clock import utc_now
 from agent.base.settings import Settings
 from agent.runs.events import coalesce, status_event
 from agent.runs.queue import Queue, step_task
+from agent.runs.webhooks import webhook_task
 from agent.store.backend import HistoryBackend, RunBackend
 from agent.store.history import Claim, ClaimLost, SessionBusy
 from agent.store.run_records import (
@@ -269,6 +270,9 @@ class Runs:
                 return
             except RunFinished:
                 log.info("task for run %s step %d: the run has ended", run_id, step)
+                ended = self._runs.get(run_id, now)
+                if ended is not None:
+                    self._notify(ended)  # in case the ending slice died before it did
                 return
             except LeaseHeld as held:
                 raise run_busy(held.retry_after) from None
@@ -281,11 +285,18 @@ class Runs:
         self._queue.enqueue(step_task(run.run_id, run.step, run.request["target"]))
 
     def _notify(self, run: Run) -> None:
-        """WEBHOOK HOOK: a run reached a terminal status or approval_required. The
-        delivery (``agent/runs/webhooks.py``, helper i21-deploy) is enqueued here once
-        that module exists; until then nothing is sent."""
-        if run.request.get("webhook"):
-            log.info("run %s: webhook delivery not built yet", run.run_id)
+        """A run reached a terminal status or approval_required: enqueue its webhook's
+        delivery (``agent/runs/webhooks.py``), a named task, so a task retried after the
+        run ended enqueues it again harmlessly (``work``'s ``RunFinished``). A failure
+        to enqueue raises: the slice's task is retried, and that retry notifies."""
+        if not run.request.get("webhook") or self._queue is None:
+            return
+        if run.status not in TERMINAL and run.status != "approval_required":
+            return
+        with store_errors_as_api_errors():
+            self._queue.enqueue(
+                webhook_task(run.run_id, run.status, run.step, run.request["target"])
+            )
 
 
 class _Slice:

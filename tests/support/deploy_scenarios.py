@@ -50,6 +50,7 @@ EXPECTED_APIS = {
     "cloudtrace.googleapis.com",
     "iam.googleapis.com",
     "cloudresourcemanager.googleapis.com",
+    "cloudtasks.googleapis.com",
 }
 # With MODEL_PROVIDER=vertex: Vertex AI instead of Secret Manager (there is no key).
 VERTEX_APIS = EXPECTED_APIS - {"secretmanager.googleapis.com"} | {"aiplatform.googleapis.com"}
@@ -119,6 +120,7 @@ OVERRIDES: dict[str, str] = {
     "SESSION_TTL_SECONDS": "4321",
     "AGENT_MODEL": "model-override",
     "OPENAI_BASE_URL": "http://llm.example:8000/v1",
+    "AGENT_FACTORY": "my_agent.agent:build",
     "MODEL_API": "chat_completions",
     "LOG_LEVEL": "DEBUG",
     "TRACE_EXPORT": "otlp",
@@ -139,6 +141,19 @@ OVERRIDES: dict[str, str] = {
     "STAGING_RUNTIME_SA_NAME": "rt-staging-override",
     "STAGING_MIN_INSTANCES": "2",
     "EVAL_MIN_PASS_RATE": "0.5",
+    "STAGING_RUNS_QUEUE_NAME": "queue-staging-override",
+    "STAGING_INVOKER_SA_NAME": "iv-staging-override",
+    "RUNS_QUEUE_NAME": "queue-override",
+    "INVOKER_SA_NAME": "iv-override",
+    "RUNS_QUEUE_MAX_ATTEMPTS": "7",
+    "RUNS_QUEUE_MIN_BACKOFF": "2s",
+    "RUNS_QUEUE_MAX_BACKOFF": "33s",
+    "RUNS_QUEUE_MAX_DOUBLINGS": "3",
+    "RUNS_QUEUE_MAX_RETRY_DURATION": "1234s",
+    "RUNS_QUEUE_MAX_DISPATCHES_PER_SECOND": "4",
+    "RUNS_QUEUE_MAX_CONCURRENT_DISPATCHES": "6",
+    "WEBHOOK_ALLOWED_HOSTS": "hooks.example.com ops.example.org",
+    "WEBHOOK_SECRET_NAME": "whsecret-override",
 }
 """A value other than the default for every knob of config.env."""
 
@@ -279,6 +294,10 @@ def seed_secret(fake_dir: Path) -> Path:
     current.setdefault("secrets", {})[expanded("SECRET_NAME")] = {
         "versions": [{"sha256": "0" * 64, "length": 1}]
     }
+    # The webhook signing secret too, for a deploy with WEBHOOK_ALLOWED_HOSTS set.
+    current["secrets"][expanded("WEBHOOK_SECRET_NAME")] = {
+        "versions": [{"sha256": "1" * 64, "length": 1}]
+    }
     # Setup did not run here, so no account holds a role: IAM is not modelled (the
     # scenarios, which run setup first, check it).
     current["iam_checks"] = False
@@ -308,6 +327,9 @@ KNOWN_COMMANDS = [
     iam roles describe | iam roles create | iam roles update
     firestore indexes fields list | firestore indexes fields update
     projects describe | run services get-iam-policy | run services describe
+    run services add-iam-policy-binding
+    tasks queues describe | tasks queues create | tasks queues update
+    tasks queues get-iam-policy | tasks queues add-iam-policy-binding
     """.replace("\n", "|").split("|")
     if line.strip()
 ]
@@ -414,10 +436,44 @@ class Scenario:
 
 def pipeline_and_deploy(fake_dir: Path, env: dict[str, str]) -> tuple[Run, Run, Run]:
     """pipeline.sh as the operator, then its deploy builds (staging, then production) as
-    Cloud Build runs them: (pipeline, staging deploy, production deploy)."""
+    Cloud Build runs them, then what pipeline.sh does once each passed (``grant_invoker``,
+    deploy/common.sh): (pipeline, staging deploy, production deploy). The fake's ``builds
+    submit`` runs no build, so pipeline.sh's own calls of it came before the deploys here
+    (on a first deploy they find no function yet); the pipeline's calls include both."""
     pipeline = run_script("pipeline.sh", fake_dir, env=env)
     staging, deploy = run_builds(pipeline, fake_dir, check=False)
+    for build, staged in ((staging, "1"), (deploy, "0")):
+        if build.result.returncode == 0:
+            after = run_shell(
+                'source "$1"; load_config; grant_invoker',
+                fake_dir,
+                DEPLOY / "common.sh",
+                env=env | {"STAGING": staged},
+            )
+            pipeline = Run(pipeline.result, pipeline.calls + after.calls)
     return pipeline, staging, deploy
+
+
+def run_shell(code: str, fake_dir: Path, *args: object, env: dict[str, str]) -> Run:
+    """``bash -c code`` with the scripts' environment (as ``run_script``), for one
+    function of deploy/common.sh."""
+    before = len(read_calls(fake_dir))
+    result = subprocess.run(
+        ["bash", "-c", "set -euo pipefail; " + code, "bash", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}",
+            "HOME": str(fake_dir),
+            "FAKE_GCLOUD_DIR": str(fake_dir),
+            "RETRY_DELAY_SECONDS": "0",
+            "PROJECT_ID": PROJECT,
+            **env,
+        },
+        timeout=120,
+    )
+    assert result.returncode == 0, f"{code} failed:\n{result.stdout}\n{result.stderr}"
+    return Run(result, read_calls(fake_dir)[before:])
 
 
 def take_through(fake_dir: Path, secret: str, env: dict[str, str]) -> Scenario:

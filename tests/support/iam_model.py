@@ -116,6 +116,14 @@ ROLES: dict[str, frozenset[str]] = {
     "roles/datastore.user": frozenset({"datastore.entities.get", "datastore.entities.create"}),
     "roles/telemetry.tracesWriter": frozenset({"telemetry.traces.write"}),
     "roles/aiplatform.user": frozenset({"aiplatform.endpoints.predict"}),
+    # IAM_ROLES_REFERENCE/cloudtasks: roles/cloudtasks.enqueuer ("Cloud Tasks Enqueuer":
+    # cloudtasks.tasks.create, cloudtasks.tasks.fullView; no queue administration).
+    "roles/cloudtasks.enqueuer": frozenset(
+        {"cloudtasks.tasks.create", "cloudtasks.tasks.fullView"}
+    ),
+    # IAM_ROLES_REFERENCE/run: roles/run.invoker ("Cloud Run Invoker": run.routes.invoke,
+    # and running jobs, which this project has none of).
+    "roles/run.invoker": frozenset({"run.routes.invoke", "run.jobs.run"}),
 }
 
 
@@ -262,6 +270,33 @@ def checks(argv: list[str], caller: str, function_exists: bool, project_number: 
             p,
             "projects describe (CRM projects.get)",
             "cloudresourcemanager.googleapis.com",
+        )
+    if starts("tasks", "queues"):
+        # cloudtasks v2 projects.locations.queues.get/create/patch/getIamPolicy/setIamPolicy:
+        # cloudtasks.queues.{get,create,update,getIamPolicy,setIamPolicy}; create on the
+        # parent location (REST reference of each method, "Authorization requires").
+        queue = f"{loc}/queues/{pos[3]}"
+        verb = {
+            "describe": "get",
+            "create": "create",
+            "update": "update",
+            "get-iam-policy": "getIamPolicy",
+            "add-iam-policy-binding": "setIamPolicy",
+        }[pos[2]]
+        return one(
+            f"cloudtasks.queues.{verb}",
+            loc if verb == "create" else queue,
+            f"gcloud tasks queues {pos[2]}",
+            "cloudtasks.googleapis.com",
+        )
+    if starts("run", "services", "add-iam-policy-binding"):
+        # run v1 projects.locations.services.setIamPolicy: run.services.setIamPolicy (only
+        # the operator's pipeline run and setup make it; the deployer cannot).
+        return one(
+            "run.services.setIamPolicy",
+            f"{loc}/services/{pos[3]}",
+            "run services add-iam-policy-binding (REST: services.setIamPolicy)",
+            "run.googleapis.com",
         )
     if starts("run", "services", "get-iam-policy"):
         # run v1 projects.locations.services.getIamPolicy.
