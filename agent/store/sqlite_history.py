@@ -283,34 +283,7 @@ class SqliteHistoryStore(PlannedCommits):
                     (json.dumps(count), session_id),
                 )
             texts = _texts(conn, session_id)
-        # The items the summary does not cover, and where each ends in the encoded history.
-        covered = row.summary.items if row.summary else 0
-        position, ends = 0, []
-        for text in texts:
-            position += len(text.encode()) + 1
-            ends.append(position)
-        return Claim(
-            session_id,
-            token,
-            token,
-            new_session=False,
-            history=[json.loads(text) for text in texts[covered:]],
-            turns=row.turns,
-            tail=b"",
-            chunks=0,
-            stale_chunks=0,
-            total_bytes=row.bytes,
-            created_at=row.created_at,
-            until=until,
-            generation=row.generation,
-            summary=row.summary,
-            item_count=row.items,
-            item_ends=tuple(ends[covered:]),
-            token_ratio=row.token_ratio,
-            paused=paused,
-            approvals=row.approvals,
-            totals=row.totals,
-        )
+        return _live_claim(session_id, token, row, texts, until, paused)
 
     def reclaim(
         self, session_id: str, token: str, now: dt.datetime, owner: str | None = None
@@ -342,33 +315,7 @@ class SqliteHistoryStore(PlannedCommits):
                 until=row.claim_until,
                 generation=row.generation,
             )
-        covered = row.summary.items if row.summary else 0
-        position, ends = 0, []
-        for text in texts:
-            position += len(text.encode()) + 1
-            ends.append(position)
-        return Claim(
-            session_id,
-            token,
-            token,
-            new_session=False,
-            history=[json.loads(text) for text in texts[covered:]],
-            turns=row.turns,
-            tail=b"",
-            chunks=0,
-            stale_chunks=0,
-            total_bytes=row.bytes,
-            created_at=row.created_at,
-            until=row.claim_until,
-            generation=row.generation,
-            summary=row.summary,
-            item_count=row.items,
-            item_ends=tuple(ends[covered:]),
-            token_ratio=row.token_ratio,
-            paused=row.paused,
-            approvals=row.approvals,
-            totals=row.totals,
-        )
+        return _live_claim(session_id, token, row, texts, row.claim_until, row.paused)
 
     def _apply(self, plan: CommitPlan, time_left: float | None) -> History:
         """The commit ``plan`` as one transaction, only while the row still holds its
@@ -485,3 +432,42 @@ def _provenance_text(summary: Summary | None) -> str | None:
     if summary is None or summary.provenance is None:
         return None
     return summary.provenance.as_text()
+
+
+def _live_claim(
+    session_id: str,
+    token: str,
+    row: _Row,
+    texts: list[str],
+    until: dt.datetime,
+    paused: PausedRun | None,
+) -> Claim:
+    """The claim of a live session ``row`` whose encoded items are ``texts``: the items the
+    summary does not cover, and where each ends in the encoded history."""
+    covered = row.summary.items if row.summary else 0
+    position, ends = 0, []
+    for text in texts:
+        position += len(text.encode()) + 1
+        ends.append(position)
+    return Claim(
+        session_id,
+        token,
+        token,
+        new_session=False,
+        history=[json.loads(text) for text in texts[covered:]],
+        turns=row.turns,
+        tail=b"",
+        chunks=0,
+        stale_chunks=0,
+        total_bytes=row.bytes,
+        created_at=row.created_at,
+        until=until,
+        generation=row.generation,
+        summary=row.summary,
+        item_count=row.items,
+        item_ends=tuple(ends[covered:]),
+        token_ratio=row.token_ratio,
+        paused=paused,
+        approvals=row.approvals,
+        totals=row.totals,
+    )
